@@ -1,0 +1,316 @@
+"""Delivery of one subscription's events: leases, timeouts, retries, DLQ, ordering.
+
+A `Dispatcher` leases deliveries from the log in batches, up to the function's
+`maxInflight`, hands each to its target and settles the attempt back into the
+log. Unordered retries go back to the log with a due time and free their slot;
+with an `orderingKey`, deliveries of one key run one at a time in log order and
+a failing one retries in place (keeping its lease) so nothing overtakes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from veba.delivery import DeliveryPolicy, is_retryable
+from veba.eventlog.base import Attempt, Delivery, EventLog, LogFull
+from veba.events import Event
+from veba.targets.base import Result, Target
+
+__all__ = ["DeadLetterSink", "Dispatcher", "ordering_key"]
+
+log = logging.getLogger("veba.dispatch")
+
+# (function, outcome: "delivered" | "retried" | "dead", result, seconds from ingest to start)
+Observer = Callable[[str, str, Result], None]
+
+_LEASE_MARGIN = 30.0
+_IDLE_POLL = 1.0
+
+
+def ordering_key(event: Event, path: str) -> str | None:
+    """Value at a dotted path (`data.Vm.Vm.Value`, or an attribute like `subject`)."""
+    head, _, rest = path.partition(".")
+    if head != "data":
+        return event.attributes.get(path)
+    node: Any = event.data
+    for part in rest.split(".") if rest else []:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return None if node is None else str(node)
+
+
+@dataclass
+class _Counts:
+    delivered: int = 0
+    retried: int = 0
+    dead: int = 0
+    in_flight: int = 0
+
+
+@dataclass
+class _KeyChain:
+    queue: deque[Delivery] = field(default_factory=deque)
+    task: asyncio.Task[None] | None = None
+
+
+class DeadLetterSink:
+    """Forwards dead-lettered events to a `deadLetterSink` URL, as Knative does:
+    binary mode with the `knativeerrordest`, `knativeerrorcode` and
+    `knativeerrordata` extensions."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def forward(self, url: str, event: Event, dest: str, result: Result) -> None:
+        attrs = dict(event.attributes)
+        attrs["knativeerrordest"] = dest
+        attrs["knativeerrorcode"] = str(result.status)
+        detail = (result.error or "").encode()[:1024] or result.body[:1024]
+        if detail:
+            attrs["knativeerrordata"] = base64.b64encode(detail).decode()
+        headers, body = Event(attrs, event.data).to_binary()
+        for attempt in range(3):
+            try:
+                response = await self._client.post(url, headers=headers, content=body)
+                if response.status_code < 300:
+                    return
+                log.warning("dead-letter sink %s answered %s", url, response.status_code)
+            except httpx.HTTPError as exc:
+                log.warning("dead-letter sink %s unreachable: %s", url, exc)
+            await asyncio.sleep(0.5 * 2**attempt)
+
+
+class Dispatcher:
+    """Delivers one subscription's events to one target under one policy."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        log: EventLog,
+        target: Target,
+        policy: DeliveryPolicy,
+        dead_letter_sink: DeadLetterSink | None = None,
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self._log = log
+        self._target = target
+        self._dls = dead_letter_sink
+        self._observer = observer
+        self._clock = clock
+        self._rng = random.Random()
+        self._ttl = policy.timeout + _LEASE_MARGIN
+        self._ordered = policy.ordering_key is not None
+        # Ordered subscriptions lease ahead so other keys can run while one waits.
+        self._capacity = policy.max_inflight * (4 if self._ordered else 1)
+        self._running = asyncio.Semaphore(policy.max_inflight)
+        self._in_hand: dict[int, Delivery] = {}
+        self._chains: dict[str, _KeyChain] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wakeup = asyncio.Event()
+        self._next_due: float | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self.counts = _Counts()
+        self.last_error: str | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        self._main = asyncio.create_task(self._run(), name=f"dispatch:{self.name}")
+        self._renewer = asyncio.create_task(self._renew(), name=f"renew:{self.name}")
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop leasing, let attempts under way finish for `grace` seconds, then
+        give back whatever is still in hand without counting the attempt."""
+        for task in (self._main, self._renewer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._in_hand:
+            with contextlib.suppress(Exception):
+                await self._log.release(list(self._in_hand))
+            self._in_hand.clear()
+
+    @property
+    def in_hand(self) -> int:
+        return len(self._in_hand)
+
+    # -- leasing --------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            self._wakeup.clear()
+            room = self._capacity - len(self._in_hand)
+            if room > 0:
+                try:
+                    batch = await self._log.lease(
+                        self.name, room, self._ttl, include_delayed=self._ordered
+                    )
+                    failures = 0
+                except (LogFull, OSError, RuntimeError) as exc:
+                    failures += 1
+                    self.last_error = f"lease failed: {exc}"
+                    log.error("%s: %s", self.name, self.last_error)
+                    await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+                    continue
+                for delivery in batch:
+                    self._accept(delivery)
+                if batch and len(batch) == room:
+                    continue
+            await self._sleep()
+
+    async def _sleep(self) -> None:
+        timeout = _IDLE_POLL
+        if self._next_due is not None:
+            timeout = max(0.0, min(timeout, self._next_due - self._clock()))
+            if timeout == 0.0:
+                self._next_due = None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self._ttl / 3)
+            if self._in_hand:
+                with contextlib.suppress(LogFull, OSError):
+                    await self._log.extend(list(self._in_hand), self._ttl)
+
+    def _accept(self, delivery: Delivery) -> None:
+        self._in_hand[delivery.id] = delivery
+        key = ordering_key(delivery.event, self.policy.ordering_key) if self._ordered else None
+        if key is None:
+            self._spawn(self._deliver(delivery))
+            return
+        chain = self._chains.get(key)
+        if chain is None:
+            chain = self._chains[key] = _KeyChain()
+        chain.queue.append(delivery)
+        if chain.task is None:
+            chain.task = self._spawn(self._run_chain(key, chain))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _done(self, delivery: Delivery) -> None:
+        self._in_hand.pop(delivery.id, None)
+        self._wakeup.set()
+
+    # -- delivering -----------------------------------------------------------
+
+    async def _run_chain(self, key: str, chain: _KeyChain) -> None:
+        try:
+            while chain.queue:
+                await self._deliver(chain.queue[0], in_place=True)
+                chain.queue.popleft()
+        finally:
+            chain.task = None
+            if not chain.queue:
+                self._chains.pop(key, None)
+
+    async def _deliver(self, delivery: Delivery, *, in_place: bool = False) -> None:
+        attempt_no = delivery.attempt
+        due = delivery.available_at
+        while True:
+            wait = due - self._clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            result, attempt = await self._attempt(delivery, attempt_no)
+            try:
+                if result.ok:
+                    self._done(delivery)
+                    self.counts.delivered += 1
+                    self._observe("delivered", result)
+                    await self._log.ack(delivery.id, attempt)
+                    return
+                self.last_error = result.error
+                if not is_retryable(result.kind, result.status) or attempt_no >= (
+                    self.policy.max_attempts
+                ):
+                    self._done(delivery)
+                    self.counts.dead += 1
+                    self._observe("dead", result)
+                    await self._log.dead(delivery.id, attempt)
+                    self._forward_dead(delivery, result)
+                    return
+                self.counts.retried += 1
+                self._observe("retried", result)
+                due = self._clock() + self.policy.backoff(attempt_no, self._rng)
+                if in_place:
+                    await self._log.retry(delivery.id, attempt, due, lease_ttl=self._ttl)
+                    attempt_no += 1
+                    continue
+                self._done(delivery)
+                await self._log.retry(delivery.id, attempt, due)
+                if self._next_due is None or due < self._next_due:
+                    self._next_due = due
+                    self._wakeup.set()
+                return
+            except (LogFull, OSError) as exc:
+                # The lease will lapse and the delivery come round again: at least once.
+                self.last_error = f"could not record outcome: {exc}"
+                log.error("%s: %s", self.name, self.last_error)
+                self._done(delivery)
+                return
+
+    async def _attempt(self, delivery: Delivery, attempt_no: int) -> tuple[Result, Attempt]:
+        async with self._running:
+            self.counts.in_flight += 1
+            started = self._clock()
+            try:
+                result = await self._target.deliver(
+                    delivery.event, attempt=attempt_no, deadline=started + self.policy.timeout
+                )
+            except Exception as exc:  # a target must not raise; if one does, it is a crash
+                result = Result("crash", 0, f"{type(exc).__name__}: {exc}")
+            finally:
+                self.counts.in_flight -= 1
+        attempt = Attempt(
+            attempt_no,
+            result.started or started,
+            self._clock(),
+            result.kind,
+            result.status,
+            result.error,
+        )
+        return result, attempt
+
+    def _observe(self, outcome: str, result: Result) -> None:
+        if self._observer is not None:
+            self._observer(self.name, outcome, result)
+
+    def _forward_dead(self, delivery: Delivery, result: Result) -> None:
+        if self._dls is not None and self.policy.dead_letter_sink:
+            self._spawn(
+                self._dls.forward(
+                    self.policy.dead_letter_sink, delivery.event, self._target.name, result
+                )
+            )

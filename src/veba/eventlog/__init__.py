@@ -1,0 +1,27 @@
+"""Durable event log and delivery state behind one protocol."""
+
+from veba.eventlog.base import (
+    AppendResult,
+    Attempt,
+    Delivery,
+    DeliveryInfo,
+    EventLog,
+    EventRecord,
+    LogFull,
+    Route,
+    Status,
+)
+from veba.eventlog.sqlite import SQLiteLog
+
+__all__ = [
+    "AppendResult",
+    "Attempt",
+    "Delivery",
+    "DeliveryInfo",
+    "EventLog",
+    "EventRecord",
+    "LogFull",
+    "Route",
+    "SQLiteLog",
+    "Status",
+]

@@ -1,0 +1,203 @@
+"""The `EventLog` protocol: what the rest of the appliance needs from a durable log.
+
+Every implementation (SQLite now, NATS JetStream later) passes the same
+conformance suite in tests/eventlog/conformance.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+from veba.events import Event
+
+__all__ = [
+    "AppendResult",
+    "Attempt",
+    "Delivery",
+    "DeliveryInfo",
+    "EventLog",
+    "EventRecord",
+    "LogFull",
+    "Route",
+    "Status",
+]
+
+Status = Literal["pending", "leased", "delivered", "dead"]
+
+# Given an event, the names of the subscriptions that must receive it.
+Route = Callable[[Event], Sequence[str]]
+
+
+class LogFull(OSError):
+    """The log could not commit (disk full, read-only); nothing of that call was kept."""
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    accepted: int
+    duplicates: int
+    # subscription name -> number of new deliveries, so dispatchers can be woken.
+    deliveries: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event leased to one subscription for one attempt."""
+
+    id: int
+    seq: int
+    subscription: str
+    event: Event
+    attempt: int  # 1 for the first attempt
+    available_at: float  # when this attempt may start (ordered subscriptions wait for it)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    attempt: int
+    started: float
+    finished: float
+    outcome: str  # "ok" | "error" | "timeout" | "crash"
+    status: int
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryInfo:
+    id: int
+    seq: int
+    subscription: str
+    event_id: str
+    event_source: str
+    subject: str
+    status: Status
+    attempts: int
+    created: float
+    available_at: float
+    finished: float | None
+    last_status: int | None
+    last_error: str | None
+    history: tuple[Attempt, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    seq: int
+    received: float
+    event: Event
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "received": self.received, "event": self.event.to_dict()}
+
+
+class EventLog(Protocol):
+    """A durable, deduplicating event log with per-subscription delivery state."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def append(
+        self,
+        events: Sequence[Event],
+        *,
+        route: Route,
+        checkpoint: tuple[str, str] | None = None,
+    ) -> AppendResult:
+        """Store new events (dedup on (source, id)) with their deliveries and the
+        provider checkpoint, in one transaction. Returns once durable."""
+        ...
+
+    async def get_checkpoint(self, name: str) -> str | None: ...
+
+    async def lease(
+        self, subscription: str, limit: int, ttl: float, *, include_delayed: bool = False
+    ) -> list[Delivery]:
+        """Lease up to `limit` open deliveries in log order: pending ones whose time
+        has come (any pending one with `include_delayed`, for ordered subscriptions)
+        and leased ones whose lease expired. Each lease counts one attempt."""
+        ...
+
+    async def extend(self, delivery_ids: Sequence[int], ttl: float) -> None: ...
+
+    async def ack(self, delivery_id: int, attempt: Attempt) -> None:
+        """The attempt succeeded: the delivery is done."""
+        ...
+
+    async def retry(
+        self,
+        delivery_id: int,
+        attempt: Attempt,
+        available_at: float,
+        *,
+        lease_ttl: float | None = None,
+    ) -> None:
+        """The attempt failed: try again no earlier than `available_at`.
+
+        Without `lease_ttl` the delivery goes back to pending for a later lease.
+        With it the caller keeps the lease and retries in place (ordered
+        subscriptions must, so no later event of the same key overtakes it); the
+        next attempt is counted now and the lease runs to `available_at + lease_ttl`.
+        """
+        ...
+
+    async def dead(self, delivery_id: int, attempt: Attempt) -> None:
+        """The attempt failed for the last time: move the delivery to the dead-letter queue."""
+        ...
+
+    async def release(self, delivery_ids: Sequence[int]) -> None:
+        """Give leased deliveries back untouched (shutdown, undeploy); the attempt is not counted."""
+        ...
+
+    async def redrive(
+        self, *, delivery_ids: Sequence[int] | None = None, subscription: str | None = None
+    ) -> int:
+        """Move dead deliveries back to pending with a fresh attempt count."""
+        ...
+
+    async def replay(
+        self,
+        subscription: str,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        subjects: Sequence[str] | None = None,
+    ) -> int:
+        """Create new deliveries to `subscription` for logged events received in a range."""
+        ...
+
+    async def events(
+        self,
+        *,
+        after_seq: int = 0,
+        limit: int = 100,
+        subject: str | None = None,
+        newest_first: bool = False,
+    ) -> list[EventRecord]: ...
+
+    async def event(self, event_id: str) -> EventRecord | None: ...
+
+    async def deliveries(
+        self,
+        *,
+        subscription: str | None = None,
+        status: Status | None = None,
+        event_id: str | None = None,
+        limit: int = 100,
+        with_history: bool = False,
+    ) -> list[DeliveryInfo]: ...
+
+    async def delivery(self, delivery_id: int) -> DeliveryInfo | None: ...
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """subscription -> status -> number of deliveries."""
+        ...
+
+    async def forget(self, subscription: str) -> int:
+        """Drop the open deliveries of a removed subscription; returns how many."""
+        ...

@@ -1,0 +1,536 @@
+"""The embedded event log: one SQLite file in WAL mode.
+
+All writes go through one thread that groups whatever is queued into a single
+transaction (group commit): under load hundreds of appends, leases and acks
+share one commit, and when idle a lone write commits at once. Reads use a
+second connection on their own thread, so the API never waits behind writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from veba.eventlog.base import (
+    AppendResult,
+    Attempt,
+    Delivery,
+    DeliveryInfo,
+    EventRecord,
+    LogFull,
+    Route,
+    Status,
+)
+from veba.eventlog.schema import migrate
+from veba.events import Event
+
+__all__ = ["SQLiteLog"]
+
+T = TypeVar("T")
+_MAX_BATCH = 1000
+_ERROR_LIMIT = 8192
+
+
+@dataclass(slots=True)
+class _Op:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+
+
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def _resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, value, error in results:
+        if future.cancelled():
+            continue
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)
+
+
+class _Writer(threading.Thread):
+    """The single writer: runs queued operations in shared transactions."""
+
+    def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(name="veba-sqlite-writer", daemon=True)
+        self._conn = conn
+        self._loop = loop
+        self.queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+
+    def run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self.queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    nxt = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            results = self._run_batch(batch)
+            self._loop.call_soon_threadsafe(_resolve, results)
+        self._conn.close()
+
+    def _run_batch(
+        self, batch: list[_Op]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        conn = self._conn
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = op.fn(conn)
+                except Exception as exc:  # one bad op must not sink the batch...
+                    if not conn.in_transaction:
+                        # ...unless SQLite rolled the whole transaction back (disk full).
+                        raise
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((op.future, None, _translate(exc)))
+                else:
+                    conn.execute("RELEASE op")
+                    results.append((op.future, value, None))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            error = _translate(exc)
+            return [(op.future, None, error) for op in batch]
+        return results
+
+
+def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc)
+        if "full" in text or "readonly" in text or "disk I/O" in text:
+            return LogFull(f"event log cannot commit: {text}")
+    return exc
+
+
+class SQLiteLog:
+    """`EventLog` on a SQLite file (WAL, synchronous=NORMAL by default)."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        synchronous: str = "NORMAL",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self._synchronous = synchronous
+        self._clock = clock
+        self._writer: _Writer | None = None
+        self._reader: ThreadPoolExecutor | None = None
+        self._read_conn: sqlite3.Connection | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(self.path, self._synchronous)
+        migrate(conn)
+        self._writer = _Writer(conn, asyncio.get_running_loop())
+        self._writer.start()
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="veba-sqlite-reader")
+        self._read_conn = _connect(self.path, self._synchronous)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.queue.put(None)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        if self._reader is not None:
+            self._reader.shutdown(wait=True)
+            self._reader = None
+        if self._read_conn is not None:
+            self._read_conn.close()
+            self._read_conn = None
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        if self._writer is None:
+            raise RuntimeError("event log is not open")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._writer.queue.put(_Op(fn, future))
+        return future
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._reader is None or self._read_conn is None:
+            raise RuntimeError("event log is not open")
+        conn = self._read_conn
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, conn)
+
+    # -- ingest ---------------------------------------------------------------
+
+    async def append(
+        self,
+        events: Sequence[Event],
+        *,
+        route: Route,
+        checkpoint: tuple[str, str] | None = None,
+    ) -> AppendResult:
+        rows = [
+            (e.source, e.id, e.type, e.subject, e.time, e.to_json(), tuple(route(e)))
+            for e in events
+        ]
+        now = self._clock()
+
+        def op(conn: sqlite3.Connection) -> AppendResult:
+            accepted = duplicates = 0
+            per_sub: Counter[str] = Counter()
+            for source, eid, etype, subject, etime, body, subs in rows:
+                cur = conn.execute(
+                    "INSERT INTO events(source, id, type, subject, time, received, body)"
+                    " VALUES (?,?,?,?,?,?,?) ON CONFLICT(source, id) DO NOTHING",
+                    (source, eid, etype, subject, etime, now, body),
+                )
+                if cur.rowcount == 0:
+                    duplicates += 1
+                    continue
+                accepted += 1
+                seq = cur.lastrowid
+                for sub in subs:
+                    conn.execute(
+                        "INSERT INTO deliveries(seq, subscription, status, attempts,"
+                        " available_at, created) VALUES (?,?,'pending',0,?,?)",
+                        (seq, sub, now, now),
+                    )
+                    per_sub[sub] += 1
+            if checkpoint is not None:
+                conn.execute(
+                    "INSERT INTO checkpoints(name, value, updated) VALUES (?,?,?)"
+                    " ON CONFLICT(name) DO UPDATE SET value=excluded.value,"
+                    " updated=excluded.updated",
+                    (checkpoint[0], checkpoint[1], now),
+                )
+            return AppendResult(accepted, duplicates, dict(per_sub))
+
+        return await self._write(op)
+
+    async def get_checkpoint(self, name: str) -> str | None:
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT value FROM checkpoints WHERE name=?", (name,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._read(op)
+
+    # -- delivery state -------------------------------------------------------
+
+    async def lease(
+        self, subscription: str, limit: int, ttl: float, *, include_delayed: bool = False
+    ) -> list[Delivery]:
+        now = self._clock()
+        ready = (
+            "status='pending'" if include_delayed else "(status='pending' AND available_at<=:now)"
+        )
+
+        def op(conn: sqlite3.Connection) -> list[Delivery]:
+            leased = conn.execute(
+                "UPDATE deliveries SET status='leased', leased_until=:until,"
+                " attempts=attempts+1 WHERE id IN (SELECT id FROM deliveries"
+                " WHERE subscription=:sub AND status IN ('pending','leased')"
+                f" AND ({ready} OR (status='leased' AND leased_until<:now))"
+                " ORDER BY seq LIMIT :limit) RETURNING id, seq, attempts, available_at",
+                {"until": now + ttl, "sub": subscription, "now": now, "limit": limit},
+            ).fetchall()
+            if not leased:
+                return []
+            seqs = sorted({row[1] for row in leased})
+            bodies: dict[int, bytes] = {}
+            for chunk in range(0, len(seqs), 500):
+                part = seqs[chunk : chunk + 500]
+                marks = ",".join("?" * len(part))
+                bodies.update(
+                    conn.execute(f"SELECT seq, body FROM events WHERE seq IN ({marks})", part)
+                )
+            leased.sort(key=lambda row: (row[1], row[0]))
+            return [
+                Delivery(did, seq, subscription, Event.from_json(bodies[seq]), attempts, avail)
+                for did, seq, attempts, avail in leased
+            ]
+
+        return await self._write(op)
+
+    async def extend(self, delivery_ids: Sequence[int], ttl: float) -> None:
+        until = self._clock() + ttl
+        ids = list(delivery_ids)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE deliveries SET leased_until=? WHERE id=? AND status='leased'",
+                [(until, i) for i in ids],
+            )
+
+        await self._write(op)
+
+    async def ack(self, delivery_id: int, attempt: Attempt) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE deliveries SET status='delivered', started=?, finished=?, last_status=?,"
+                " leased_until=NULL WHERE id=?",
+                (attempt.started, attempt.finished, attempt.status, delivery_id),
+            )
+
+        await self._write(op)
+
+    def _record_failure(
+        self, conn: sqlite3.Connection, delivery_id: int, attempt: Attempt
+    ) -> str | None:
+        error = attempt.error[:_ERROR_LIMIT] if attempt.error else None
+        conn.execute(
+            "INSERT INTO attempts(delivery_id, attempt, started, finished, outcome, status, error)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (
+                delivery_id,
+                attempt.attempt,
+                attempt.started,
+                attempt.finished,
+                attempt.outcome,
+                attempt.status,
+                error,
+            ),
+        )
+        return error
+
+    async def retry(
+        self,
+        delivery_id: int,
+        attempt: Attempt,
+        available_at: float,
+        *,
+        lease_ttl: float | None = None,
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            error = self._record_failure(conn, delivery_id, attempt)
+            if lease_ttl is not None:
+                conn.execute(
+                    "UPDATE deliveries SET attempts=attempts+1, available_at=?, leased_until=?,"
+                    " last_status=?, last_error=? WHERE id=?",
+                    (available_at, available_at + lease_ttl, attempt.status, error, delivery_id),
+                )
+                return
+            conn.execute(
+                "UPDATE deliveries SET status='pending', available_at=?, leased_until=NULL,"
+                " last_status=?, last_error=? WHERE id=?",
+                (available_at, attempt.status, error, delivery_id),
+            )
+
+        await self._write(op)
+
+    async def dead(self, delivery_id: int, attempt: Attempt) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            error = self._record_failure(conn, delivery_id, attempt)
+            conn.execute(
+                "UPDATE deliveries SET status='dead', finished=?, leased_until=NULL,"
+                " last_status=?, last_error=? WHERE id=?",
+                (attempt.finished, attempt.status, error, delivery_id),
+            )
+
+        await self._write(op)
+
+    async def release(self, delivery_ids: Sequence[int]) -> None:
+        ids = list(delivery_ids)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE deliveries SET status='pending', attempts=max(attempts-1, 0),"
+                " leased_until=NULL WHERE id=? AND status='leased'",
+                [(i,) for i in ids],
+            )
+
+        await self._write(op)
+
+    async def redrive(
+        self, *, delivery_ids: Sequence[int] | None = None, subscription: str | None = None
+    ) -> int:
+        now = self._clock()
+        ids = list(delivery_ids or [])
+
+        def op(conn: sqlite3.Connection) -> int:
+            sql = (
+                "UPDATE deliveries SET status='pending', attempts=0, available_at=?,"
+                " finished=NULL, leased_until=NULL WHERE status='dead'"
+            )
+            if ids:
+                return sum(conn.execute(sql + " AND id=?", (now, i)).rowcount for i in ids)
+            if subscription is not None:
+                return conn.execute(sql + " AND subscription=?", (now, subscription)).rowcount
+            return conn.execute(sql, (now,)).rowcount
+
+        return await self._write(op)
+
+    async def replay(
+        self,
+        subscription: str,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        subjects: Sequence[str] | None = None,
+    ) -> int:
+        now = self._clock()
+        where = ["received >= ?", "received <= ?"]
+        params: list[Any] = [
+            since if since is not None else 0.0,
+            until if until is not None else now,
+        ]
+        if subjects:
+            where.append(f"subject IN ({','.join('?' * len(subjects))})")
+            params.extend(subjects)
+
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "INSERT INTO deliveries(seq, subscription, status, attempts, available_at,"
+                " created, origin) SELECT seq, ?, 'pending', 0, ?, ?, 'replay' FROM events"
+                f" WHERE {' AND '.join(where)} ORDER BY seq",
+                [subscription, now, now, *params],
+            ).rowcount
+
+        return await self._write(op)
+
+    async def forget(self, subscription: str) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM deliveries WHERE subscription=? AND status IN ('pending','leased')",
+                (subscription,),
+            ).rowcount
+
+        return await self._write(op)
+
+    # -- queries --------------------------------------------------------------
+
+    async def events(
+        self,
+        *,
+        after_seq: int = 0,
+        limit: int = 100,
+        subject: str | None = None,
+        newest_first: bool = False,
+    ) -> list[EventRecord]:
+        where, params = ["seq > ?"], [after_seq]
+        if subject:
+            where.append("subject = ?")
+            params.append(subject)  # type: ignore[arg-type]
+        order = "DESC" if newest_first else "ASC"
+
+        def op(conn: sqlite3.Connection) -> list[EventRecord]:
+            rows = conn.execute(
+                f"SELECT seq, received, body FROM events WHERE {' AND '.join(where)}"
+                f" ORDER BY seq {order} LIMIT ?",
+                [*params, limit],
+            ).fetchall()
+            return [
+                EventRecord(seq, received, Event.from_json(body)) for seq, received, body in rows
+            ]
+
+        return await self._read(op)
+
+    async def event(self, event_id: str) -> EventRecord | None:
+        def op(conn: sqlite3.Connection) -> EventRecord | None:
+            row = conn.execute(
+                "SELECT seq, received, body FROM events WHERE id=? ORDER BY seq LIMIT 1",
+                (event_id,),
+            ).fetchone()
+            return None if row is None else EventRecord(row[0], row[1], Event.from_json(row[2]))
+
+        return await self._read(op)
+
+    async def deliveries(
+        self,
+        *,
+        subscription: str | None = None,
+        status: Status | None = None,
+        event_id: str | None = None,
+        limit: int = 100,
+        with_history: bool = False,
+    ) -> list[DeliveryInfo]:
+        where, params = ["1=1"], []
+        if subscription:
+            where.append("d.subscription = ?")
+            params.append(subscription)
+        if status:
+            where.append("d.status = ?")
+            params.append(status)
+        if event_id:
+            where.append("e.id = ?")
+            params.append(event_id)
+
+        def op(conn: sqlite3.Connection) -> list[DeliveryInfo]:
+            rows = conn.execute(
+                "SELECT d.id, d.seq, d.subscription, e.id, e.source, e.subject, d.status,"
+                " d.attempts, d.created, d.available_at, d.finished, d.last_status,"
+                " d.last_error FROM deliveries d JOIN events e ON e.seq = d.seq"
+                f" WHERE {' AND '.join(where)} ORDER BY d.id DESC LIMIT ?",
+                [*params, limit],
+            ).fetchall()
+            infos = [DeliveryInfo(*row) for row in rows]
+            if with_history:
+                infos = [_with_history(conn, info) for info in infos]
+            return infos
+
+        return await self._read(op)
+
+    async def delivery(self, delivery_id: int) -> DeliveryInfo | None:
+        def op(conn: sqlite3.Connection) -> DeliveryInfo | None:
+            row = conn.execute(
+                "SELECT d.id, d.seq, d.subscription, e.id, e.source, e.subject, d.status,"
+                " d.attempts, d.created, d.available_at, d.finished, d.last_status,"
+                " d.last_error FROM deliveries d JOIN events e ON e.seq = d.seq WHERE d.id=?",
+                (delivery_id,),
+            ).fetchone()
+            return None if row is None else _with_history(conn, DeliveryInfo(*row))
+
+        return await self._read(op)
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        def op(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            for sub, status, n in conn.execute(
+                "SELECT subscription, status, count(*) FROM deliveries GROUP BY 1, 2"
+            ):
+                out.setdefault(sub, {})[status] = n
+            return out
+
+        return await self._read(op)
+
+
+def _with_history(conn: sqlite3.Connection, info: DeliveryInfo) -> DeliveryInfo:
+    rows = conn.execute(
+        "SELECT attempt, started, finished, outcome, status, error FROM attempts"
+        " WHERE delivery_id=? ORDER BY started",
+        (info.id,),
+    ).fetchall()
+    history = [Attempt(*row) for row in rows]
+    if info.status == "delivered" and info.finished is not None:
+        (started,) = conn.execute(
+            "SELECT started FROM deliveries WHERE id=?", (info.id,)
+        ).fetchone()
+        status = info.last_status or 200
+        history.append(
+            Attempt(info.attempts, started or info.finished, info.finished, "ok", status)
+        )
+    return DeliveryInfo(**{**info.to_dict(), "history": tuple(history)})

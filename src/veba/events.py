@@ -1,0 +1,209 @@
+"""CloudEvents as veba carries them, and vSphere events in VEBA's exact shape.
+
+An `Event` is an immutable pair of CloudEvent attributes (all strings, as they
+travel in HTTP headers) and JSON data. It is what the log stores and what the
+router and dispatcher look at. Parsing from and writing to HTTP goes through the
+CNCF CloudEvents SDK so that validation follows the spec; the SDK's object is not
+kept around because the hot path only needs the attributes and the JSON bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from cloudevents.core.base import BaseCloudEvent
+from cloudevents.core.bindings import http as ce_http
+from cloudevents.core.exceptions import BaseCloudEventException
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+
+__all__ = [
+    "BATCH_CONTENT_TYPE",
+    "EVENT_TYPE_PREFIX",
+    "STRUCTURED_CONTENT_TYPE",
+    "Event",
+    "InvalidEvent",
+    "event_id",
+    "format_time",
+    "parse_http",
+    "vsphere_event",
+]
+
+EVENT_TYPE_PREFIX = "com.vmware.event.router/"
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+DEFAULT_API_VERSION = "8.0.2.0"
+
+# A fixed namespace so that the same vCenter event always gets the same id,
+# whichever appliance or restart reads it.
+_ID_NAMESPACE = uuid.UUID("8f0b3c4e-6a57-4d1e-9a38-3d1b5f0e2c71")
+_FORMAT = JSONFormat()
+_REQUIRED = ("id", "source", "type", "specversion")
+
+
+class InvalidEvent(ValueError):
+    """Input that is not a valid CloudEvent; the message says what and where."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A CloudEvent: string attributes (id, source, type, subject, time, ...) and data."""
+
+    attributes: Mapping[str, str]
+    data: Any = None
+    _body: list[bytes] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def id(self) -> str:
+        return self.attributes["id"]
+
+    @property
+    def source(self) -> str:
+        return self.attributes["source"]
+
+    @property
+    def type(self) -> str:
+        return self.attributes["type"]
+
+    @property
+    def subject(self) -> str:
+        return self.attributes.get("subject", "")
+
+    @property
+    def time(self) -> str:
+        return self.attributes.get("time", "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The structured-mode JSON object, attributes first, `data` last."""
+        out: dict[str, Any] = dict(self.attributes)
+        if self.data is not None or "datacontenttype" in self.attributes:
+            out["data"] = self.data
+        return out
+
+    def to_json(self) -> bytes:
+        """Structured-mode JSON, exactly what VEBA's OpenFaaS processor posts."""
+        if not self._body:
+            self._body.append(json.dumps(self.to_dict(), separators=(",", ":")).encode())
+        return self._body[0]
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> Event:
+        """Read a structured event that this appliance wrote (trusted, not re-validated)."""
+        obj = json.loads(body)
+        data = obj.pop("data", None)
+        event = cls({k: str(v) for k, v in obj.items()}, data)
+        if isinstance(body, bytes):
+            event._body.append(body)
+        return event
+
+    def to_binary(self) -> tuple[dict[str, str], bytes]:
+        """HTTP binary mode: `ce-` headers and the data as the body."""
+        message = ce_http.to_binary(self.to_cloudevent(), _FORMAT)
+        return message.headers, message.body
+
+    def to_cloudevent(self) -> BaseCloudEvent:
+        return CloudEvent(dict(self.attributes), self.data)
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 in UTC with a `Z`, as vCenter and VEBA write it."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _from_sdk(ce: BaseCloudEvent) -> Event:
+    attrs: dict[str, str] = {}
+    for name, value in ce.get_attributes().items():
+        if value is None:
+            continue
+        attrs[name] = format_time(value) if isinstance(value, datetime) else str(value)
+    return Event(attrs, ce.get_data())
+
+
+def _read_structured(obj: Any, where: str) -> Event:
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    missing = [name for name in _REQUIRED if not obj.get(name)]
+    if missing:
+        raise InvalidEvent(f"{where}: missing required attribute(s) {', '.join(missing)}")
+    if obj["specversion"] != "1.0":
+        raise InvalidEvent(f"{where}: specversion {obj['specversion']!r} is not supported (1.0)")
+    try:
+        return _from_sdk(_FORMAT.read(CloudEvent, json.dumps(obj)))
+    except (BaseCloudEventException, ValueError, TypeError) as exc:
+        raise InvalidEvent(f"{where}: {exc}") from exc
+
+
+def parse_http(headers: Mapping[str, str], body: bytes) -> list[Event]:
+    """Read CloudEvents from an HTTP request in binary, structured or batch mode.
+
+    Raises `InvalidEvent` naming the problem (and the batch index) for bad input.
+    """
+    lower = {k.lower(): v for k, v in headers.items()}
+    content_type = lower.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in (STRUCTURED_CONTENT_TYPE, BATCH_CONTENT_TYPE):
+        try:
+            obj = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidEvent(f"body is not valid JSON: {exc}") from exc
+        if content_type == STRUCTURED_CONTENT_TYPE:
+            return [_read_structured(obj, "event")]
+        if not isinstance(obj, list):
+            raise InvalidEvent("batch body must be a JSON array of structured events")
+        return [_read_structured(item, f"event [{i}]") for i, item in enumerate(obj)]
+    if "ce-specversion" not in lower:
+        raise InvalidEvent(
+            "not a CloudEvent: expected ce-* headers (binary mode) or Content-Type "
+            f"{STRUCTURED_CONTENT_TYPE} or {BATCH_CONTENT_TYPE}"
+        )
+    missing = [f"ce-{name}" for name in _REQUIRED if not lower.get(f"ce-{name}")]
+    if missing:
+        raise InvalidEvent(f"missing required header(s) {', '.join(missing)}")
+    if lower["ce-specversion"] != "1.0":
+        raise InvalidEvent(f"ce-specversion {lower['ce-specversion']!r} is not supported (1.0)")
+    try:
+        message = ce_http.HTTPMessage(headers=dict(lower), body=body)
+        return [_from_sdk(ce_http.from_binary(message, _FORMAT, CloudEvent))]
+    except (BaseCloudEventException, ValueError, TypeError) as exc:
+        raise InvalidEvent(f"binary-mode event: {exc}") from exc
+
+
+def event_id(instance_uuid: str, key: int) -> str:
+    """Deterministic CloudEvent id of a vCenter event, so a re-read is a duplicate."""
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{instance_uuid}/{key}"))
+
+
+Kind = Literal["event", "eventex", "extendedevent"]
+
+
+def vsphere_event(
+    data: Mapping[str, Any],
+    *,
+    event_class: str,
+    source: str,
+    instance_uuid: str,
+    kind: Kind = "event",
+    api_version: str = DEFAULT_API_VERSION,
+) -> Event:
+    """Wrap govmomi-shaped event data (PascalCase keys) as VEBA's router does.
+
+    `subject` is the event class, or for EventEx/ExtendedEvent its EventTypeId.
+    """
+    subject = str(data.get("EventTypeId") or event_class) if kind != "event" else event_class
+    attrs = {
+        "specversion": "1.0",
+        "id": event_id(instance_uuid, int(data["Key"])),
+        "source": source,
+        "type": EVENT_TYPE_PREFIX + kind,
+        "subject": subject,
+        "time": str(data.get("CreatedTime") or format_time(datetime.now(UTC))),
+        "datacontenttype": "application/json",
+        "vsphereapiversion": api_version,
+    }
+    return Event(attrs, dict(data))

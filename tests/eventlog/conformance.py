@@ -1,0 +1,190 @@
+"""The behaviour every `EventLog` must show. Implementations subclass
+`EventLogConformance` and provide a `log` fixture (an opened, empty log)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from veba.eventlog import Attempt, EventLog
+from veba.events import Event, vsphere_event
+
+
+def make_event(key: int, subject: str = "VmPoweredOnEvent", source: str = "vc1") -> Event:
+    data = {"Key": key, "CreatedTime": "2026-01-01T00:00:00Z", "Vm": {"Name": f"vm{key % 3}"}}
+    return vsphere_event(data, event_class=subject, source=source, instance_uuid=source)
+
+
+def to(*subs: str):  # a route sending every event to the named subscriptions
+    return lambda event: subs
+
+
+def failed(n: int, status: int = 500) -> Attempt:
+    now = time.time()
+    return Attempt(n, now, now, "error", status, "RuntimeError: boom")
+
+
+def ok(n: int) -> Attempt:
+    now = time.time()
+    return Attempt(n, now, now, "ok", 200)
+
+
+class EventLogConformance:
+    async def test_append_deduplicates_on_source_and_id(self, log: EventLog) -> None:
+        first = await log.append([make_event(1), make_event(2)], route=to("f"))
+        again = await log.append([make_event(2), make_event(3)], route=to("f"))
+        other_source = await log.append([make_event(1, source="vc2")], route=to("f"))
+        assert (first.accepted, first.duplicates) == (2, 0)
+        assert (again.accepted, again.duplicates) == (1, 1)
+        assert other_source.accepted == 1
+        assert first.deliveries == {"f": 2}
+        assert [r.event.id for r in await log.events()] == [
+            make_event(1).id,
+            make_event(2).id,
+            make_event(3).id,
+            make_event(1, source="vc2").id,
+        ]
+
+    async def test_events_round_trip_exactly(self, log: EventLog) -> None:
+        event = make_event(7)
+        await log.append([event], route=to())
+        record = await log.event(event.id)
+        assert record is not None
+        assert record.event.to_dict() == event.to_dict()
+
+    async def test_deliveries_follow_the_route(self, log: EventLog) -> None:
+        route = lambda e: ["on"] if e.subject == "VmPoweredOnEvent" else ["off", "all"]  # noqa: E731
+        await log.append([make_event(1), make_event(2, "VmPoweredOffEvent")], route=route)
+        on = await log.lease("on", 10, 30)
+        off = await log.lease("off", 10, 30)
+        assert [d.event.subject for d in on] == ["VmPoweredOnEvent"]
+        assert [d.event.subject for d in off] == ["VmPoweredOffEvent"]
+        assert await log.lease("nobody", 10, 30) == []
+
+    async def test_checkpoint_commits_with_events(self, log: EventLog) -> None:
+        assert await log.get_checkpoint("vc1") is None
+        await log.append([make_event(1)], route=to(), checkpoint=("vc1", "2"))
+        assert await log.get_checkpoint("vc1") == "2"
+
+    async def test_lease_is_exclusive_in_log_order_and_counts_attempts(self, log: EventLog) -> None:
+        await log.append([make_event(k) for k in range(1, 6)], route=to("f"))
+        first = await log.lease("f", 3, 30)
+        second = await log.lease("f", 10, 30)
+        assert [d.event.data["Key"] for d in first] == [1, 2, 3]
+        assert [d.event.data["Key"] for d in second] == [4, 5]
+        assert {d.attempt for d in first + second} == {1}
+        assert await log.lease("f", 10, 30) == []
+
+    async def test_expired_lease_is_redelivered(self, log: EventLog) -> None:
+        await log.append([make_event(1)], route=to("f"))
+        (first,) = await log.lease("f", 1, 0.05)
+        deadline = time.monotonic() + 10
+        again: list = []
+        while not again and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            again = await log.lease("f", 1, 30)
+        assert [d.id for d in again] == [first.id]
+        assert again[0].attempt == 2
+
+    async def test_extend_keeps_the_lease(self, log: EventLog) -> None:
+        await log.append([make_event(1)], route=to("f"))
+        (d,) = await log.lease("f", 1, 0.2)
+        await log.extend([d.id], 60)
+        await asyncio.sleep(0.3)  # past the original lease: it must still be held
+        assert await log.lease("f", 1, 30) == []
+
+    async def test_ack_finishes_a_delivery(self, log: EventLog) -> None:
+        await log.append([make_event(1)], route=to("f"))
+        (d,) = await log.lease("f", 1, 0.05)
+        await log.ack(d.id, ok(1))
+        await asyncio.sleep(0.1)
+        assert await log.lease("f", 1, 30) == []
+        info = await log.delivery(d.id)
+        assert info is not None and info.status == "delivered"
+        assert (await log.counts())["f"] == {"delivered": 1}
+
+    async def test_retry_waits_until_due_and_keeps_history(self, log: EventLog) -> None:
+        await log.append([make_event(1)], route=to("f"))
+        (d,) = await log.lease("f", 1, 30)
+        await log.retry(d.id, failed(1), time.time() + 0.3)
+        assert await log.lease("f", 1, 30) == []
+        deadline = time.monotonic() + 10
+        again: list = []
+        while not again and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            again = await log.lease("f", 1, 30)
+        assert again[0].attempt == 2
+        info = await log.delivery(d.id)
+        assert info is not None
+        assert [(a.attempt, a.status) for a in info.history] == [(1, 500)]
+        assert info.last_error == "RuntimeError: boom"
+
+    async def test_retry_in_place_keeps_the_lease(self, log: EventLog) -> None:
+        await log.append([make_event(1)], route=to("f"))
+        (d,) = await log.lease("f", 1, 30, include_delayed=True)
+        await log.retry(d.id, failed(1), time.time(), lease_ttl=30)
+        assert await log.lease("f", 1, 30, include_delayed=True) == []
+        await log.ack(d.id, ok(2))
+        info = await log.delivery(d.id)
+        assert info is not None and info.status == "delivered" and info.attempts == 2
+
+    async def test_include_delayed_leases_in_order_regardless_of_due_time(
+        self, log: EventLog
+    ) -> None:
+        await log.append([make_event(1), make_event(2)], route=to("f"))
+        (d1,) = await log.lease("f", 1, 30)
+        await log.retry(d1.id, failed(1), time.time() + 3600)
+        plain = await log.lease("f", 10, 30)
+        assert [d.event.data["Key"] for d in plain] == [2]
+        await log.release([d.id for d in plain])
+        ordered = await log.lease("f", 10, 30, include_delayed=True)
+        assert [d.event.data["Key"] for d in ordered] == [1, 2]
+        assert ordered[0].available_at > time.time() + 3000
+
+    async def test_dead_letter_and_redrive(self, log: EventLog) -> None:
+        await log.append([make_event(1), make_event(2)], route=to("f", "g"))
+        for sub in ("f", "g"):
+            for d in await log.lease(sub, 10, 30):
+                await log.dead(d.id, failed(1, 400))
+        dead = await log.deliveries(status="dead", subscription="f")
+        assert len(dead) == 2 and dead[0].last_status == 400
+        assert await log.redrive(delivery_ids=[dead[0].id]) == 1
+        again = await log.lease("f", 10, 30)
+        assert [d.id for d in again] == [dead[0].id] and again[0].attempt == 1
+        assert await log.redrive(subscription="g") == 2
+        assert await log.redrive() == 1  # the last dead one, of f
+        assert await log.deliveries(status="dead") == []
+
+    async def test_release_does_not_count_an_attempt(self, log: EventLog) -> None:
+        await log.append([make_event(1)], route=to("f"))
+        (d,) = await log.lease("f", 1, 30)
+        await log.release([d.id])
+        (again,) = await log.lease("f", 1, 30)
+        assert again.attempt == 1
+
+    async def test_replay_creates_new_deliveries_by_range_and_subject(self, log: EventLog) -> None:
+        await log.append(
+            [make_event(1), make_event(2, "VmPoweredOffEvent"), make_event(3)], route=to()
+        )
+        assert await log.replay("late", subjects=["VmPoweredOnEvent"]) == 2
+        got = await log.lease("late", 10, 30)
+        assert [d.event.data["Key"] for d in got] == [1, 3]
+        assert await log.replay("late", since=time.time() + 60) == 0
+
+    async def test_forget_drops_open_deliveries(self, log: EventLog) -> None:
+        await log.append([make_event(1), make_event(2)], route=to("f"))
+        assert await log.forget("f") == 2
+        assert await log.lease("f", 10, 30) == []
+
+    async def test_many_concurrent_appends_are_all_durable(self, log: EventLog) -> None:
+        batches = [[make_event(b * 100 + i) for i in range(100)] for b in range(20)]
+        results = await asyncio.gather(*(log.append(b, route=to("f")) for b in batches))
+        assert sum(r.accepted for r in results) == 2000
+        leased = await log.lease("f", 5000, 30)
+        assert len(leased) == 2000
+        assert [d.seq for d in leased] == sorted(d.seq for d in leased)
+
+
+__all__ = ["EventLogConformance", "make_event", "pytest"]

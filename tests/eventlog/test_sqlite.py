@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.eventlog.conformance import EventLogConformance, make_event, to
+from veba.eventlog import LogFull, SQLiteLog
+from veba.eventlog.schema import MIGRATIONS, SchemaTooNew
+
+
+@pytest.fixture
+async def log(tmp_path: Path) -> AsyncIterator[SQLiteLog]:
+    log = SQLiteLog(tmp_path / "events.db")
+    await log.open()
+    yield log
+    await log.close()
+
+
+class TestSQLiteLog(EventLogConformance):
+    pass
+
+
+async def test_events_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    first = SQLiteLog(path)
+    await first.open()
+    await first.append([make_event(1)], route=to("f"), checkpoint=("vc1", "2"))
+    await first.close()
+    second = SQLiteLog(path)
+    await second.open()
+    try:
+        assert await second.get_checkpoint("vc1") == "2"
+        assert len(await second.lease("f", 10, 30)) == 1
+    finally:
+        await second.close()
+
+
+async def test_schema_version_is_recorded_and_newer_files_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = SQLiteLog(path)
+    await log.open()
+    await log.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    conn.execute(f"PRAGMA user_version={len(MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(SchemaTooNew, match="upgrade veba"):
+        await SQLiteLog(path).open()
+
+
+async def test_full_disk_refuses_the_append_and_keeps_what_was_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = SQLiteLog(path)
+    await log.open()
+    try:
+        await log.append([make_event(1)], route=to("f"))
+        # Cap the file at its current size: the next growth fails as a full disk would.
+        conn = sqlite3.connect(path)
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.close()
+
+        def cap(c: sqlite3.Connection) -> None:
+            c.execute(f"PRAGMA max_page_count={pages}")
+
+        await log._write(cap)
+        big = [make_event(k) for k in range(2, 400)]
+        with pytest.raises(LogFull, match="full"):
+            await log.append(big, route=to("f"))
+        assert [r.event.data["Key"] for r in await log.events()] == [1]
+        assert len(await log.lease("f", 10, 30)) == 1
+    finally:
+        await log.close()
