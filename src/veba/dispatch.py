@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import heapq
 import logging
 import random
 import time
@@ -123,7 +124,8 @@ class Dispatcher:
         self._chains: dict[str, _KeyChain] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
-        self._next_due: float | None = None
+        # Due times of unordered retries given back to the log (a min-heap).
+        self._dues: list[float] = []
         self._main: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
         self.counts = _Counts()
@@ -187,10 +189,15 @@ class Dispatcher:
 
     async def _sleep(self) -> None:
         timeout = _IDLE_POLL
-        if self._next_due is not None:
-            timeout = max(0.0, min(timeout, self._next_due - self._clock()))
-            if timeout == 0.0:
-                self._next_due = None
+        if self._dues:
+            now = self._clock()
+            if self._dues[0] <= now:
+                # Due now: lease again at once, forgetting only the dues that have come.
+                while self._dues and self._dues[0] <= now:
+                    heapq.heappop(self._dues)
+                timeout = 0.0
+            else:
+                timeout = min(timeout, self._dues[0] - now)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout)
 
@@ -203,7 +210,8 @@ class Dispatcher:
 
     def _accept(self, delivery: Delivery) -> None:
         self._in_hand[delivery.id] = delivery
-        key = ordering_key(delivery.event, self.policy.ordering_key) if self._ordered else None
+        path = self.policy.ordering_key
+        key = None if path is None else ordering_key(delivery.event, path)
         if key is None:
             self._spawn(self._deliver(delivery))
             return
@@ -270,8 +278,8 @@ class Dispatcher:
                     continue
                 self._done(delivery)
                 await self._log.retry(delivery.id, attempt, due)
-                if self._next_due is None or due < self._next_due:
-                    self._next_due = due
+                heapq.heappush(self._dues, due)
+                if self._dues[0] == due:
                     self._wakeup.set()
                 return
             except (LogFull, OSError) as exc:

@@ -1,0 +1,42 @@
+"""The appliance's HTTP face: FastAPI app with the webhook, OpenFaaS-style and
+veba routes. The app owns the appliance's lifetime through its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from veba import __version__
+from veba.api.system import function_router, system_router
+from veba.api.v1 import metrics_router, v1_router
+from veba.api.webhook import webhook_router
+from veba.appliance import Appliance
+
+__all__ = ["create_app"]
+
+
+def create_app(appliance: Appliance) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await appliance.start()
+        try:
+            yield
+        finally:
+            await appliance.stop()
+
+    app = FastAPI(title="veba", version=__version__, lifespan=lifespan)
+    app.state.appliance = appliance
+    app.state.background = set()
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(webhook_router(appliance.settings.webhook_path))
+    app.include_router(system_router)
+    app.include_router(function_router)
+    app.include_router(v1_router)
+    app.include_router(metrics_router)
+    return app

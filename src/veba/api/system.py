@@ -1,0 +1,232 @@
+"""OpenFaaS-style routes: /system/* and /function/*, so faas-cli habits carry over."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from veba import __version__
+from veba.api.auth import require_token
+from veba.appliance import Appliance
+from veba.deployments import DeployError
+from veba.functions.supervisor import Invocation, Outcome
+from veba.secrets import SecretError
+
+__all__ = ["function_router", "system_router"]
+
+system_router = APIRouter(prefix="/system", dependencies=[Depends(require_token)], tags=["system"])
+function_router = APIRouter(dependencies=[Depends(require_token)], tags=["functions"])
+
+
+def _appliance(request: Request) -> Appliance:
+    appliance: Appliance = request.app.state.appliance
+    return appliance
+
+
+@system_router.get("/info")
+async def info(request: Request) -> dict[str, Any]:
+    return {
+        "provider": {"provider": "veba", "orchestration": "processes", "version": __version__},
+        "version": {"release": __version__},
+        "arch": "x86_64",
+    }
+
+
+@system_router.get("/functions")
+async def list_functions(request: Request) -> list[dict[str, Any]]:
+    return [d.info() for d in _appliance(request).functions.all()]
+
+
+@system_router.get("/function/{name}")
+async def get_function(name: str, request: Request) -> dict[str, Any]:
+    deployment = _appliance(request).functions.get(name)
+    if deployment is None:
+        raise HTTPException(404, f"function {name!r} is not deployed")
+    return deployment.info()
+
+
+@system_router.post("/functions")
+@system_router.put("/functions")
+async def deploy(request: Request, stream: bool = False) -> Response:
+    """Deploy or update a function. With `?stream=true` the answer is NDJSON:
+    build progress lines, then one `result` or `error` line."""
+    appliance = _appliance(request)
+    try:
+        payload = await request.json()
+    except ValueError:
+        return JSONResponse({"error": "request body is not JSON"}, status_code=400)
+    if not isinstance(payload, dict):
+        return JSONResponse({"error": "request body must be a JSON object"}, status_code=400)
+    if not stream:
+        try:
+            deployment = await appliance.functions.deploy(payload, progress=lambda _: None)
+        except DeployError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(deployment.info(), status_code=202)
+
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    async def run() -> None:
+        try:
+            deployment = await appliance.functions.deploy(
+                payload, progress=lambda line: queue.put_nowait({"progress": line})
+            )
+            queue.put_nowait({"result": deployment.info()})
+        except DeployError as exc:
+            queue.put_nowait({"error": str(exc)})
+        except Exception as exc:  # report, don't hang the client
+            queue.put_nowait({"error": f"deploy failed: {type(exc).__name__}: {exc}"})
+        finally:
+            queue.put_nowait(None)
+
+    task = asyncio.create_task(run())
+
+    async def lines() -> AsyncIterator[bytes]:
+        while (item := await queue.get()) is not None:
+            yield json.dumps(item).encode() + b"\n"
+        await task
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+@system_router.delete("/functions")
+async def remove_function(request: Request) -> Response:
+    body = await request.json()
+    name = body.get("functionName") if isinstance(body, dict) else None
+    if not isinstance(name, str) or not await _appliance(request).functions.remove(name):
+        raise HTTPException(404, f"function {name!r} is not deployed")
+    return Response(status_code=202)
+
+
+# -- secrets ------------------------------------------------------------------
+
+
+@system_router.get("/secrets")
+async def list_secrets(request: Request) -> list[dict[str, str]]:
+    return [{"name": n} for n in _appliance(request).secrets.names()]
+
+
+@system_router.post("/secrets")
+@system_router.put("/secrets")
+async def put_secret(request: Request) -> Response:
+    body = await request.json()
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        raise HTTPException(400, "expected {name, value} or {name, rawValue (base64)}")
+    if "rawValue" in body:
+        value = base64.b64decode(body["rawValue"])
+    elif isinstance(body.get("value"), str):
+        value = body["value"].encode()
+    else:
+        raise HTTPException(400, "expected a string 'value' or base64 'rawValue'")
+    replace = request.method == "PUT" or bool(body.get("replace"))
+    try:
+        _appliance(request).secrets.put(body["name"], value, replace=replace)
+    except SecretError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=409 if "exists" in str(exc) else 400)
+    return Response(status_code=201 if request.method == "POST" else 200)
+
+
+@system_router.delete("/secrets")
+async def remove_secret(request: Request) -> Response:
+    body = await request.json()
+    name = body.get("name") if isinstance(body, dict) else None
+    appliance = _appliance(request)
+    users = [d.definition.name for d in appliance.functions.all() if name in d.definition.secrets]
+    if users:
+        raise HTTPException(409, f"secret {name!r} is used by function(s) {', '.join(users)}")
+    try:
+        appliance.secrets.remove(str(name))
+    except SecretError as exc:
+        raise HTTPException(404, str(exc)) from None
+    return Response(status_code=202)
+
+
+# -- logs ---------------------------------------------------------------------
+
+
+@system_router.get("/logs")
+async def logs(request: Request, name: str, follow: bool = False, tail: int = 100) -> Response:
+    hub = _appliance(request).logs
+
+    async def lines() -> AsyncIterator[bytes]:
+        for line in hub.tail(name, tail):
+            yield json.dumps(line.to_dict()).encode() + b"\n"
+        if follow:
+            async for line in hub.follow(name):
+                yield json.dumps(line.to_dict()).encode() + b"\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+# -- invocation ---------------------------------------------------------------
+
+
+async def _invocation(request: Request, path: str) -> Invocation:
+    headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
+    return Invocation(
+        body=await request.body(),
+        headers=headers,
+        method=request.method,
+        path="/" + path,
+        query=dict(request.query_params),
+    )
+
+
+def _response(outcome: Outcome) -> Response:
+    if outcome.kind in ("timeout", "crash"):
+        return JSONResponse({"error": outcome.error, "kind": outcome.kind}, status_code=502)
+    headers = {k: v for k, v in outcome.headers.items() if k.lower() != "content-length"}
+    if outcome.error and outcome.status >= 500 and not outcome.body:
+        return JSONResponse({"error": outcome.error}, status_code=outcome.status)
+    return Response(outcome.body, status_code=outcome.status or 500, headers=headers)
+
+
+@function_router.api_route("/function/{name}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+@function_router.api_route(
+    "/function/{name}/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"]
+)
+async def invoke(name: str, request: Request, path: str = "") -> Response:
+    try:
+        outcome = await _appliance(request).functions.invoke(name, await _invocation(request, path))
+    except KeyError:
+        raise HTTPException(404, f"function {name!r} is not deployed or not ready") from None
+    return _response(outcome)
+
+
+@function_router.post("/async-function/{name}")
+@function_router.post("/async-function/{name}/{path:path}")
+async def invoke_async(name: str, request: Request, path: str = "") -> Response:
+    appliance = _appliance(request)
+    if appliance.functions.get(name) is None:
+        raise HTTPException(404, f"function {name!r} is not deployed")
+    call_id = request.headers.get("x-call-id") or str(uuid.uuid4())
+    callback = request.headers.get("x-callback-url")
+    invocation = await _invocation(request, path)
+
+    async def run() -> None:
+        try:
+            outcome = await appliance.functions.invoke(name, invocation)
+        except KeyError:
+            appliance.logs.write(name, "system", f"async call {call_id}: function went away")
+            return
+        if callback:
+            headers = {
+                "X-Call-Id": call_id,
+                "X-Function-Status": str(outcome.status),
+                "X-Function-Name": name,
+            }
+            try:
+                await appliance.http.post(callback, content=outcome.body, headers=headers)
+            except Exception as exc:
+                appliance.logs.write(name, "system", f"callback {callback} failed: {exc}")
+
+    request.app.state.background.add(task := asyncio.create_task(run()))
+    task.add_done_callback(request.app.state.background.discard)
+    return Response(status_code=202, headers={"X-Call-Id": call_id})

@@ -1,0 +1,128 @@
+"""The appliance: one event log, the deployed functions, and the providers.
+
+Flow is one way: providers and the webhook `publish` into the log (which
+routes each new event to its deliveries in the same transaction), then wake
+the dispatchers of the functions that got new deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from veba.deployments import Functions
+from veba.dispatch import DeadLetterSink
+from veba.eventlog import AppendResult, SQLiteLog
+from veba.events import Event
+from veba.functionlogs import LogHub
+from veba.observability import Metrics
+from veba.providers.base import Provider
+from veba.secrets import SecretStore
+from veba.settings import ApplianceSettings, ensure_token
+
+__all__ = ["Appliance"]
+
+log = logging.getLogger("veba.appliance")
+
+
+class Appliance:
+    def __init__(
+        self, settings: ApplianceSettings, *, providers: Sequence[Provider] | None = None
+    ) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.token = ensure_token(settings.data_dir)
+        self.log = SQLiteLog(settings.log_path)
+        self.secrets = SecretStore(settings.data_dir)
+        self.logs = LogHub(settings.logs_dir)
+        self.metrics = Metrics()
+        self.http = httpx.AsyncClient(timeout=10.0)
+        self.functions = Functions(
+            functions_dir=settings.functions_dir,
+            venv_cache=settings.venv_cache,
+            log=self.log,
+            secrets=self.secrets,
+            logs=self.logs,
+            dead_letter_sink=DeadLetterSink(self.http),
+            observer=self.metrics.observe_delivery,
+        )
+        self.providers: list[Provider] = list(
+            providers if providers is not None else _default_providers(settings)
+        )
+        self._provider_tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.log.open()
+        await self.functions.load()
+        for provider in self.providers:
+            task = asyncio.create_task(
+                self._run_provider(provider), name=f"provider:{provider.name}"
+            )
+            self._provider_tasks.append(task)
+
+    async def _run_provider(self, provider: Provider) -> None:
+        # A provider handles its own transient trouble; this only keeps a bug
+        # in one from taking the appliance down silently.
+        while True:
+            try:
+                await provider.run(self)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("provider %s failed; restarting in 5 s", provider.name)
+                await asyncio.sleep(5)
+
+    async def stop(self) -> None:
+        for task in self._provider_tasks:
+            task.cancel()
+        await asyncio.gather(*self._provider_tasks, return_exceptions=True)
+        await self.functions.stop()
+        await self.log.close()
+        self.logs.close()
+        with contextlib.suppress(Exception):
+            await self.http.aclose()
+
+    # -- the EventSink that providers and the webhook publish into -----------
+
+    async def publish(
+        self,
+        events: Sequence[Event],
+        *,
+        checkpoint: tuple[str, str] | None = None,
+        via: str = "provider",
+    ) -> AppendResult:
+        result = await self.log.append(
+            events, route=self.functions.router.route, checkpoint=checkpoint
+        )
+        self.functions.wake(result.deliveries)
+        if result.accepted:
+            self.metrics.events.labels(via).inc(result.accepted)
+        if result.duplicates:
+            self.metrics.duplicates.labels(via).inc(result.duplicates)
+        return result
+
+    async def checkpoint(self, provider_name: str) -> str | None:
+        return await self.log.get_checkpoint(provider_name)
+
+    def provider(self, name: str) -> Provider | None:
+        return next((p for p in self.providers if p.name == name), None)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "providers": [p.status() for p in self.providers],
+            "functions": {d.definition.name: d.status for d in self.functions.all()},
+        }
+
+
+def _default_providers(settings: ApplianceSettings) -> list[Provider]:
+    if not settings.simulator:
+        return []
+    from veba.providers.simulator import SimulatorProvider
+
+    return [SimulatorProvider(rate=settings.simulator_rate, seed=settings.simulator_seed)]

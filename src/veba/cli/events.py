@@ -1,0 +1,185 @@
+"""`veba events|dlq|replay|status`: look into the log and act on it."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import typer
+
+from veba.cli.client import (
+    Client,
+    DataDirOption,
+    GatewayOption,
+    OutputOption,
+    console,
+    fail,
+    print_rows,
+)
+
+events_app = typer.Typer(help="Events in the log", no_args_is_help=True)
+dlq_app = typer.Typer(help="The dead-letter queue", no_args_is_help=True)
+
+
+def _event_rows(records: list[dict]) -> list[dict]:
+    return [
+        {
+            "seq": r["seq"],
+            "id": r["event"]["id"],
+            "subject": r["event"].get("subject"),
+            "source": r["event"]["source"],
+            "time": r["event"].get("time"),
+        }
+        for r in records
+    ]
+
+
+@events_app.command("list")
+def events_list(
+    subject: str | None = typer.Option(None, "--subject"),
+    limit: int = typer.Option(20, "--limit"),
+    gateway: str | None = GatewayOption,
+    data_dir: Path | None = DataDirOption,
+    output: str = OutputOption,
+) -> None:
+    """The newest events in the log."""
+    params = {"limit": limit, "newest_first": "true", **({"subject": subject} if subject else {})}
+    records = Client(gateway, data_dir).json("GET", "/api/v1/events", params=params)
+    if output == "json":
+        print_rows(records, [], "json")
+    else:
+        print_rows(_event_rows(records), ["seq", "id", "subject", "source", "time"], output)
+
+
+@events_app.command("show")
+def events_show(
+    event_id: str, gateway: str | None = GatewayOption, data_dir: Path | None = DataDirOption
+) -> None:
+    """One event with its deliveries and their attempts."""
+    record = Client(gateway, data_dir).json("GET", f"/api/v1/events/{event_id}")
+    sys.stdout.write(json.dumps(record, indent=2) + "\n")
+
+
+@events_app.command("tail")
+def events_tail(
+    subject: str | None = typer.Option(None, "--subject"),
+    gateway: str | None = GatewayOption,
+    data_dir: Path | None = DataDirOption,
+    output: str = OutputOption,
+) -> None:
+    """Follow new events as they are logged."""
+    client = Client(gateway, data_dir)
+    newest = client.json("GET", "/api/v1/events", params={"limit": 1, "newest_first": "true"})
+    after = newest[0]["seq"] if newest else 0
+    try:
+        while True:
+            params = {"after": after, "limit": 500, **({"subject": subject} if subject else {})}
+            records = client.json("GET", "/api/v1/events", params=params)
+            for r in records:
+                after = max(after, r["seq"])
+                e = r["event"]
+                if output == "json":
+                    sys.stdout.write(json.dumps(r) + "\n")
+                else:
+                    sys.stdout.write(
+                        f"{r['seq']:>8} {e.get('time', '')} {e.get('subject', '')} {e['id']}\n"
+                    )
+                sys.stdout.flush()
+            if not records:
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+
+
+@dlq_app.command("list")
+def dlq_list(
+    function: str | None = typer.Option(None, "--function"),
+    limit: int = typer.Option(100, "--limit"),
+    gateway: str | None = GatewayOption,
+    data_dir: Path | None = DataDirOption,
+    output: str = OutputOption,
+) -> None:
+    """Dead-lettered deliveries."""
+    params = {"limit": limit, **({"function": function} if function else {})}
+    rows = Client(gateway, data_dir).json("GET", "/api/v1/dlq", params=params)
+    for row in rows:
+        row["error"] = (
+            (row.get("last_error") or "").splitlines()[0][:80] if row.get("last_error") else ""
+        )
+    print_rows(
+        rows,
+        ["id", "subscription", "subject", "event_id", "attempts", "last_status", "error"],
+        output,
+    )
+
+
+@dlq_app.command("show")
+def dlq_show(
+    delivery_id: int, gateway: str | None = GatewayOption, data_dir: Path | None = DataDirOption
+) -> None:
+    """A dead letter: its event, every attempt, and the last error with its traceback."""
+    record = Client(gateway, data_dir).json("GET", f"/api/v1/dlq/{delivery_id}")
+    sys.stdout.write(json.dumps(record, indent=2) + "\n")
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    ids: list[int] = typer.Argument(None, help="Dead-letter ids"),
+    function: str | None = typer.Option(None, "--function"),
+    all_: bool = typer.Option(False, "--all"),
+    gateway: str | None = GatewayOption,
+    data_dir: Path | None = DataDirOption,
+) -> None:
+    """Send dead letters back for delivery, with a fresh attempt count."""
+    if ids:
+        body: dict[str, object] = {"ids": ids}
+    elif function:
+        body = {"function": function}
+    elif all_:
+        body = {"all": True}
+    else:
+        fail("say what to redrive: IDS, --function NAME or --all")
+    result = Client(gateway, data_dir).json("POST", "/api/v1/dlq/redrive", json=body)
+    console.print(f"redriven: {result['redriven']}")
+
+
+def _when(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        fail(f"{value!r} is not a time: use ISO-8601 (2026-11-26T10:00:00Z) or epoch seconds")
+
+
+def replay(
+    function: str,
+    since: str | None = typer.Option(None, "--since", help="ISO-8601 time or epoch seconds"),
+    until: str | None = typer.Option(None, "--until"),
+    types: list[str] = typer.Option(None, "--type", help="Only these subjects (repeatable)"),
+    gateway: str | None = GatewayOption,
+    data_dir: Path | None = DataDirOption,
+) -> None:
+    """Deliver logged events again to a function (by time received and subject)."""
+    body = {
+        "function": function,
+        "since": _when(since),
+        "until": _when(until),
+        "types": types or None,
+    }
+    result = Client(gateway, data_dir).json("POST", "/api/v1/replay", json=body)
+    console.print(f"replayed: {result['replayed']}")
+
+
+def status(gateway: str | None = GatewayOption, data_dir: Path | None = DataDirOption) -> None:
+    """Providers and functions at a glance."""
+    sys.stdout.write(
+        json.dumps(Client(gateway, data_dir).json("GET", "/api/v1/status"), indent=2) + "\n"
+    )

@@ -1,0 +1,205 @@
+"""`veba new|build|deploy|up|remove|list|invoke|logs`: the function life cycle."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from veba.cli.client import (
+    Client,
+    DataDirOption,
+    GatewayOption,
+    OutputOption,
+    console,
+    err,
+    fail,
+    print_rows,
+)
+from veba.deployments import pack_code
+from veba.functions.build import BuildError, ensure_venv
+from veba.functions.stack import FunctionSpec, Stack, StackError, check_handler_syntax, load_stack
+from veba.settings import resolve_data_dir
+
+StackOption = typer.Option(Path("stack.yml"), "--file", "-f", help="stack.yml")
+FilterOption = typer.Option(None, "--filter", help="Only this function")
+
+
+def _stack(path: Path, only: str | None) -> tuple[Stack, list[FunctionSpec]]:
+    try:
+        stack = load_stack(path)
+        specs = [s for n, s in stack.functions.items() if only in (None, n)]
+        if only and not specs:
+            fail(f"{path}: functions.{only}: no such function in the stack")
+        for spec in specs:
+            check_handler_syntax(spec)
+    except StackError as exc:
+        fail(str(exc))
+    return stack, specs
+
+
+def _payload(spec: FunctionSpec) -> dict[str, object]:
+    return {
+        "name": spec.name,
+        "lang": spec.lang,
+        "environment": spec.environment,
+        "secrets": spec.secrets,
+        "labels": spec.labels,
+        "annotations": spec.annotations,
+        "topic": spec.topic,
+        "filters": spec.filters,
+        "delivery": spec.delivery,
+        "workers": spec.workers,
+        "timeout": spec.timeout,
+        "code": pack_code(spec.handler),
+    }
+
+
+def build(
+    file: Path = StackOption,
+    filter: str | None = FilterOption,
+    data_dir: Path | None = DataDirOption,
+) -> None:
+    """Check the stack and build each function's virtualenv (cached by requirements)."""
+    _, specs = _stack(file, filter)
+    cache = resolve_data_dir(data_dir) / "venvs"
+    for spec in specs:
+        err.print(f"[bold]{spec.name}[/bold]: building virtualenv", highlight=False)
+        try:
+            ensure_venv(spec.handler, cache, lambda line: err.print(f"  {line}", highlight=False))
+        except BuildError as exc:
+            fail(f"{file}: functions.{spec.name}.handler: {exc}")
+        err.print(f"[green]{spec.name}[/green]: built", highlight=False)
+
+
+def deploy(
+    file: Path = StackOption,
+    filter: str | None = FilterOption,
+    gateway: str | None = GatewayOption,
+    data_dir: Path | None = DataDirOption,
+) -> None:
+    """Deploy the stack's functions to the appliance (builds there, with progress)."""
+    stack, specs = _stack(file, filter)
+    client = Client(gateway, data_dir, stack.gateway)
+    failed = False
+    for spec in specs:
+        err.print(f"[bold]{spec.name}[/bold]: deploying to {client.url}", highlight=False)
+        for line in client.stream_lines(
+            "POST", "/system/functions?stream=true", json=_payload(spec)
+        ):
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            if "progress" in item:
+                err.print(f"  {item['progress']}", highlight=False)
+            elif "error" in item:
+                err.print(f"[red]error:[/red] {file}: {item['error']}", highlight=False)
+                failed = True
+            elif "result" in item:
+                err.print(f"[green]{spec.name}[/green]: deployed", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+def up(
+    file: Path = StackOption,
+    filter: str | None = FilterOption,
+    gateway: str | None = GatewayOption,
+    data_dir: Path | None = DataDirOption,
+) -> None:
+    """Build and deploy in one step (faas-cli up)."""
+    deploy(file, filter, gateway, data_dir)
+
+
+def remove(
+    name: str | None = typer.Argument(None, help="Function name (else every function in --file)"),
+    file: Path = StackOption,
+    gateway: str | None = GatewayOption,
+    data_dir: Path | None = DataDirOption,
+) -> None:
+    """Remove deployed functions."""
+    names = [name] if name else list(_stack(file, None)[0].functions)
+    client = Client(gateway, data_dir)
+    for n in names:
+        client.request("DELETE", "/system/functions", json={"functionName": n})
+        err.print(f"removed {n}", highlight=False)
+
+
+def list_functions(
+    gateway: str | None = GatewayOption,
+    data_dir: Path | None = DataDirOption,
+    output: str = OutputOption,
+) -> None:
+    """List deployed functions."""
+    rows = Client(gateway, data_dir).json("GET", "/system/functions")
+    print_rows(
+        rows,
+        ["name", "lang", "topic", "status", "replicas", "availableReplicas", "last_error"],
+        output,
+    )
+
+
+def invoke(
+    name: str,
+    data: str | None = typer.Option(None, "--data", "-d", help="Request body (else stdin)"),
+    content_type: str = typer.Option("application/json", "--content-type"),
+    asynchronous: bool = typer.Option(False, "--async", help="Queue the call, answer 202"),
+    callback: str | None = typer.Option(None, "--callback-url"),
+    gateway: str | None = GatewayOption,
+    data_dir: Path | None = DataDirOption,
+) -> None:
+    """Call a function with a body, as `faas-cli invoke` does."""
+    body = (
+        data.encode()
+        if data is not None
+        else (b"" if sys.stdin.isatty() else sys.stdin.buffer.read())
+    )
+    client = Client(gateway, data_dir)
+    headers = {"Content-Type": content_type}
+    if asynchronous:
+        if callback:
+            headers["X-Callback-Url"] = callback
+        response = client.request("POST", f"/async-function/{name}", content=body, headers=headers)
+        console.print(f"accepted, call id {response.headers.get('x-call-id')}")
+        return
+    response = client.request("POST", f"/function/{name}", content=body, headers=headers)
+    sys.stdout.buffer.write(response.content)
+    if not response.content.endswith(b"\n"):
+        sys.stdout.write("\n")
+
+
+def logs(
+    name: str,
+    follow: bool = typer.Option(False, "--follow", "-f"),
+    tail: int = typer.Option(100, "--tail"),
+    gateway: str | None = GatewayOption,
+    data_dir: Path | None = DataDirOption,
+    output: str = OutputOption,
+) -> None:
+    """Show a function's log lines (stdout, stderr and system)."""
+    client = Client(gateway, data_dir)
+    params = f"name={name}&tail={tail}&follow={'true' if follow else 'false'}"
+    try:
+        for line in client.stream_lines("GET", f"/system/logs?{params}"):
+            if not line.strip():
+                continue
+            if output == "json":
+                sys.stdout.write(line + "\n")
+            else:
+                item = json.loads(line)
+                sys.stdout.write(f"{item['timestamp']} {item['instance']:6} {item['text']}\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(build)
+    app.command()(deploy)
+    app.command()(up)
+    app.command()(remove)
+    app.command("list")(list_functions)
+    app.command()(invoke)
+    app.command()(logs)

@@ -1,0 +1,69 @@
+"""`veba serve`: run the appliance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from veba.cli.client import DataDirOption, err, fail
+from veba.settings import DEFAULT_LISTEN, ApplianceSettings, parse_listen, resolve_data_dir
+
+
+def serve(
+    listen: str = typer.Option(DEFAULT_LISTEN, "--listen", help="HOST:PORT to serve on"),
+    data_dir: Path | None = DataDirOption,
+    simulator: bool = typer.Option(
+        True, "--simulator/--no-simulator", help="Built-in vCenter simulator"
+    ),
+    simulator_rate: float = typer.Option(
+        1.0, "--simulator-rate", help="Simulated events per second (0 = paused)"
+    ),
+    simulator_seed: int = typer.Option(0, "--simulator-seed"),
+    webhook_path: str = typer.Option("/webhook", "--webhook-path"),
+    webhook_user: str | None = typer.Option(None, "--webhook-user", envvar="VEBA_WEBHOOK_USER"),
+    webhook_password: str | None = typer.Option(
+        None, "--webhook-password", envvar="VEBA_WEBHOOK_PASSWORD"
+    ),
+    log_level: str = typer.Option("info", "--log-level"),
+) -> None:
+    """Run the appliance: event log, functions, providers, API and webhook."""
+    import uvicorn
+
+    from veba.api import create_app
+    from veba.appliance import Appliance
+    from veba.observability import configure_logging
+
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        fail(str(exc))
+    if bool(webhook_user) != bool(webhook_password):
+        fail("--webhook-user and --webhook-password go together")
+    settings = ApplianceSettings(
+        data_dir=resolve_data_dir(data_dir),
+        listen=listen,
+        simulator=simulator and simulator_rate >= 0,
+        simulator_rate=simulator_rate,
+        simulator_seed=simulator_seed,
+        webhook_path=webhook_path,
+        webhook_basic_auth=(webhook_user, webhook_password)
+        if webhook_user and webhook_password
+        else None,
+    )
+    configure_logging(log_level)
+    appliance = Appliance(settings)
+    (settings.data_dir / "url").write_text(f"http://{host}:{port}\n")
+    err.print(
+        f"veba serving on http://{host}:{port}  data: {settings.data_dir}  "
+        f"token: {settings.data_dir / 'token'}",
+        highlight=False,
+    )
+    uvicorn.run(
+        create_app(appliance),
+        host=host,
+        port=port,
+        log_level="warning" if log_level == "info" else log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )

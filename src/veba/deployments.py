@@ -1,0 +1,411 @@
+"""Deployed functions: their definitions on disk, warm pools and dispatchers.
+
+A deploy is all or nothing: the definition is checked, the code unpacked, the
+virtualenv built and the new workers started before anything of the old
+version is stopped; only then is the definition saved and the router rebuilt.
+Definitions live in `<data dir>/functions/<name>/function.json`, so a restarted
+appliance brings its functions back before it takes events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import re
+import shutil
+import tarfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from veba.delivery import DeliveryPolicy, PolicyError
+from veba.dispatch import DeadLetterSink, Dispatcher, Observer
+from veba.eventlog.base import EventLog
+from veba.functionlogs import LogHub
+from veba.functions.build import BuildError, ensure_venv
+from veba.functions.stack import LANG_ALIASES, LANGS
+from veba.functions.supervisor import FunctionLoadError, FunctionPool, Invocation, Outcome
+from veba.routing import Router, Subscription, SubscriptionError, compile_subscription
+from veba.secrets import SecretError, SecretStore
+from veba.targets.functions import FunctionTarget
+
+__all__ = ["DeployError", "Deployment", "FunctionDefinition", "Functions", "pack_code"]
+
+log = logging.getLogger("veba.deployments")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+Progress = Callable[[str], None]
+
+
+class DeployError(ValueError):
+    """A deploy that cannot go ahead; the message starts with the field path."""
+
+
+def pack_code(handler_dir: Path) -> str:
+    """A function's handler folder as base64 tar.gz, for the deploy request."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(handler_dir.rglob("*")):
+            rel = path.relative_to(handler_dir)
+            if any(part in ("__pycache__", ".venv", ".git") for part in rel.parts):
+                continue
+            info = tar.gettarinfo(str(path), arcname=str(rel))
+            info.mtime = 0  # same code, same hash
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            if path.is_file():
+                with path.open("rb") as fh:
+                    tar.addfile(info, fh)
+            elif path.is_dir():
+                tar.addfile(info)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _field(payload: Mapping[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
+    value = payload.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        raise DeployError(f"{where}.{key}: expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class FunctionDefinition:
+    name: str
+    lang: str
+    environment: dict[str, str] = field(default_factory=dict)
+    secrets: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    topic: str | None = None
+    filters: Any = None
+    delivery: dict[str, Any] = field(default_factory=dict)
+    workers: int = 1
+    timeout: float = 30.0
+    code_hash: str = ""
+    deployed_at: float = 0.0
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any], code_hash: str) -> FunctionDefinition:
+        name = payload.get("name") or payload.get("service")
+        if not isinstance(name, str) or not _NAME.match(name) or len(name) > 63:
+            raise DeployError(
+                f"functions.{name}: name must be a DNS-1123 label (lower-case letters,"
+                " digits and '-', starting and ending with a letter or digit, at most 63)"
+            )
+        where = f"functions.{name}"
+        lang = payload.get("lang")
+        lang = LANG_ALIASES.get(str(lang), lang)
+        if lang not in LANGS:
+            raise DeployError(
+                f"{where}.lang: unknown lang {lang!r}; expected one of {', '.join(LANGS)}"
+            )
+        workers = _field(payload, "workers", int, 1, where)
+        if workers < 1 or workers > 64:
+            raise DeployError(f"{where}.workers: expected 1 to 64 worker processes")
+        timeout = payload.get("timeout", 30.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise DeployError(f"{where}.timeout: expected seconds greater than zero")
+        secrets = _field(payload, "secrets", list, [], where)
+        if not all(isinstance(s, str) for s in secrets):
+            raise DeployError(f"{where}.secrets: expected a list of secret names")
+        return cls(
+            name=name,
+            lang=lang,
+            environment={
+                str(k): str(v) for k, v in _field(payload, "environment", dict, {}, where).items()
+            },
+            secrets=list(secrets),
+            labels={str(k): str(v) for k, v in _field(payload, "labels", dict, {}, where).items()},
+            annotations={
+                str(k): str(v) for k, v in _field(payload, "annotations", dict, {}, where).items()
+            },
+            topic=payload.get("topic")
+            or _field(payload, "annotations", dict, {}, where).get("topic"),
+            filters=payload.get("filters"),
+            delivery=dict(_field(payload, "delivery", dict, {}, where)),
+            workers=workers,
+            timeout=float(timeout),
+            code_hash=code_hash,
+            deployed_at=time.time(),
+        )
+
+    def compile(self) -> tuple[Subscription, DeliveryPolicy]:
+        where = f"functions.{self.name}"
+        try:
+            subscription = compile_subscription(self.name, self.topic, self.filters, where=where)
+            policy = DeliveryPolicy.parse(
+                self.delivery, where=f"{where}.delivery", default_timeout=self.timeout
+            )
+        except (SubscriptionError, PolicyError) as exc:
+            raise DeployError(str(exc)) from None
+        return subscription, policy
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Deployment:
+    definition: FunctionDefinition
+    subscription: Subscription
+    policy: DeliveryPolicy
+    code_dir: Path
+    pool: FunctionPool | None = None
+    dispatcher: Dispatcher | None = None
+    status: str = "starting"  # starting | ready | error
+    error: str | None = None
+
+    def info(self) -> dict[str, Any]:
+        d = self.definition
+        counts = self.dispatcher.counts if self.dispatcher else None
+        return {
+            "name": d.name,
+            "lang": d.lang,
+            "topic": d.topic,
+            "filters": d.filters,
+            "status": self.status,
+            "error": self.error,
+            "replicas": d.workers,
+            "availableReplicas": (self.pool.stats.get("alive", 0) if self.pool else 0),
+            "environment": d.environment,
+            "secrets": d.secrets,
+            "labels": d.labels,
+            "annotations": d.annotations,
+            "delivery": asdict(self.policy),
+            "deployed_at": d.deployed_at,
+            "in_flight": counts.in_flight if counts else 0,
+            "last_error": self.dispatcher.last_error if self.dispatcher else None,
+        }
+
+
+class Functions:
+    """The deployed functions of one appliance."""
+
+    def __init__(
+        self,
+        *,
+        functions_dir: Path,
+        venv_cache: Path,
+        log: EventLog,
+        secrets: SecretStore,
+        logs: LogHub,
+        dead_letter_sink: DeadLetterSink | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self._dir = functions_dir
+        self._venvs = venv_cache
+        self._log = log
+        self._secrets = secrets
+        self._logs = logs
+        self._dls = dead_letter_sink
+        self._observer = observer
+        self._deployments: dict[str, Deployment] = {}
+        self._lock = asyncio.Lock()
+        self._starting: set[asyncio.Task[None]] = set()
+        self.router = Router()
+
+    # -- queries ---------------------------------------------------------------
+
+    def get(self, name: str) -> Deployment | None:
+        return self._deployments.get(name)
+
+    def all(self) -> list[Deployment]:
+        return [self._deployments[n] for n in sorted(self._deployments)]
+
+    def wake(self, deliveries: Mapping[str, int]) -> None:
+        for name in deliveries:
+            deployment = self._deployments.get(name)
+            if deployment is not None and deployment.dispatcher is not None:
+                deployment.dispatcher.wake()
+
+    def _rebuild_router(self) -> None:
+        self.router = Router(d.subscription for d in self._deployments.values())
+
+    # -- start-up and shut-down ------------------------------------------------
+
+    async def load(self) -> None:
+        """Bring back saved functions: routing at once, workers in the background."""
+        if not self._dir.exists():
+            return
+        for path in sorted(self._dir.glob("*/function.json")):
+            try:
+                definition = FunctionDefinition(**json.loads(path.read_text()))
+                subscription, policy = definition.compile()
+            except (OSError, ValueError, TypeError) as exc:
+                log.error("cannot load %s: %s", path, exc)
+                continue
+            code_dir = path.parent / f"code-{definition.code_hash}"
+            self._deployments[definition.name] = Deployment(
+                definition, subscription, policy, code_dir
+            )
+        self._rebuild_router()
+        for deployment in self._deployments.values():
+            task = asyncio.create_task(self._start_saved(deployment))
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+
+    async def _start_saved(self, deployment: Deployment) -> None:
+        name = deployment.definition.name
+        try:
+            pool = await self._start_pool(deployment.definition, deployment.code_dir, _quiet)
+        except DeployError as exc:
+            deployment.status, deployment.error = "error", str(exc)
+            self._logs.write(name, "system", f"could not start: {exc}")
+            return
+        self._attach(deployment, pool)
+
+    async def stop(self) -> None:
+        for task in list(self._starting):
+            task.cancel()
+        await asyncio.gather(*self._starting, return_exceptions=True)
+        await asyncio.gather(*(self._stop_deployment(d) for d in self._deployments.values()))
+
+    async def _stop_deployment(self, deployment: Deployment) -> None:
+        if deployment.dispatcher is not None:
+            await deployment.dispatcher.stop()
+        if deployment.pool is not None:
+            await deployment.pool.stop()
+
+    # -- deploy / remove ---------------------------------------------------------
+
+    async def deploy(self, payload: Mapping[str, Any], progress: Progress = print) -> Deployment:
+        code = payload.get("code")
+        if not isinstance(code, str):
+            raise DeployError(f"functions.{payload.get('name')}.handler: no code was sent")
+        try:
+            archive = base64.b64decode(code, validate=True)
+        except ValueError:
+            raise DeployError(
+                f"functions.{payload.get('name')}.handler: code is not base64"
+            ) from None
+        code_hash = hashlib.sha256(archive).hexdigest()[:16]
+        definition = FunctionDefinition.from_payload(payload, code_hash)
+        subscription, policy = definition.compile()
+        where = f"functions.{definition.name}"
+        for secret in definition.secrets:
+            if not self._secrets.exists(secret):
+                raise DeployError(
+                    f"{where}.secrets: secret {secret!r} does not exist;"
+                    f" create it with: veba secret create {secret} --from-file FILE"
+                )
+        async with self._lock:
+            home = self._dir / definition.name
+            code_dir = home / f"code-{code_hash}"
+            if not code_dir.exists():
+                await asyncio.to_thread(_unpack, archive, code_dir, where)
+            progress(f"{definition.name}: code unpacked ({len(archive)} bytes)")
+            pool = await self._start_pool(definition, code_dir, progress)
+            old = self._deployments.get(definition.name)
+            if old is not None:
+                await self._stop_deployment(old)
+            deployment = Deployment(definition, subscription, policy, code_dir)
+            _write_json(home / "function.json", definition.to_dict())
+            self._deployments[definition.name] = deployment
+            self._rebuild_router()
+            self._attach(deployment, pool)
+            for stale in home.glob("code-*"):
+                if stale != code_dir:
+                    shutil.rmtree(stale, ignore_errors=True)
+            progress(f"{definition.name}: deployed, {definition.workers} worker(s) ready")
+            return deployment
+
+    async def remove(self, name: str) -> bool:
+        async with self._lock:
+            deployment = self._deployments.pop(name, None)
+            if deployment is None:
+                return False
+            self._rebuild_router()
+            await self._stop_deployment(deployment)
+            dropped = await self._log.forget(name)
+            shutil.rmtree(self._dir / name, ignore_errors=True)
+            self._logs.write(name, "system", f"removed; {dropped} undelivered event(s) dropped")
+            self._logs.forget(name)
+            return True
+
+    async def invoke(self, name: str, invocation: Invocation) -> Outcome:
+        deployment = self._deployments.get(name)
+        if deployment is None or deployment.pool is None:
+            raise KeyError(name)
+        return await deployment.pool.invoke(invocation, deployment.policy.timeout)
+
+    # -- internals --------------------------------------------------------------
+
+    async def _start_pool(
+        self, definition: FunctionDefinition, code_dir: Path, progress: Progress
+    ) -> FunctionPool:
+        where = f"functions.{definition.name}"
+        try:
+            python = await asyncio.to_thread(ensure_venv, code_dir, self._venvs, progress)
+        except BuildError as exc:
+            raise DeployError(f"{where}.handler: {exc}") from None
+        try:
+            secrets = {s: self._secrets.get(s) for s in definition.secrets}
+        except SecretError as exc:
+            raise DeployError(f"{where}.secrets: {exc}") from None
+        self._logs.set_secrets(definition.name, secrets.values())
+        pool = FunctionPool(
+            definition.name,
+            python=python,
+            handler_dir=code_dir,
+            lang=definition.lang,
+            workers=definition.workers,
+            environment=definition.environment,
+            secrets=secrets,
+            log_sink=self._logs.write,
+        )
+        try:
+            await pool.start()
+        except FunctionLoadError as exc:
+            with contextlib.suppress(Exception):
+                await pool.stop()
+            raise DeployError(f"{where}.handler: {exc}") from None
+        return pool
+
+    def _attach(self, deployment: Deployment, pool: FunctionPool) -> None:
+        name = deployment.definition.name
+        deployment.pool = pool
+        deployment.dispatcher = Dispatcher(
+            name,
+            log=self._log,
+            target=FunctionTarget(name, pool),
+            policy=deployment.policy,
+            dead_letter_sink=self._dls,
+            observer=self._observer,
+        )
+        deployment.dispatcher.start()
+        deployment.status, deployment.error = "ready", None
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _unpack(archive: bytes, code_dir: Path, where: str) -> None:
+    tmp = code_dir.with_name(code_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+            tar.extractall(tmp, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DeployError(f"{where}.handler: cannot unpack the code: {exc}") from None
+    if not (tmp / "handler.py").exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DeployError(f"{where}.handler: the handler folder has no handler.py")
+    tmp.rename(code_dir)
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)

@@ -1,0 +1,107 @@
+"""Where the appliance keeps its state, and how a client finds the appliance.
+
+The data directory comes from `--data-dir`, then `VEBA_DATA_DIR`, then a
+per-user default. The API token lives in it (mode 0600), so a CLI on the same
+machine finds it without copying; `VEBA_TOKEN` overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "ApplianceSettings",
+    "default_data_dir",
+    "ensure_token",
+    "parse_listen",
+    "read_token",
+    "resolve_data_dir",
+]
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+TOKEN_FILE = "token"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "veba"
+
+
+def resolve_data_dir(option: str | Path | None = None) -> Path:
+    if option:
+        return Path(option).expanduser()
+    env = os.environ.get("VEBA_DATA_DIR")
+    return Path(env).expanduser() if env else default_data_dir()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Create a file readable by its owner only, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def ensure_token(data_dir: Path) -> str:
+    """The appliance's API token, created on first start."""
+    path = data_dir / TOKEN_FILE
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    _write_private(path, token.encode() + b"\n")
+    return token
+
+
+def read_token(data_dir: Path) -> str | None:
+    """For clients: `VEBA_TOKEN`, else the token file in the data directory."""
+    env = os.environ.get("VEBA_TOKEN")
+    if env:
+        return env.strip()
+    try:
+        return (data_dir / TOKEN_FILE).read_text().strip()
+    except OSError:
+        return None
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--listen {value!r}: expected HOST:PORT, like {DEFAULT_LISTEN}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@dataclass(frozen=True)
+class ApplianceSettings:
+    data_dir: Path
+    listen: str = DEFAULT_LISTEN
+    simulator: bool = True
+    simulator_rate: float = 1.0
+    simulator_seed: int = 0
+    webhook_path: str = "/webhook"
+    webhook_basic_auth: tuple[str, str] | None = None
+    webhook_bearer_token: str | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "events.db"
+
+    @property
+    def functions_dir(self) -> Path:
+        return self.data_dir / "functions"
+
+    @property
+    def venv_cache(self) -> Path:
+        return self.data_dir / "venvs"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
