@@ -130,6 +130,10 @@ class Dispatcher:
         self._renewer: asyncio.Task[None] | None = None
         self.counts = _Counts()
         self.last_error: str | None = None
+        # Acks are written in batches: whatever finished while the last write
+        # was under way goes in the next one.
+        self._acks: list[tuple[int, Attempt]] = []
+        self._ack_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -153,6 +157,8 @@ class Dispatcher:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._ack_task is not None:
+            await asyncio.gather(self._ack_task, return_exceptions=True)
         if self._in_hand:
             with contextlib.suppress(Exception):
                 await self._log.release(list(self._in_hand))
@@ -257,7 +263,7 @@ class Dispatcher:
                     self._done(delivery)
                     self.counts.delivered += 1
                     self._observe("delivered", result)
-                    await self._log.ack(delivery.id, attempt)
+                    self._queue_ack(delivery.id, attempt)
                     return
                 self.last_error = result.error
                 if not is_retryable(result.kind, result.status) or attempt_no >= (
@@ -288,6 +294,21 @@ class Dispatcher:
                 log.error("%s: %s", self.name, self.last_error)
                 self._done(delivery)
                 return
+
+    def _queue_ack(self, delivery_id: int, attempt: Attempt) -> None:
+        self._acks.append((delivery_id, attempt))
+        if self._ack_task is None or self._ack_task.done():
+            self._ack_task = asyncio.create_task(self._flush_acks())
+
+    async def _flush_acks(self) -> None:
+        while self._acks:
+            batch, self._acks = self._acks, []
+            try:
+                await self._log.ack_many(batch)
+            except (LogFull, OSError) as exc:
+                # Unrecorded acks mean redelivery once the leases lapse: at least once.
+                self.last_error = f"could not record {len(batch)} ack(s): {exc}"
+                log.error("%s: %s", self.name, self.last_error)
 
     async def _attempt(self, delivery: Delivery, attempt_no: int) -> tuple[Result, Attempt]:
         async with self._running:

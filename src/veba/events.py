@@ -9,18 +9,21 @@ kept around because the hot path only needs the attributes and the JSON bytes.
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import quote, unquote
 
 from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.exceptions import BaseCloudEventException
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
+from dateutil.parser import isoparse
 
 __all__ = [
     "BATCH_CONTENT_TYPE",
@@ -81,7 +84,9 @@ class Event:
     def to_dict(self) -> dict[str, Any]:
         """The structured-mode JSON object, attributes first, `data` last."""
         out: dict[str, Any] = dict(self.attributes)
-        if self.data is not None or "datacontenttype" in self.attributes:
+        if isinstance(self.data, bytes):
+            out["data_base64"] = base64.b64encode(self.data).decode()
+        elif self.data is not None or "datacontenttype" in self.attributes:
             out["data"] = self.data
         return out
 
@@ -96,6 +101,8 @@ class Event:
         """Read a structured event that this appliance wrote (trusted, not re-validated)."""
         obj = json.loads(body)
         data = obj.pop("data", None)
+        if "data_base64" in obj:
+            data = base64.b64decode(obj.pop("data_base64"))
         event = cls({k: str(v) for k, v in obj.items()}, data)
         if isinstance(body, bytes):
             event._body.append(body)
@@ -104,10 +111,21 @@ class Event:
     def to_binary(self) -> tuple[dict[str, str], bytes]:
         """HTTP binary mode: `ce-` headers and the data as the body."""
         message = ce_http.to_binary(self.to_cloudevent(), _FORMAT)
-        return message.headers, message.body
+        headers = dict(message.headers)
+        # The time as we carry it, not as a datetime (which drops nanoseconds); and
+        # none if the event has none (the SDK would make one up).
+        headers.pop("ce-time", None)
+        if "time" in self.attributes:
+            headers["ce-time"] = quote(self.attributes["time"], safe=":+")
+        return headers, message.body
 
     def to_cloudevent(self) -> BaseCloudEvent:
-        return CloudEvent(dict(self.attributes), self.data)
+        attrs: dict[str, Any] = dict(self.attributes)
+        if "time" in attrs:
+            # The SDK wants a timezone-aware datetime; we carry the RFC 3339 string.
+            when = datetime.fromisoformat(attrs["time"])
+            attrs["time"] = when if when.tzinfo else when.replace(tzinfo=UTC)
+        return CloudEvent(attrs, self.data)
 
 
 def format_time(value: datetime) -> str:
@@ -134,10 +152,23 @@ def _read_structured(obj: Any, where: str) -> Event:
         raise InvalidEvent(f"{where}: missing required attribute(s) {', '.join(missing)}")
     if obj["specversion"] != "1.0":
         raise InvalidEvent(f"{where}: specversion {obj['specversion']!r} is not supported (1.0)")
+    data = obj.get("data")
+    if "data_base64" in obj:
+        try:
+            data = base64.b64decode(obj["data_base64"], validate=True)
+        except (ValueError, TypeError) as exc:
+            raise InvalidEvent(f"{where}: data_base64 is not base64: {exc}") from exc
+    attrs = {k: v for k, v in obj.items() if k not in ("data", "data_base64") and v is not None}
+    sdk_attrs = dict(attrs)
     try:
-        return _from_sdk(_FORMAT.read(CloudEvent, json.dumps(obj)))
+        if "time" in attrs:
+            sdk_attrs["time"] = isoparse(attrs["time"])
+        # The SDK checks the attributes against the spec; our event keeps the
+        # values as they came (VEBA's times carry nanoseconds, datetime does not).
+        CloudEvent(sdk_attrs, data)
     except (BaseCloudEventException, ValueError, TypeError) as exc:
         raise InvalidEvent(f"{where}: {exc}") from exc
+    return Event({k: v if isinstance(v, str) else json.dumps(v) for k, v in attrs.items()}, data)
 
 
 def parse_http(headers: Mapping[str, str], body: bytes) -> list[Event]:
@@ -169,9 +200,14 @@ def parse_http(headers: Mapping[str, str], body: bytes) -> list[Event]:
         raise InvalidEvent(f"ce-specversion {lower['ce-specversion']!r} is not supported (1.0)")
     try:
         message = ce_http.HTTPMessage(headers=dict(lower), body=body)
-        return [_from_sdk(ce_http.from_binary(message, _FORMAT, CloudEvent))]
+        event = _from_sdk(ce_http.from_binary(message, _FORMAT, CloudEvent))
     except (BaseCloudEventException, ValueError, TypeError) as exc:
         raise InvalidEvent(f"binary-mode event: {exc}") from exc
+    # Keep the time as it came (or none if none came), as structured mode does.
+    attributes = {k: v for k, v in event.attributes.items() if k != "time"}
+    if "ce-time" in lower:
+        attributes["time"] = unquote(lower["ce-time"])
+    return [Event(attributes, event.data)]
 
 
 def event_id(instance_uuid: str, key: int) -> str:

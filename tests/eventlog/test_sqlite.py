@@ -73,3 +73,29 @@ async def test_full_disk_refuses_the_append_and_keeps_what_was_accepted(tmp_path
         assert len(await log.lease("f", 10, 30)) == 1
     finally:
         await log.close()
+
+
+async def test_a_restart_offers_what_was_leased_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    first = SQLiteLog(path)
+    await first.open()
+    await first.append([make_event(1)], route=to("f"))
+    assert len(await first.lease("f", 10, ttl=3600)) == 1
+    await first.close()  # as if the appliance died holding the lease
+    second = SQLiteLog(path)
+    await second.open()
+    try:
+        (again,) = await second.lease("f", 10, 30)
+        assert again.attempt == 2  # the interrupted attempt still counts
+    finally:
+        await second.close()
+
+
+async def test_two_appliances_cannot_share_one_log(tmp_path: Path) -> None:
+    first = SQLiteLog(tmp_path / "events.db")
+    await first.open()
+    try:
+        with pytest.raises(RuntimeError, match="in use by another veba appliance"):
+            await SQLiteLog(tmp_path / "events.db").open()
+    finally:
+        await first.close()

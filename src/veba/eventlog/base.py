@@ -129,6 +129,10 @@ class EventLog(Protocol):
         """The attempt succeeded: the delivery is done."""
         ...
 
+    async def ack_many(self, acks: Sequence[tuple[int, Attempt]]) -> None:
+        """`ack` for many deliveries in one write."""
+        ...
+
     async def retry(
         self,
         delivery_id: int,

@@ -9,6 +9,8 @@ second connection on their own thread, so the API never waits behind writes.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import queue
 import sqlite3
 import threading
@@ -97,31 +99,35 @@ class _Writer(threading.Thread):
     def _run_batch(
         self, batch: list[_Op]
     ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
-        conn = self._conn
+        # Fast path: the whole batch in one transaction. Should any op fail, the
+        # batch is rolled back and each op is run again in a transaction of its
+        # own, so one bad op cannot sink the others.
+        try:
+            return self._transaction(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                return [(batch[0].future, None, _translate(exc))]
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        for op in batch:
+            try:
+                results.extend(self._transaction([op]))
+            except Exception as exc:
+                results.append((op.future, None, _translate(exc)))
+        return results
+
+    def _transaction(
+        self, batch: list[_Op]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    value = op.fn(conn)
-                except Exception as exc:  # one bad op must not sink the batch...
-                    if not conn.in_transaction:
-                        # ...unless SQLite rolled the whole transaction back (disk full).
-                        raise
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    results.append((op.future, None, _translate(exc)))
-                else:
-                    conn.execute("RELEASE op")
-                    results.append((op.future, value, None))
+            values = [op.fn(conn) for op in batch]
             conn.execute("COMMIT")
-        except Exception as exc:
+        except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            error = _translate(exc)
-            return [(op.future, None, error) for op in batch]
-        return results
+            raise
+        return [(op.future, value, None) for op, value in zip(batch, values, strict=True)]
 
 
 def _translate(exc: BaseException) -> BaseException:
@@ -148,17 +154,37 @@ class SQLiteLog:
         self._writer: _Writer | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._read_conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_owner()
         conn = _connect(self.path, self._synchronous)
         migrate(conn)
+        # One appliance owns this file (see _lock_owner), so whatever was leased
+        # when it last stopped is in nobody's hands now: offer it again at once
+        # instead of waiting out the leases. The attempt stays counted.
+        conn.execute(
+            "UPDATE deliveries SET status='pending', leased_until=NULL WHERE status='leased'"
+        )
         self._writer = _Writer(conn, asyncio.get_running_loop())
         self._writer.start()
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="veba-sqlite-reader")
         self._read_conn = _connect(self.path, self._synchronous)
+
+    def _lock_owner(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(
+                f"{self.path} is in use by another veba appliance; give each its own --data-dir"
+            ) from None
+        self._lock_fd = fd
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -171,6 +197,9 @@ class SQLiteLog:
         if self._read_conn is not None:
             self._read_conn.close()
             self._read_conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         if self._writer is None:
@@ -289,11 +318,16 @@ class SQLiteLog:
         await self._write(op)
 
     async def ack(self, delivery_id: int, attempt: Attempt) -> None:
+        await self.ack_many([(delivery_id, attempt)])
+
+    async def ack_many(self, acks: Sequence[tuple[int, Attempt]]) -> None:
+        rows = [(a.started, a.finished, a.status, did) for did, a in acks]
+
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
+            conn.executemany(
                 "UPDATE deliveries SET status='delivered', started=?, finished=?, last_status=?,"
                 " leased_until=NULL WHERE id=?",
-                (attempt.started, attempt.finished, attempt.status, delivery_id),
+                rows,
             )
 
         await self._write(op)

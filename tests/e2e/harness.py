@@ -1,0 +1,161 @@
+"""Run `veba serve` and the `veba` CLI as real processes, the way a user does."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+VEBA = str(Path(sys.executable).with_name("veba"))
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], T], timeout: float = 60.0, what: str = "condition") -> T:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+
+
+class ApplianceProcess:
+    """`veba serve` in its own process group, on a free port, with its own data dir."""
+
+    def __init__(self, data_dir: Path, *args: str) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = list(args)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"serve-{self.port}.log"
+
+    def start(self) -> ApplianceProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [VEBA, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir), *self.args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(self._healthy, 60, f"veba serve on {self.url} (log: {self.log_path})")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"veba serve exited: {self.log_path.read_text()[-3000:]}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "token").read_text().strip()
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the appliance, as a crash or power loss would."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self._reap_group()
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self._reap_group()
+
+    def _reap_group(self) -> None:
+        # Workers die with the appliance; make sure nothing of the group is left.
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def cli(self, *args: str, check: bool = True, cwd: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "VEBA_DATA_DIR": str(self.data_dir), "VEBA_URL": self.url}
+        env.pop("VEBA_TOKEN", None)
+        result = subprocess.run(
+            [VEBA, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, input=input
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"veba {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+
+def write_function(folder: Path, source: str, requirements: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "handler.py").write_text(source)
+    (folder / "requirements.txt").write_text(requirements)
+    return folder
+
+
+def write_stack(path: Path, functions: dict[str, dict[str, Any]]) -> Path:
+    import yaml
+
+    path.write_text(
+        yaml.safe_dump(
+            {"version": 1.0, "provider": {"name": "openfaas", "gateway": "http://127.0.0.1:8080"}, "functions": functions}
+        )
+    )
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+# A python3-http handler that appends every event it gets to $OUT, one JSON line
+# each (O_APPEND writes of one line are atomic, so several workers can share it).
+RECORDER = '''
+import json, os, time
+
+def handle(event, context):
+    ce = json.loads(event.body)
+    line = json.dumps({"id": ce["id"], "subject": ce.get("subject"), "type": ce["type"],
+                       "source": ce["source"], "data": ce.get("data"), "pid": os.getpid(),
+                       "at": time.time()}) + "\\n"
+    fd = os.open(os.environ["OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    return {"statusCode": 200, "body": ce["id"]}
+'''
