@@ -54,7 +54,15 @@ class ApplianceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [VEBA, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir), *self.args],
+            [
+                VEBA,
+                "serve",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--data-dir",
+                str(self.data_dir),
+                *self.args,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -106,11 +114,19 @@ class ApplianceProcess:
         except ProcessLookupError:
             pass
 
-    def cli(self, *args: str, check: bool = True, cwd: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, cwd: Path | None = None, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "VEBA_DATA_DIR": str(self.data_dir), "VEBA_URL": self.url}
         env.pop("VEBA_TOKEN", None)
         result = subprocess.run(
-            [VEBA, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, input=input
+            [VEBA, *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            input=input,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"veba {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -129,7 +145,11 @@ def write_stack(path: Path, functions: dict[str, dict[str, Any]]) -> Path:
 
     path.write_text(
         yaml.safe_dump(
-            {"version": 1.0, "provider": {"name": "openfaas", "gateway": "http://127.0.0.1:8080"}, "functions": functions}
+            {
+                "version": 1.0,
+                "provider": {"name": "openfaas", "gateway": "http://127.0.0.1:8080"},
+                "functions": functions,
+            }
         )
     )
     return path
@@ -144,7 +164,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 # A python3-http handler that appends every event it gets to $OUT, one JSON line
 # each (O_APPEND writes of one line are atomic, so several workers can share it).
-RECORDER = '''
+RECORDER = """
 import json, os, time
 
 def handle(event, context):
@@ -158,4 +178,4 @@ def handle(event, context):
     finally:
         os.close(fd)
     return {"statusCode": 200, "body": ce["id"]}
-'''
+"""

@@ -78,6 +78,7 @@ def test_sigkill_loses_no_acknowledged_event(appliance_factory: type, tmp_path: 
     appliance_factory.start("--no-simulator", data_dir=data_dir)
 
     for name, out in outs.items():
+
         def complete(out: Path = out) -> bool:
             return acked_at_kill <= {e["id"] for e in read_jsonl(out)}
 

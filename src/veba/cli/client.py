@@ -19,7 +19,7 @@ from veba.settings import DEFAULT_LISTEN, read_token, resolve_data_dir
 __all__ = ["Client", "console", "err", "fail", "print_rows"]
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 GatewayOption = typer.Option(None, "--gateway", "-g", help="Appliance URL (else VEBA_URL)")
 DataDirOption = typer.Option(None, "--data-dir", help="Data directory (else VEBA_DATA_DIR)")
