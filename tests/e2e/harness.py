@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -109,10 +110,8 @@ class ApplianceProcess:
     def _reap_group(self) -> None:
         # Workers die with the appliance; make sure nothing of the group is left.
         assert self.proc is not None
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def cli(
         self, *args: str, check: bool = True, cwd: Path | None = None, input: str | None = None
