@@ -67,3 +67,17 @@ def test_simulator_and_webhook_events_reach_a_subscribed_function(
         shown = http.get("/api/v1/events/webhook-logout-1").json()
     assert shown["event"]["subject"] == "UserLogoutSessionEvent"
     assert shown["deliveries"] == []
+
+
+def test_new_up_invoke_round_trip(appliance_factory: type, tmp_path: Path) -> None:
+    app = appliance_factory.start("--no-simulator")
+    stack = tmp_path / "stack.yml"
+    app.cli("new", "hello", "--lang", "python3", "--append", str(stack))
+    handler = tmp_path / "hello" / "handler.py"
+    handler.write_text("def handle(req):\n    return 'hello ' + req\n")
+    app.cli("up", "-f", str(stack))
+    assert app.cli("invoke", "hello", "--data", "vSphere").stdout.strip() == "hello vSphere"
+    # A second `new` with the same name refuses and leaves the edit alone.
+    again = app.cli("new", "hello", "--lang", "python3", "--append", str(stack), check=False)
+    assert again.returncode != 0 and "refusing to overwrite" in again.stderr
+    assert "hello ' + req" in handler.read_text()

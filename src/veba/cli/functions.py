@@ -57,6 +57,27 @@ def _payload(spec: FunctionSpec) -> dict[str, object]:
     }
 
 
+def new(
+    name: str,
+    lang: str = typer.Option("python3-http", "--lang", help="Template (see --list)"),
+    append: Path = typer.Option(Path("stack.yml"), "--append", "-a", help="stack.yml to add it to"),
+    topic: str = typer.Option("VmPoweredOnEvent", "--topic", help="Subjects, comma-separated"),
+    list_templates: bool = typer.Option(False, "--list", help="List the templates"),
+) -> None:
+    """Create a function folder from a template and add it to stack.yml."""
+    from veba.functions.scaffold import TEMPLATES, ScaffoldError, new_function
+
+    if list_templates:
+        for template in TEMPLATES.values():
+            console.print(f"{template.lang:18} {template.description}", highlight=False)
+        return
+    try:
+        folder = new_function(name, lang, directory=append.parent, stack=append, topic=topic)
+    except ScaffoldError as exc:
+        fail(str(exc))
+    err.print(f"created {folder}/handler.py and added {name} to {append}", highlight=False)
+
+
 def build(
     file: Path = StackOption,
     filter: str | None = FilterOption,
@@ -196,6 +217,7 @@ def logs(
 
 
 def register(app: typer.Typer) -> None:
+    app.command()(new)
     app.command()(build)
     app.command()(deploy)
     app.command()(up)
