@@ -7,6 +7,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -24,7 +25,7 @@ events_app = typer.Typer(help="Events in the log", no_args_is_help=True)
 dlq_app = typer.Typer(help="The dead-letter queue", no_args_is_help=True)
 
 
-def _event_rows(records: list[dict]) -> list[dict]:
+def _event_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
             "seq": r["seq"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -85,7 +86,7 @@ def new_function(
     folder = directory / name
     if folder.exists():
         raise ScaffoldError(f"{folder} already exists; refusing to overwrite it")
-    document = {
+    document: dict[str, Any] = {
         "version": 1.0,
         "provider": {"name": "openfaas", "gateway": "http://127.0.0.1:8080"},
     }
@@ -94,7 +95,7 @@ def new_function(
         if not isinstance(loaded, dict):
             raise ScaffoldError(f"{stack}: not a stack file")
         document = loaded
-    functions = document.setdefault("functions", {}) or {}
+    functions: dict[str, Any] = document.get("functions") or {}
     document["functions"] = functions
     if name in functions:
         raise ScaffoldError(f"{stack}: functions.{name} already exists")
