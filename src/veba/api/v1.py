@@ -139,9 +139,14 @@ async def trigger(name: str, request: Request) -> dict[str, Any]:
     if provider is None or not hasattr(provider, "trigger"):
         raise HTTPException(404, f"no provider {name!r} that can be triggered")
     body = await request.json() if await request.body() else {}
-    events = await provider.trigger(
-        body.get("event_class"), count=int(body.get("count", 1)), **body.get("overrides", {})
-    )
+    try:
+        events = await provider.trigger(
+            body.get("event_class"), count=int(body.get("count", 1)), **body.get("overrides", {})
+        )
+    except ValueError as exc:  # SimulationError: unknown class, nothing eligible, bad path
+        raise HTTPException(422, str(exc)) from None
+    except RuntimeError as exc:  # the provider is not running
+        raise HTTPException(503, str(exc)) from None
     return {"events": [e.to_dict() for e in events]}
 
 
