@@ -143,5 +143,5 @@ class Router:
     def route(self, event: Event) -> list[str]:
         names = self._by_subject.get(event.subject, [])
         if not self._filtered:
-            return names
+            return list(names)
         return [*names, *(s.name for s in self._filtered if s.matches(event))]
