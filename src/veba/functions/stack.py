@@ -1,0 +1,370 @@
+"""stack.yml as faas-cli writes it, checked with one clear error per mistake.
+
+Every error names the file and the field path (``functions.tag-vm.lang``) so a
+user can go straight to the line; see `StackError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "LANGS",
+    "FunctionSpec",
+    "Stack",
+    "StackError",
+    "check_handler_syntax",
+    "load_stack",
+    "parse_duration",
+]
+
+LANGS = ("python3", "python3-flask", "python3-http", "veba-cloudevent")
+# OpenFaaS's Debian-based templates run the same handlers as their base template.
+LANG_ALIASES = {"python3-http-debian": "python3-http", "python3-flask-debian": "python3-flask"}
+DEFAULT_TIMEOUT = 30.0
+SCALE_MIN_LABEL = "com.openfaas.scale.min"
+FILTERS_ANNOTATION = "veba.filters"
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ISO_DURATION = re.compile(
+    r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?"
+    r"(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
+)
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class StackError(ValueError):
+    """A stack.yml mistake: ``str()`` is ``<file>: <field path>: <reason>``."""
+
+    def __init__(self, file: str, field: str, reason: str) -> None:
+        super().__init__(f"{file}: {field}: {reason}")
+        self.file = file
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    name: str
+    lang: str
+    handler: Path
+    image: str | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+    secrets: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
+    # Raw subscription and delivery settings, validated by routing and dispatch.
+    topic: str | None = None
+    filters: Any = None
+    delivery: dict[str, Any] = field(default_factory=dict)
+    workers: int = 1
+    timeout: float = DEFAULT_TIMEOUT
+    stack_file: Path | None = None  # where the spec came from, for error messages
+
+
+@dataclass(frozen=True)
+class Stack:
+    version: str
+    provider_name: str
+    gateway: str | None
+    functions: dict[str, FunctionSpec]
+    path: Path
+
+
+def substitute(text: str, env: Mapping[str, str]) -> str:
+    """``${VAR}`` and ``${VAR:-default}`` as faas-cli expands them; unset is empty."""
+
+    def value(m: re.Match[str]) -> str:
+        got = env.get(m.group(1))
+        if got:
+            return got
+        return m.group(2) if m.group(2) is not None else (got or "")
+
+    return _VAR.sub(value, text)
+
+
+def load_stack(path: Path, env: Mapping[str, str] | None = None) -> Stack:
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise StackError(file, "file", f"cannot read: {exc.strerror}") from None
+    doc = _load_yaml(substitute(text, os.environ if env is None else env), file)
+    if not isinstance(doc, dict):
+        raise StackError(file, "(top level)", f"expected a mapping, got {_kind(doc)}")
+    checker = _Checker(file, path.resolve().parent, path)
+    version = doc.get("version", "1.0")
+    if not isinstance(version, str | int | float) or isinstance(version, bool):
+        raise StackError(file, "version", f"expected a string, got {_kind(version)}")
+    provider = checker.mapping(doc.get("provider"), "provider")
+    provider_name = checker.string(provider.get("name", "openfaas"), "provider.name")
+    gateway = checker.optional_string(provider.get("gateway"), "provider.gateway")
+    if "functions" not in doc:
+        raise StackError(file, "functions", "missing; a stack needs at least one function")
+    functions = doc["functions"]
+    if not isinstance(functions, dict):
+        raise StackError(
+            file, "functions", f"expected a mapping of function names, got {_kind(functions)}"
+        )
+    specs = {str(name): checker.function(str(name), body) for name, body in functions.items()}
+    return Stack(str(version), provider_name, gateway, specs, path)
+
+
+def _load_yaml(text: str, file: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}" if mark else "(yaml)"
+        raise StackError(file, where, f"invalid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise StackError(file, "(yaml)", f"invalid YAML: {exc}") from None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "mapping", list: "list", str: "string", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+class _Checker:
+    """Field-by-field checks of one stack file; each failure names its field path."""
+
+    def __init__(self, file: str, base: Path, path: Path) -> None:
+        self.file = file
+        self.base = base
+        self.path = path
+
+    def fail(self, where: str, reason: str) -> StackError:
+        return StackError(self.file, where, reason)
+
+    def mapping(self, value: Any, where: str) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(where, f"expected a mapping, got {_kind(value)}")
+        return {str(k): v for k, v in value.items()}
+
+    def string(self, value: Any, where: str) -> str:
+        if not isinstance(value, str):
+            raise self.fail(where, f"expected a string, got {_kind(value)}")
+        return value
+
+    def optional_string(self, value: Any, where: str) -> str | None:
+        return None if value is None else self.string(value, where)
+
+    def strings(self, value: Any, where: str) -> list[str]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(where, f"expected a list of strings, got {_kind(value)}")
+        return [self.string(item, f"{where}[{i}]") for i, item in enumerate(value)]
+
+    def string_map(self, value: Any, where: str) -> dict[str, str]:
+        """A Go ``map[string]string``: scalars become their YAML spelling."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(where, f"expected a mapping of names to values, got {_kind(value)}")
+        out = {}
+        for key, item in value.items():
+            if isinstance(item, dict | list):
+                raise self.fail(
+                    f"{where}.{key}", f"expected a string, number or boolean, got {_kind(item)}"
+                )
+            if isinstance(item, bool):
+                item = "true" if item else "false"
+            out[str(key)] = "" if item is None else str(item)
+        return out
+
+    def function(self, name: str, body: Any) -> FunctionSpec:
+        where = f"functions.{name}"
+        if len(name) > 63 or not _DNS_LABEL.match(name):
+            raise self.fail(
+                where,
+                "function name must be a DNS-1123 label: lower case letters, digits and '-', "
+                "starting and ending with a letter or digit, at most 63 characters",
+            )
+        fn = self.mapping(body, where)
+        lang = self.lang(fn.get("lang"), f"{where}.lang")
+        handler = self.handler(fn.get("handler"), f"{where}.handler")
+        environment = self.environment_files(fn.get("environment_file"), where)
+        environment.update(self.string_map(fn.get("environment"), f"{where}.environment"))
+        labels = self.string_map(fn.get("labels"), f"{where}.labels")
+        annotations = self.string_map(fn.get("annotations"), f"{where}.annotations")
+        delivery = self.mapping(fn.get("delivery"), f"{where}.delivery")
+        return FunctionSpec(
+            name=name,
+            lang=lang,
+            handler=handler,
+            image=self.optional_string(fn.get("image"), f"{where}.image"),
+            environment=environment,
+            secrets=self.strings(fn.get("secrets"), f"{where}.secrets"),
+            labels=labels,
+            annotations=annotations,
+            limits=self.mapping(fn.get("limits"), f"{where}.limits"),
+            topic=annotations.get("topic"),
+            filters=self.filters(fn, annotations, where),
+            delivery=delivery,
+            workers=self.workers(labels, f"{where}.labels.{SCALE_MIN_LABEL}"),
+            timeout=self.timeout(delivery, environment, where),
+            stack_file=self.path,
+        )
+
+    def lang(self, value: Any, where: str) -> str:
+        expected = f"expected one of {', '.join(LANGS)}"
+        if value is None:
+            raise self.fail(where, f"missing; {expected}")
+        lang = LANG_ALIASES.get(value, value) if isinstance(value, str) else value
+        if lang not in LANGS:
+            raise self.fail(where, f"unknown lang {value!r}; {expected}")
+        return str(lang)
+
+    def handler(self, value: Any, where: str) -> Path:
+        if value is None:
+            raise self.fail(where, "missing; the folder that holds handler.py")
+        folder = (self.base / self.string(value, where)).resolve()
+        if not folder.is_dir():
+            raise self.fail(where, f"folder {value} does not exist")
+        if not (folder / "handler.py").is_file():
+            raise self.fail(where, f"{value} has no handler.py")
+        return folder
+
+    def environment_files(self, value: Any, where: str) -> dict[str, str]:
+        merged: dict[str, str] = {}
+        for i, name in enumerate(self.strings(value, f"{where}.environment_file")):
+            at = f"{where}.environment_file[{i}]"
+            path = self.base / name
+            try:
+                text = path.read_text()
+            except FileNotFoundError:
+                raise self.fail(at, f"file {name} does not exist") from None
+            except OSError as exc:
+                raise self.fail(at, f"cannot read {name}: {exc.strerror}") from None
+            try:
+                doc = _load_yaml(text, name)
+            except StackError as exc:
+                raise self.fail(at, f"{name} {exc.field}: {exc.reason}") from None
+            # faas-cli's format is {"environment": {...}}; a bare mapping is accepted too.
+            if isinstance(doc, dict) and "environment" in doc:
+                doc = doc["environment"]
+            merged.update(self.string_map(doc, f"{at}.environment"))
+        return merged
+
+    def filters(self, fn: dict[str, Any], annotations: dict[str, str], where: str) -> Any:
+        if fn.get("filters") is not None:
+            return fn["filters"]
+        text = annotations.get(FILTERS_ANNOTATION)
+        if text is None:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise self.fail(
+                f"{where}.annotations.{FILTERS_ANNOTATION}", f"invalid JSON: {exc}"
+            ) from None
+
+    def workers(self, labels: dict[str, str], where: str) -> int:
+        raw = labels.get(SCALE_MIN_LABEL)
+        if raw is None:
+            return 1
+        try:
+            workers = int(raw)
+        except ValueError:
+            raise self.fail(where, f"expected a whole number, got {raw!r}") from None
+        if workers < 1:
+            raise self.fail(where, f"must be at least 1, got {workers}")
+        return workers
+
+    def timeout(self, delivery: dict[str, Any], environment: dict[str, str], where: str) -> float:
+        if delivery.get("timeout") is not None:
+            at, value = f"{where}.delivery.timeout", delivery["timeout"]
+            seconds = parse_duration(value, iso=True)
+            example = "an ISO-8601 duration like PT10S or a number of seconds"
+        elif "exec_timeout" in environment:
+            at, value = f"{where}.environment.exec_timeout", environment["exec_timeout"]
+            seconds = parse_duration(value, iso=False)
+            example = "a duration like 10s or 1m30s"
+        else:
+            return DEFAULT_TIMEOUT
+        if seconds is None:
+            raise self.fail(at, f"expected {example}, got {value!r}")
+        if seconds <= 0:
+            raise self.fail(at, f"must be greater than zero, got {value!r}")
+        return seconds
+
+
+def parse_duration(value: Any, *, iso: bool) -> float | None:
+    """Seconds from a number, an ISO-8601 duration (``PT1M30S``) or, if not ``iso``, a
+    Go duration (``1m30s``, as OpenFaaS's ``exec_timeout``); None if it is neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if iso:
+        m = _ISO_DURATION.match(text.upper())
+        if not m or text.upper() in ("P", "PT") or text.upper().endswith("T"):
+            return None
+        parts = {k: float(v) for k, v in m.groupdict().items() if v}
+        return (
+            parts.get("d", 0) * 86400
+            + parts.get("h", 0) * 3600
+            + parts.get("m", 0) * 60
+            + parts.get("s", 0)
+        )
+    parts_go = _GO_DURATION_PART.findall(text)
+    if not parts_go or "".join(n + u for n, u in parts_go) != text:
+        return None
+    return sum(float(n) * _GO_UNITS[u] for n, u in parts_go)
+
+
+def check_handler_syntax(spec: FunctionSpec) -> None:
+    """Compile the handler's Python files so a syntax error is reported at load time."""
+    base = spec.stack_file.resolve().parent if spec.stack_file else spec.handler
+    file = str(spec.stack_file) if spec.stack_file else str(spec.handler / "handler.py")
+    where = f"functions.{spec.name}.handler"
+    for path in _python_files(spec.handler):
+        shown = "./" + os.path.relpath(path, base)
+        try:
+            source = path.read_bytes()
+            compile(source, str(path), "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            kind = type(exc).__name__
+            raise StackError(file, where, f"{shown} line {exc.lineno}: {kind}: {exc.msg}") from None
+        except (ValueError, OSError) as exc:  # null bytes, unreadable file
+            raise StackError(file, where, f"{shown}: {exc}") from None
+
+
+def _python_files(folder: Path) -> list[Path]:
+    files = [folder / "handler.py"]
+    for root, dirs, names in os.walk(folder):
+        # Skip what is not the function's own code: venvs, caches, hidden folders.
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not d.startswith(".")
+            and d not in ("__pycache__", "node_modules", "venv", "site-packages")
+            and not (Path(root) / d / "pyvenv.cfg").exists()
+        )
+        files += [Path(root) / n for n in sorted(names) if n.endswith(".py")]
+    return list(dict.fromkeys(files))

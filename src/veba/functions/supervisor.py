@@ -1,0 +1,610 @@
+"""Warm worker pools: each function's handler stays imported in a few processes.
+
+A `FunctionPool` runs ``workers`` processes of ``worker.py`` inside the function's
+venv, talks to each over a socketpair, and keeps up to ``pipeline`` requests in
+flight per worker. Workers answer in order, so the oldest unanswered request of a
+worker is the one it is running: that is the one a timeout or a crash fails,
+while the requests queued behind it are sent again to a live worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["WORKER_PATH", "FunctionLoadError", "FunctionPool", "Invocation", "Outcome"]
+
+WORKER_PATH = Path(__file__).with_name("worker.py")
+_LEN = 4
+_STDERR_TAIL = 20
+_LINE_LIMIT = 1 << 20
+_MAX_BACKOFF = 5.0
+_BASE_ENV = ("PATH", "HOME", "LANG", "TMPDIR")
+
+LogSink = Callable[[str, str, str], None]
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One request to a function: a CloudEvent in binary or structured mode, usually."""
+
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    method: str = "POST"
+    path: str = "/"
+    query: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one invocation; ``kind`` says who to blame."""
+
+    status: int  # HTTP-like; 0 for timeout and crash
+    body: bytes
+    headers: Mapping[str, str]
+    error: str | None
+    traceback: str | None
+    kind: str  # "ok" | "error" | "timeout" | "crash"
+    started: float | None  # time.time() when the handler was called
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "ok"
+
+
+class FunctionLoadError(Exception):
+    """The handler could not be imported; the message holds the import traceback."""
+
+
+def _log_to_logging(function: str, stream: str, line: str) -> None:
+    logging.getLogger(f"veba.functions.{function}").info("[%s] %s", stream, line)
+
+
+@dataclass(eq=False)
+class _Call:
+    id: int
+    frame: bytes
+    timeout: float
+    future: asyncio.Future[Outcome]
+
+
+@dataclass(eq=False)
+class _Worker:
+    slot: int
+    proc: asyncio.subprocess.Process
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    pending: deque[_Call] = field(default_factory=deque)  # sent, unanswered, in order
+    head_since: float = 0.0  # monotonic time the oldest pending call became current
+    timer: asyncio.TimerHandle | None = None
+    stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=_STDERR_TAIL))
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    dead: bool = False
+
+
+class FunctionPool:
+    """Warm workers for one function, fed from one queue, least-loaded first."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        python: Path,
+        handler_dir: Path,
+        lang: str,
+        workers: int = 1,
+        environment: Mapping[str, str] | None = None,
+        secrets: Mapping[str, bytes] | None = None,
+        log_sink: LogSink = _log_to_logging,
+        pipeline: int = 8,
+        start_timeout: float = 60.0,
+        stop_grace: float = 3.0,
+    ) -> None:
+        if workers < 1 or pipeline < 1:
+            raise ValueError("workers and pipeline must be at least 1")
+        self.name = name
+        self.python = Path(python).absolute()  # not resolve(): bin/python is a symlink
+        self.handler_dir = Path(handler_dir).resolve()
+        self.lang = lang
+        self.size = workers
+        self.environment = dict(environment or {})
+        self.secrets = dict(secrets or {})
+        self.log_sink = log_sink
+        self.pipeline = pipeline
+        self.start_timeout = start_timeout
+        self.stop_grace = stop_grace
+        self.secrets_dir: Path | None = None
+        self._slots: list[_Worker | None] = [None] * workers
+        self._queue: deque[_Call] = deque()  # accepted, not yet sent to a worker
+        self._ids = itertools.count(1)
+        self._restarts: dict[int, asyncio.Task[None]] = {}
+        self._stopping = False
+        self._counts = dict.fromkeys(("invocations", "errors", "timeouts", "crashes"), 0)
+        self._restart_count = 0
+        self._crash_streak = 0  # consecutive crashes, for the restart backoff
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._processes: set[_Worker] = set()  # every worker not yet closed, live or dying
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every worker and wait until each has imported the handler."""
+        self.secrets_dir = _write_secrets(self.name, self.secrets)
+        results = await asyncio.gather(
+            *(self._spawn(slot) for slot in range(self.size)), return_exceptions=True
+        )
+        for slot, result in enumerate(results):
+            if isinstance(result, _Worker):
+                self._slots[slot] = result
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            await self.stop()
+            raise failures[0]
+
+    async def stop(self) -> None:
+        """Terminate workers (SIGKILL after ``stop_grace``); unanswered calls fail."""
+        self._stopping = True
+        restarts = list(self._restarts.values())
+        for task in restarts:
+            task.cancel()
+        await asyncio.gather(*restarts, return_exceptions=True)
+        while self._queue:
+            self._fail(self._queue.popleft(), "crash", "function pool stopped")
+        self._slots = [None] * self.size
+        await asyncio.gather(*(self._terminate(w) for w in list(self._processes)))
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.stop_grace + 2)
+        if self.secrets_dir is not None:
+            shutil.rmtree(self.secrets_dir, ignore_errors=True)
+            self.secrets_dir = None
+
+    async def _terminate(self, worker: _Worker) -> None:
+        worker.dead = True
+        self._cancel_timer(worker)
+        _signal(worker.proc, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(worker.proc.wait(), self.stop_grace)
+        except TimeoutError:
+            _signal(worker.proc, signal.SIGKILL)
+            await worker.proc.wait()
+        await self._close(worker)
+        while worker.pending:
+            self._fail(worker.pending.popleft(), "crash", "function pool stopped")
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        live = [w for w in self._slots if w is not None and not w.dead]
+        return {
+            "function": self.name,
+            "workers": self.size,
+            "alive": len(live),
+            "pids": [w.proc.pid for w in live],
+            "restarts": self._restart_count,
+            "in_flight": sum(len(w.pending) for w in live),
+            "queued": len(self._queue),
+            **self._counts,
+        }
+
+    # --- invoking --------------------------------------------------------------------
+
+    async def invoke(self, inv: Invocation, timeout: float) -> Outcome:
+        """Run one invocation; handler faults come back as an `Outcome`, never raised.
+
+        ``timeout`` bounds the handler's run on a worker, not the wait in the queue.
+        """
+        if self._stopping:
+            raise RuntimeError(f"function pool {self.name!r} is stopped")
+        call_id = next(self._ids)
+        head = {
+            "id": call_id,
+            "method": inv.method,
+            "path": inv.path,
+            "query": dict(inv.query),
+            "headers": dict(inv.headers),
+        }
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        call = _Call(call_id, _frame(head, inv.body), timeout, future)
+        self._queue.append(call)
+        self._counts["invocations"] += 1
+        self._pump()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Not sent yet: forget it. Sent: its response will be dropped.
+            with contextlib.suppress(ValueError):
+                self._queue.remove(call)
+            raise
+
+    def _pump(self) -> None:
+        """Send queued calls to the least-loaded live workers that have room."""
+        while self._queue:
+            live = [w for w in self._slots if w is not None and not w.dead]
+            if not live:
+                return
+            worker = min(live, key=lambda w: len(w.pending))
+            if len(worker.pending) >= self.pipeline:
+                return
+            call = self._queue.popleft()
+            if call.future.done():  # cancelled while queued
+                continue
+            worker.pending.append(call)
+            worker.writer.write(call.frame)
+            if len(worker.pending) == 1:
+                self._arm(worker)
+
+    def _arm(self, worker: _Worker) -> None:
+        """Start the timeout clock of the call the worker is now running."""
+        self._cancel_timer(worker)
+        loop = asyncio.get_running_loop()
+        worker.head_since = loop.time()
+        call = worker.pending[0]
+        worker.timer = loop.call_at(worker.head_since + call.timeout, self._expire, worker, call)
+
+    def _cancel_timer(self, worker: _Worker) -> None:
+        if worker.timer is not None:
+            worker.timer.cancel()
+            worker.timer = None
+
+    def _expire(self, worker: _Worker, call: _Call) -> None:
+        if worker.dead or not worker.pending or worker.pending[0] is not call:
+            return
+        self._counts["timeouts"] += 1
+        self._system(
+            f"worker {worker.proc.pid} killed: call ran over its {call.timeout:g}s timeout"
+        )
+        _signal(worker.proc, signal.SIGKILL)
+        self._retire(worker)
+        self._background(self._reap(worker))
+        ran = asyncio.get_running_loop().time() - worker.head_since
+        worker.pending.popleft()
+        self._resolve(
+            call,
+            Outcome(
+                status=0,
+                body=b"",
+                headers={},
+                error=f"function {self.name!r} timed out after {call.timeout:g}s",
+                traceback=None,
+                kind="timeout",
+                started=time.time() - ran,
+                duration=ran,
+            ),
+        )
+        self._requeue(worker)
+        self._schedule_restart(worker.slot, delay=0.0)
+
+    # --- workers ---------------------------------------------------------------------
+
+    async def _spawn(self, slot: int) -> _Worker:
+        """A ready worker for ``slot``, or FunctionLoadError."""
+        handler = self.handler_dir / "handler.py"
+        parent, child = socket.socketpair()
+        try:
+            reader, writer = await asyncio.open_connection(sock=parent, limit=_LINE_LIMIT)
+        except BaseException:
+            parent.close()
+            child.close()
+            raise
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                str(self.python),
+                "-I",  # no user site, no PYTHON* env, and not worker.py's folder on sys.path
+                str(WORKER_PATH),
+                "--handler-dir",
+                str(self.handler_dir),
+                "--lang",
+                self.lang,
+                "--fd",
+                str(child.fileno()),
+                # The worker asks Linux to kill it when we die (PR_SET_PDEATHSIG).
+                "--parent-pid",
+                str(os.getpid()),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=(child.fileno(),),
+                cwd=self.handler_dir,
+                env=self._worker_env(slot),
+                start_new_session=False,
+                limit=_LINE_LIMIT,
+            )
+        except BaseException as exc:
+            writer.close()
+            if isinstance(exc, OSError):
+                raise FunctionLoadError(f"{handler}: cannot run {self.python}: {exc}") from exc
+            raise
+        finally:
+            child.close()
+        worker = _Worker(slot, proc, reader, writer)
+        self._processes.add(worker)
+        assert proc.stdout is not None and proc.stderr is not None
+        worker.tasks = [
+            asyncio.create_task(self._pump_log(worker, proc.stdout, "stdout")),
+            asyncio.create_task(self._pump_log(worker, proc.stderr, "stderr")),
+        ]
+        why = "exited"
+        try:
+            hello: tuple[dict[str, Any], bytes] | None
+            hello = await asyncio.wait_for(_read_frame(reader), self.start_timeout)
+        except TimeoutError:
+            hello, why = None, f"was not ready within {self.start_timeout:g}s"
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            hello = None
+        except BaseException:
+            await self._discard(worker, kill=True)
+            raise
+        if hello is None or "ready" not in hello[0]:
+            await self._discard(worker, kill=hello is None and why != "exited")
+            if hello is not None:
+                tb = hello[0].get("traceback") or hello[0].get("load_error")
+                message = f"{handler}: cannot load function {self.name!r}:\n{tb}"
+            else:
+                code = _describe_exit(proc.returncode)
+                tail = "\n".join(worker.stderr_tail)
+                message = f"{handler}: worker of {self.name!r} {why} ({code}):\n{tail}"
+            raise FunctionLoadError(message.rstrip())
+        worker.tasks.append(asyncio.create_task(self._read_responses(worker)))
+        self._system(f"worker {proc.pid} ready")
+        return worker
+
+    def _worker_env(self, slot: int) -> dict[str, str]:
+        # Not the appliance's environment: it may hold the API token.
+        env = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
+        env.setdefault("PATH", os.defpath)
+        env.setdefault("LANG", "C.UTF-8")
+        env.setdefault("TMPDIR", tempfile.gettempdir())
+        env["HOSTNAME"] = f"{self.name}-{slot}"
+        env.update(self.environment)
+        env["VEBA_FUNCTION_NAME"] = self.name
+        if self.secrets_dir is not None:
+            env["VEBA_SECRETS_DIR"] = env["secret_mount_path"] = str(self.secrets_dir)
+        return env
+
+    async def _discard(self, worker: _Worker, kill: bool) -> None:
+        """End a worker that never became ready, keeping its last words for the error."""
+        worker.dead = True
+        if kill:
+            _signal(worker.proc, signal.SIGKILL)
+        try:
+            await asyncio.wait_for(worker.proc.wait(), 2.0)  # a load_error exits by itself
+        except TimeoutError:
+            _signal(worker.proc, signal.SIGKILL)
+            await worker.proc.wait()
+        await self._close(worker)
+
+    async def _reap(self, worker: _Worker) -> None:
+        await worker.proc.wait()
+        await self._close(worker)
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _close(self, worker: _Worker) -> None:
+        self._processes.discard(worker)
+        worker.writer.close()
+        # The log pipes reach EOF when the process is gone (unless it left children
+        # holding them, hence the bound).
+        logs = [t for t in worker.tasks[:2] if not t.done()]
+        if logs:
+            await asyncio.wait(logs, timeout=1.0)
+        for task in worker.tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    async def _pump_log(self, worker: _Worker, stream: asyncio.StreamReader, name: str) -> None:
+        while True:
+            try:
+                raw = await stream.readline()
+            except ValueError:  # a line over the limit: its start was dropped
+                self._system(f"a {name} line longer than {_LINE_LIMIT} bytes was dropped")
+                continue
+            if not raw:
+                return
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if name == "stderr":
+                worker.stderr_tail.append(line)
+            try:
+                self.log_sink(self.name, name, line)
+            except Exception:  # a broken sink must not stall the worker's pipe
+                logging.getLogger(__name__).exception("log sink failed")
+
+    async def _read_responses(self, worker: _Worker) -> None:
+        reader = worker.reader
+        try:
+            while True:
+                head, body = await _read_frame(reader)
+                if worker.dead:
+                    return
+                if not worker.pending or head.get("id") != worker.pending[0].id:
+                    raise ValueError(f"response out of order: {head.get('id')}")
+                call = worker.pending.popleft()
+                self._crash_streak = 0
+                self._resolve(call, _outcome(head, body))
+                if worker.pending:
+                    self._arm(worker)
+                else:
+                    self._cancel_timer(worker)
+                self._pump()
+        # EOF, or ECONNRESET when the worker died with requests unread: it is gone.
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+            if not worker.dead:
+                await self._crashed(worker, exc)
+
+    async def _crashed(self, worker: _Worker, exc: BaseException) -> None:
+        self._retire(worker)
+        self._requeue(worker, keep_head=True)
+        if isinstance(exc, ValueError):  # garbled or out-of-order frames: alive, untrusted
+            _signal(worker.proc, signal.SIGKILL)
+        try:
+            await asyncio.wait_for(worker.proc.wait(), 2.0)
+        except TimeoutError:  # it closed the channel but lives on: end it
+            _signal(worker.proc, signal.SIGKILL)
+            await worker.proc.wait()
+        await self._close(worker)
+        code = _describe_exit(worker.proc.returncode)
+        self._counts["crashes"] += 1
+        tail = "\n".join(worker.stderr_tail)
+        if worker.pending:
+            call = worker.pending.popleft()
+            ran = asyncio.get_running_loop().time() - worker.head_since
+            self._resolve(
+                call,
+                Outcome(
+                    status=0,
+                    body=b"",
+                    headers={},
+                    error=f"function {self.name!r} worker crashed ({code})",
+                    traceback=tail or None,
+                    kind="crash",
+                    started=time.time() - ran,
+                    duration=ran,
+                ),
+            )
+        self._crash_streak += 1
+        delay = min(0.1 * 2 ** min(self._crash_streak - 1, 10), _MAX_BACKOFF)
+        self._system(f"worker {worker.proc.pid} crashed ({code}); restarting in {delay:g}s")
+        self._schedule_restart(worker.slot, delay)
+
+    def _retire(self, worker: _Worker) -> None:
+        """Take a worker out of rotation at once (before any await)."""
+        worker.dead = True
+        self._cancel_timer(worker)
+        if self._slots[worker.slot] is worker:
+            self._slots[worker.slot] = None
+
+    def _requeue(self, worker: _Worker, keep_head: bool = False) -> None:
+        """Give the calls that never started back to the pool, at the front, in order."""
+        head = worker.pending.popleft() if keep_head and worker.pending else None
+        self._queue.extendleft(reversed(worker.pending))
+        worker.pending.clear()
+        if head is not None:
+            worker.pending.append(head)
+        self._pump()
+
+    def _schedule_restart(self, slot: int, delay: float) -> None:
+        if self._stopping or slot in self._restarts:
+            return
+        self._restart_count += 1
+        self._restarts[slot] = asyncio.create_task(self._restart(slot, delay))
+
+    async def _restart(self, slot: int, delay: float) -> None:
+        try:
+            while not self._stopping:
+                await asyncio.sleep(delay)
+                try:
+                    worker = await self._spawn(slot)
+                except Exception as exc:  # keep trying: the slot must not stay empty
+                    delay = min(max(delay * 2, 0.5), _MAX_BACKOFF)
+                    last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+                    self._system(f"restart failed, retrying in {delay:g}s: {last}")
+                    continue
+                if self._stopping:
+                    await self._terminate(worker)
+                    return
+                self._slots[slot] = worker
+                self._pump()
+                return
+        finally:
+            self._restarts.pop(slot, None)
+
+    # --- outcomes --------------------------------------------------------------------
+
+    def _resolve(self, call: _Call, outcome: Outcome) -> None:
+        if outcome.kind == "error":
+            self._counts["errors"] += 1
+        if not call.future.done():
+            call.future.set_result(outcome)
+
+    def _fail(self, call: _Call, kind: str, error: str) -> None:
+        self._resolve(call, Outcome(0, b"", {}, error, None, kind, None, 0.0))
+
+    def _system(self, line: str) -> None:
+        try:
+            self.log_sink(self.name, "system", line)
+        except Exception:
+            logging.getLogger(__name__).exception("log sink failed")
+
+
+def _outcome(head: dict[str, Any], body: bytes) -> Outcome:
+    status = int(head.get("status", 500))
+    error = head.get("error")
+    return Outcome(
+        status=status,
+        body=body,
+        headers=head.get("headers") or {},
+        error=error,
+        traceback=head.get("traceback"),
+        kind="ok" if status < 400 and error is None else "error",
+        started=head.get("started"),
+        duration=float(head.get("duration") or 0.0),
+    )
+
+
+def _frame(header: dict[str, Any], body: bytes) -> bytes:
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return b"".join((len(head).to_bytes(_LEN, "big"), head, len(body).to_bytes(_LEN, "big"), body))
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
+    size = int.from_bytes(await reader.readexactly(_LEN), "big")
+    head = json.loads(await reader.readexactly(size))
+    size = int.from_bytes(await reader.readexactly(_LEN), "big")
+    return head, await reader.readexactly(size)
+
+
+def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
+    """Signal a worker unless it is known to be gone.
+
+    Not ``proc.kill()``: Popen polls (waitpid) first, which can reap the child
+    before asyncio's child watcher does, and the watcher then reports exit code 255
+    instead of the real one.
+    """
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _write_secrets(name: str, secrets: Mapping[str, bytes]) -> Path:
+    """A fresh 0700 directory in memory-backed storage with one 0600 file per secret."""
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    folder = Path(tempfile.mkdtemp(prefix=f"veba-secrets-{name}-", dir=base))
+    try:
+        for key, value in secrets.items():
+            if not key or "/" in key or key in (".", ".."):
+                raise ValueError(f"function {name!r}: invalid secret name {key!r}")
+            fd = os.open(folder / key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(value)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder

@@ -1,0 +1,532 @@
+"""The process that runs one function's handler, inside the function's own venv.
+
+Executed by path as ``<venv>/bin/python -I worker.py --handler-dir D --lang L --fd N``,
+so it imports nothing but the standard library (the venv holds only the function's
+own requirements) and nothing from veba.
+
+Protocol on the inherited socket ``N``, both directions, one frame per message::
+
+    4-byte big-endian length | JSON header (utf-8) | 4-byte big-endian length | body
+
+The first frame the worker sends is ``{"ready": true, "pid": ...}`` or
+``{"load_error": "...", "traceback": "..."}``. After that each request frame
+``{"id", "method", "path", "query", "headers"}`` gets exactly one response frame
+``{"id", "status", "headers", "error", "traceback", "started", "duration"}``, in
+arrival order, one request at a time. stdout and stderr are the function's log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import importlib
+import importlib.util
+import io
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+import types
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+LANGS = ("python3", "python3-flask", "python3-http", "veba-cloudevent")
+TRACEBACK_LIMIT = 8 * 1024
+_LEN = 4
+
+
+class BadReturn(TypeError):
+    """The handler returned something this template cannot turn into a response."""
+
+
+class BadRequest(ValueError):
+    """The request cannot be given to this handler (e.g. not a CloudEvent)."""
+
+
+# --- what handlers receive -------------------------------------------------------
+
+
+class Headers(Mapping[str, str]):
+    """Case-insensitive read-only header mapping, as Flask's ``request.headers`` is."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, raw: Mapping[str, str]) -> None:
+        self._items = {k.lower(): (k, v) for k, v in raw.items()}
+
+    def __getitem__(self, key: str) -> str:
+        return self._items[key.lower()][1]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._items
+
+    def __repr__(self) -> str:
+        return f"Headers({dict(self.items())!r})"
+
+
+class HttpEvent:
+    """``event`` of the python3-http template."""
+
+    __slots__ = ("body", "headers", "method", "path", "query")
+
+    def __init__(
+        self, body: bytes, headers: Headers, method: str, query: dict[str, str], path: str
+    ) -> None:
+        self.body = body
+        self.headers = headers
+        self.method = method
+        self.query = query
+        self.path = path
+
+
+class HttpContext:
+    """``context`` of the python3-http template."""
+
+    __slots__ = ("hostname",)
+
+    def __init__(self) -> None:
+        self.hostname = os.getenv("HOSTNAME", "localhost")
+
+
+class CloudEvent:
+    """A read-only view of one CloudEvent: ``event.type``, ``event["subject"]``, ``event.data``."""
+
+    __slots__ = ("_attrs", "data")
+
+    def __init__(self, attributes: dict[str, Any], data: Any) -> None:
+        self._attrs = attributes
+        self.data = data
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        return dict(self._attrs)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not slots: the context attributes and
+        # extensions (``event.vsphereapiversion``); absent optional ones are None.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._attrs.get(name)
+
+    def __getitem__(self, name: str) -> Any:
+        if name == "data":
+            return self.data
+        return self._attrs[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name == "data" or name in self._attrs
+
+    def get(self, name: str, default: Any = None) -> Any:
+        if name == "data":
+            return self.data
+        return self._attrs.get(name, default)
+
+    def to_json(self) -> bytes:
+        out = dict(self._attrs)
+        if isinstance(self.data, bytes | bytearray):
+            out["data_base64"] = base64.b64encode(self.data).decode("ascii")
+        elif self.data is not None:
+            out["data"] = self.data
+        return json.dumps(out).encode()
+
+    def __repr__(self) -> str:
+        return f"CloudEvent({self._attrs!r})"
+
+
+class EventContext:
+    """``ctx`` of the veba-cloudevent template."""
+
+    __slots__ = ("attempt", "deadline", "function_name", "headers", "logger", "secrets_dir")
+
+    def __init__(
+        self,
+        function_name: str,
+        secrets_dir: Path | None,
+        deadline: float | None,
+        attempt: int,
+        logger: logging.Logger,
+        headers: Headers,
+    ) -> None:
+        self.function_name = function_name
+        self.secrets_dir = secrets_dir
+        self.deadline = deadline
+        self.attempt = attempt
+        self.logger = logger
+        self.headers = headers
+
+    def remaining(self) -> float | None:
+        """Seconds left before this attempt times out, or None when unknown."""
+        return None if self.deadline is None else self.deadline - time.time()
+
+    def secret(self, name: str) -> str:
+        """The text of one declared secret (a file in ``secrets_dir``)."""
+        if self.secrets_dir is None:
+            raise KeyError(name)
+        return (self.secrets_dir / name).read_text().strip()
+
+
+# --- requests to handler arguments -------------------------------------------------
+
+
+def _cloudevent(headers: Headers, body: bytes) -> CloudEvent:
+    """The request as a CloudEvent, in binary mode (``ce-*`` headers) or structured mode."""
+    try:
+        if "ce-specversion" in headers:
+            attrs: dict[str, Any] = {
+                k[3:].lower(): v for k, v in headers.items() if k.lower().startswith("ce-")
+            }
+            ctype = headers.get("content-type")
+            data: Any = body or None
+            if ctype:
+                attrs["datacontenttype"] = ctype
+                if "json" in ctype and body:
+                    data = json.loads(body)
+            return CloudEvent(attrs, data)
+        doc = json.loads(body)
+        if not isinstance(doc, dict) or "specversion" not in doc:
+            raise ValueError("no specversion")
+        data = doc.pop("data", None)
+        if "data_base64" in doc:
+            data = base64.b64decode(doc.pop("data_base64"), validate=True)
+        return CloudEvent(doc, data)
+    except ValueError as exc:  # JSON and base64 errors are ValueErrors
+        mode = "binary-mode" if "ce-specversion" in headers else "structured"
+        raise BadRequest(f"request body is not a {mode} CloudEvent: {exc}") from None
+
+
+def _float_header(headers: Headers, name: str) -> float | None:
+    value = headers.get(name)
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+# --- handler results to responses ----------------------------------------------------
+
+Response = tuple[int, dict[str, str], bytes]
+_JSON = "application/json"
+
+
+def _encode(value: Any, what: str) -> tuple[bytes, str | None]:
+    """A handler's return value as (body, content-type)."""
+    if value is None:
+        return b"", None
+    if isinstance(value, str):
+        return value.encode(), "text/plain; charset=utf-8"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value), None
+    if isinstance(value, CloudEvent):
+        return value.to_json(), "application/cloudevents+json"
+    if isinstance(value, dict | list | int | float | bool):
+        try:
+            return json.dumps(value).encode(), _JSON
+        except (TypeError, ValueError) as exc:
+            raise BadReturn(f"{what} is not JSON-serialisable: {exc}") from None
+    raise BadReturn(
+        f"{what} has unsupported type {type(value).__name__!r}; "
+        "expected str, bytes, dict, list or None"
+    )
+
+
+def _flask_response(value: Any) -> Response:
+    extra: Any = {}
+    status: Any = 200
+    if isinstance(value, tuple):  # Flask: (body, status), (body, status, headers)
+        if not 2 <= len(value) <= 3:
+            raise BadReturn("handler returned a tuple; expected (body, status[, headers])")
+        value, status, extra = (*value, {})[:3]
+    body, ctype = _encode(value, "handler return value")
+    headers = {"Content-Type": ctype} if ctype else {}
+    headers.update(_str_headers(extra))
+    return _checked_status(status), headers, body
+
+
+def _http_response(value: Any) -> Response:
+    # As of-watchdog's python3-http template formats {"statusCode", "body", "headers"}.
+    if value is None:
+        return 200, {}, b""
+    if not isinstance(value, dict):
+        raise BadReturn(
+            f"python3-http handler returned {type(value).__name__!r}; "
+            'expected a dict like {"statusCode": 200, "body": ..., "headers": {...}} or None'
+        )
+    body, ctype = _encode(value.get("body"), "response body")
+    headers = {"Content-Type": ctype} if ctype else {}
+    headers.update(_str_headers(value.get("headers") or {}))
+    return _checked_status(value.get("statusCode", 200)), headers, body
+
+
+def _str_headers(raw: Any) -> dict[str, str]:
+    if isinstance(raw, Mapping):
+        return {str(k): str(v) for k, v in raw.items()}
+    if isinstance(raw, list | tuple):  # list of (name, value) pairs, as Flask accepts
+        return {str(k): str(v) for k, v in raw}
+    raise BadReturn(f"response headers have unsupported type {type(raw).__name__!r}")
+
+
+def _checked_status(status: Any) -> int:
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise BadReturn(f"invalid status code {status!r}; expected an int from 100 to 599")
+    return status
+
+
+# --- the worker --------------------------------------------------------------------
+
+
+Call = Callable[[dict[str, Any], bytes], Response]
+
+
+def _make_call(handle: Callable[..., Any], lang: str) -> Call:
+    """One function per template turning (request header, body) into a response."""
+    if lang in ("python3", "python3-flask"):
+        shape = _flask_response if lang == "python3-flask" else _plain
+
+        def call_plain(req: dict[str, Any], body: bytes) -> Response:
+            return shape(handle(body.decode("utf-8", "replace")))
+
+        return call_plain
+
+    if lang == "python3-http":
+        context = HttpContext()
+
+        def call_http(req: dict[str, Any], body: bytes) -> Response:
+            event = HttpEvent(
+                body,
+                Headers(req.get("headers") or {}),
+                req.get("method", "POST"),
+                dict(req.get("query") or {}),
+                req.get("path", "/"),
+            )
+            return _http_response(handle(event, context))
+
+        return call_http
+
+    name = os.environ.get("VEBA_FUNCTION_NAME", "function")
+    secrets = os.environ.get("VEBA_SECRETS_DIR")
+    secrets_dir = Path(secrets) if secrets else None
+    logger = _function_logger(name)
+
+    def call_event(req: dict[str, Any], body: bytes) -> Response:
+        headers = Headers(req.get("headers") or {})
+        event = _cloudevent(headers, body)
+        attempt = _float_header(headers, "x-veba-attempt")
+        ctx = EventContext(
+            name,
+            secrets_dir,
+            _float_header(headers, "x-veba-deadline"),
+            int(attempt) if attempt else 1,
+            logger,
+            headers,
+        )
+        return _flask_response(handle(event, ctx))
+
+    return call_event
+
+
+def _plain(value: Any) -> Response:
+    body, ctype = _encode(value, "handler return value")
+    return 200, ({"Content-Type": ctype} if ctype else {}), body
+
+
+def _function_logger(name: str) -> logging.Logger:
+    logger = logging.getLogger(f"function.{name}")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def _import_handler(handler_dir: str) -> types.ModuleType:
+    """Import ``handler.py`` as OpenFaaS templates do (package ``function``) and as ``handler``.
+
+    The package makes ``from .helpers import x`` work as in the templates; the folder
+    on sys.path makes ``import helpers`` work too.
+    """
+    sys.path.insert(0, handler_dir)
+    init = os.path.join(handler_dir, "__init__.py")
+    if os.path.exists(init):
+        spec = importlib.util.spec_from_file_location(
+            "function", init, submodule_search_locations=[handler_dir]
+        )
+        assert spec is not None and spec.loader is not None
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["function"] = package
+        spec.loader.exec_module(package)
+    else:
+        package = types.ModuleType("function")
+        package.__path__ = [handler_dir]
+        package.__package__ = "function"
+        sys.modules["function"] = package
+    module = importlib.import_module("function.handler")
+    sys.modules.setdefault("handler", module)
+    return module
+
+
+def _frame(header: dict[str, Any], body: bytes = b"") -> bytes:
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return b"".join((len(head).to_bytes(_LEN, "big"), head, len(body).to_bytes(_LEN, "big"), body))
+
+
+class _Reader(Protocol):
+    def read(self, n: int, /) -> bytes: ...
+
+
+def _read_frame(stream: _Reader) -> tuple[bytes, bytes] | None:
+    """One (header, body) frame, or None once the supervisor has closed the channel."""
+    parts = []
+    for _ in range(2):
+        size = stream.read(_LEN)
+        if len(size) < _LEN:
+            return None
+        n = int.from_bytes(size, "big")
+        data = stream.read(n)
+        if len(data) < n:
+            return None
+        parts.append(data)
+    return parts[0], parts[1]
+
+
+def _truncated(text: str) -> str:
+    if len(text) <= TRACEBACK_LIMIT:
+        return text
+    return "... (truncated)\n" + text[-TRACEBACK_LIMIT:]
+
+
+def serve(sock: socket.socket, call: Call, write_debug: bool) -> None:
+    stream = io.BufferedReader(socket.SocketIO(sock, "rb"), 1 << 16)
+    while True:
+        frame = _read_frame(stream)
+        if frame is None:
+            return
+        req, body = json.loads(frame[0]), frame[1]
+        started = time.time()
+        t0 = time.perf_counter()
+        error = tb = None
+        try:
+            status, headers, out = call(req, body)
+        except KeyboardInterrupt:
+            raise
+        except BadRequest as exc:
+            status, headers, out, error = 400, {}, b"", str(exc)
+        except BadReturn as exc:
+            status, headers, out, error = 500, {}, b"", str(exc)
+        except BaseException as exc:  # a handler's fault never ends the worker
+            status, headers, out = 500, {}, b""
+            error = f"{type(exc).__name__}: {exc}"
+            tb = _truncated(traceback.format_exc())
+            sys.stderr.write(tb)
+        duration = time.perf_counter() - t0
+        if error and tb is None:
+            sys.stderr.write(f"error: {error}\n")
+        if write_debug:
+            sys.stderr.write(out.decode("utf-8", "replace") + "\n")
+        # Lines without a trailing newline would otherwise wait for the next request.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sock.sendall(
+            _frame(
+                {
+                    "id": req.get("id"),
+                    "status": status,
+                    "headers": headers,
+                    "error": error,
+                    "traceback": tb,
+                    "started": started,
+                    "duration": duration,
+                },
+                out,
+            )
+        )
+
+
+def _check_arity(handle: Callable[..., Any], lang: str) -> None:
+    """Fail at load, not on every call, when ``handle`` does not fit the template."""
+    code = getattr(handle, "__code__", None)
+    if not isinstance(handle, types.FunctionType) or code is None or code.co_flags & 0x04:
+        return  # a callable object or *args: let the call tell
+    passed = 1 if lang in ("python3", "python3-flask") else 2
+    most = code.co_argcount
+    least = most - len(handle.__defaults__ or ())
+    if not least <= passed <= most:
+        usage = "handle(req)" if passed == 1 else "handle(event, context)"
+        hint = {1: "python3 or python3-flask", 2: "python3-http or veba-cloudevent"}.get(most)
+        raise TypeError(
+            f"handle() takes {most} positional argument(s) but lang {lang} calls {usage}"
+            + (f"; a handle with {most} argument(s) needs lang {hint}" if hint else "")
+        )
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this process when the appliance dies, even by SIGKILL.
+
+    Done here rather than in a preexec_fn so the appliance can spawn with vfork:
+    a preexec_fn forces a full fork, which stalls its event loop for tens of ms.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request took effect
+        os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--handler-dir", required=True)
+    parser.add_argument("--lang", required=True, choices=LANGS)
+    parser.add_argument("--fd", required=True, type=int)
+    parser.add_argument("--parent-pid", type=int, help="die with this process (Linux)")
+    args = parser.parse_args(argv)
+    if args.parent_pid:
+        _die_with_parent(args.parent_pid)
+
+    # Ctrl-C in the appliance's terminal reaches the whole process group; the
+    # supervisor decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True, errors="backslashreplace")
+
+    sock = socket.socket(fileno=args.fd)
+    handler_dir = os.path.abspath(args.handler_dir)
+    os.chdir(handler_dir)
+    try:
+        module = _import_handler(handler_dir)
+        handle = getattr(module, "handle", None)
+        if not callable(handle):
+            raise AttributeError(f"{module.__file__} defines no function 'handle'")
+        _check_arity(handle, args.lang)
+    except BaseException as exc:
+        tb = _truncated(traceback.format_exc())
+        sys.stderr.write(tb)
+        sys.stderr.flush()
+        sock.sendall(_frame({"load_error": f"{type(exc).__name__}: {exc}", "traceback": tb}))
+        return 1
+    sock.sendall(_frame({"ready": True, "pid": os.getpid()}))
+    debug = os.environ.get("write_debug", "")  # noqa: SIM112 (OpenFaaS's name)
+    write_debug = debug.lower() in ("1", "true")
+    serve(sock, _make_call(handle, args.lang), write_debug)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
