@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote, unquote
 
+import orjson
 from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.exceptions import BaseCloudEventException
@@ -47,6 +48,30 @@ DEFAULT_API_VERSION = "8.0.2.0"
 _ID_NAMESPACE = uuid.UUID("8f0b3c4e-6a57-4d1e-9a38-3d1b5f0e2c71")
 _FORMAT = JSONFormat()
 _REQUIRED = ("id", "source", "type", "specversion")
+
+
+def _loads(body: bytes | str) -> Any:
+    # orjson is several times faster than json on the hot path; it refuses
+    # integers beyond 64 bits, which json reads, so such input falls back.
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
+def _dumps(obj: Any) -> bytes:
+    try:
+        return orjson.dumps(obj)
+    except TypeError:  # e.g. an integer beyond 64 bits
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def parse_time(value: str) -> datetime:
+    """An RFC 3339 time; the C parser first, dateutil for the rarer forms."""
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return isoparse(value)  # type: ignore[no-any-return]
 
 
 class InvalidEvent(ValueError):
@@ -93,13 +118,13 @@ class Event:
     def to_json(self) -> bytes:
         """Structured-mode JSON, exactly what VEBA's OpenFaaS processor posts."""
         if not self._body:
-            self._body.append(json.dumps(self.to_dict(), separators=(",", ":")).encode())
+            self._body.append(_dumps(self.to_dict()))
         return self._body[0]
 
     @classmethod
     def from_json(cls, body: bytes | str) -> Event:
         """Read a structured event that this appliance wrote (trusted, not re-validated)."""
-        obj = json.loads(body)
+        obj = _loads(body)
         data = obj.pop("data", None)
         if "data_base64" in obj:
             data = base64.b64decode(obj.pop("data_base64"))
@@ -123,7 +148,7 @@ class Event:
         attrs: dict[str, Any] = dict(self.attributes)
         if "time" in attrs:
             # The SDK wants a timezone-aware datetime; we carry the RFC 3339 string.
-            when = datetime.fromisoformat(attrs["time"])
+            when = parse_time(attrs["time"])
             attrs["time"] = when if when.tzinfo else when.replace(tzinfo=UTC)
         return CloudEvent(attrs, self.data)
 
@@ -162,7 +187,7 @@ def _read_structured(obj: Any, where: str) -> Event:
     sdk_attrs = dict(attrs)
     try:
         if "time" in attrs:
-            sdk_attrs["time"] = isoparse(attrs["time"])
+            sdk_attrs["time"] = parse_time(attrs["time"])
         # The SDK checks the attributes against the spec; our event keeps the
         # values as they came (VEBA's times carry nanoseconds, datetime does not).
         CloudEvent(sdk_attrs, data)
@@ -180,8 +205,8 @@ def parse_http(headers: Mapping[str, str], body: bytes) -> list[Event]:
     content_type = lower.get("content-type", "").split(";")[0].strip().lower()
     if content_type in (STRUCTURED_CONTENT_TYPE, BATCH_CONTENT_TYPE):
         try:
-            obj = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            obj = _loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError, orjson.JSONDecodeError) as exc:
             raise InvalidEvent(f"body is not valid JSON: {exc}") from exc
         if content_type == STRUCTURED_CONTENT_TYPE:
             return [_read_structured(obj, "event")]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import os
 import shutil
@@ -25,6 +24,8 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 __all__ = ["WORKER_PATH", "FunctionLoadError", "FunctionPool", "Invocation", "Outcome"]
 
@@ -95,6 +96,9 @@ class _Worker:
     stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=_STDERR_TAIL))
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     dead: bool = False
+    # Frames sent in one turn of the event loop go out in one write: a send()
+    # wakes the worker's process, and one wake-up per batch is much cheaper.
+    outbox: list[bytes] = field(default_factory=list)
 
 
 class FunctionPool:
@@ -243,9 +247,16 @@ class FunctionPool:
             if call.future.done():  # cancelled while queued
                 continue
             worker.pending.append(call)
-            worker.writer.write(call.frame)
+            if not worker.outbox:
+                asyncio.get_running_loop().call_soon(self._flush, worker)
+            worker.outbox.append(call.frame)
             if len(worker.pending) == 1:
                 self._arm(worker)
+
+    def _flush(self, worker: _Worker) -> None:
+        frames, worker.outbox = worker.outbox, []
+        if frames and not worker.dead:
+            worker.writer.write(b"".join(frames))
 
     def _arm(self, worker: _Worker) -> None:
         """Start the timeout clock of the call the worker is now running."""
@@ -558,13 +569,13 @@ def _outcome(head: dict[str, Any], body: bytes) -> Outcome:
 
 
 def _frame(header: dict[str, Any], body: bytes) -> bytes:
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = orjson.dumps(header)  # the stdlib worker reads it with json
     return b"".join((len(head).to_bytes(_LEN, "big"), head, len(body).to_bytes(_LEN, "big"), body))
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
     size = int.from_bytes(await reader.readexactly(_LEN), "big")
-    head = json.loads(await reader.readexactly(size))
+    head = orjson.loads(await reader.readexactly(size))
     size = int.from_bytes(await reader.readexactly(_LEN), "big")
     return head, await reader.readexactly(size)
 
