@@ -15,7 +15,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +40,7 @@ __all__ = ["SQLiteLog"]
 T = TypeVar("T")
 _MAX_BATCH = 1000
 _ERROR_LIMIT = 8192
+_RECENT = 20_000  # events kept in memory after append, for leasing
 
 
 @dataclass(slots=True)
@@ -155,6 +156,7 @@ class SQLiteLog:
         self._reader: ThreadPoolExecutor | None = None
         self._read_conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._recent: OrderedDict[int, Event] = OrderedDict()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -232,7 +234,8 @@ class SQLiteLog:
         def op(conn: sqlite3.Connection) -> AppendResult:
             accepted = duplicates = 0
             per_sub: Counter[str] = Counter()
-            for source, eid, etype, subject, etime, body, subs in rows:
+            new.clear()  # the op may run twice if its first transaction rolled back
+            for index, (source, eid, etype, subject, etime, body, subs) in enumerate(rows):
                 cur = conn.execute(
                     "INSERT INTO events(source, id, type, subject, time, received, body)"
                     " VALUES (?,?,?,?,?,?,?) ON CONFLICT(source, id) DO NOTHING",
@@ -242,7 +245,8 @@ class SQLiteLog:
                     duplicates += 1
                     continue
                 accepted += 1
-                seq = cur.lastrowid
+                seq = int(cur.lastrowid or 0)
+                new.append((seq, index))
                 for sub in subs:
                     conn.execute(
                         "INSERT INTO deliveries(seq, subscription, status, attempts,"
@@ -259,7 +263,16 @@ class SQLiteLog:
                 )
             return AppendResult(accepted, duplicates, dict(per_sub))
 
-        return await self._write(op)
+        new: list[tuple[int, int]] = []
+        result = await self._write(op)
+        # Committed: remember the new events, so leasing them soon after needs
+        # no read and no parse of what is already in memory.
+        recent = self._recent
+        for seq, index in new:
+            recent[seq] = events[index]
+        while len(recent) > _RECENT:
+            recent.popitem(last=False)
+        return result
 
     async def get_checkpoint(self, name: str) -> str | None:
         def op(conn: sqlite3.Connection) -> str | None:
@@ -290,16 +303,24 @@ class SQLiteLog:
             if not leased:
                 return []
             seqs = sorted({row[1] for row in leased})
-            bodies: dict[int, bytes] = {}
-            for chunk in range(0, len(seqs), 500):
-                part = seqs[chunk : chunk + 500]
+            found: dict[int, Event] = {}
+            missing = []
+            for seq in seqs:
+                event = self._recent.get(seq)
+                if event is None:
+                    missing.append(seq)
+                else:
+                    found[seq] = event
+            for chunk in range(0, len(missing), 500):
+                part = missing[chunk : chunk + 500]
                 marks = ",".join("?" * len(part))
-                bodies.update(
-                    conn.execute(f"SELECT seq, body FROM events WHERE seq IN ({marks})", part)
-                )
+                for seq, body in conn.execute(
+                    f"SELECT seq, body FROM events WHERE seq IN ({marks})", part
+                ):
+                    found[seq] = Event.from_json(body)
             leased.sort(key=lambda row: (row[1], row[0]))
             return [
-                Delivery(did, seq, subscription, Event.from_json(bodies[seq]), attempts, avail)
+                Delivery(did, seq, subscription, found[seq], attempts, avail)
                 for did, seq, attempts, avail in leased
             ]
 
