@@ -317,6 +317,23 @@ class Functions:
             progress(f"{definition.name}: deployed, {definition.workers} worker(s) ready")
             return deployment
 
+    async def restart_using(self, secret: str) -> list[str]:
+        """Restart, with fresh values, every function that declares `secret`."""
+        restarted = []
+        async with self._lock:
+            for old in list(self._deployments.values()):
+                if secret not in old.definition.secrets:
+                    continue
+                definition = old.definition
+                pool = await self._start_pool(definition, old.code_dir, _quiet)
+                await self._stop_deployment(old)
+                fresh = Deployment(definition, old.subscription, old.policy, old.code_dir)
+                self._deployments[definition.name] = fresh
+                self._attach(fresh, pool)
+                self._logs.write(definition.name, "system", f"restarted: secret {secret!r} changed")
+                restarted.append(definition.name)
+        return restarted
+
     async def remove(self, name: str) -> bool:
         async with self._lock:
             deployment = self._deployments.pop(name, None)

@@ -6,9 +6,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from veba import __version__
+from veba.api.auth import require_token
 from veba.api.system import function_router, system_router
 from veba.api.v1 import metrics_router, v1_router
 from veba.api.webhook import webhook_router
@@ -26,13 +29,24 @@ def create_app(appliance: Appliance) -> FastAPI:
         finally:
             await appliance.stop()
 
-    app = FastAPI(title="veba", version=__version__, lifespan=lifespan)
+    # The OpenAPI document and its viewer sit behind the token like the rest.
+    app = FastAPI(
+        title="veba", version=__version__, lifespan=lifespan, docs_url=None, openapi_url=None
+    )
     app.state.appliance = appliance
     app.state.background = set()
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_token)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_token)])
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="veba API")
 
     app.include_router(webhook_router(appliance.settings.webhook_path))
     app.include_router(system_router)

@@ -126,11 +126,16 @@ async def put_secret(request: Request) -> Response:
     else:
         raise HTTPException(400, "expected a string 'value' or base64 'rawValue'")
     replace = request.method == "PUT" or bool(body.get("replace"))
+    appliance = _appliance(request)
     try:
-        _appliance(request).secrets.put(body["name"], value, replace=replace)
+        replaced = appliance.secrets.put(body["name"], value, replace=replace)
     except SecretError as exc:
         return JSONResponse({"error": str(exc)}, status_code=409 if "exists" in str(exc) else 400)
-    return Response(status_code=201 if request.method == "POST" else 200)
+    restarted = await appliance.functions.restart_using(body["name"]) if replaced else []
+    return JSONResponse(
+        {"name": body["name"], "restarted": restarted},
+        status_code=201 if request.method == "POST" else 200,
+    )
 
 
 @system_router.delete("/secrets")

@@ -25,6 +25,9 @@ def serve(
     webhook_password: str | None = typer.Option(
         None, "--webhook-password", envvar="VEBA_WEBHOOK_PASSWORD"
     ),
+    webhook_token: str | None = typer.Option(
+        None, "--webhook-token", envvar="VEBA_WEBHOOK_TOKEN", help="Require this bearer token"
+    ),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Run the appliance: event log, functions, providers, API and webhook."""
@@ -47,6 +50,7 @@ def serve(
         simulator_rate=simulator_rate,
         simulator_seed=simulator_seed,
         webhook_path=webhook_path,
+        webhook_bearer_token=webhook_token,
         webhook_basic_auth=(webhook_user, webhook_password)
         if webhook_user and webhook_password
         else None,
