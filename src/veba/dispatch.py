@@ -243,14 +243,21 @@ class Dispatcher:
     async def _run_chain(self, key: str, chain: _KeyChain) -> None:
         try:
             while chain.queue:
-                await self._deliver(chain.queue[0], in_place=True)
+                if not await self._deliver(chain.queue[0], in_place=True):
+                    # The outcome could not be recorded: let this key's leases
+                    # lapse together, so the log offers them again in order.
+                    for delivery in chain.queue:
+                        self._in_hand.pop(delivery.id, None)
+                    chain.queue.clear()
+                    break
                 chain.queue.popleft()
         finally:
             chain.task = None
             if not chain.queue:
                 self._chains.pop(key, None)
 
-    async def _deliver(self, delivery: Delivery, *, in_place: bool = False) -> None:
+    async def _deliver(self, delivery: Delivery, *, in_place: bool = False) -> bool:
+        """Attempt until settled; False if the outcome could not be recorded."""
         attempt_no = delivery.attempt
         due = delivery.available_at
         while True:
@@ -264,7 +271,7 @@ class Dispatcher:
                     self.counts.delivered += 1
                     self._observe("delivered", result)
                     self._queue_ack(delivery.id, attempt)
-                    return
+                    return True
                 self.last_error = result.error
                 if not is_retryable(result.kind, result.status) or attempt_no >= (
                     self.policy.max_attempts
@@ -274,7 +281,7 @@ class Dispatcher:
                     self._observe("dead", result)
                     await self._log.dead(delivery.id, attempt)
                     self._forward_dead(delivery, result)
-                    return
+                    return True
                 self.counts.retried += 1
                 self._observe("retried", result)
                 due = self._clock() + self.policy.backoff(attempt_no, self._rng)
@@ -287,13 +294,13 @@ class Dispatcher:
                 heapq.heappush(self._dues, due)
                 if self._dues[0] == due:
                     self._wakeup.set()
-                return
+                return True
             except (LogFull, OSError) as exc:
                 # The lease will lapse and the delivery come round again: at least once.
                 self.last_error = f"could not record outcome: {exc}"
                 log.error("%s: %s", self.name, self.last_error)
                 self._done(delivery)
-                return
+                return False
 
     def _queue_ack(self, delivery_id: int, attempt: Attempt) -> None:
         self._acks.append((delivery_id, attempt))
