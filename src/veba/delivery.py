@@ -19,13 +19,18 @@ _ISO = re.compile(
     r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?"
     r"(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
 )
-_GO = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_GO_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_GO = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|h|m|s)")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _RETRYABLE_STATUS = frozenset({404, 408, 409, 429})
 
 
 class PolicyError(ValueError):
     """A delivery setting that cannot be used; the message names the field."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        # What is wrong, without the field path in front (for callers that add their own).
+        self.reason = message.split(": ", 1)[-1]
 
 
 def parse_duration(value: Any, where: str) -> float:
@@ -37,7 +42,7 @@ def parse_duration(value: Any, where: str) -> float:
     else:
         text = str(value).strip()
         iso = _ISO.match(text.upper())
-        if iso and text.upper() not in ("P", "PT"):
+        if iso and text.upper() not in ("P", "PT") and not text.upper().endswith("T"):
             parts = {k: float(v) for k, v in iso.groupdict(default="0").items()}
             seconds = parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
         elif text and _GO.sub("", text) == "":

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from veba.functions import StackError, check_handler_syntax, load_stack
-from veba.functions.stack import parse_duration
 
 
 def write(folder: Path, text: str, name: str = "stack.yml") -> Path:
@@ -282,27 +281,3 @@ def test_check_handler_syntax(stack_dir: Path, monkeypatch: pytest.MonkeyPatch) 
     (stack_dir / "echo" / "lib" / "util.py").write_text("x = (\n")
     with pytest.raises(StackError, match=r"\./echo/lib/util\.py line 1: SyntaxError"):
         check_handler_syntax(spec)
-
-
-@pytest.mark.parametrize(
-    ("value", "iso", "seconds"),
-    [
-        ("PT10S", True, 10.0),
-        ("PT1M30S", True, 90.0),
-        ("PT0.5S", True, 0.5),
-        ("P1DT1H", True, 90000.0),
-        (15, True, 15.0),
-        ("2.5", True, 2.5),
-        ("PT", True, None),
-        ("10s", True, None),
-        ("10s", False, 10.0),
-        ("1m30s", False, 90.0),
-        ("500ms", False, 0.5),
-        ("1h", False, 3600.0),
-        ("20", False, 20.0),  # of-watchdog reads a bare integer as seconds
-        ("1m30", False, None),
-        (True, False, None),
-    ],
-)
-def test_parse_duration(value: object, iso: bool, seconds: float | None) -> None:
-    assert parse_duration(value, iso=iso) == seconds

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from veba.delivery import PolicyError, parse_duration
+
 __all__ = [
     "LANGS",
     "FunctionSpec",
@@ -23,7 +25,6 @@ __all__ = [
     "StackError",
     "check_handler_syntax",
     "load_stack",
-    "parse_duration",
 ]
 
 LANGS = ("python3", "python3-flask", "python3-http", "veba-cloudevent")
@@ -34,12 +35,6 @@ SCALE_MIN_LABEL = "com.openfaas.scale.min"
 FILTERS_ANNOTATION = "veba.filters"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_ISO_DURATION = re.compile(
-    r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?"
-    r"(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
-)
-_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class StackError(ValueError):
@@ -292,50 +287,17 @@ class _Checker:
     def timeout(self, delivery: dict[str, Any], environment: dict[str, str], where: str) -> float:
         if delivery.get("timeout") is not None:
             at, value = f"{where}.delivery.timeout", delivery["timeout"]
-            seconds = parse_duration(value, iso=True)
-            example = "an ISO-8601 duration like PT10S or a number of seconds"
         elif "exec_timeout" in environment:
             at, value = f"{where}.environment.exec_timeout", environment["exec_timeout"]
-            seconds = parse_duration(value, iso=False)
-            example = "a duration like 10s or 1m30s"
         else:
             return DEFAULT_TIMEOUT
-        if seconds is None:
-            raise self.fail(at, f"expected {example}, got {value!r}")
+        try:
+            seconds = parse_duration(value, at)
+        except PolicyError as exc:
+            raise self.fail(at, exc.reason) from None
         if seconds <= 0:
             raise self.fail(at, f"must be greater than zero, got {value!r}")
         return seconds
-
-
-def parse_duration(value: Any, *, iso: bool) -> float | None:
-    """Seconds from a number, an ISO-8601 duration (``PT1M30S``) or, if not ``iso``, a
-    Go duration (``1m30s``, as OpenFaaS's ``exec_timeout``); None if it is neither."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    if iso:
-        m = _ISO_DURATION.match(text.upper())
-        if not m or text.upper() in ("P", "PT") or text.upper().endswith("T"):
-            return None
-        parts = {k: float(v) for k, v in m.groupdict().items() if v}
-        return (
-            parts.get("d", 0) * 86400
-            + parts.get("h", 0) * 3600
-            + parts.get("m", 0) * 60
-            + parts.get("s", 0)
-        )
-    parts_go = _GO_DURATION_PART.findall(text)
-    if not parts_go or "".join(n + u for n, u in parts_go) != text:
-        return None
-    return sum(float(n) * _GO_UNITS[u] for n, u in parts_go)
 
 
 def check_handler_syntax(spec: FunctionSpec) -> None:
