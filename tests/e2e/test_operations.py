@@ -1,0 +1,87 @@
+"""Day-two operations: replay from the log, async invocation with a callback,
+an event's delivery history, metrics."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from tests.e2e.harness import RECORDER, read_jsonl, wait_for, write_function, write_stack
+
+SAMPLE = Path(__file__).parent.parent / "data" / "cloudevent-vm-powered-off.json"
+STRUCTURED = {"Content-Type": "application/cloudevents+json"}
+
+
+def test_replay_redelivers_logged_events_by_subject(
+    appliance_factory: type, tmp_path: Path
+) -> None:
+    app = appliance_factory.start("--no-simulator")
+    sample = json.loads(SAMPLE.read_text())
+    with app.client() as http:
+        for i in range(3):
+            http.post("/webhook", json=dict(sample, id=f"off-{i}"), headers=STRUCTURED)
+        http.post(
+            "/webhook", json=dict(sample, id="on-0", subject="VmPoweredOnEvent"), headers=STRUCTURED
+        )
+    # Deployed after the events: it has none until they are replayed to it.
+    out = tmp_path / "late.jsonl"
+    write_function(tmp_path / "fn" / "late", RECORDER)
+    stack = write_stack(
+        tmp_path / "fn" / "stack.yml",
+        {"late": {"lang": "python3-http", "handler": "./late", "environment": {"OUT": str(out)},
+                  "annotations": {"topic": "*"}}},
+    )  # fmt: skip
+    app.cli("up", "-f", str(stack))
+    assert "replayed: 3" in app.cli("replay", "late", "--type", "VmPoweredOffEvent").stdout
+    got = wait_for(lambda: len(read_jsonl(out)) >= 3 and read_jsonl(out), 60, "3 replayed events")
+    assert sorted(e["id"] for e in got) == ["off-0", "off-1", "off-2"]
+
+    shown = json.loads(app.cli("events", "show", "off-1").stdout)
+    (delivery,) = shown["deliveries"]
+    assert delivery["subscription"] == "late" and delivery["status"] == "delivered"
+    listed = json.loads(app.cli("events", "list", "-o", "json").stdout)
+    assert {r["event"]["id"] for r in listed} == {"off-0", "off-1", "off-2", "on-0"}
+
+    with app.client() as http:
+        metrics = http.get("/metrics").text
+    assert 'veba_events_ingested_total{via="webhook"} 4.0' in metrics
+    assert 'veba_deliveries_total{function="late",outcome="delivered"} 3.0' in metrics
+
+
+def test_async_invoke_answers_202_and_calls_back(appliance_factory: type, tmp_path: Path) -> None:
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Callback(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((dict(self.headers), body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Callback)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        app = appliance_factory.start("--no-simulator")
+        write_function(tmp_path / "fn" / "upper", "def handle(req):\n    return req.upper()\n")
+        stack = write_stack(
+            tmp_path / "fn" / "stack.yml", {"upper": {"lang": "python3", "handler": "./upper"}}
+        )
+        app.cli("up", "-f", str(stack))
+        url = f"http://127.0.0.1:{server.server_address[1]}/done"
+        result = app.cli("invoke", "upper", "--async", "--callback-url", url, "--data", "abc")
+        assert "call id" in result.stdout
+        wait_for(lambda: received, 30, "the callback")
+        headers, body = received[0]
+        assert body == b"ABC"
+        assert headers["X-Function-Status"] == "200"
+        assert headers["X-Call-Id"] in result.stdout
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
