@@ -1,0 +1,1 @@
+"""Benchmarks of veba against Dramatiq and Celery: ``python -m bench``."""

@@ -1,0 +1,151 @@
+"""The measurement, written once; each system supplies how to start, send and stop."""
+
+from __future__ import annotations
+
+import abc
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import (
+    Event,
+    StartLog,
+    bulk_send,
+    make_events,
+    no_gc,
+    paced_send,
+    percentile,
+)
+
+WARMUP_EVENTS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    events: int
+    seconds: float  # first send -> last handler start
+    events_per_s: float
+    send_seconds: float  # first send -> last send accepted
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    events: int
+    offered_rate: float
+    achieved_rate: float
+    sender_max_lag_ms: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+class Driver(abc.ABC):
+    """One system under test. start(), then throughput()/latency() any number of times, stop()."""
+
+    name = ""
+    throughput_chunk = 100  # events per send_chunk call
+    throughput_threads = 4  # concurrent send_chunk calls
+
+    def __init__(self) -> None:
+        self.work_dir = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
+        self.out_dir = self.work_dir / "starts"
+        self.out_dir.mkdir()
+        self.starts = StartLog(self.out_dir)
+        self.notes: list[str] = []  # caveats for the report
+        self._next_key = 0
+
+    # --- what a system provides ---
+
+    @abc.abstractmethod
+    def _launch(self) -> None:
+        """Start the system's processes; return once they accept work."""
+
+    @abc.abstractmethod
+    def _shutdown(self) -> None:
+        """Stop every process _launch started."""
+
+    @abc.abstractmethod
+    def _send_chunk(self, events: Sequence[Event]) -> None:
+        """Throughput path: hand over these events as fast as the system's client can."""
+
+    @abc.abstractmethod
+    def _submit_one(self, event: Event) -> None:
+        """Latency path: send one event now; return once the system has accepted it."""
+
+    def _confirm_acked(self, timeout: float) -> None:  # noqa: B027 - optional hook
+        """Raise if the system does not report all sent events acknowledged in time."""
+
+    def _alive(self) -> None:  # noqa: B027 - optional hook
+        """Raise if a process of the system has died."""
+
+    # --- the measurement ---
+
+    def start(self) -> None:
+        self._launch()
+        self._warm_up()
+
+    def stop(self, *, keep_files: bool = False) -> None:
+        """Stop the system; its logs and start files go too unless keep_files."""
+        try:
+            self._shutdown()
+        finally:
+            if not keep_files:
+                shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def _events(self, n: int) -> list[Event]:
+        events = make_events(n, self._next_key)
+        self._next_key += n
+        return events
+
+    def _warm_up(self) -> None:
+        events = self._events(WARMUP_EVENTS)
+        bulk_send(events, self._send_chunk, chunk=self.throughput_chunk, threads=1)
+        self.starts.wait_for([e.id for e in events], timeout=120, alive=self._alive)
+        self._confirm_acked(timeout=60)
+
+    def throughput(self, n: int) -> Throughput:
+        events = self._events(n)
+        dupes_before = self.starts.duplicates
+        with no_gc():
+            t0 = bulk_send(
+                events,
+                self._send_chunk,
+                chunk=self.throughput_chunk,
+                threads=self.throughput_threads,
+            )
+            sent = time.time()
+        found = self.starts.wait_for(
+            [e.id for e in events], timeout=max(120.0, n / 50), alive=self._alive
+        )
+        seconds = max(found.values()) - t0
+        self._confirm_acked(timeout=60)
+        return Throughput(
+            events=n,
+            seconds=seconds,
+            events_per_s=n / seconds,
+            send_seconds=sent - t0,
+            duplicates=self.starts.duplicates - dupes_before,
+        )
+
+    def latency(self, rate: float, seconds: float) -> Latency:
+        events = self._events(round(rate * seconds))
+        with no_gc():
+            report = paced_send(events, rate, self._submit_one)
+        found = self.starts.wait_for(
+            list(report.send_times), timeout=max(120.0, seconds * 4), alive=self._alive
+        )
+        self._confirm_acked(timeout=60)
+        lat_ms = [(found[i] - t) * 1000 for i, t in report.send_times.items()]
+        return Latency(
+            events=len(events),
+            offered_rate=rate,
+            achieved_rate=report.achieved_rate,
+            sender_max_lag_ms=report.max_lag_ms,
+            p50_ms=percentile(lat_ms, 50),
+            p99_ms=percentile(lat_ms, 99),
+            max_ms=max(lat_ms),
+        )

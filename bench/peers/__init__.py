@@ -1,0 +1,1 @@
+"""The peers veba is measured against: Dramatiq and Celery, both on Redis."""
