@@ -18,12 +18,15 @@ import httpx
 from veba.deployments import Functions
 from veba.dispatch import DeadLetterSink
 from veba.eventlog import AppendResult, SQLiteLog
+from veba.eventlog.sqlite_store import SQLiteStore
 from veba.events import Event
 from veba.functionlogs import LogHub
 from veba.observability import Metrics
 from veba.providers.base import Provider
 from veba.secrets import SecretStore
 from veba.settings import ApplianceSettings, ensure_token
+from veba.store import Store, StoreTokens, local_api_url
+from veba.targets.http import Processors
 
 __all__ = ["Appliance"]
 
@@ -38,6 +41,10 @@ class Appliance:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.token = ensure_token(settings.data_dir)
         self.log = SQLiteLog(settings.log_path)
+        # The functions' key-value store, on the log's file; functions reach it
+        # over this appliance's API with a token per pool.
+        self.store: Store = SQLiteStore(self.log)
+        self.store_tokens = StoreTokens()
         self.secrets = SecretStore(settings.data_dir)
         self.logs = LogHub(settings.logs_dir)
         self.metrics = Metrics()
@@ -50,15 +57,31 @@ class Appliance:
             logs=self.logs,
             dead_letter_sink=DeadLetterSink(self.http),
             observer=self.metrics.observe_delivery,
+            store=self.store,
+            store_tokens=self.store_tokens,
+            api_url=local_api_url(settings.listen),
         )
         self.providers: list[Provider] = list(
-            providers if providers is not None else _default_providers(settings)
+            providers if providers is not None else _default_providers(settings, self.secrets)
         )
         self._provider_tasks: list[asyncio.Task[None]] = []
+        # RouterConfig processors that point outside (Knative sinks, OpenFaaS gateways).
+        self.processors = Processors.from_config(settings.processors, client=self.http)
+        self._side_servers: list[Any] = []  # /stats, a webhook on its own bindAddress
 
     async def start(self) -> None:
         await self.log.open()
         await self.functions.load()
+        self.processors.start(
+            log=self.log,
+            dead_letter_sink=DeadLetterSink(self.http),
+            observer=self.metrics.observe_delivery,
+        )
+        from veba.api.stats import side_servers
+
+        for server in side_servers(self):
+            await server.start()
+            self._side_servers.append(server)
         for provider in self.providers:
             task = asyncio.create_task(
                 self._run_provider(provider), name=f"provider:{provider.name}"
@@ -82,6 +105,9 @@ class Appliance:
         for task in self._provider_tasks:
             task.cancel()
         await asyncio.gather(*self._provider_tasks, return_exceptions=True)
+        for server in self._side_servers:
+            await server.stop()
+        await self.processors.stop()
         await self.functions.stop()
         await self.log.close()
         self.logs.close()
@@ -97,15 +123,18 @@ class Appliance:
         checkpoint: tuple[str, str] | None = None,
         via: str = "provider",
     ) -> AppendResult:
-        result = await self.log.append(
-            events, route=self.functions.router.route, checkpoint=checkpoint
-        )
+        route = self._route if self.processors else self.functions.router.route
+        result = await self.log.append(events, route=route, checkpoint=checkpoint)
         self.functions.wake(result.deliveries)
+        self.processors.wake(result.deliveries)
         if result.accepted:
             self.metrics.events.labels(via).inc(result.accepted)
         if result.duplicates:
             self.metrics.duplicates.labels(via).inc(result.duplicates)
         return result
+
+    def _route(self, event: Event) -> list[str]:
+        return [*self.functions.router.route(event), *self.processors.route(event)]
 
     async def checkpoint(self, provider_name: str) -> str | None:
         return await self.log.get_checkpoint(provider_name)
@@ -117,12 +146,20 @@ class Appliance:
         return {
             "providers": [p.status() for p in self.providers],
             "functions": {d.definition.name: d.status for d in self.functions.all()},
+            "processors": self.processors.status(),
         }
 
 
-def _default_providers(settings: ApplianceSettings) -> list[Provider]:
-    if not settings.simulator:
-        return []
-    from veba.providers.simulator import SimulatorProvider
+def _default_providers(settings: ApplianceSettings, secrets: SecretStore) -> list[Provider]:
+    providers: list[Provider] = []
+    if settings.simulator:
+        from veba.providers.simulator import SimulatorProvider
 
-    return [SimulatorProvider(rate=settings.simulator_rate, seed=settings.simulator_seed)]
+        providers.append(
+            SimulatorProvider(rate=settings.simulator_rate, seed=settings.simulator_seed)
+        )
+    if settings.vcenters:
+        from veba.providers.vcenter import VCenterProvider
+
+        providers += [VCenterProvider.from_config(vc, secrets) for vc in settings.vcenters]
+    return providers

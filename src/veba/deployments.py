@@ -34,6 +34,7 @@ from veba.functions.stack import LANG_ALIASES, LANGS
 from veba.functions.supervisor import FunctionLoadError, FunctionPool, Invocation, Outcome
 from veba.routing import Router, Subscription, SubscriptionError, compile_subscription
 from veba.secrets import SecretError, SecretStore
+from veba.store import Store, StoreTokens
 from veba.targets.functions import FunctionTarget
 
 __all__ = ["DeployError", "Deployment", "FunctionDefinition", "Functions", "pack_code"]
@@ -199,6 +200,9 @@ class Functions:
         logs: LogHub,
         dead_letter_sink: DeadLetterSink | None = None,
         observer: Observer | None = None,
+        store: Store | None = None,
+        store_tokens: StoreTokens | None = None,
+        api_url: str | None = None,
     ) -> None:
         self._dir = functions_dir
         self._venvs = venv_cache
@@ -207,6 +211,11 @@ class Functions:
         self._logs = logs
         self._dls = dead_letter_sink
         self._observer = observer
+        # The store functions reach over the API, with a token per pool (see _start_pool).
+        self._store = store
+        self._store_tokens = store_tokens
+        self._api_url = api_url
+        self._pool_tokens: dict[FunctionPool, str] = {}
         self._deployments: dict[str, Deployment] = {}
         self._lock = asyncio.Lock()
         self._starting: set[asyncio.Task[None]] = set()
@@ -273,6 +282,12 @@ class Functions:
             await deployment.dispatcher.stop()
         if deployment.pool is not None:
             await deployment.pool.stop()
+            self._revoke(deployment.pool)
+
+    def _revoke(self, pool: FunctionPool) -> None:
+        token = self._pool_tokens.pop(pool, None)
+        if token is not None and self._store_tokens is not None:
+            self._store_tokens.revoke(token)
 
     # -- deploy / remove ---------------------------------------------------------
 
@@ -342,6 +357,8 @@ class Functions:
             self._rebuild_router()
             await self._stop_deployment(deployment)
             dropped = await self._log.forget(name)
+            if self._store is not None:
+                await self._store.drop(name)
             shutil.rmtree(self._dir / name, ignore_errors=True)
             self._logs.write(name, "system", f"removed; {dropped} undelivered event(s) dropped")
             self._logs.forget(name)
@@ -367,23 +384,41 @@ class Functions:
             secrets = {s: self._secrets.get(s) for s in definition.secrets}
         except SecretError as exc:
             raise DeployError(f"{where}.secrets: {exc}") from None
-        self._logs.set_secrets(definition.name, secrets.values())
+        environment = dict(definition.environment)
+        # What the SDK needs: the timeout (an idempotency record in progress
+        # expires with it), and the store's URL and this pool's own token.
+        _, policy = definition.compile()
+        environment["VEBA_FUNCTION_TIMEOUT"] = f"{policy.timeout:g}"
+        token = None
+        if self._store_tokens is not None and self._api_url is not None:
+            token = self._store_tokens.issue(definition.name)
+            environment["VEBA_API_URL"] = self._api_url
+            environment["VEBA_STORE_TOKEN"] = token
         pool = FunctionPool(
             definition.name,
             python=python,
             handler_dir=code_dir,
             lang=definition.lang,
             workers=definition.workers,
-            environment=definition.environment,
+            environment=environment,
             secrets=secrets,
             log_sink=self._logs.write,
         )
+        if token is not None:
+            self._pool_tokens[pool] = token
+        # Store tokens are redacted from the log like secrets (old pools' too, while they run).
+        tokens = [t.encode() for p, t in self._pool_tokens.items() if p.name == definition.name]
+        self._logs.set_secrets(definition.name, [*secrets.values(), *tokens])
         try:
             await pool.start()
         except FunctionLoadError as exc:
             with contextlib.suppress(Exception):
                 await pool.stop()
+            self._revoke(pool)
             raise DeployError(f"{where}.handler: {exc}") from None
+        except BaseException:
+            self._revoke(pool)
+            raise
         return pool
 
     def _attach(self, deployment: Deployment, pool: FunctionPool) -> None:

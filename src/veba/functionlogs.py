@@ -4,7 +4,9 @@ function, streamed to followers, and scrubbed of the function's secret values.""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import tomllib
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -36,6 +38,26 @@ class LogLine:
         }
 
 
+def _strings(text: str) -> set[str]:
+    for parse in (tomllib.loads, json.loads):
+        try:
+            document = parse(text)
+        except ValueError:
+            continue
+        found: set[str] = set()
+        stack: list[Any] = [document]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, str):
+                found.add(node)
+            elif isinstance(node, dict):
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
+        return found
+    return set()
+
+
 class LogHub:
     def __init__(self, directory: Path) -> None:
         self._dir = directory
@@ -45,8 +67,13 @@ class LogHub:
         self._redact: dict[str, list[str]] = {}
 
     def set_secrets(self, name: str, values: Iterable[bytes]) -> None:
-        """Values that must never appear in this function's log."""
-        texts = {v.decode(errors="replace").strip() for v in values}
+        """Values that must never appear in this function's log: each secret
+        whole and, for TOML or JSON secrets (vcconfig), every string in it."""
+        texts: set[str] = set()
+        for value in values:
+            text = value.decode(errors="replace")
+            texts.add(text.strip())
+            texts.update(_strings(text))
         self._redact[name] = sorted((t for t in texts if len(t) >= 3), key=len, reverse=True)
 
     def write(self, name: str, stream: str, text: str) -> None:

@@ -12,6 +12,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from veba.config import KnativeConfig, MetricsConfig, OpenFaaSConfig, VCenterConfig
+
 __all__ = [
     "DEFAULT_LISTEN",
     "ApplianceSettings",
@@ -89,6 +91,11 @@ class ApplianceSettings:
     webhook_path: str = "/webhook"
     webhook_basic_auth: tuple[str, str] | None = None
     webhook_bearer_token: str | None = None
+    webhook_listen: str | None = None  # a second HOST:PORT for the webhook (RouterConfig)
+    # From `--config` (VEBA's RouterConfig) and `--vcenter`: see veba.config.
+    vcenters: tuple[VCenterConfig, ...] = ()
+    processors: tuple[OpenFaaSConfig | KnativeConfig, ...] = ()  # external sinks only
+    metrics: MetricsConfig | None = None  # VEBA's /stats on its own address
 
     @property
     def log_path(self) -> Path:

@@ -215,7 +215,8 @@ async def test_worker_environment_is_minimal_and_isolated(
             return {
                 "env": dict(os.environ),
                 "yaml": importlib.util.find_spec("yaml") is not None,
-                "veba": importlib.util.find_spec("veba") is not None,
+                "veba.sdk": importlib.util.find_spec("veba.sdk") is not None,
+                "veba.functions": importlib.util.find_spec("veba.functions") is not None,
                 "path": sys.path,
             }
         """,
@@ -229,7 +230,8 @@ async def test_worker_environment_is_minimal_and_isolated(
     assert env["VEBA_FUNCTION_NAME"] == "isolated"
     assert env["VEBA_SECRETS_DIR"] == str(fn.secrets_dir)
     assert "PATH" in env
-    assert not seen["yaml"] and not seen["veba"]  # the appliance's packages are not there
+    assert not seen["yaml"]  # the appliance's packages are not there...
+    assert seen["veba.sdk"] and not seen["veba.functions"]  # ...only its stdlib-only SDK
     worker_dir = str(Path(sys.modules["veba.functions"].__file__ or "").parent)
     assert worker_dir not in seen["path"]
 

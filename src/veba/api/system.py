@@ -188,7 +188,7 @@ def _response(outcome: Outcome) -> Response:
     if outcome.kind in ("timeout", "crash"):
         return JSONResponse({"error": outcome.error, "kind": outcome.kind}, status_code=502)
     headers = {k: v for k, v in outcome.headers.items() if k.lower() != "content-length"}
-    if outcome.error and outcome.status >= 500 and not outcome.body:
+    if outcome.error and outcome.status >= 400 and not outcome.body:
         return JSONResponse({"error": outcome.error}, status_code=outcome.status)
     return Response(outcome.body, status_code=outcome.status or 500, headers=headers)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from veba.cli import events, functions, secrets, serve
+from veba.cli import events, functions, secrets, serve, templates
 
 __all__ = ["app", "main"]
 
@@ -16,6 +16,7 @@ app = typer.Typer(
 app.command()(serve.serve)
 functions.register(app)
 app.add_typer(secrets.secret_app, name="secret")
+app.add_typer(templates.template_app, name="template")
 app.add_typer(events.events_app, name="events")
 app.add_typer(events.dlq_app, name="dlq")
 app.command()(events.replay)

@@ -58,24 +58,30 @@ def _payload(spec: FunctionSpec) -> dict[str, object]:
 
 
 def new(
-    name: str,
-    lang: str = typer.Option("python3-http", "--lang", help="Template (see --list)"),
+    name: str | None = typer.Argument(None, help="Function name (a DNS label)"),
+    lang: str = typer.Option("python3-http", "--lang", help="Template (see `veba template list`)"),
     append: Path = typer.Option(Path("stack.yml"), "--append", "-a", help="stack.yml to add it to"),
     topic: str = typer.Option("VmPoweredOnEvent", "--topic", help="Subjects, comma-separated"),
+    test: bool = typer.Option(True, "--test/--no-test", help="Write test_handler.py"),
     list_templates: bool = typer.Option(False, "--list", help="List the templates"),
 ) -> None:
-    """Create a function folder from a template and add it to stack.yml."""
-    from veba.functions.scaffold import TEMPLATES, ScaffoldError, new_function
+    """Create a function folder from a template (handler.py, test_handler.py) and add it to stack.yml."""
+    from veba.cli.templates import print_templates
+    from veba.functions.scaffold import ScaffoldError, new_function
 
     if list_templates:
-        for template in TEMPLATES.values():
-            console.print(f"{template.lang:18} {template.description}", highlight=False)
+        print_templates()
         return
+    if name is None:
+        fail("missing the function's NAME (or --list for the templates)")
     try:
-        folder = new_function(name, lang, directory=append.parent, stack=append, topic=topic)
+        folder = new_function(
+            name, lang, directory=append.parent, stack=append, topic=topic, with_test=test
+        )
     except ScaffoldError as exc:
         fail(str(exc))
-    err.print(f"created {folder}/handler.py and added {name} to {append}", highlight=False)
+    files = "handler.py, test_handler.py" if test else "handler.py"
+    err.print(f"created {folder}/ ({files}) and added {name} to {append}", highlight=False)
 
 
 def build(
@@ -165,20 +171,37 @@ def list_functions(
 def invoke(
     name: str,
     data: str | None = typer.Option(None, "--data", "-d", help="Request body (else stdin)"),
+    event: str | None = typer.Option(
+        None, "--event", "-e", help="Send a sample event of this class (VmPoweredOnEvent, ...)"
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="With --event: PATH=VALUE (data.Vm.Name=web-01); repeatable"
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="With --event: print it, send nothing"),
     content_type: str = typer.Option("application/json", "--content-type"),
     asynchronous: bool = typer.Option(False, "--async", help="Queue the call, answer 202"),
     callback: str | None = typer.Option(None, "--callback-url"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
 ) -> None:
-    """Call a function with a body, as `faas-cli invoke` does."""
-    body = (
-        data.encode()
-        if data is not None
-        else (b"" if sys.stdin.isatty() else sys.stdin.buffer.read())
-    )
-    client = Client(gateway, data_dir)
+    """Call a function with a body, as `faas-cli invoke` does, or with a sample event."""
     headers = {"Content-Type": content_type}
+    if event is not None:
+        if data is not None:
+            fail("--event and --data are exclusive")
+        body, headers = _sample_request(event, set_)
+        if dry_run:
+            sys.stdout.write(json.dumps(json.loads(body), indent=2) + "\n")
+            return
+    elif set_ or dry_run:
+        fail("--set and --dry-run go with --event")
+    else:
+        body = (
+            data.encode()
+            if data is not None
+            else (b"" if sys.stdin.isatty() else sys.stdin.buffer.read())
+        )
+    client = Client(gateway, data_dir)
     if asynchronous:
         if callback:
             headers["X-Callback-Url"] = callback
@@ -189,6 +212,31 @@ def invoke(
     sys.stdout.buffer.write(response.content)
     if not response.content.endswith(b"\n"):
         sys.stdout.write("\n")
+
+
+def _sample_request(event_class: str, settings: list[str]) -> tuple[bytes, dict[str, str]]:
+    """A sample event from the simulator, as a delivery posts it (structured mode)."""
+    from veba.providers.simulator import SimulationError, VCenterSimulator
+    from veba.targets.functions import delivery_headers
+
+    overrides: dict[str, object] = {}
+    for item in settings:
+        path, sep, raw = item.partition("=")
+        if not sep or not path.strip():
+            fail(f"--set {item!r}: expected PATH=VALUE, like data.Vm.Name=web-01")
+        try:  # numbers, true/false/null and JSON objects as such; anything else is text
+            value: object = json.loads(raw)
+        except ValueError:
+            value = raw
+        overrides[path.strip()] = value
+    try:
+        sample = VCenterSimulator().sample(event_class, **overrides)
+    except SimulationError as exc:
+        fail(f"--event {event_class}: {exc}")
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        fail(f"--set: cannot apply {', '.join(settings)} to a {event_class}: {exc}")
+    headers = delivery_headers(sample, attempt=1, deadline=None)
+    return sample.to_json(), headers
 
 
 def logs(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -13,8 +14,10 @@ from veba.settings import DEFAULT_LISTEN, ApplianceSettings, parse_listen, resol
 def serve(
     listen: str = typer.Option(DEFAULT_LISTEN, "--listen", help="HOST:PORT to serve on"),
     data_dir: Path | None = DataDirOption,
-    simulator: bool = typer.Option(
-        True, "--simulator/--no-simulator", help="Built-in vCenter simulator"
+    simulator: bool | None = typer.Option(
+        None,
+        "--simulator/--no-simulator",
+        help="Built-in vCenter simulator (default: on, unless a vCenter is configured)",
     ),
     simulator_rate: float = typer.Option(
         1.0, "--simulator-rate", help="Simulated events per second (0 = paused)"
@@ -28,6 +31,21 @@ def serve(
     webhook_token: str | None = typer.Option(
         None, "--webhook-token", envvar="VEBA_WEBHOOK_TOKEN", help="Require this bearer token"
     ),
+    config_files: list[Path] = typer.Option(
+        [], "--config", help="VEBA RouterConfig (event-router.vmware.com/v1alpha1); repeatable"
+    ),
+    vcenters: list[str] = typer.Option(
+        [], "--vcenter", help="vCenter SDK URL to stream from, https://USER@HOST/sdk; repeatable"
+    ),
+    vcenter_user: str | None = typer.Option(None, "--vcenter-user"),
+    vcenter_password_env: str | None = typer.Option(
+        None, "--vcenter-password-env", help="Environment variable holding the vCenter password"
+    ),
+    vcenter_password_secret: str | None = typer.Option(
+        None, "--vcenter-password-secret", help="veba secret holding the vCenter password"
+    ),
+    vcenter_insecure: bool = typer.Option(False, "--vcenter-insecure", help="Skip TLS checks"),
+    vcenter_ca: list[str] = typer.Option([], "--vcenter-ca", help="Root CA file; repeatable"),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Run the appliance: event log, functions, providers, API and webhook."""
@@ -43,17 +61,41 @@ def serve(
         fail(str(exc))
     if bool(webhook_user) != bool(webhook_password):
         fail("--webhook-user and --webhook-password go together")
+    from veba.config import ApplianceConfig, ConfigError, load_config, vcenter_from_url
+
+    config = ApplianceConfig()
+    try:
+        if config_files:
+            config = load_config(config_files)
+        for url in vcenters:
+            flag = vcenter_from_url(
+                url,
+                username=vcenter_user,
+                password_env=vcenter_password_env,
+                password_secret=vcenter_password_secret,
+                insecure=vcenter_insecure,
+                root_cas=vcenter_ca,
+            )
+            config = config.merge(ApplianceConfig(vcenters=(flag,)), "--vcenter")
+    except ConfigError as exc:
+        fail(str(exc))
+    if simulator is None:
+        simulator = not config.vcenters
+    fields: dict[str, Any] = {
+        "webhook_path": webhook_path,
+        "webhook_basic_auth": (webhook_user, webhook_password)
+        if webhook_user and webhook_password
+        else None,
+    }
+    fields.update(config.settings(listen))  # a RouterConfig's webhook section wins
     settings = ApplianceSettings(
         data_dir=resolve_data_dir(data_dir),
         listen=listen,
         simulator=simulator and simulator_rate >= 0,
         simulator_rate=simulator_rate,
         simulator_seed=simulator_seed,
-        webhook_path=webhook_path,
         webhook_bearer_token=webhook_token,
-        webhook_basic_auth=(webhook_user, webhook_password)
-        if webhook_user and webhook_password
-        else None,
+        **fields,
     )
     configure_logging(log_level)
     appliance = Appliance(settings)

@@ -59,6 +59,28 @@ MIGRATIONS: tuple[str, ...] = (
         updated REAL NOT NULL
     );
     """,
+    # 2: the functions' key-value store (idempotency records, watermarks): one row
+    # per (namespace, key); `revision` comes from one counter for the whole store,
+    # so a key deleted and created again never reuses a revision (no ABA for CAS).
+    # An entry past `expires_at` is gone for every reader; rows are purged lazily.
+    """
+    CREATE TABLE store (
+        namespace  TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        value      BLOB NOT NULL,
+        revision   INTEGER NOT NULL,
+        created    REAL NOT NULL,
+        updated    REAL NOT NULL,
+        expires_at REAL,
+        PRIMARY KEY (namespace, key)
+    );
+    CREATE INDEX store_expiry ON store(expires_at) WHERE expires_at IS NOT NULL;
+    CREATE TABLE store_revision (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        value INTEGER NOT NULL
+    );
+    INSERT INTO store_revision(id, value) VALUES (1, 0);
+    """,
 )
 
 

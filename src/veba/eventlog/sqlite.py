@@ -40,6 +40,7 @@ __all__ = ["SQLiteLog"]
 T = TypeVar("T")
 _MAX_BATCH = 1000
 _ERROR_LIMIT = 8192
+_WAL_LIMIT = 64 << 20  # bytes of WAL before the writer is made to wait for a rewind
 _RECENT = 20_000  # events kept in memory after append, for leasing
 
 
@@ -131,6 +132,40 @@ class _Writer(threading.Thread):
         return [(op.future, value, None) for op, value in zip(batch, values, strict=True)]
 
 
+class _Checkpointer(threading.Thread):
+    """Copies the WAL into the database file five times a second without
+    blocking the writer (PASSIVE), so commits never wait for an fsync."""
+
+    def __init__(self, conn: sqlite3.Connection, wal: Path, interval: float = 0.2) -> None:
+        super().__init__(name="veba-sqlite-checkpoint", daemon=True)
+        self._conn = conn
+        self._wal = wal
+        self._interval = interval
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stop.wait(self._interval):
+                try:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    if self._wal_size() > _WAL_LIMIT:
+                        # Under a constant stream of commits a passive checkpoint
+                        # may never catch the WAL's end, so the file never rewinds:
+                        # now and then, make the writer wait for one that does.
+                        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    continue  # busy or full: the next round tries again
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._conn.close()
+
+    def _wal_size(self) -> int:
+        try:
+            return os.stat(self._wal).st_size
+        except OSError:
+            return 0
+
+
 def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, sqlite3.OperationalError):
         text = str(exc)
@@ -156,6 +191,7 @@ class SQLiteLog:
         self._reader: ThreadPoolExecutor | None = None
         self._read_conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._checkpointer: _Checkpointer | None = None
         self._recent: OrderedDict[int, Event] = OrderedDict()
 
     # -- lifecycle ------------------------------------------------------------
@@ -171,6 +207,13 @@ class SQLiteLog:
         conn.execute(
             "UPDATE deliveries SET status='pending', leased_until=NULL WHERE status='leased'"
         )
+        # Checkpoints (WAL -> database, with an fsync) run on a thread of their
+        # own, never inside a commit that a webhook request is waiting for.
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer = _Checkpointer(
+            _connect(self.path, self._synchronous), self.path.with_name(self.path.name + "-wal")
+        )
+        self._checkpointer.start()
         self._writer = _Writer(conn, asyncio.get_running_loop())
         self._writer.start()
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="veba-sqlite-reader")
@@ -193,6 +236,10 @@ class SQLiteLog:
             self._writer.queue.put(None)
             await asyncio.to_thread(self._writer.join)
             self._writer = None
+        if self._checkpointer is not None:
+            self._checkpointer.stop.set()
+            await asyncio.to_thread(self._checkpointer.join)
+            self._checkpointer = None
         if self._reader is not None:
             self._reader.shutdown(wait=True)
             self._reader = None

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["BuildError", "ensure_venv", "venv_key"]
+__all__ = ["BuildError", "ensure_sdk", "ensure_venv", "venv_key"]
 
 REQUIREMENTS = "requirements.txt"
 _COMPLETE = ".veba-complete"  # written last: a venv without it was never finished
@@ -193,3 +193,49 @@ def _retarget(building: Path, final: Path) -> None:
         data = path.read_bytes()
         if old in data:
             path.write_bytes(data.replace(old, new))
+
+
+# --- veba.sdk for the workers ------------------------------------------------------
+
+_SDK_SOURCE = Path(__file__).resolve().parent.parent  # the veba package
+
+
+def _sdk_files() -> list[tuple[str, bytes]]:
+    """veba/__init__.py and veba/sdk/**.py (stdlib only), as (relative path, content)."""
+    files = [_SDK_SOURCE / "__init__.py", *sorted((_SDK_SOURCE / "sdk").rglob("*.py"))]
+    return [
+        (str(path.relative_to(_SDK_SOURCE.parent)), path.read_bytes())
+        for path in files
+        if "__pycache__" not in path.parts
+    ]
+
+
+def ensure_sdk(cache_dir: Path) -> Path:
+    """A folder holding a copy of ``veba.sdk`` (``<cache_dir>/sdk-<content hash>/veba/...``).
+
+    Workers put it on sys.path (``worker.py --sdk-path``) so ``import veba.sdk`` works in
+    every function venv without the appliance's own packages. Written beside the
+    venvs and renamed into place when complete; the same content is written once.
+    """
+    files = _sdk_files()
+    digest = hashlib.sha256()
+    for rel, data in files:
+        digest.update(f"{rel}\0{len(data)}\0".encode())
+        digest.update(data)
+    final = Path(cache_dir).absolute() / f"sdk-{digest.hexdigest()[:16]}"
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    building = final.with_name(f".{final.name}-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    try:
+        for rel, data in files:
+            target = building / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        os.rename(building, final)
+    except OSError:
+        shutil.rmtree(building, ignore_errors=True)
+        if not final.is_dir():  # not merely another process having been first
+            raise
+    return final

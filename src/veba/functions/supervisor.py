@@ -27,6 +27,8 @@ from typing import Any
 
 import orjson
 
+from veba.functions.build import ensure_sdk
+
 __all__ = ["WORKER_PATH", "FunctionLoadError", "FunctionPool", "Invocation", "Outcome"]
 
 WORKER_PATH = Path(__file__).with_name("worker.py")
@@ -118,6 +120,7 @@ class FunctionPool:
         pipeline: int = 8,
         start_timeout: float = 60.0,
         stop_grace: float = 3.0,
+        sdk_dir: Path | None = None,
     ) -> None:
         if workers < 1 or pipeline < 1:
             raise ValueError("workers and pipeline must be at least 1")
@@ -133,6 +136,7 @@ class FunctionPool:
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
         self.secrets_dir: Path | None = None
+        self.sdk_dir = sdk_dir  # holds veba/sdk; default: beside the venv (ensure_sdk)
         self._slots: list[_Worker | None] = [None] * workers
         self._queue: deque[_Call] = deque()  # accepted, not yet sent to a worker
         self._ids = itertools.count(1)
@@ -148,6 +152,8 @@ class FunctionPool:
 
     async def start(self) -> None:
         """Start every worker and wait until each has imported the handler."""
+        if self.sdk_dir is None:
+            self.sdk_dir = await asyncio.to_thread(ensure_sdk, _sdk_cache(self.python))
         self.secrets_dir = _write_secrets(self.name, self.secrets)
         results = await asyncio.gather(
             *(self._spawn(slot) for slot in range(self.size)), return_exceptions=True
@@ -220,6 +226,7 @@ class FunctionPool:
             "path": inv.path,
             "query": dict(inv.query),
             "headers": dict(inv.headers),
+            "timeout": timeout,  # the worker tells veba.sdk the call's deadline
         }
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         call = _Call(call_id, _frame(head, inv.body), timeout, future)
@@ -325,6 +332,7 @@ class FunctionPool:
                 # The worker asks Linux to kill it when we die (PR_SET_PDEATHSIG).
                 "--parent-pid",
                 str(os.getpid()),
+                *(("--sdk-path", str(self.sdk_dir)) if self.sdk_dir else ()),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -601,6 +609,14 @@ def _describe_exit(code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
+
+
+def _sdk_cache(python: Path) -> Path:
+    """Where the SDK copy goes: beside the venv (in the venv cache), else a temp folder."""
+    env = python.parent.parent
+    if (env / "pyvenv.cfg").is_file() and os.access(env.parent, os.W_OK):
+        return env.parent
+    return Path(tempfile.gettempdir()) / f"veba-sdk-{os.getuid()}"
 
 
 def _write_secrets(name: str, secrets: Mapping[str, bytes]) -> Path:

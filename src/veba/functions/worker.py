@@ -13,6 +13,10 @@ The first frame the worker sends is ``{"ready": true, "pid": ...}`` or
 ``{"id", "method", "path", "query", "headers"}`` gets exactly one response frame
 ``{"id", "status", "headers", "error", "traceback", "started", "duration"}``, in
 arrival order, one request at a time. stdout and stderr are the function's log.
+
+``--sdk-path D`` appends D (a copy of the stdlib-only ``veba.sdk``) to sys.path, and
+`current_call()` tells that SDK about the call being run (deadline, attempt, event
+id): it finds this module as ``sys.modules["_veba_worker"]``.
 """
 
 from __future__ import annotations
@@ -171,9 +175,67 @@ class EventContext:
 
     def secret(self, name: str) -> str:
         """The text of one declared secret (a file in ``secrets_dir``)."""
-        if self.secrets_dir is None:
-            raise KeyError(name)
-        return (self.secrets_dir / name).read_text().strip()
+        path = None if self.secrets_dir is None or "/" in name else self.secrets_dir / name
+        if path is None or not path.is_file():
+            raise SecretMissing(
+                f"secret {name!r} is not available to function {self.function_name!r}: "
+                f"declare it under `secrets:` in stack.yml (functions.{self.function_name}"
+                ".secrets)"
+            )
+        return path.read_text().strip()
+
+
+class SecretMissing(KeyError):
+    """ctx.secret(name) of a secret the function does not declare."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+# --- the call being run, for veba.sdk ------------------------------------------------
+
+
+class CallInfo:
+    """What `veba.sdk` may know of the call this worker is running."""
+
+    __slots__ = ("_ids", "attempt", "body", "deadline", "headers")
+
+    def __init__(self, headers: Headers, body: bytes, deadline: float | None, attempt: int) -> None:
+        self.headers = headers
+        self.body = body
+        self.deadline = deadline  # time.time() by which the call must be done, or None
+        self.attempt = attempt
+        self._ids: tuple[str | None, str | None] | None = None
+
+    def event_ids(self) -> tuple[str | None, str | None]:
+        """(id, subject) of the CloudEvent being handled, from ``ce-*`` headers or the body."""
+        if self._ids is None:
+            ident, subject = self.headers.get("ce-id"), self.headers.get("ce-subject")
+            if ident is None and self.body[:1] == b"{":
+                try:
+                    doc = json.loads(self.body)
+                except ValueError:
+                    doc = None
+                if isinstance(doc, dict):
+                    ident, subject = doc.get("id"), doc.get("subject")
+            self._ids = (
+                None if ident is None else str(ident),
+                None if subject is None else str(subject),
+            )
+        return self._ids
+
+
+_current: CallInfo | None = None
+
+
+def current_call() -> CallInfo | None:
+    """The call being run (one at a time per worker), or None between calls."""
+    return _current
+
+
+# veba.sdk looks for this module under one name, whether it runs as __main__ or is
+# imported (by veba.testing, which calls handlers in-process).
+sys.modules.setdefault("_veba_worker", sys.modules[__name__])
 
 
 # --- requests to handler arguments -------------------------------------------------
@@ -321,15 +383,14 @@ def _make_call(handle: Callable[..., Any], lang: str) -> Call:
     def call_event(req: dict[str, Any], body: bytes) -> Response:
         headers = Headers(req.get("headers") or {})
         event = _cloudevent(headers, body)
-        attempt = _float_header(headers, "x-veba-attempt")
-        ctx = EventContext(
-            name,
-            secrets_dir,
-            _float_header(headers, "x-veba-deadline"),
-            int(attempt) if attempt else 1,
-            logger,
-            headers,
-        )
+        info = _current
+        if info is None:  # called without dispatch()
+            attempt = _float_header(headers, "x-veba-attempt")
+            info = CallInfo(
+                headers, body, _float_header(headers, "x-veba-deadline"), int(attempt or 1)
+            )
+        deadline = _float_header(headers, "x-veba-deadline")  # as sent (veba.sdk: + timeout)
+        ctx = EventContext(name, secrets_dir, deadline, info.attempt, logger, headers)
         return _flask_response(handle(event, ctx))
 
     return call_event
@@ -407,51 +468,81 @@ def _truncated(text: str) -> str:
     return "... (truncated)\n" + text[-TRACEBACK_LIMIT:]
 
 
+def _exception_status(exc: BaseException) -> int:
+    """500, or the 4xx/5xx an exception asks for with an ``http_status`` attribute.
+
+    veba.sdk's errors about the event itself (a missing field, not a CloudEvent)
+    say 422/400, which a delivery does not retry: the same event would fail again.
+    """
+    status = getattr(exc, "http_status", None)
+    if isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599:
+        return status
+    return 500
+
+
+def dispatch(
+    call: Call, req: dict[str, Any], body: bytes
+) -> tuple[dict[str, Any], bytes, BaseException | None]:
+    """Run one request: (response header, response body, the handler's exception or None).
+
+    A handler's fault never escapes; it becomes an error response (and is written
+    to stderr, the function's log). ``veba.testing`` runs handlers through this too.
+    """
+    global _current
+    headers = Headers(req.get("headers") or {})
+    started = time.time()
+    deadline = _float_header(headers, "x-veba-deadline")
+    timeout = req.get("timeout")
+    if isinstance(timeout, int | float) and not isinstance(timeout, bool):
+        deadline = started + timeout if deadline is None else min(deadline, started + timeout)
+    attempt = _float_header(headers, "x-veba-attempt")
+    _current = CallInfo(headers, body, deadline, int(attempt) if attempt else 1)
+    t0 = time.perf_counter()
+    error = tb = None
+    failure: BaseException | None = None
+    try:
+        status, out_headers, out = call(req, body)
+    except KeyboardInterrupt:
+        raise
+    except BadRequest as exc:
+        status, out_headers, out, error, failure = 400, {}, b"", str(exc), exc
+    except BadReturn as exc:
+        status, out_headers, out, error, failure = 500, {}, b"", str(exc), exc
+    except BaseException as exc:  # a handler's fault never ends the worker
+        status, out_headers, out, failure = _exception_status(exc), {}, b"", exc
+        error = f"{type(exc).__name__}: {exc}"
+        tb = _truncated(traceback.format_exc())
+        sys.stderr.write(tb)
+    finally:
+        _current = None
+    duration = time.perf_counter() - t0
+    if error and tb is None:
+        sys.stderr.write(f"error: {error}\n")
+    head = {
+        "id": req.get("id"),
+        "status": status,
+        "headers": out_headers,
+        "error": error,
+        "traceback": tb,
+        "started": started,
+        "duration": duration,
+    }
+    return head, out, failure
+
+
 def serve(sock: socket.socket, call: Call, write_debug: bool) -> None:
     stream = io.BufferedReader(socket.SocketIO(sock, "rb"), 1 << 16)
     while True:
         frame = _read_frame(stream)
         if frame is None:
             return
-        req, body = json.loads(frame[0]), frame[1]
-        started = time.time()
-        t0 = time.perf_counter()
-        error = tb = None
-        try:
-            status, headers, out = call(req, body)
-        except KeyboardInterrupt:
-            raise
-        except BadRequest as exc:
-            status, headers, out, error = 400, {}, b"", str(exc)
-        except BadReturn as exc:
-            status, headers, out, error = 500, {}, b"", str(exc)
-        except BaseException as exc:  # a handler's fault never ends the worker
-            status, headers, out = 500, {}, b""
-            error = f"{type(exc).__name__}: {exc}"
-            tb = _truncated(traceback.format_exc())
-            sys.stderr.write(tb)
-        duration = time.perf_counter() - t0
-        if error and tb is None:
-            sys.stderr.write(f"error: {error}\n")
+        head, out, _ = dispatch(call, json.loads(frame[0]), frame[1])
         if write_debug:
             sys.stderr.write(out.decode("utf-8", "replace") + "\n")
         # Lines without a trailing newline would otherwise wait for the next request.
         sys.stdout.flush()
         sys.stderr.flush()
-        sock.sendall(
-            _frame(
-                {
-                    "id": req.get("id"),
-                    "status": status,
-                    "headers": headers,
-                    "error": error,
-                    "traceback": tb,
-                    "started": started,
-                    "duration": duration,
-                },
-                out,
-            )
-        )
+        sock.sendall(_frame(head, out))
 
 
 def _check_arity(handle: Callable[..., Any], lang: str) -> None:
@@ -495,7 +586,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lang", required=True, choices=LANGS)
     parser.add_argument("--fd", required=True, type=int)
     parser.add_argument("--parent-pid", type=int, help="die with this process (Linux)")
+    parser.add_argument("--sdk-path", help="a folder holding veba/sdk, appended to sys.path")
     args = parser.parse_args(argv)
+    if args.sdk_path:
+        sys.path.append(args.sdk_path)  # after the venv: the function's own packages win
     if args.parent_pid:
         _die_with_parent(args.parent_pid)
 

@@ -12,7 +12,22 @@ from veba.events import STRUCTURED_CONTENT_TYPE, Event
 from veba.functions.supervisor import FunctionPool, Invocation
 from veba.targets.base import Result
 
-__all__ = ["FunctionTarget"]
+__all__ = ["FunctionTarget", "delivery_headers"]
+
+
+def delivery_headers(event: Event, *, attempt: int, deadline: float | None) -> dict[str, str]:
+    """The headers of a delivery to a function (the body is ``event.to_json()``)."""
+    headers = {
+        "Content-Type": STRUCTURED_CONTENT_TYPE,
+        "Ce-Id": event.id,
+        "Ce-Source": event.source,
+        "Ce-Type": event.type,
+        "Ce-Subject": event.subject,
+        "X-Veba-Attempt": str(attempt),
+    }
+    if deadline is not None:
+        headers["X-Veba-Deadline"] = f"{deadline:.6f}"
+    return headers
 
 
 class FunctionTarget:
@@ -21,15 +36,7 @@ class FunctionTarget:
         self.pool = pool
 
     async def deliver(self, event: Event, *, attempt: int, deadline: float) -> Result:
-        headers = {
-            "Content-Type": STRUCTURED_CONTENT_TYPE,
-            "Ce-Id": event.id,
-            "Ce-Source": event.source,
-            "Ce-Type": event.type,
-            "Ce-Subject": event.subject,
-            "X-Veba-Attempt": str(attempt),
-            "X-Veba-Deadline": f"{deadline:.6f}",
-        }
+        headers = delivery_headers(event, attempt=attempt, deadline=deadline)
         outcome = await self.pool.invoke(
             Invocation(body=event.to_json(), headers=headers),
             timeout=max(deadline - time.time(), 0.001),
