@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from veba import __version__
 from veba.api.auth import require_token
+from veba.api.catalog import catalog_router
 from veba.api.store import store_router
 from veba.api.system import function_router, system_router
 from veba.api.v1 import metrics_router, v1_router
@@ -53,6 +54,7 @@ def create_app(appliance: Appliance) -> FastAPI:
     app.include_router(system_router)
     app.include_router(function_router)
     app.include_router(v1_router)
+    app.include_router(catalog_router)
     app.include_router(store_router)
     app.include_router(metrics_router)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from veba.cli import events, functions, secrets, serve, templates
+from veba.cli import catalog, events, functions, secrets, serve, templates
 
 __all__ = ["app", "main"]
 
@@ -21,6 +21,7 @@ app.add_typer(events.events_app, name="events")
 app.add_typer(events.dlq_app, name="dlq")
 app.command()(events.replay)
 app.command()(events.status)
+app.command()(catalog.catalog)
 
 
 def main() -> None:

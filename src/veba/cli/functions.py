@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from veba.cli.catalog import complete_topic
 from veba.cli.client import (
     Client,
     DataDirOption,
@@ -61,7 +62,12 @@ def new(
     name: str | None = typer.Argument(None, help="Function name (a DNS label)"),
     lang: str = typer.Option("python3-http", "--lang", help="Template (see `veba template list`)"),
     append: Path = typer.Option(Path("stack.yml"), "--append", "-a", help="stack.yml to add it to"),
-    topic: str = typer.Option("VmPoweredOnEvent", "--topic", help="Subjects, comma-separated"),
+    topic: str = typer.Option(
+        "VmPoweredOnEvent",
+        "--topic",
+        help="Subjects, comma-separated (see `veba catalog`)",
+        autocompletion=complete_topic,
+    ),
     test: bool = typer.Option(True, "--test/--no-test", help="Write test_handler.py"),
     list_templates: bool = typer.Option(False, "--list", help="List the templates"),
 ) -> None:

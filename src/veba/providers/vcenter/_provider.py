@@ -62,6 +62,9 @@ class VCenterProvider:
         self._stream: Stream | None = None
         self._running = False
         self._last_error: str | None = None
+        # EventManager descriptions (the catalogue's), read once per connection.
+        self._event_types: tuple[int, list[dict[str, Any]]] | None = None
+        self._event_types_lock = asyncio.Lock()
 
     @classmethod
     def from_config(
@@ -114,6 +117,30 @@ class VCenterProvider:
                 "last_error": self._last_error,
             }
         return {**base, **stream.status()}
+
+    async def event_types(self) -> list[dict[str, Any]]:
+        """This vCenter's `EventManager.description.eventInfo` (key, category,
+        description, longDescription, fullFormat per type), for the event catalogue.
+
+        Read with a login of its own the first time it is asked for, and again
+        only after the stream has reconnected (the vCenter may have changed).
+        """
+        async with self._event_types_lock:
+            stream = self._stream
+            connection = stream.reconnects if stream is not None else -1
+            if self._event_types is None or self._event_types[0] != connection:
+                types = await asyncio.to_thread(self._read_event_types)
+                self._event_types = (connection, types)
+            return self._event_types[1]
+
+    def _read_event_types(self) -> list[dict[str, Any]]:
+        session = self._session_factory()
+        try:
+            session.connect()
+            read = getattr(session, "event_descriptions", None)
+            return list(read()) if read is not None else []
+        finally:
+            session.close()
 
     async def run(self, sink: EventSink) -> None:
         if self._running:

@@ -206,6 +206,17 @@ class PyVmomiSession:
             with contextlib.suppress(Exception):
                 collector.DestroyCollector()
 
+    def event_descriptions(self) -> list[dict[str, Any]]:
+        """The EventManager's `description.eventInfo`: every event type this vCenter
+        knows (its EventEx and ExtendedEvent ids too), as plain dicts."""
+        names = ("category", "description", "longDescription", "fullFormat")
+        out = []
+        for item in self._content.eventManager.description.eventInfo or ():
+            key = item.key  # a vmodl type name, which pyVmomi reads as the class
+            key = getattr(key, "_wsdlName", None) or str(key)
+            out.append({"key": key, **{name: getattr(item, name, None) for name in names}})
+        return out
+
     def latest(self) -> list[Any]:
         """The newest page of a fresh collector: what vCenter has now, for the stall check."""
         collector = self._content.eventManager.CreateCollectorForEvents(self._filter(1, None))
