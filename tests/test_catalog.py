@@ -5,29 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
+from tests.support import ServedAppliance, free_port
 from tests.vcsim import PASSWORD, USER, VCSim, vcsim_binary_fixture, vcsim_fixture  # noqa: F401
 from veba import catalog
-from veba.api import create_app
-from veba.appliance import Appliance
 from veba.cli import app as cli
 from veba.cli.catalog import complete_topic
 from veba.eventlog import SQLiteLog
 from veba.events import EVENT_TYPE_PREFIX, Event, vsphere_event
 from veba.providers.simulator import VCenterSimulator
 from veba.providers.vcenter import VCenterEndpoint, VCenterProvider, to_govmomi
-from veba.settings import ApplianceSettings
 
 # What a vCenter's EventManager says, as the provider hands it over.
 EVENT_INFO: list[dict[str, Any]] = [
@@ -335,46 +329,15 @@ class DescribingProvider:
         return self.info
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class Served(ServedAppliance):
+    """The appliance with two vCenter providers that describe their event types."""
 
-
-class Served:
     def __init__(self, data_dir: Path) -> None:
-        port = _free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.data_dir = data_dir
-        settings = ApplianceSettings(data_dir=data_dir, listen=f"127.0.0.1:{port}", simulator=False)
         providers = [
             DescribingProvider("vcenter:a", EVENT_INFO),
             DescribingProvider("vcenter:b", RuntimeError("cannot log in")),
         ]
-        self.appliance = Appliance(settings, providers=providers)  # type: ignore[list-item]
-        config = uvicorn.Config(
-            create_app(self.appliance), host="127.0.0.1", port=port, log_level="warning"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> Served:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise AssertionError("uvicorn did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-    def http(self) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {self.appliance.token}"}
-        )
+        super().__init__(data_dir, providers)  # type: ignore[arg-type]
 
     def post(self, events: list[Event]) -> None:
         body = json.dumps([e.to_dict() for e in events])
@@ -438,7 +401,7 @@ def _run(*args: str, env: dict[str, str] | None = None) -> Any:
 
 
 def test_cli_lists_offline_and_says_so(tmp_path: Path) -> None:
-    env = {"VEBA_URL": f"http://127.0.0.1:{_free_port()}", "VEBA_DATA_DIR": str(tmp_path)}
+    env = {"VEBA_URL": f"http://127.0.0.1:{free_port()}", "VEBA_DATA_DIR": str(tmp_path)}
     result = _run("catalog", "vm", "powered", env=env)
     assert result.exit_code == 0
     lines = result.stdout.splitlines()  # not a terminal: a line per type, tab-separated
@@ -459,7 +422,7 @@ def test_cli_lists_offline_and_says_so(tmp_path: Path) -> None:
 
 
 def test_cli_show_prints_a_sample_offline(tmp_path: Path) -> None:
-    env = {"VEBA_URL": f"http://127.0.0.1:{_free_port()}", "VEBA_DATA_DIR": str(tmp_path)}
+    env = {"VEBA_URL": f"http://127.0.0.1:{free_port()}", "VEBA_DATA_DIR": str(tmp_path)}
     result = _run("catalog", "show", "VmPoweredOnEvent", "--set", "data.Vm.Name=web-03", env=env)
     assert result.exit_code == 0
     event = json.loads(result.stdout)
@@ -504,7 +467,7 @@ def test_cli_asks_the_appliance(served: Served) -> None:
 
 
 def test_topic_completion_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("VEBA_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("VEBA_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("VEBA_DATA_DIR", str(tmp_path))
     got = complete_topic("VmPoweredOnEvent,vmpowered")
     assert [name for name, _ in got] == ["VmPoweredOnEvent,VmPoweredOffEvent"]

@@ -7,23 +7,18 @@ the API tests run the real app under uvicorn and speak HTTP to it.
 from __future__ import annotations
 
 import asyncio
-import socket
 import sqlite3
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
-from veba.api import create_app
-from veba.appliance import Appliance
+from tests.support import ServedAppliance
 from veba.eventlog import SQLiteLog
 from veba.eventlog.schema import MIGRATIONS
 from veba.eventlog.sqlite_store import SQLiteStore
-from veba.settings import ApplianceSettings
 from veba.store import (
     MAX_VALUE_BYTES,
     InvalidStoreRequest,
@@ -262,48 +257,6 @@ def test_local_api_url() -> None:
 
 
 # --- the HTTP API, served for real ----------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServedAppliance:
-    """The whole appliance app under uvicorn on a free port, in a thread of this
-    process (so a test can issue store tokens as a pool start would)."""
-
-    def __init__(self, data_dir: Path) -> None:
-        port = _free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        settings = ApplianceSettings(data_dir=data_dir, listen=f"127.0.0.1:{port}", simulator=False)
-        self.appliance = Appliance(settings, providers=[])
-        config = uvicorn.Config(
-            create_app(self.appliance), host="127.0.0.1", port=port, log_level="warning"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> ServedAppliance:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise AssertionError("uvicorn did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-    @property
-    def token(self) -> str:
-        return self.appliance.token
-
-    def issue(self, function: str) -> str:
-        return self.appliance.store_tokens.issue(function)
 
 
 @pytest.fixture

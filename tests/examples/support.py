@@ -8,15 +8,14 @@ Everything listens on 127.0.0.1 only; the fixtures in conftest.py stop it.
 from __future__ import annotations
 
 import json
-import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from tests.support import ServedAppliance, wait_for
 from tests.vcsim import PASSWORD, USER, VCSim
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -27,18 +26,7 @@ def example(name: str) -> Path:
     return EXAMPLES / name / name
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.2)
+wait_until = wait_for
 
 
 def vcconfig(sim: VCSim, *, user: str = USER, password: str = PASSWORD) -> str:
@@ -139,41 +127,9 @@ class LocalServer:
 # --- the appliance's store, for @idempotent -------------------------------------------
 
 
-class StoreService:
+class StoreService(ServedAppliance):
     """The appliance's API (its store, with per-function tokens) under uvicorn in a
     thread of the test process, as `veba serve` offers it to function workers."""
-
-    def __init__(self, data_dir: Path) -> None:
-        import uvicorn
-
-        from veba.api import create_app
-        from veba.appliance import Appliance
-        from veba.settings import ApplianceSettings
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        self.url = f"http://127.0.0.1:{port}"
-        settings = ApplianceSettings(data_dir=data_dir, listen=f"127.0.0.1:{port}", simulator=False)
-        self.appliance = Appliance(settings, providers=[])
-        config = uvicorn.Config(
-            create_app(self.appliance), host="127.0.0.1", port=port, log_level="warning"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> StoreService:
-        self.thread.start()
-        wait_until(
-            lambda: self.server.started or not self.thread.is_alive(), 30, "the appliance API"
-        )
-        if not self.server.started:
-            raise AssertionError("the appliance API did not start")
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
     def env(self, function: str) -> dict[str, str]:
         """The variables a worker of ``function`` gets to reach its store."""

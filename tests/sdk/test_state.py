@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.test_store import ServedAppliance
+from tests.support import ServedAppliance
 from veba.functions.worker import CloudEvent, EventContext, Headers, HttpEvent, _function_logger
 from veba.sdk.event import MissingField, NotACloudEvent
 from veba.sdk.state import (
