@@ -94,3 +94,22 @@ def test_secrets_are_encrypted_scoped_and_redacted(appliance_factory: type, tmp_
     result = app.cli("up", "-f", str(bad), check=False)
     assert result.returncode != 0 and "functions.reader.secrets" in result.stderr
     assert "'nope' does not exist" in result.stderr
+
+
+def test_replacing_a_secret_restarts_the_functions_that_use_it(
+    appliance_factory: type, tmp_path: Path
+) -> None:
+    app = appliance_factory.start("--no-simulator")
+    app.cli("secret", "create", "vcenter", "--from-literal", "first-value")
+    write_function(tmp_path / "fn" / "reader", READS_SECRET)
+    stack = write_stack(
+        tmp_path / "fn" / "stack.yml",
+        {"reader": {"lang": "python3", "handler": "./reader", "secrets": ["vcenter"]}},
+    )
+    app.cli("up", "-f", str(stack))
+    assert json.loads(app.cli("invoke", "reader", "--data", "{}").stdout)["len"] == 11
+    refused = app.cli("secret", "create", "vcenter", "--from-literal", "x", check=False)
+    assert refused.returncode != 0 and "--replace" in refused.stderr
+    app.cli("secret", "create", "vcenter", "--from-literal", "second-longer-value", "--replace")
+    assert json.loads(app.cli("invoke", "reader", "--data", "{}").stdout)["len"] == 19
+    assert "restarted: secret 'vcenter' changed" in app.cli("logs", "reader").stdout
