@@ -11,24 +11,21 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-import queue
 import sqlite3
-import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from veba.eventlog._threads import Checkpointer, Op, Writer, connect
 from veba.eventlog.base import (
     AppendResult,
     Attempt,
     Delivery,
     DeliveryInfo,
     EventRecord,
-    LogFull,
     Route,
     Status,
 )
@@ -38,140 +35,8 @@ from veba.events import Event
 __all__ = ["SQLiteLog"]
 
 T = TypeVar("T")
-_MAX_BATCH = 1000
 _ERROR_LIMIT = 8192
-_WAL_LIMIT = 64 << 20  # bytes of WAL before the writer is made to wait for a rewind
 _RECENT = 20_000  # events kept in memory after append, for leasing
-
-
-@dataclass(slots=True)
-class _Op:
-    fn: Callable[[sqlite3.Connection], Any]
-    future: asyncio.Future[Any]
-
-
-def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
-
-
-def _resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, value, error in results:
-        if future.cancelled():
-            continue
-        if error is None:
-            future.set_result(value)
-        else:
-            future.set_exception(error)
-
-
-class _Writer(threading.Thread):
-    """The single writer: runs queued operations in shared transactions."""
-
-    def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(name="veba-sqlite-writer", daemon=True)
-        self._conn = conn
-        self._loop = loop
-        self.queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
-
-    def run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self.queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < _MAX_BATCH:
-                try:
-                    nxt = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                batch.append(nxt)
-            results = self._run_batch(batch)
-            self._loop.call_soon_threadsafe(_resolve, results)
-        self._conn.close()
-
-    def _run_batch(
-        self, batch: list[_Op]
-    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
-        # Fast path: the whole batch in one transaction. Should any op fail, the
-        # batch is rolled back and each op is run again in a transaction of its
-        # own, so one bad op cannot sink the others.
-        try:
-            return self._transaction(batch)
-        except Exception as exc:
-            if len(batch) == 1:
-                return [(batch[0].future, None, _translate(exc))]
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        for op in batch:
-            try:
-                results.extend(self._transaction([op]))
-            except Exception as exc:
-                results.append((op.future, None, _translate(exc)))
-        return results
-
-    def _transaction(
-        self, batch: list[_Op]
-    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
-        conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            values = [op.fn(conn) for op in batch]
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return [(op.future, value, None) for op, value in zip(batch, values, strict=True)]
-
-
-class _Checkpointer(threading.Thread):
-    """Copies the WAL into the database file five times a second without
-    blocking the writer (PASSIVE), so commits never wait for an fsync."""
-
-    def __init__(self, conn: sqlite3.Connection, wal: Path, interval: float = 0.2) -> None:
-        super().__init__(name="veba-sqlite-checkpoint", daemon=True)
-        self._conn = conn
-        self._wal = wal
-        self._interval = interval
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self.stop.wait(self._interval):
-                try:
-                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                    if self._wal_size() > _WAL_LIMIT:
-                        # Under a constant stream of commits a passive checkpoint
-                        # may never catch the WAL's end, so the file never rewinds:
-                        # now and then, make the writer wait for one that does.
-                        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                except sqlite3.Error:
-                    continue  # busy or full: the next round tries again
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            self._conn.close()
-
-    def _wal_size(self) -> int:
-        try:
-            return os.stat(self._wal).st_size
-        except OSError:
-            return 0
-
-
-def _translate(exc: BaseException) -> BaseException:
-    if isinstance(exc, sqlite3.OperationalError):
-        text = str(exc)
-        if "full" in text or "readonly" in text or "disk I/O" in text:
-            return LogFull(f"event log cannot commit: {text}")
-    return exc
 
 
 class SQLiteLog:
@@ -187,11 +52,11 @@ class SQLiteLog:
         self.path = Path(path)
         self._synchronous = synchronous
         self._clock = clock
-        self._writer: _Writer | None = None
+        self._writer: Writer | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._read_conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
-        self._checkpointer: _Checkpointer | None = None
+        self._checkpointer: Checkpointer | None = None
         self._recent: OrderedDict[int, Event] = OrderedDict()
 
     # -- lifecycle ------------------------------------------------------------
@@ -199,7 +64,7 @@ class SQLiteLog:
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_owner()
-        conn = _connect(self.path, self._synchronous)
+        conn = connect(self.path, self._synchronous)
         migrate(conn)
         # One appliance owns this file (see _lock_owner), so whatever was leased
         # when it last stopped is in nobody's hands now: offer it again at once
@@ -210,14 +75,14 @@ class SQLiteLog:
         # Checkpoints (WAL -> database, with an fsync) run on a thread of their
         # own, never inside a commit that a webhook request is waiting for.
         conn.execute("PRAGMA wal_autocheckpoint=0")
-        self._checkpointer = _Checkpointer(
-            _connect(self.path, self._synchronous), self.path.with_name(self.path.name + "-wal")
+        self._checkpointer = Checkpointer(
+            connect(self.path, self._synchronous), self.path.with_name(self.path.name + "-wal")
         )
         self._checkpointer.start()
-        self._writer = _Writer(conn, asyncio.get_running_loop())
+        self._writer = Writer(conn, asyncio.get_running_loop())
         self._writer.start()
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="veba-sqlite-reader")
-        self._read_conn = _connect(self.path, self._synchronous)
+        self._read_conn = connect(self.path, self._synchronous)
 
     def _lock_owner(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -254,7 +119,7 @@ class SQLiteLog:
         if self._writer is None:
             raise RuntimeError("event log is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._writer.queue.put(_Op(fn, future))
+        self._writer.queue.put(Op(fn, future))
         return future
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
