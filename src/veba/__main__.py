@@ -1,0 +1,5 @@
+"""`python -m veba` is the `veba` command."""
+
+from veba.cli import main
+
+main()
