@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from tests.support import ServedAppliance, free_port
 from tests.vcsim import PASSWORD, USER, VCSim, vcsim_binary_fixture, vcsim_fixture  # noqa: F401
 from veba import catalog
+from veba.catalog._samples import _generic
 from veba.cli import app as cli
 from veba.cli.catalog import complete_topic
 from veba.eventlog import SQLiteLog
@@ -185,7 +186,7 @@ def test_every_class_has_a_generic_sample_in_vebas_shape() -> None:
     """Data keys are the class's fields a vCenter of VEBA's default version sends,
     in govmomi's order (no Tgw or AuditId, which are 9.1's)."""
     for entry in catalog.pyvmomi_types():
-        event = catalog._generic(entry)
+        event = _generic(entry)
         assert event.subject == entry.type
         assert event.type == EVENT_TYPE_PREFIX + entry.kind
         expected = [f.name for f in entry.fields if f.since not in ("9.1.0.0",)]

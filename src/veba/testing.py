@@ -344,7 +344,7 @@ def _invoke_inprocess(
     timeout: float,
 ) -> tuple[Response, BaseException | None]:
     from veba.functions import worker
-    from veba.functions.supervisor import _write_secrets
+    from veba.functions._workerproc import write_secrets as _write_secrets
 
     secrets_dir = _write_secrets(fn.name, secrets)
     try:

@@ -5,6 +5,9 @@ venv, talks to each over a socketpair, and keeps up to ``pipeline`` requests in
 flight per worker. Workers answer in order, so the oldest unanswered request of a
 worker is the one it is running: that is the one a timeout or a crash fails,
 while the requests queued behind it are sent again to a live worker.
+
+The worker processes themselves (how they are started, framed, signalled, ended)
+are `veba.functions._workerproc`; this module decides what they run and when.
 """
 
 from __future__ import annotations
@@ -13,11 +16,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
 import shutil
 import signal
-import socket
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
@@ -25,18 +25,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from veba.functions._workerproc import (
+    WORKER_PATH,
+    FunctionLoadError,
+    WorkerProcess,
+    describe_exit,
+    frame,
+    read_frame,
+    sdk_cache,
+    worker_env,
+    write_secrets,
+)
 from veba.functions.build import ensure_sdk
 
 __all__ = ["WORKER_PATH", "FunctionLoadError", "FunctionPool", "Invocation", "Outcome"]
 
-WORKER_PATH = Path(__file__).with_name("worker.py")
-_LEN = 4
-_STDERR_TAIL = 20
-_LINE_LIMIT = 1 << 20
 _MAX_BACKOFF = 5.0
-_BASE_ENV = ("PATH", "HOME", "LANG", "TMPDIR")
 
 LogSink = Callable[[str, str, str], None]
 
@@ -70,10 +74,6 @@ class Outcome:
         return self.kind == "ok"
 
 
-class FunctionLoadError(Exception):
-    """The handler could not be imported; the message holds the import traceback."""
-
-
 def _log_to_logging(function: str, stream: str, line: str) -> None:
     logging.getLogger(f"veba.functions.{function}").info("[%s] %s", stream, line)
 
@@ -87,16 +87,12 @@ class _Call:
 
 
 @dataclass(eq=False)
-class _Worker:
-    slot: int
-    proc: asyncio.subprocess.Process
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+class _Worker(WorkerProcess):
+    """A worker process as the pool uses it: the calls it was sent, its timeout clock."""
+
     pending: deque[_Call] = field(default_factory=deque)  # sent, unanswered, in order
     head_since: float = 0.0  # monotonic time the oldest pending call became current
     timer: asyncio.TimerHandle | None = None
-    stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=_STDERR_TAIL))
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
     dead: bool = False
     # Frames sent in one turn of the event loop go out in one write: a send()
     # wakes the worker's process, and one wake-up per batch is much cheaper.
@@ -153,8 +149,8 @@ class FunctionPool:
     async def start(self) -> None:
         """Start every worker and wait until each has imported the handler."""
         if self.sdk_dir is None:
-            self.sdk_dir = await asyncio.to_thread(ensure_sdk, _sdk_cache(self.python))
-        self.secrets_dir = _write_secrets(self.name, self.secrets)
+            self.sdk_dir = await asyncio.to_thread(ensure_sdk, sdk_cache(self.python))
+        self.secrets_dir = write_secrets(self.name, self.secrets)
         results = await asyncio.gather(
             *(self._spawn(slot) for slot in range(self.size)), return_exceptions=True
         )
@@ -186,12 +182,8 @@ class FunctionPool:
     async def _terminate(self, worker: _Worker) -> None:
         worker.dead = True
         self._cancel_timer(worker)
-        _signal(worker.proc, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(worker.proc.wait(), self.stop_grace)
-        except TimeoutError:
-            _signal(worker.proc, signal.SIGKILL)
-            await worker.proc.wait()
+        worker.send_signal(signal.SIGTERM)
+        await worker.wait_or_kill(self.stop_grace)
         await self._close(worker)
         while worker.pending:
             self._fail(worker.pending.popleft(), "crash", "function pool stopped")
@@ -229,7 +221,7 @@ class FunctionPool:
             "timeout": timeout,  # the worker tells veba.sdk the call's deadline
         }
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        call = _Call(call_id, _frame(head, inv.body), timeout, future)
+        call = _Call(call_id, frame(head, inv.body), timeout, future)
         self._queue.append(call)
         self._counts["invocations"] += 1
         self._pump()
@@ -285,7 +277,7 @@ class FunctionPool:
         self._system(
             f"worker {worker.proc.pid} killed: call ran over its {call.timeout:g}s timeout"
         )
-        _signal(worker.proc, signal.SIGKILL)
+        worker.send_signal(signal.SIGKILL)
         self._retire(worker)
         self._background(self._reap(worker))
         ran = asyncio.get_running_loop().time() - worker.head_since
@@ -311,55 +303,20 @@ class FunctionPool:
     async def _spawn(self, slot: int) -> _Worker:
         """A ready worker for ``slot``, or FunctionLoadError."""
         handler = self.handler_dir / "handler.py"
-        parent, child = socket.socketpair()
-        try:
-            reader, writer = await asyncio.open_connection(sock=parent, limit=_LINE_LIMIT)
-        except BaseException:
-            parent.close()
-            child.close()
-            raise
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                str(self.python),
-                "-I",  # no user site, no PYTHON* env, and not worker.py's folder on sys.path
-                str(WORKER_PATH),
-                "--handler-dir",
-                str(self.handler_dir),
-                "--lang",
-                self.lang,
-                "--fd",
-                str(child.fileno()),
-                # The worker asks Linux to kill it when we die (PR_SET_PDEATHSIG).
-                "--parent-pid",
-                str(os.getpid()),
-                *(("--sdk-path", str(self.sdk_dir)) if self.sdk_dir else ()),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                pass_fds=(child.fileno(),),
-                cwd=self.handler_dir,
-                env=self._worker_env(slot),
-                start_new_session=False,
-                limit=_LINE_LIMIT,
-            )
-        except BaseException as exc:
-            writer.close()
-            if isinstance(exc, OSError):
-                raise FunctionLoadError(f"{handler}: cannot run {self.python}: {exc}") from exc
-            raise
-        finally:
-            child.close()
-        worker = _Worker(slot, proc, reader, writer)
+        worker = await _Worker.launch(
+            slot,
+            python=self.python,
+            handler_dir=self.handler_dir,
+            lang=self.lang,
+            sdk_dir=self.sdk_dir,
+            env=worker_env(self.name, slot, self.environment, self.secrets_dir),
+            emit=self._emit,
+        )
         self._processes.add(worker)
-        assert proc.stdout is not None and proc.stderr is not None
-        worker.tasks = [
-            asyncio.create_task(self._pump_log(worker, proc.stdout, "stdout")),
-            asyncio.create_task(self._pump_log(worker, proc.stderr, "stderr")),
-        ]
         why = "exited"
         try:
             hello: tuple[dict[str, Any], bytes] | None
-            hello = await asyncio.wait_for(_read_frame(reader), self.start_timeout)
+            hello = await asyncio.wait_for(read_frame(worker.reader), self.start_timeout)
         except TimeoutError:
             hello, why = None, f"was not ready within {self.start_timeout:g}s"
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
@@ -373,37 +330,20 @@ class FunctionPool:
                 tb = hello[0].get("traceback") or hello[0].get("load_error")
                 message = f"{handler}: cannot load function {self.name!r}:\n{tb}"
             else:
-                code = _describe_exit(proc.returncode)
+                code = describe_exit(worker.proc.returncode)
                 tail = "\n".join(worker.stderr_tail)
                 message = f"{handler}: worker of {self.name!r} {why} ({code}):\n{tail}"
             raise FunctionLoadError(message.rstrip())
         worker.tasks.append(asyncio.create_task(self._read_responses(worker)))
-        self._system(f"worker {proc.pid} ready")
+        self._system(f"worker {worker.proc.pid} ready")
         return worker
-
-    def _worker_env(self, slot: int) -> dict[str, str]:
-        # Not the appliance's environment: it may hold the API token.
-        env = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
-        env.setdefault("PATH", os.defpath)
-        env.setdefault("LANG", "C.UTF-8")
-        env.setdefault("TMPDIR", tempfile.gettempdir())
-        env["HOSTNAME"] = f"{self.name}-{slot}"
-        env.update(self.environment)
-        env["VEBA_FUNCTION_NAME"] = self.name
-        if self.secrets_dir is not None:
-            env["VEBA_SECRETS_DIR"] = env["secret_mount_path"] = str(self.secrets_dir)
-        return env
 
     async def _discard(self, worker: _Worker, kill: bool) -> None:
         """End a worker that never became ready, keeping its last words for the error."""
         worker.dead = True
         if kill:
-            _signal(worker.proc, signal.SIGKILL)
-        try:
-            await asyncio.wait_for(worker.proc.wait(), 2.0)  # a load_error exits by itself
-        except TimeoutError:
-            _signal(worker.proc, signal.SIGKILL)
-            await worker.proc.wait()
+            worker.send_signal(signal.SIGKILL)
+        await worker.wait_or_kill(2.0)  # a load_error exits by itself
         await self._close(worker)
 
     async def _reap(self, worker: _Worker) -> None:
@@ -417,38 +357,13 @@ class FunctionPool:
 
     async def _close(self, worker: _Worker) -> None:
         self._processes.discard(worker)
-        worker.writer.close()
-        # The log pipes reach EOF when the process is gone (unless it left children
-        # holding them, hence the bound).
-        logs = [t for t in worker.tasks[:2] if not t.done()]
-        if logs:
-            await asyncio.wait(logs, timeout=1.0)
-        for task in worker.tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
-
-    async def _pump_log(self, worker: _Worker, stream: asyncio.StreamReader, name: str) -> None:
-        while True:
-            try:
-                raw = await stream.readline()
-            except ValueError:  # a line over the limit: its start was dropped
-                self._system(f"a {name} line longer than {_LINE_LIMIT} bytes was dropped")
-                continue
-            if not raw:
-                return
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            if name == "stderr":
-                worker.stderr_tail.append(line)
-            try:
-                self.log_sink(self.name, name, line)
-            except Exception:  # a broken sink must not stall the worker's pipe
-                logging.getLogger(__name__).exception("log sink failed")
+        await worker.close()
 
     async def _read_responses(self, worker: _Worker) -> None:
         reader = worker.reader
         try:
             while True:
-                head, body = await _read_frame(reader)
+                head, body = await read_frame(reader)
                 if worker.dead:
                     return
                 if not worker.pending or head.get("id") != worker.pending[0].id:
@@ -470,14 +385,10 @@ class FunctionPool:
         self._retire(worker)
         self._requeue(worker, keep_head=True)
         if isinstance(exc, ValueError):  # garbled or out-of-order frames: alive, untrusted
-            _signal(worker.proc, signal.SIGKILL)
-        try:
-            await asyncio.wait_for(worker.proc.wait(), 2.0)
-        except TimeoutError:  # it closed the channel but lives on: end it
-            _signal(worker.proc, signal.SIGKILL)
-            await worker.proc.wait()
+            worker.send_signal(signal.SIGKILL)
+        await worker.wait_or_kill(2.0)  # it may have closed the channel yet live on: end it
         await self._close(worker)
-        code = _describe_exit(worker.proc.returncode)
+        code = describe_exit(worker.proc.returncode)
         self._counts["crashes"] += 1
         tail = "\n".join(worker.stderr_tail)
         if worker.pending:
@@ -555,9 +466,12 @@ class FunctionPool:
         self._resolve(call, Outcome(0, b"", {}, error, None, kind, None, 0.0))
 
     def _system(self, line: str) -> None:
+        self._emit("system", line)
+
+    def _emit(self, stream: str, line: str) -> None:
         try:
-            self.log_sink(self.name, "system", line)
-        except Exception:
+            self.log_sink(self.name, stream, line)
+        except Exception:  # a broken sink must not stall the worker's pipe
             logging.getLogger(__name__).exception("log sink failed")
 
 
@@ -574,64 +488,3 @@ def _outcome(head: dict[str, Any], body: bytes) -> Outcome:
         started=head.get("started"),
         duration=float(head.get("duration") or 0.0),
     )
-
-
-def _frame(header: dict[str, Any], body: bytes) -> bytes:
-    head = orjson.dumps(header)  # the stdlib worker reads it with json
-    return b"".join((len(head).to_bytes(_LEN, "big"), head, len(body).to_bytes(_LEN, "big"), body))
-
-
-async def _read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
-    size = int.from_bytes(await reader.readexactly(_LEN), "big")
-    head = orjson.loads(await reader.readexactly(size))
-    size = int.from_bytes(await reader.readexactly(_LEN), "big")
-    return head, await reader.readexactly(size)
-
-
-def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
-    """Signal a worker unless it is known to be gone.
-
-    Not ``proc.kill()``: Popen polls (waitpid) first, which can reap the child
-    before asyncio's child watcher does, and the watcher then reports exit code 255
-    instead of the real one.
-    """
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, sig)
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
-def _sdk_cache(python: Path) -> Path:
-    """Where the SDK copy goes: beside the venv (in the venv cache), else a temp folder."""
-    env = python.parent.parent
-    if (env / "pyvenv.cfg").is_file() and os.access(env.parent, os.W_OK):
-        return env.parent
-    return Path(tempfile.gettempdir()) / f"veba-sdk-{os.getuid()}"
-
-
-def _write_secrets(name: str, secrets: Mapping[str, bytes]) -> Path:
-    """A fresh 0700 directory in memory-backed storage with one 0600 file per secret."""
-    shm = Path("/dev/shm")
-    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-    folder = Path(tempfile.mkdtemp(prefix=f"veba-secrets-{name}-", dir=base))
-    try:
-        for key, value in secrets.items():
-            if not key or "/" in key or key in (".", ".."):
-                raise ValueError(f"function {name!r}: invalid secret name {key!r}")
-            fd = os.open(folder / key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(value)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    return folder

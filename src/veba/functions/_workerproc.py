@@ -1,0 +1,242 @@
+"""One worker process of a function pool: how it is started, spoken to and ended.
+
+The pool (`veba.functions.supervisor.FunctionPool`) decides which calls a worker
+runs, when it has run too long and when it is replaced. This module holds what
+concerns the process itself: the command, environment, secrets folder and SDK
+copy it starts with, the frames exchanged over its socketpair, its stdout and
+stderr lines, the signals it is sent, and how its exit reads in an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import tempfile
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+import orjson
+
+__all__ = [
+    "LINE_LIMIT",
+    "WORKER_PATH",
+    "Emit",
+    "FunctionLoadError",
+    "WorkerProcess",
+    "describe_exit",
+    "frame",
+    "read_frame",
+    "sdk_cache",
+    "worker_env",
+    "write_secrets",
+]
+
+WORKER_PATH = Path(__file__).with_name("worker.py")
+_LEN = 4
+_STDERR_TAIL = 20
+LINE_LIMIT = 1 << 20
+_BASE_ENV = ("PATH", "HOME", "LANG", "TMPDIR")
+
+# Where a worker's lines go: (stream, line), stream "stdout", "stderr" or "system".
+Emit = Callable[[str, str], None]
+
+
+class FunctionLoadError(Exception):
+    """The handler could not be imported; the message holds the import traceback."""
+
+
+@dataclass(eq=False)
+class WorkerProcess:
+    """A running ``worker.py``: its process, its end of the socketpair, its log pumps."""
+
+    slot: int
+    proc: asyncio.subprocess.Process
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=_STDERR_TAIL))
+    # The stdout and stderr pumps first; the pool appends its response reader.
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def launch(
+        cls,
+        slot: int,
+        *,
+        python: Path,
+        handler_dir: Path,
+        lang: str,
+        sdk_dir: Path | None,
+        env: dict[str, str],
+        emit: Emit,
+    ) -> Self:
+        """Start ``worker.py`` with the function's python and pump its output to
+        ``emit``; it is not ready until its first frame says so."""
+        handler = handler_dir / "handler.py"
+        parent, child = socket.socketpair()
+        try:
+            reader, writer = await asyncio.open_connection(sock=parent, limit=LINE_LIMIT)
+        except BaseException:
+            parent.close()
+            child.close()
+            raise
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                str(python),
+                "-I",  # no user site, no PYTHON* env, and not worker.py's folder on sys.path
+                str(WORKER_PATH),
+                "--handler-dir",
+                str(handler_dir),
+                "--lang",
+                lang,
+                "--fd",
+                str(child.fileno()),
+                # The worker asks Linux to kill it when we die (PR_SET_PDEATHSIG).
+                "--parent-pid",
+                str(os.getpid()),
+                *(("--sdk-path", str(sdk_dir)) if sdk_dir else ()),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=(child.fileno(),),
+                cwd=handler_dir,
+                env=env,
+                start_new_session=False,
+                limit=LINE_LIMIT,
+            )
+        except BaseException as exc:
+            writer.close()
+            if isinstance(exc, OSError):
+                raise FunctionLoadError(f"{handler}: cannot run {python}: {exc}") from exc
+            raise
+        finally:
+            child.close()
+        worker = cls(slot, proc, reader, writer)
+        assert proc.stdout is not None and proc.stderr is not None
+        worker.tasks = [
+            asyncio.create_task(worker._pump_log(proc.stdout, "stdout", emit)),
+            asyncio.create_task(worker._pump_log(proc.stderr, "stderr", emit)),
+        ]
+        return worker
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the worker unless it is known to be gone.
+
+        Not ``proc.kill()``: Popen polls (waitpid) first, which can reap the child
+        before asyncio's child watcher does, and the watcher then reports exit code 255
+        instead of the real one.
+        """
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, sig)
+
+    async def wait_or_kill(self, grace: float) -> None:
+        """Wait ``grace`` seconds for the worker to exit, then SIGKILL it and wait."""
+        try:
+            await asyncio.wait_for(self.proc.wait(), grace)
+        except TimeoutError:
+            self.send_signal(signal.SIGKILL)
+            await self.proc.wait()
+
+    async def close(self) -> None:
+        """Close the channel and stop the tasks reading from the worker."""
+        self.writer.close()
+        # The log pipes reach EOF when the process is gone (unless it left children
+        # holding them, hence the bound).
+        logs = [t for t in self.tasks[:2] if not t.done()]
+        if logs:
+            await asyncio.wait(logs, timeout=1.0)
+        for task in self.tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    async def _pump_log(self, stream: asyncio.StreamReader, name: str, emit: Emit) -> None:
+        while True:
+            try:
+                raw = await stream.readline()
+            except ValueError:  # a line over the limit: its start was dropped
+                emit("system", f"a {name} line longer than {LINE_LIMIT} bytes was dropped")
+                continue
+            if not raw:
+                return
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if name == "stderr":
+                self.stderr_tail.append(line)
+            emit(name, line)
+
+
+# --- frames: a length-prefixed JSON header, then a length-prefixed body -------------------
+
+
+def frame(header: dict[str, Any], body: bytes) -> bytes:
+    head = orjson.dumps(header)  # the stdlib worker reads it with json
+    return b"".join((len(head).to_bytes(_LEN, "big"), head, len(body).to_bytes(_LEN, "big"), body))
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
+    size = int.from_bytes(await reader.readexactly(_LEN), "big")
+    head = orjson.loads(await reader.readexactly(size))
+    size = int.from_bytes(await reader.readexactly(_LEN), "big")
+    return head, await reader.readexactly(size)
+
+
+# --- what a worker starts with, and how its end reads -------------------------------------
+
+
+def worker_env(
+    function: str, slot: int, environment: Mapping[str, str], secrets_dir: Path | None
+) -> dict[str, str]:
+    # Not the appliance's environment: it may hold the API token.
+    env = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env.setdefault("LANG", "C.UTF-8")
+    env.setdefault("TMPDIR", tempfile.gettempdir())
+    env["HOSTNAME"] = f"{function}-{slot}"
+    env.update(environment)
+    env["VEBA_FUNCTION_NAME"] = function
+    if secrets_dir is not None:
+        env["VEBA_SECRETS_DIR"] = env["secret_mount_path"] = str(secrets_dir)
+    return env
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def sdk_cache(python: Path) -> Path:
+    """Where the SDK copy goes: beside the venv (in the venv cache), else a temp folder."""
+    env = python.parent.parent
+    if (env / "pyvenv.cfg").is_file() and os.access(env.parent, os.W_OK):
+        return env.parent
+    return Path(tempfile.gettempdir()) / f"veba-sdk-{os.getuid()}"
+
+
+def write_secrets(name: str, secrets: Mapping[str, bytes]) -> Path:
+    """A fresh 0700 directory in memory-backed storage with one 0600 file per secret."""
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    folder = Path(tempfile.mkdtemp(prefix=f"veba-secrets-{name}-", dir=base))
+    try:
+        for key, value in secrets.items():
+            if not key or "/" in key or key in (".", ".."):
+                raise ValueError(f"function {name!r}: invalid secret name {key!r}")
+            fd = os.open(folder / key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(value)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
