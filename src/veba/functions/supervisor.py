@@ -235,11 +235,13 @@ class FunctionPool:
 
     def _pump(self) -> None:
         """Send queued calls to the least-loaded live workers that have room."""
+        if not self._queue:
+            return  # the common case after a response: nothing waits
+        live = [w for w in self._slots if w is not None and not w.dead]
+        if not live:
+            return
         while self._queue:
-            live = [w for w in self._slots if w is not None and not w.dead]
-            if not live:
-                return
-            worker = min(live, key=lambda w: len(w.pending))
+            worker = min(live, key=_load)
             if len(worker.pending) >= self.pipeline:
                 return
             call = self._queue.popleft()
@@ -488,3 +490,7 @@ def _outcome(head: dict[str, Any], body: bytes) -> Outcome:
         started=head.get("started"),
         duration=float(head.get("duration") or 0.0),
     )
+
+
+def _load(worker: _Worker) -> int:
+    return len(worker.pending)
