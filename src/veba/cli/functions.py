@@ -17,6 +17,7 @@ from veba.cli.client import (
     console,
     err,
     fail,
+    gateway_url,
     print_rows,
 )
 from veba.deployments import pack_code
@@ -70,6 +71,8 @@ def new(
     ),
     test: bool = typer.Option(True, "--test/--no-test", help="Write test_handler.py"),
     list_templates: bool = typer.Option(False, "--list", help="List the templates"),
+    gateway: str | None = GatewayOption,
+    data_dir: Path | None = DataDirOption,
 ) -> None:
     """Create a function folder from a template (handler.py, test_handler.py) and add it to stack.yml."""
     from veba.cli.templates import print_templates
@@ -82,7 +85,14 @@ def new(
         fail("missing the function's NAME (or --list for the templates)")
     try:
         folder = new_function(
-            name, lang, directory=append.parent, stack=append, topic=topic, with_test=test
+            name,
+            lang,
+            directory=append.parent,
+            stack=append,
+            topic=topic,
+            with_test=test,
+            # A new stack.yml points at the appliance this CLI would talk to.
+            gateway=gateway_url(gateway, resolve_data_dir(data_dir)),
         )
     except ScaffoldError as exc:
         fail(str(exc))

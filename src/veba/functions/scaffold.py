@@ -156,6 +156,7 @@ def new_function(
     stack: Path,
     topic: str = "VmPoweredOnEvent",
     with_test: bool = True,
+    gateway: str = "http://127.0.0.1:8080",
 ) -> Path:
     """Write `<directory>/<name>/` and add the function to `stack` (created if absent)."""
     template = TEMPLATES.get(lang)
@@ -166,7 +167,7 @@ def new_function(
         raise ScaffoldError(f"{folder} already exists; refusing to overwrite it")
     document: dict[str, Any] = {
         "version": 1.0,
-        "provider": {"name": "openfaas", "gateway": "http://127.0.0.1:8080"},
+        "provider": {"name": "openfaas", "gateway": gateway},
     }
     if stack.exists():
         loaded = yaml.safe_load(stack.read_text()) or {}
