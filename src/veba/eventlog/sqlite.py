@@ -36,6 +36,12 @@ __all__ = ["SQLiteLog"]
 
 T = TypeVar("T")
 _ERROR_LIMIT = 8192
+# The columns of a DeliveryInfo, in its field order.
+_DELIVERY_INFO = (
+    "SELECT d.id, d.seq, d.subscription, e.id, e.source, e.subject, d.status, d.attempts,"
+    " d.created, d.available_at, d.finished, d.last_status, d.last_error"
+    " FROM deliveries d JOIN events e ON e.seq = d.seq"
+)
 _RECENT = 20_000  # events kept in memory after append, for leasing
 
 
@@ -448,10 +454,7 @@ class SQLiteLog:
 
         def op(conn: sqlite3.Connection) -> list[DeliveryInfo]:
             rows = conn.execute(
-                "SELECT d.id, d.seq, d.subscription, e.id, e.source, e.subject, d.status,"
-                " d.attempts, d.created, d.available_at, d.finished, d.last_status,"
-                " d.last_error FROM deliveries d JOIN events e ON e.seq = d.seq"
-                f" WHERE {' AND '.join(where)} ORDER BY d.id DESC LIMIT ?",
+                f"{_DELIVERY_INFO} WHERE {' AND '.join(where)} ORDER BY d.id DESC LIMIT ?",
                 [*params, limit],
             ).fetchall()
             infos = [DeliveryInfo(*row) for row in rows]
@@ -464,9 +467,7 @@ class SQLiteLog:
     async def delivery(self, delivery_id: int) -> DeliveryInfo | None:
         def op(conn: sqlite3.Connection) -> DeliveryInfo | None:
             row = conn.execute(
-                "SELECT d.id, d.seq, d.subscription, e.id, e.source, e.subject, d.status,"
-                " d.attempts, d.created, d.available_at, d.finished, d.last_status,"
-                " d.last_error FROM deliveries d JOIN events e ON e.seq = d.seq WHERE d.id=?",
+                f"{_DELIVERY_INFO} WHERE d.id=?",
                 (delivery_id,),
             ).fetchone()
             return None if row is None else _with_history(conn, DeliveryInfo(*row))
