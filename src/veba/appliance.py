@@ -60,6 +60,7 @@ class Appliance:
             store=self.store,
             store_tokens=self.store_tokens,
             api_url=local_api_url(settings.listen),
+            callbacks=self.http,
         )
         self.providers: list[Provider] = list(
             providers if providers is not None else _default_providers(settings, self.secrets)
@@ -135,6 +136,12 @@ class Appliance:
 
     def _route(self, event: Event) -> list[str]:
         return [*self.functions.router.route(event), *self.processors.route(event)]
+
+    async def enqueue(self, event: Event, function: str) -> AppendResult:
+        """Log `event` with a delivery to `function` only (an async call)."""
+        result = await self.log.append([event], route=lambda _: (function,))
+        self.functions.wake(result.deliveries)
+        return result
 
     async def checkpoint(self, provider_name: str) -> str | None:
         return await self.log.get_checkpoint(provider_name)

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from veba.delivery import DeliveryPolicy, PolicyError
 from veba.dispatch import DeadLetterSink, Dispatcher, Observer
 from veba.eventlog.base import EventLog
@@ -203,8 +205,10 @@ class Functions:
         store: Store | None = None,
         store_tokens: StoreTokens | None = None,
         api_url: str | None = None,
+        callbacks: httpx.AsyncClient | None = None,
     ) -> None:
         self._dir = functions_dir
+        self._callbacks = callbacks  # for the X-Callback-Url of async calls
         self._venvs = venv_cache
         self._log = log
         self._secrets = secrets
@@ -427,7 +431,7 @@ class Functions:
         deployment.dispatcher = Dispatcher(
             name,
             log=self._log,
-            target=FunctionTarget(name, pool),
+            target=FunctionTarget(name, pool, self._callbacks),
             policy=deployment.policy,
             dead_letter_sink=self._dls,
             observer=self._observer,

@@ -29,6 +29,7 @@ from dateutil.parser import isoparse
 __all__ = [
     "BATCH_CONTENT_TYPE",
     "EVENT_TYPE_PREFIX",
+    "INVOCATION_TYPE",
     "STRUCTURED_CONTENT_TYPE",
     "Event",
     "InvalidEvent",
@@ -39,6 +40,8 @@ __all__ = [
 ]
 
 EVENT_TYPE_PREFIX = "com.vmware.event.router/"
+# Reserved for async function calls kept in the log (see veba.invocations).
+INVOCATION_TYPE = "dev.veba.function.invocation"
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 DEFAULT_API_VERSION = "8.0.2.0"

@@ -8,6 +8,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
+
 from tests.e2e.harness import RECORDER, read_jsonl, wait_for, write_function, write_stack
 
 SAMPLE = Path(__file__).parent.parent / "data" / "cloudevent-vm-powered-off.json"
@@ -81,6 +83,65 @@ def test_async_invoke_answers_202_and_calls_back(appliance_factory: type, tmp_pa
         assert body == b"ABC"
         assert headers["X-Function-Status"] == "200"
         assert headers["X-Call-Id"] in result.stdout
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+WAITS_FOR_RELEASE = """
+import os, time
+
+def handle(req):
+    print("started", req)
+    release = os.environ["RELEASE"]
+    deadline = time.time() + 60
+    while not os.path.exists(release) and time.time() < deadline:
+        time.sleep(0.02)
+    return "done " + req
+"""
+
+
+def test_an_accepted_async_call_survives_a_crash(appliance_factory: type, tmp_path: Path) -> None:
+    received: list[bytes] = []
+
+    class Callback(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Callback)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        data_dir = tmp_path / "data"
+        app = appliance_factory.start("--no-simulator", data_dir=data_dir)
+        release = tmp_path / "release"
+        write_function(tmp_path / "fn" / "slow", WAITS_FOR_RELEASE)
+        stack = write_stack(
+            tmp_path / "fn" / "stack.yml",
+            {"slow": {"lang": "python3", "handler": "./slow",
+                      "environment": {"RELEASE": str(release)}}},
+        )  # fmt: skip
+        app.cli("up", "-f", str(stack))
+        url = f"http://127.0.0.1:{server.server_address[1]}/done"
+        app.cli("invoke", "slow", "--async", "--callback-url", url, "--data", "job-7")
+        wait_for(lambda: "started job-7" in app.cli("logs", "slow").stdout, 60, "the call to start")
+        app.kill()  # mid-call: the 202 was given, the answer was not
+
+        # A webhook may not forge an async call.
+        forged = {"specversion": "1.0", "id": "f1", "source": "s",
+                  "type": "dev.veba.function.invocation", "subject": "slow"}  # fmt: skip
+        release.touch()
+        again = appliance_factory.start("--no-simulator", data_dir=data_dir)
+        wait_for(lambda: received, 120, "the call to run again after the restart and call back")
+        assert received == [b"done job-7"]
+        r = httpx.post(f"{again.url}/webhook", json=forged, headers=STRUCTURED)
+        assert r.status_code == 400 and "reserved" in r.json()["error"]
     finally:
         server.shutdown()
         server.server_close()

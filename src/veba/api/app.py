@@ -36,7 +36,6 @@ def create_app(appliance: Appliance) -> FastAPI:
         title="veba", version=__version__, lifespan=lifespan, docs_url=None, openapi_url=None
     )
     app.state.appliance = appliance
-    app.state.background = set()
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

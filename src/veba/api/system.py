@@ -16,7 +16,9 @@ from veba import __version__
 from veba.api.auth import require_token
 from veba.appliance import Appliance
 from veba.deployments import DeployError
+from veba.eventlog import LogFull
 from veba.functions.supervisor import Invocation, Outcome
+from veba.invocations import AsyncCall, invocation_event
 from veba.secrets import SecretError
 
 __all__ = ["function_router", "system_router"]
@@ -212,26 +214,13 @@ async def invoke_async(name: str, request: Request, path: str = "") -> Response:
     if appliance.functions.get(name) is None:
         raise HTTPException(404, f"function {name!r} is not deployed")
     call_id = request.headers.get("x-call-id") or str(uuid.uuid4())
-    callback = request.headers.get("x-callback-url")
-    invocation = await _invocation(request, path)
-
-    async def run() -> None:
-        try:
-            outcome = await appliance.functions.invoke(name, invocation)
-        except KeyError:
-            appliance.logs.write(name, "system", f"async call {call_id}: function went away")
-            return
-        if callback:
-            headers = {
-                "X-Call-Id": call_id,
-                "X-Function-Status": str(outcome.status),
-                "X-Function-Name": name,
-            }
-            try:
-                await appliance.http.post(callback, content=outcome.body, headers=headers)
-            except Exception as exc:
-                appliance.logs.write(name, "system", f"callback {callback} failed: {exc}")
-
-    request.app.state.background.add(task := asyncio.create_task(run()))
-    task.add_done_callback(request.app.state.background.discard)
+    call = AsyncCall(
+        call_id, name, await _invocation(request, path), request.headers.get("x-callback-url")
+    )
+    try:
+        result = await appliance.enqueue(invocation_event(call), name)
+    except LogFull as exc:
+        return JSONResponse({"error": str(exc)}, status_code=507)
+    if result.duplicates:  # the same X-Call-Id again: already queued, not run twice
+        return Response(status_code=202, headers={"X-Call-Id": call_id, "X-Duplicate": "true"})
     return Response(status_code=202, headers={"X-Call-Id": call_id})

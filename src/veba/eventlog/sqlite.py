@@ -30,7 +30,7 @@ from veba.eventlog.base import (
     Status,
 )
 from veba.eventlog.schema import migrate
-from veba.events import Event
+from veba.events import INVOCATION_TYPE, Event
 
 __all__ = ["SQLiteLog"]
 
@@ -366,7 +366,8 @@ class SQLiteLog:
         subjects: Sequence[str] | None = None,
     ) -> int:
         now = self._clock()
-        where = ["received >= ?", "received <= ?"]
+        # Async calls live in the log too, but belong to the function they named.
+        where = ["received >= ?", "received <= ?", f"type != '{INVOCATION_TYPE}'"]
         params: list[Any] = [
             since if since is not None else 0.0,
             until if until is not None else now,

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import time
 
+import httpx
+
+from veba.delivery import is_retryable
 from veba.events import STRUCTURED_CONTENT_TYPE, Event
-from veba.functions.supervisor import FunctionPool, Invocation
+from veba.functions.supervisor import FunctionPool, Invocation, Outcome
+from veba.invocations import INVOCATION_TYPE, AsyncCall, read_invocation
 from veba.targets.base import Result
 
 __all__ = ["FunctionTarget", "delivery_headers"]
@@ -31,20 +35,57 @@ def delivery_headers(event: Event, *, attempt: int, deadline: float | None) -> d
 
 
 class FunctionTarget:
-    def __init__(self, name: str, pool: FunctionPool) -> None:
+    def __init__(
+        self, name: str, pool: FunctionPool, callbacks: httpx.AsyncClient | None = None
+    ) -> None:
         self.name = name
         self.pool = pool
+        self._callbacks = callbacks
 
     async def deliver(self, event: Event, *, attempt: int, deadline: float) -> Result:
+        if event.type == INVOCATION_TYPE:
+            return await self._async_call(read_invocation(event), attempt, deadline)
         headers = delivery_headers(event, attempt=attempt, deadline=deadline)
         outcome = await self.pool.invoke(
             Invocation(body=event.to_json(), headers=headers),
             timeout=max(deadline - time.time(), 0.001),
         )
-        error = outcome.error
-        if outcome.traceback:
-            error = f"{error}\n{outcome.traceback}" if error else outcome.traceback
-        if outcome.kind == "ok":
-            return Result("ok", outcome.status, None, outcome.started, outcome.body)
-        kind = outcome.kind if outcome.kind in ("timeout", "crash") else "error"
-        return Result(kind, outcome.status, error, outcome.started, outcome.body[:1024])  # type: ignore[arg-type]
+        return _result(outcome)
+
+    async def _async_call(self, call: AsyncCall, attempt: int, deadline: float) -> Result:
+        inv = call.invocation
+        headers = {**inv.headers, "X-Call-Id": call.call_id, "X-Veba-Attempt": str(attempt)}
+        headers["X-Veba-Deadline"] = f"{deadline:.6f}"
+        outcome = await self.pool.invoke(
+            Invocation(inv.body, headers, inv.method, inv.path, inv.query),
+            timeout=max(deadline - time.time(), 0.001),
+        )
+        result = _result(outcome)
+        # The caller hears once: on success, or on a failure no retry will mend.
+        if call.callback and (result.ok or not is_retryable(result.kind, result.status)):
+            await self._call_back(call, outcome)
+        return result
+
+    async def _call_back(self, call: AsyncCall, outcome: Outcome) -> None:
+        if self._callbacks is None or call.callback is None:
+            return
+        headers = {
+            "X-Call-Id": call.call_id,
+            "X-Function-Status": str(outcome.status),
+            "X-Function-Name": self.name,
+        }
+        try:
+            await self._callbacks.post(call.callback, content=outcome.body, headers=headers)
+        except httpx.HTTPError as exc:
+            line = f"async call {call.call_id}: callback {call.callback} failed: {exc}"
+            self.pool.log_sink(self.name, "system", line)
+
+
+def _result(outcome: Outcome) -> Result:
+    error = outcome.error
+    if outcome.traceback:
+        error = f"{error}\n{outcome.traceback}" if error else outcome.traceback
+    if outcome.kind == "ok":
+        return Result("ok", outcome.status, None, outcome.started, outcome.body)
+    kind = outcome.kind if outcome.kind in ("timeout", "crash") else "error"
+    return Result(kind, outcome.status, error, outcome.started, outcome.body[:1024])  # type: ignore[arg-type]
