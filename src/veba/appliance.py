@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ import httpx
 
 from veba.deployments import Functions
 from veba.dispatch import DeadLetterSink
-from veba.eventlog import AppendResult, SQLiteLog
+from veba.eventlog import AppendResult, LogFull, SQLiteLog
 from veba.eventlog.sqlite_store import SQLiteStore
 from veba.events import Event
 from veba.functionlogs import LogHub
@@ -65,7 +66,7 @@ class Appliance:
         self.providers: list[Provider] = list(
             providers if providers is not None else _default_providers(settings, self.secrets)
         )
-        self._provider_tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
         # RouterConfig processors that point outside (Knative sinks, OpenFaaS gateways).
         self.processors = Processors.from_config(settings.processors, client=self.http)
         self._side_servers: list[Any] = []  # /stats, a webhook on its own bindAddress
@@ -83,11 +84,24 @@ class Appliance:
         for server in side_servers(self):
             await server.start()
             self._side_servers.append(server)
+        if self.settings.retention > 0:
+            self._tasks.append(asyncio.create_task(self._prune(), name="retention"))
         for provider in self.providers:
             task = asyncio.create_task(
                 self._run_provider(provider), name=f"provider:{provider.name}"
             )
-            self._provider_tasks.append(task)
+            self._tasks.append(task)
+
+    async def _prune(self, every: float = 60.0) -> None:
+        """Retention: drop old events that need nothing more, a batch at a time."""
+        while True:
+            try:
+                cutoff = time.time() - self.settings.retention
+                while await self.log.prune(cutoff) > 0:
+                    await asyncio.sleep(0)  # let deliveries through between batches
+            except (LogFull, OSError) as exc:
+                log.warning("retention: could not prune the log: %s", exc)
+            await asyncio.sleep(every)
 
     async def _run_provider(self, provider: Provider) -> None:
         # A provider handles its own transient trouble; this only keeps a bug
@@ -103,9 +117,9 @@ class Appliance:
                 await asyncio.sleep(5)
 
     async def stop(self) -> None:
-        for task in self._provider_tasks:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._provider_tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for server in self._side_servers:
             await server.stop()
         await self.processors.stop()

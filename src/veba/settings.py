@@ -96,6 +96,9 @@ class ApplianceSettings:
     vcenters: tuple[VCenterConfig, ...] = ()
     processors: tuple[OpenFaaSConfig | KnativeConfig, ...] = ()  # external sinks only
     metrics: MetricsConfig | None = None  # VEBA's /stats on its own address
+    # Events whose deliveries are all done are dropped this long after they
+    # arrived (0 keeps everything); dedupe by (source, id) holds within it.
+    retention: float = 7 * 86400.0
 
     @property
     def log_path(self) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -146,3 +147,46 @@ def test_an_accepted_async_call_survives_a_crash(appliance_factory: type, tmp_pa
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def test_retention_drops_delivered_events_and_keeps_dead_letters(
+    appliance_factory: type, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    app = appliance_factory.start("--no-simulator", "--retention", "1s", data_dir=data_dir)
+    out = tmp_path / "got.jsonl"
+    write_function(tmp_path / "fn" / "rec", RECORDER)
+    write_function(tmp_path / "fn" / "bad", "def handle(req):\n    return ('no', 400)\n")
+    stack = write_stack(
+        tmp_path / "fn" / "stack.yml",
+        {
+            "rec": {"lang": "python3-http", "handler": "./rec", "environment": {"OUT": str(out)},
+                    "annotations": {"topic": "VmPoweredOffEvent"}},
+            "bad": {"lang": "python3-flask", "handler": "./bad",
+                    "annotations": {"topic": "VmPoweredOnEvent"}},
+        },
+    )  # fmt: skip
+    app.cli("up", "-f", str(stack))
+    sample = json.loads(SAMPLE.read_text())
+    with app.client() as http:
+        http.post("/webhook", json=dict(sample, id="done-1"), headers=STRUCTURED)
+        http.post("/webhook", json=dict(sample, id="dead-1", subject="VmPoweredOnEvent"),
+                  headers=STRUCTURED)  # fmt: skip
+    wait_for(lambda: read_jsonl(out), 60, "the delivery")
+    wait_for(lambda: json.loads(app.cli("dlq", "list", "-o", "json").stdout), 60, "the dead letter")
+    app.stop()
+    # Pruning runs at start and every minute: restart once the event is past 1 s.
+    delivered_at = read_jsonl(out)[0]["at"]
+    wait_for(lambda: time.time() > delivered_at + 1.5, 10, "the retention to pass")
+    again = appliance_factory.start("--no-simulator", "--retention", "1s", data_dir=data_dir)
+
+    def pruned() -> list[str]:
+        ids = [
+            r["event"]["id"] for r in json.loads(again.cli("events", "list", "-o", "json").stdout)
+        ]
+        return ids if "done-1" not in ids else []
+
+    assert wait_for(pruned, 60, "the delivered event to be pruned") == ["dead-1"]
+    assert len(json.loads(again.cli("dlq", "list", "-o", "json").stdout)) == 1
+    bad = again.cli("serve", "--retention", "soon", check=False)
+    assert bad.returncode != 0 and "--retention" in bad.stderr

@@ -178,6 +178,23 @@ class EventLogConformance:
         assert await log.forget("f") == 2
         assert await log.lease("f", 10, 30) == []
 
+    async def test_prune_drops_old_finished_events_only(self, log: EventLog) -> None:
+        await log.append([make_event(k) for k in range(1, 5)], route=to("f"))
+        leased = await log.lease("f", 10, 30)
+        await log.ack(leased[0].id, ok(1))  # key 1: delivered
+        await log.dead(leased[1].id, failed(1, 400))  # key 2: dead, kept for the DLQ
+        # key 3 stays leased, key 4 too: both still open
+        await log.append([make_event(5)], route=to())  # key 5: nobody subscribed
+        assert await log.prune(time.time() - 3600) == 0  # nothing that old
+        assert await log.prune(time.time() + 1) == 2  # keys 1 and 5
+        left = [r.event.data["Key"] for r in await log.events()]
+        assert left == [2, 3, 4]
+        assert [d.status for d in await log.deliveries(subscription="f")] == [
+            "leased",
+            "leased",
+            "dead",
+        ]
+
     async def test_many_concurrent_appends_are_all_durable(self, log: EventLog) -> None:
         batches = [[make_event(b * 100 + i) for i in range(100)] for b in range(20)]
         results = await asyncio.gather(*(log.append(b, route=to("f")) for b in batches))

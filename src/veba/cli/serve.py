@@ -46,6 +46,11 @@ def serve(
     ),
     vcenter_insecure: bool = typer.Option(False, "--vcenter-insecure", help="Skip TLS checks"),
     vcenter_ca: list[str] = typer.Option([], "--vcenter-ca", help="Root CA file; repeatable"),
+    retention: str = typer.Option(
+        "7d",
+        "--retention",
+        help="Drop delivered events this long after they arrived (7d, 36h, P30D; 0 = keep)",
+    ),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Run the appliance: event log, functions, providers, API and webhook."""
@@ -95,6 +100,7 @@ def serve(
         simulator_rate=simulator_rate,
         simulator_seed=simulator_seed,
         webhook_bearer_token=webhook_token,
+        retention=_retention(retention),
         **fields,
     )
     configure_logging(log_level)
@@ -113,3 +119,15 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+
+
+def _retention(value: str) -> float:
+    from veba.delivery import PolicyError, parse_duration
+
+    text = value.strip()
+    if text.endswith("d") and text[:-1].replace(".", "", 1).isdigit():
+        text = f"P{text[:-1]}D"  # days, which Go durations lack
+    try:
+        return parse_duration(text, "--retention")
+    except PolicyError as exc:
+        fail(str(exc))

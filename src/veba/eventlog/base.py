@@ -205,3 +205,9 @@ class EventLog(Protocol):
     async def forget(self, subscription: str) -> int:
         """Drop the open deliveries of a removed subscription; returns how many."""
         ...
+
+    async def prune(self, received_before: float, *, limit: int = 5000) -> int:
+        """Retention: drop up to `limit` events received before the cutoff whose
+        deliveries are all delivered (nothing pending, leased or dead); returns how
+        many. Deduplication holds within the retention window only."""
+        ...

@@ -395,6 +395,34 @@ class SQLiteLog:
 
         return await self._write(op)
 
+    async def prune(self, received_before: float, *, limit: int = 5000) -> int:
+        """Drop up to `limit` events received before the cutoff whose deliveries
+        are all delivered; an event with a pending, leased or dead delivery stays."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            seqs = [
+                seq
+                for (seq,) in conn.execute(
+                    "SELECT seq FROM events WHERE received < ? AND NOT EXISTS"
+                    " (SELECT 1 FROM deliveries d WHERE d.seq = events.seq"
+                    " AND d.status != 'delivered') ORDER BY seq LIMIT ?",
+                    (received_before, limit),
+                )
+            ]
+            for at in range(0, len(seqs), 500):
+                part = seqs[at : at + 500]
+                marks = ",".join("?" * len(part))
+                conn.execute(
+                    "DELETE FROM attempts WHERE delivery_id IN"
+                    f" (SELECT id FROM deliveries WHERE seq IN ({marks}))",
+                    part,
+                )
+                conn.execute(f"DELETE FROM deliveries WHERE seq IN ({marks})", part)
+                conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", part)
+            return len(seqs)
+
+        return await self._write(op)
+
     # -- queries --------------------------------------------------------------
 
     async def events(
