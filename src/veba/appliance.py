@@ -20,7 +20,7 @@ from veba.deployments import Functions
 from veba.dispatch import DeadLetterSink
 from veba.eventlog import AppendResult, LogFull, SQLiteLog
 from veba.eventlog.sqlite_store import SQLiteStore
-from veba.events import Event
+from veba.events import INVOCATION_TYPE, Event, InvalidEvent
 from veba.functionlogs import LogHub
 from veba.observability import Metrics
 from veba.providers.base import Provider
@@ -50,13 +50,14 @@ class Appliance:
         self.logs = LogHub(settings.logs_dir)
         self.metrics = Metrics()
         self.http = httpx.AsyncClient(timeout=10.0)
+        self.dead_letters = DeadLetterSink(self.http)
         self.functions = Functions(
             functions_dir=settings.functions_dir,
             venv_cache=settings.venv_cache,
             log=self.log,
             secrets=self.secrets,
             logs=self.logs,
-            dead_letter_sink=DeadLetterSink(self.http),
+            dead_letter_sink=self.dead_letters,
             observer=self.metrics.observe_delivery,
             store=self.store,
             store_tokens=self.store_tokens,
@@ -76,7 +77,7 @@ class Appliance:
         await self.functions.load()
         self.processors.start(
             log=self.log,
-            dead_letter_sink=DeadLetterSink(self.http),
+            dead_letter_sink=self.dead_letters,
             observer=self.metrics.observe_delivery,
         )
         from veba.api.stats import side_servers
@@ -138,6 +139,14 @@ class Appliance:
         checkpoint: tuple[str, str] | None = None,
         via: str = "provider",
     ) -> AppendResult:
+        """Log events from outside (providers, the webhook). Async calls come in by
+        `enqueue` only, so the type they use is refused here, whoever sends it."""
+        for event in events:
+            if event.type == INVOCATION_TYPE:
+                raise InvalidEvent(
+                    f"event {event.id}: type {INVOCATION_TYPE!r} is reserved for veba's"
+                    " async function calls; use /async-function/NAME"
+                )
         route = self._route if self.processors else self.functions.router.route
         result = await self.log.append(events, route=route, checkpoint=checkpoint)
         self.functions.wake(result.deliveries)

@@ -32,7 +32,7 @@ __all__ = ["DeadLetterSink", "Dispatcher", "ordering_key"]
 
 log = logging.getLogger("veba.dispatch")
 
-# (function, outcome: "delivered" | "retried" | "dead", result, seconds from ingest to start)
+# (function, outcome: "delivered" | "retried" | "dead", result of the attempt)
 Observer = Callable[[str, str, Result], None]
 
 _LEASE_MARGIN = 30.0

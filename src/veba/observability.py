@@ -6,7 +6,7 @@ import logging
 import sys
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from veba.targets.base import Result
 
@@ -31,12 +31,6 @@ class Metrics:
             "veba_deliveries",
             "Delivery attempts by outcome (delivered, retried, dead)",
             ["function", "outcome"],
-            registry=self.registry,
-        )
-        self.in_flight = Gauge(
-            "veba_deliveries_in_hand",
-            "Deliveries leased by a dispatcher",
-            ["function"],
             registry=self.registry,
         )
         self._children: dict[tuple[str, str], Counter] = {}

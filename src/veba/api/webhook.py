@@ -13,7 +13,6 @@ from veba.api.auth import check_basic, check_bearer
 from veba.appliance import Appliance
 from veba.eventlog import LogFull
 from veba.events import InvalidEvent, parse_http
-from veba.invocations import INVOCATION_TYPE
 
 __all__ = ["webhook_router"]
 
@@ -45,17 +44,11 @@ def webhook_router(path: str) -> APIRouter:
         except InvalidEvent as exc:
             appliance.metrics.rejected.labels("webhook").inc()
             return JSONResponse({"error": str(exc)}, status_code=400)
-        reserved = next((e for e in events if e.type == INVOCATION_TYPE), None)
-        if reserved is not None:
-            return JSONResponse(
-                {
-                    "error": f"event {reserved.id}: type {INVOCATION_TYPE!r} is reserved for"
-                    " veba's async function calls; use /async-function/NAME"
-                },
-                status_code=400,
-            )
         try:
             result = await appliance.publish(events, via="webhook")
+        except InvalidEvent as exc:
+            appliance.metrics.rejected.labels("webhook").inc()
+            return JSONResponse({"error": str(exc)}, status_code=400)
         except LogFull as exc:
             return JSONResponse({"error": str(exc)}, status_code=507)
         return JSONResponse({"accepted": result.accepted, "duplicates": result.duplicates})

@@ -17,7 +17,16 @@ from typing import Any
 import httpx
 import typer
 
-from veba.cli.client import Client, DataDirOption, GatewayOption, OutputOption, err, fail
+from veba.cli.client import (
+    Client,
+    DataDirOption,
+    GatewayOption,
+    OutputOption,
+    err,
+    error_text,
+    fail,
+    parse_overrides,
+)
 from veba.cli.client import console as out
 
 __all__ = ["catalog", "complete_topic"]
@@ -47,35 +56,13 @@ def _ask(
     if response.status_code == 401:
         return None, f"the appliance at {client.url} refused the API token"
     if response.status_code == 404:
-        detail = _detail(response)
+        detail = error_text(response)
         if detail.startswith("unknown event type"):
             fail(detail)
         return None, f"the appliance at {client.url} has no catalogue (an older veba)"
     if response.status_code >= 400:
-        fail(_detail(response))
+        fail(error_text(response))
     return response.json(), None
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return f"{response.status_code}: {response.text.strip()}"
-    return str(body.get("detail") or body) if isinstance(body, dict) else str(body)
-
-
-def _overrides(settings: list[str]) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for item in settings:
-        path, sep, raw = item.partition("=")
-        if not sep or not path.strip():
-            fail(f"--set {item!r}: expected PATH=VALUE, like data.Vm.Name=web-01")
-        try:  # numbers, true/false/null and JSON objects as such; anything else is text
-            value: Any = json.loads(raw)
-        except ValueError:
-            value = raw
-        overrides[path.strip()] = value
-    return overrides
 
 
 def _field_text(entry: dict[str, Any]) -> str:
@@ -184,7 +171,7 @@ def _show(
             f"/api/v1/catalog/{name}", {"set": settings} if settings else {}, gateway, data_dir
         )
     if answer is None:
-        answer = _offline_show(name, _overrides(settings))
+        answer = _offline_show(name, parse_overrides(settings))
     if output == "json":
         sys.stdout.write(json.dumps(answer, indent=2) + "\n")
     else:

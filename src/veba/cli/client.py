@@ -66,7 +66,7 @@ class Client:
                 "VEBA_DATA_DIR to the appliance's data directory"
             )
         if response.status_code >= 400:
-            fail(_error_text(response))
+            fail(error_text(response))
         return response
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -77,13 +77,13 @@ class Client:
             with self.http.stream(method, path, timeout=None, **kwargs) as response:
                 if response.status_code >= 400:
                     response.read()
-                    fail(_error_text(response))
+                    fail(error_text(response))
                 yield from response.iter_lines()
         except httpx.ConnectError:
             fail(f"cannot reach the appliance at {self.url}; is `veba serve` running?")
 
 
-def _error_text(response: httpx.Response) -> str:
+def error_text(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:
@@ -101,3 +101,19 @@ def print_rows(rows: list[dict[str, Any]], columns: list[str], output: str) -> N
     for row in rows:
         table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
     console.print(table)
+
+
+def parse_overrides(settings: list[str]) -> dict[str, Any]:
+    """`--set PATH=VALUE` options: numbers, true/false/null and JSON objects as
+    such; anything else is text."""
+    overrides: dict[str, Any] = {}
+    for item in settings:
+        path, sep, raw = item.partition("=")
+        if not sep or not path.strip():
+            fail(f"--set {item!r}: expected PATH=VALUE, like data.Vm.Name=web-01")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        overrides[path.strip()] = value
+    return overrides

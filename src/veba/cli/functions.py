@@ -18,6 +18,7 @@ from veba.cli.client import (
     err,
     fail,
     gateway_url,
+    parse_overrides,
     print_rows,
 )
 from veba.deployments import pack_code
@@ -235,16 +236,7 @@ def _sample_request(event_class: str, settings: list[str]) -> tuple[bytes, dict[
     from veba.providers.simulator import SimulationError, VCenterSimulator
     from veba.targets.functions import delivery_headers
 
-    overrides: dict[str, object] = {}
-    for item in settings:
-        path, sep, raw = item.partition("=")
-        if not sep or not path.strip():
-            fail(f"--set {item!r}: expected PATH=VALUE, like data.Vm.Name=web-01")
-        try:  # numbers, true/false/null and JSON objects as such; anything else is text
-            value: object = json.loads(raw)
-        except ValueError:
-            value = raw
-        overrides[path.strip()] = value
+    overrides = parse_overrides(settings)
     try:
         sample = VCenterSimulator().sample(event_class, **overrides)
     except SimulationError as exc:
