@@ -384,10 +384,7 @@ class Functions:
             python = await asyncio.to_thread(ensure_venv, code_dir, self._venvs, progress)
         except BuildError as exc:
             raise DeployError(f"{where}.handler: {exc}") from None
-        try:
-            secrets = {s: self._secrets.get(s) for s in definition.secrets}
-        except SecretError as exc:
-            raise DeployError(f"{where}.secrets: {exc}") from None
+        secrets = self._secret_files(definition)
         environment = dict(definition.environment)
         # What the SDK needs: the timeout (an idempotency record in progress
         # expires with it), and the store's URL and this pool's own token.
@@ -424,6 +421,26 @@ class Functions:
             self._revoke(pool)
             raise
         return pool
+
+    def _secret_files(self, definition: FunctionDefinition) -> dict[str, bytes]:
+        """The files a function's declared secrets become, as OpenFaaS mounts them:
+        one per single-value secret, one per key of a secret with several."""
+        where = f"functions.{definition.name}.secrets"
+        files: dict[str, bytes] = {}
+        owner: dict[str, str] = {}
+        for name in definition.secrets:
+            try:
+                got = self._secrets.files(name)
+            except SecretError as exc:
+                raise DeployError(f"{where}: {exc}") from None
+            for file, value in got.items():
+                if file in files:
+                    raise DeployError(
+                        f"{where}: secret {name!r} and secret {owner[file]!r} both give"
+                        f" a file named {file!r}; a function sees them in one folder"
+                    )
+                files[file], owner[file] = value, name
+        return files
 
     def _attach(self, deployment: Deployment, pool: FunctionPool) -> None:
         name = deployment.definition.name
