@@ -25,31 +25,55 @@ EVENT = {
 }
 
 
-async def test_python3_str_in_any_out(pool: PoolFactory) -> None:
+async def test_python3_answers_as_the_classic_watchdog(pool: PoolFactory, logs: Logs) -> None:
+    """OpenFaaS's classic templates answer with what the handler printed, then
+    ``print(handle(req))``; every line still reaches the function's log."""
     fn = await pool(
         """
-        import json
+        import sys
 
         def handle(req):
             if req == "dict":
                 return {"got": req}
-            if req == "bytes":
-                return b"\\x00raw"
             if req == "none":
+                print("only printed")
                 return None
+            if req == "stderr":
+                sys.stderr.write("to stderr\\n")
+                return "done"
+            print("first")
             return "hello " + req
         """
     )
     ok = await fn.invoke(Invocation(b"w\xc3\xb6rld"), timeout=10)
-    assert (ok.kind, ok.status, ok.body) == ("ok", 200, "hello wörld".encode())
+    assert (ok.kind, ok.status, ok.body) == ("ok", 200, "first\nhello wörld\n".encode())
+    assert ok.headers["Content-Type"].startswith("text/plain")
     as_json = await fn.invoke(Invocation(b"dict"), timeout=10)
-    assert json.loads(as_json.body) == {"got": "dict"}
+    assert json.loads(as_json.body) == {"got": "dict"} and as_json.body.endswith(b"\n")
     assert as_json.headers["Content-Type"] == "application/json"
-    assert (await fn.invoke(Invocation(b"bytes"), timeout=10)).body == b"\x00raw"
     none = await fn.invoke(Invocation(b"none"), timeout=10)
-    assert (none.ok, none.body) == (True, b"")
+    assert (none.ok, none.body) == (True, b"only printed\n")
+    # combine_output defaults to true, as in the classic watchdog.
+    assert (await fn.invoke(Invocation(b"stderr"), timeout=10)).body == b"to stderr\ndone\n"
     assert none.started is not None and abs(none.started - time.time()) < 60
     assert none.duration >= 0
+    await wait_until(lambda: "only printed" in logs.of("stdout") and "to stderr" in logs.of("stderr"))
+
+
+async def test_python3_combine_output_false_keeps_stderr_out(pool: PoolFactory) -> None:
+    fn = await pool(
+        """
+        import sys
+
+        def handle(req):
+            sys.stderr.write("log only\\n")
+            return req
+        """,
+        environment={"combine_output": "false", "content_type": "application/json"},
+    )
+    out = await fn.invoke(Invocation(b'{"a": 1}'), timeout=10)
+    assert out.body == b'{"a": 1}\n'
+    assert out.headers["Content-Type"] == "application/json"
 
 
 async def test_python3_flask_tuples(pool: PoolFactory) -> None:
@@ -224,7 +248,7 @@ async def test_unsupported_return_type_is_named(pool: PoolFactory) -> None:
     out = await fn.invoke(Invocation(b"thing"), timeout=10)
     assert (out.kind, out.status) == ("error", 500)
     assert out.error is not None and "'Thing'" in out.error
-    assert (await fn.invoke(Invocation(b"next"), timeout=10)).body == b"next"
+    assert (await fn.invoke(Invocation(b"next"), timeout=10)).body == b"next\n"
 
 
 async def test_module_state_survives_between_calls(pool: PoolFactory) -> None:
@@ -255,7 +279,7 @@ async def test_helpers_import_as_in_openfaas_templates(pool: PoolFactory) -> Non
         """,
         files={"helpers.py": "def shout(s):\n    return s.upper()\n"},
     )
-    assert (await fn.invoke(Invocation(b"hey"), timeout=10)).body == b"HEY!"
+    assert (await fn.invoke(Invocation(b"hey"), timeout=10)).body == b"HEY!\n"
 
 
 async def test_write_debug_logs_the_response(pool: PoolFactory, logs: Logs) -> None:

@@ -259,7 +259,8 @@ def test_error_message_reads_as_documented(
         load_stack(Path("stack.yml"))
     assert str(info.value) == (
         "stack.yml: functions.tag-vm.lang: unknown lang 'go'; "
-        "expected one of python3, python3-flask, python3-http, veba-cloudevent"
+        "expected one of python3, python3-flask, python3-http, veba-cloudevent, python, "
+        "python3-debian, python3-http-debian, python3-flask-debian"
     )
 
 

@@ -319,5 +319,5 @@ async def test_restart_keeps_trying_until_the_handler_loads_again(
     assert not waiting.done() and fn.stats["alive"] == 0
     flag.unlink()
     out = await asyncio.wait_for(waiting, 30)
-    assert (out.kind, out.body) == ("ok", b"fine")
+    assert (out.kind, out.body) == ("ok", b"fine\n")
     assert fn.stats["alive"] == 1

@@ -159,7 +159,7 @@ def test_a_folder_no_stack_lists_needs_a_lang(
     (fn / "handler.py").write_text("def handle(req):\n    return 'got ' + req\n")
     with pytest.raises(LookupError, match="pass lang="):
         veba_invoke(fn, "x")
-    assert veba_invoke(fn, "hello", lang="python3").text == "got hello"  # not an event: as is
+    assert veba_invoke(fn, "hello", lang="python3").text == "got hello\n"  # print(...)
     with pytest.raises(ValueError, match="unknown lang"):
         veba_invoke(fn, "x", lang="go")
 

@@ -19,6 +19,7 @@ import yaml
 from veba.delivery import PolicyError, parse_duration
 
 __all__ = [
+    "ALL_LANGS",
     "LANGS",
     "FunctionSpec",
     "Stack",
@@ -28,8 +29,16 @@ __all__ = [
 ]
 
 LANGS = ("python3", "python3-flask", "python3-http", "veba-cloudevent")
-# OpenFaaS's Debian-based templates run the same handlers as their base template.
-LANG_ALIASES = {"python3-http-debian": "python3-http", "python3-flask-debian": "python3-flask"}
+# OpenFaaS's Debian-based templates run the same handlers as their base template,
+# and its classic `python` template (Python 2 in its day) has python3's conventions.
+LANG_ALIASES = {
+    "python": "python3",
+    "python3-debian": "python3",
+    "python3-http-debian": "python3-http",
+    "python3-flask-debian": "python3-flask",
+}
+# Every template name a stack.yml may use, for messages and `veba template list`.
+ALL_LANGS = (*LANGS, *LANG_ALIASES)
 DEFAULT_TIMEOUT = 30.0
 SCALE_MIN_LABEL = "com.openfaas.scale.min"
 FILTERS_ANNOTATION = "veba.filters"
@@ -220,7 +229,7 @@ class _Checker:
         )
 
     def lang(self, value: Any, where: str) -> str:
-        expected = f"expected one of {', '.join(LANGS)}"
+        expected = f"expected one of {', '.join(ALL_LANGS)}"
         if value is None:
             raise self.fail(where, f"missing; {expected}")
         lang = LANG_ALIASES.get(value, value) if isinstance(value, str) else value

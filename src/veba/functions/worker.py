@@ -352,13 +352,15 @@ Call = Callable[[dict[str, Any], bytes], Response]
 
 def _make_call(handle: Callable[..., Any], lang: str) -> Call:
     """One function per template turning (request header, body) into a response."""
-    if lang in ("python3", "python3-flask"):
-        shape = _flask_response if lang == "python3-flask" else _plain
+    if lang == "python3":
+        return _classic_call(handle)
 
-        def call_plain(req: dict[str, Any], body: bytes) -> Response:
-            return shape(handle(body.decode("utf-8", "replace")))
+    if lang == "python3-flask":
 
-        return call_plain
+        def call_flask(req: dict[str, Any], body: bytes) -> Response:
+            return _flask_response(handle(body.decode("utf-8", "replace")))
+
+        return call_flask
 
     if lang == "python3-http":
         context = HttpContext()
@@ -396,9 +398,57 @@ def _make_call(handle: Callable[..., Any], lang: str) -> Call:
     return call_event
 
 
-def _plain(value: Any) -> Response:
-    body, ctype = _encode(value, "handler return value")
-    return 200, ({"Content-Type": ctype} if ctype else {}), body
+class _Tee(io.TextIOBase):
+    """A text stream that writes to the real stream (the function's log) and a buffer."""
+
+    def __init__(self, real: Any, copy: io.StringIO) -> None:
+        self._real = real
+        self._copy = copy
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._copy.write(text)
+        return int(self._real.write(text))
+
+    def flush(self) -> None:
+        self._real.flush()
+
+
+def _classic_call(handle: Callable[..., Any]) -> Call:
+    """OpenFaaS's classic-watchdog templates (python, python3): the response is what
+    the handler printed, then ``print(handle(req))`` unless it returned None (a dict
+    or list as JSON, bytes as they are).
+
+    As the classic watchdog does with ``combine_output`` (true unless set to false),
+    stderr goes into the response too. veba also keeps every line in the function's
+    log, so ``write_debug`` is not needed to see them there.
+    """
+    combine = os.environ.get("combine_output", "true").lower() not in ("0", "false")  # noqa: SIM112
+    content_type = os.environ.get("content_type", "text/plain; charset=utf-8")  # noqa: SIM112
+
+    def call_classic(req: dict[str, Any], body: bytes) -> Response:
+        captured = io.StringIO()
+        out, err = sys.stdout, sys.stderr
+        sys.stdout = _Tee(out, captured)
+        if combine:
+            sys.stderr = _Tee(err, captured)
+        try:
+            value = handle(body.decode("utf-8", "replace"))
+        finally:
+            sys.stdout, sys.stderr = out, err
+        printed = captured.getvalue().encode()
+        if value is None:
+            return 200, {"Content-Type": content_type}, printed
+        # print(value)'s text and newline; what print would only repr (a dict, bytes)
+        # is encoded as the other templates do, since no caller wants a repr.
+        body, ctype = _encode(value, "handler return value")
+        if isinstance(value, str | int | float):
+            ctype = content_type
+        return 200, {"Content-Type": ctype or content_type}, printed + body + b"\n"
+
+    return call_classic
 
 
 def _function_logger(name: str) -> logging.Logger:
