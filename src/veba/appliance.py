@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -28,6 +28,9 @@ from veba.secrets import SecretStore
 from veba.settings import ApplianceSettings, ensure_token
 from veba.store import Store, StoreTokens, local_api_url
 from veba.targets.http import Processors
+
+if TYPE_CHECKING:
+    from veba.api.gateway import WorkerGateway
 
 __all__ = ["Appliance"]
 
@@ -71,9 +74,15 @@ class Appliance:
         # RouterConfig processors that point outside (Knative sinks, OpenFaaS gateways).
         self.processors = Processors.from_config(settings.processors, client=self.http)
         self._side_servers: list[Any] = []  # /stats, a webhook on its own bindAddress
+        self.gateway: WorkerGateway | None = None
 
     async def start(self) -> None:
         await self.log.open()
+        # gateway.openfaas:8080 for functions that call functions, before any starts.
+        from veba.api.gateway import WorkerGateway
+
+        self.gateway = await WorkerGateway.start(self)
+        self.functions.hosts = self.gateway.hosts_entries()
         await self.functions.load()
         self.processors.start(
             log=self.log,
@@ -125,6 +134,8 @@ class Appliance:
             await server.stop()
         await self.processors.stop()
         await self.functions.stop()
+        if self.gateway is not None:
+            await self.gateway.stop()
         await self.log.close()
         self.logs.close()
         with contextlib.suppress(Exception):

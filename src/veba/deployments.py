@@ -31,9 +31,17 @@ from veba.delivery import DeliveryPolicy, PolicyError
 from veba.dispatch import DeadLetterSink, Dispatcher, Observer
 from veba.eventlog.base import EventLog
 from veba.functionlogs import LogHub
+from veba.functions._workerproc import isolation_problem
 from veba.functions.build import BuildError, ensure_venv
-from veba.functions.stack import LANG_ALIASES, LANGS
-from veba.functions.supervisor import FunctionLoadError, FunctionPool, Invocation, Outcome
+from veba.functions.isolate import SECRETS_PATH
+from veba.functions.stack import ALL_LANGS, LANG_ALIASES, LANGS
+from veba.functions.supervisor import (
+    FunctionLoadError,
+    FunctionPool,
+    Invocation,
+    Isolation,
+    Outcome,
+)
 from veba.routing import Router, Subscription, SubscriptionError, compile_subscription
 from veba.secrets import SecretError, SecretStore
 from veba.store import Store, StoreTokens
@@ -108,7 +116,7 @@ class FunctionDefinition:
         lang = LANG_ALIASES.get(str(lang), lang)
         if lang not in LANGS:
             raise DeployError(
-                f"{where}.lang: unknown lang {lang!r}; expected one of {', '.join(LANGS)}"
+                f"{where}.lang: unknown lang {lang!r}; expected one of {', '.join(ALL_LANGS)}"
             )
         workers = _field(payload, "workers", int, 1, where)
         if workers < 1 or workers > 64:
@@ -221,6 +229,8 @@ class Functions:
         self._api_url = api_url
         self._pool_tokens: dict[FunctionPool, str] = {}
         self._deployments: dict[str, Deployment] = {}
+        # /etc/hosts lines of isolated workers: gateway.openfaas (set by the appliance).
+        self.hosts: tuple[str, ...] = ()
         self._lock = asyncio.Lock()
         self._starting: set[asyncio.Task[None]] = set()
         self.router = Router()
@@ -232,6 +242,15 @@ class Functions:
 
     def all(self) -> list[Deployment]:
         return [self._deployments[n] for n in sorted(self._deployments)]
+
+    def worker_pids(self) -> set[int]:
+        """Every live worker process of every function."""
+        return {
+            pid
+            for d in self._deployments.values()
+            if d.pool is not None
+            for pid in d.pool.stats["pids"]
+        }
 
     def wake(self, deliveries: Mapping[str, int]) -> None:
         for name in deliveries:
@@ -385,6 +404,7 @@ class Functions:
         except BuildError as exc:
             raise DeployError(f"{where}.handler: {exc}") from None
         secrets = self._secret_files(definition)
+        isolation = await self._isolation(definition, secrets)
         environment = dict(definition.environment)
         # What the SDK needs: the timeout (an idempotency record in progress
         # expires with it), and the store's URL and this pool's own token.
@@ -404,6 +424,7 @@ class Functions:
             environment=environment,
             secrets=secrets,
             log_sink=self._logs.write,
+            isolation=isolation,
         )
         if token is not None:
             self._pool_tokens[pool] = token
@@ -421,6 +442,32 @@ class Functions:
             self._revoke(pool)
             raise
         return pool
+
+    async def _isolation(
+        self, definition: FunctionDefinition, secrets: Mapping[str, bytes]
+    ) -> Isolation | None:
+        """Workers in a pod's view of the machine (veba.functions.isolate) where Linux
+        allows it; without it a function with secrets cannot run as written."""
+        problem = await asyncio.to_thread(isolation_problem)
+        if problem is None:
+            # Named as a Deployment's pods are, so VEBA code that finds its own
+            # name in socket.gethostname() works.
+            prefix = f"{definition.name[:47]}-{definition.code_hash[:9]}"
+            return Isolation(prefix, self.hosts)
+        if secrets:
+            raise DeployError(
+                f"functions.{definition.name}.secrets: functions read their secrets at"
+                f" {SECRETS_PATH} in a private mount namespace, which this machine does"
+                f" not allow ({problem}); run veba as root, or allow unprivileged user"
+                " namespaces (sysctl user.max_user_namespaces=15000)"
+            )
+        self._logs.write(
+            definition.name,
+            "system",
+            f"running without isolation ({problem}): no private hostname, no"
+            " gateway.openfaas",
+        )
+        return None
 
     def _secret_files(self, definition: FunctionDefinition) -> dict[str, bytes]:
         """The files a function's declared secrets become, as OpenFaaS mounts them:

@@ -68,7 +68,7 @@ def test_secrets_are_encrypted_scoped_and_redacted(appliance_factory: type, tmp_
     write_function(tmp_path / "fn" / "reader", READS_SECRET)
     stack = write_stack(
         tmp_path / "fn" / "stack.yml",
-        {"reader": {"lang": "python3", "handler": "./reader", "secrets": ["vcenter"]}},
+        {"reader": {"lang": "python3-flask", "handler": "./reader", "secrets": ["vcenter"]}},
     )
     app.cli("up", "-f", str(stack))
     seen = json.loads(app.cli("invoke", "reader", "--data", "{}").stdout)
@@ -104,7 +104,7 @@ def test_replacing_a_secret_restarts_the_functions_that_use_it(
     write_function(tmp_path / "fn" / "reader", READS_SECRET)
     stack = write_stack(
         tmp_path / "fn" / "stack.yml",
-        {"reader": {"lang": "python3", "handler": "./reader", "secrets": ["vcenter"]}},
+        {"reader": {"lang": "python3-flask", "handler": "./reader", "secrets": ["vcenter"]}},
     )
     app.cli("up", "-f", str(stack))
     assert json.loads(app.cli("invoke", "reader", "--data", "{}").stdout)["len"] == 11

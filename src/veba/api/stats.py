@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import sys
 import time
 from collections import Counter
@@ -188,10 +189,13 @@ class _Server(uvicorn.Server):
 class SideServer:
     """A second listener in the appliance's event loop."""
 
-    def __init__(self, app: FastAPI, bind: str, what: str) -> None:
+    def __init__(
+        self, app: FastAPI, bind: str, what: str, *, sock: socket.socket | None = None
+    ) -> None:
         host, _, port = bind.rpartition(":")
         self.what = what
         self.bind = bind
+        self._sockets = [sock] if sock is not None else None  # already bound by the caller
         self._server = _Server(
             uvicorn.Config(
                 app,
@@ -205,7 +209,9 @@ class SideServer:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve(), name=f"listen:{self.what}")
+        self._task = asyncio.create_task(
+            self._server.serve(sockets=self._sockets), name=f"listen:{self.what}"
+        )
         while not self._server.started:
             if self._task.done():
                 self._task.result()  # raises why it could not listen

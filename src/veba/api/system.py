@@ -6,7 +6,7 @@ import asyncio
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -21,10 +21,9 @@ from veba.functions.supervisor import Invocation, Outcome
 from veba.invocations import AsyncCall, invocation_event
 from veba.secrets import SecretError
 
-__all__ = ["function_router", "system_router"]
+__all__ = ["function_router", "function_routes", "system_router"]
 
 system_router = APIRouter(prefix="/system", dependencies=[Depends(require_token)], tags=["system"])
-function_router = APIRouter(dependencies=[Depends(require_token)], tags=["functions"])
 
 
 def _appliance(request: Request) -> Appliance:
@@ -195,10 +194,6 @@ def _response(outcome: Outcome) -> Response:
     return Response(outcome.body, status_code=outcome.status or 500, headers=headers)
 
 
-@function_router.api_route("/function/{name}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-@function_router.api_route(
-    "/function/{name}/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"]
-)
 async def invoke(name: str, request: Request, path: str = "") -> Response:
     try:
         outcome = await _appliance(request).functions.invoke(name, await _invocation(request, path))
@@ -207,8 +202,6 @@ async def invoke(name: str, request: Request, path: str = "") -> Response:
     return _response(outcome)
 
 
-@function_router.post("/async-function/{name}")
-@function_router.post("/async-function/{name}/{path:path}")
 async def invoke_async(name: str, request: Request, path: str = "") -> Response:
     appliance = _appliance(request)
     if appliance.functions.get(name) is None:
@@ -224,3 +217,18 @@ async def invoke_async(name: str, request: Request, path: str = "") -> Response:
     if result.duplicates:  # the same X-Call-Id again: already queued, not run twice
         return Response(status_code=202, headers={"X-Call-Id": call_id, "X-Duplicate": "true"})
     return Response(status_code=202, headers={"X-Call-Id": call_id})
+
+
+def function_routes(guard: Callable[[Request], Awaitable[None]]) -> APIRouter:
+    """OpenFaaS's ``/function/NAME`` and ``/async-function/NAME``, behind ``guard``:
+    the API token on the main listener, the worker check on the workers' gateway."""
+    router = APIRouter(dependencies=[Depends(guard)], tags=["functions"])
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    router.add_api_route("/function/{name}", invoke, methods=methods)
+    router.add_api_route("/function/{name}/{path:path}", invoke, methods=methods)
+    router.add_api_route("/async-function/{name}", invoke_async, methods=["POST"])
+    router.add_api_route("/async-function/{name}/{path:path}", invoke_async, methods=["POST"])
+    return router
+
+
+function_router = function_routes(require_token)

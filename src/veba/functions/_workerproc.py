@@ -10,11 +10,16 @@ stderr lines, the signals it is sent, and how its exit reads in an error.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import functools
 import os
+import random
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -25,13 +30,16 @@ from typing import Any, Self
 import orjson
 
 __all__ = [
+    "ISOLATE_PATH",
     "LINE_LIMIT",
     "WORKER_PATH",
     "Emit",
     "FunctionLoadError",
+    "Isolation",
     "WorkerProcess",
     "describe_exit",
     "frame",
+    "isolation_problem",
     "read_frame",
     "sdk_cache",
     "worker_env",
@@ -39,6 +47,7 @@ __all__ = [
 ]
 
 WORKER_PATH = Path(__file__).with_name("worker.py")
+ISOLATE_PATH = Path(__file__).with_name("isolate.py")
 _LEN = 4
 _STDERR_TAIL = 20
 LINE_LIMIT = 1 << 20
@@ -50,6 +59,63 @@ Emit = Callable[[str, str], None]
 
 class FunctionLoadError(Exception):
     """The handler could not be imported; the message holds the import traceback."""
+
+
+# Kubernetes' alphabet for generated name suffixes (no vowels, no look-alikes).
+_POD_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """How a pool's workers see the machine (see `veba.functions.isolate`): a private
+    /var/openfaas/secrets and /dev/shm, a pod-style hostname, extra /etc/hosts lines."""
+
+    # ``<function>-<deployment hash>``, as a Deployment's pods are named.
+    hostname_prefix: str
+    hosts: tuple[str, ...] = ()
+
+    def hostname(self) -> str:
+        """A new pod-style name: the prefix and a random 5-character suffix."""
+        suffix = "".join(random.choices(_POD_ALPHABET, k=5))
+        return f"{self.hostname_prefix[:57]}-{suffix}"
+
+    def wrap(self, command: list[str], fd: int, hostname: str) -> list[str]:
+        """``command`` run through isolate.py by this (the appliance's) interpreter."""
+        hosts = [arg for line in self.hosts for arg in ("--hosts-entry", line)]
+        return [
+            sys.executable,
+            "-I",
+            str(ISOLATE_PATH),
+            "--fd",
+            str(fd),
+            "--hostname",
+            hostname,
+            *hosts,
+            "--",
+            *command,
+        ]
+
+
+@functools.cache
+def isolation_problem() -> str | None:
+    """None when workers can be isolated on this machine, else why not.
+
+    Asked once, of a child process (entering namespaces cannot be undone).
+    """
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-I", str(ISOLATE_PATH), "--probe"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    if probe.returncode == 0:
+        return None
+    said = (probe.stdout + probe.stderr).strip()
+    return said.splitlines()[-1] if said else f"exit code {probe.returncode}"
 
 
 @dataclass(eq=False)
@@ -75,9 +141,15 @@ class WorkerProcess:
         sdk_dir: Path | None,
         env: dict[str, str],
         emit: Emit,
+        isolation: Isolation | None = None,
+        secrets: Mapping[str, bytes] | None = None,
     ) -> Self:
         """Start ``worker.py`` with the function's python and pump its output to
-        ``emit``; it is not ready until its first frame says so."""
+        ``emit``; it is not ready until its first frame says so.
+
+        With ``isolation`` the worker starts through isolate.py, which gets
+        ``secrets`` as the first frame on the socket and mounts them privately.
+        """
         handler = handler_dir / "handler.py"
         parent, child = socket.socketpair()
         try:
@@ -86,21 +158,28 @@ class WorkerProcess:
             parent.close()
             child.close()
             raise
+        command = [
+            str(python),
+            "-I",  # no user site, no PYTHON* env, and not worker.py's folder on sys.path
+            str(WORKER_PATH),
+            "--handler-dir",
+            str(handler_dir),
+            "--lang",
+            lang,
+            "--fd",
+            str(child.fileno()),
+            # The worker asks Linux to kill it when we die (PR_SET_PDEATHSIG).
+            "--parent-pid",
+            str(os.getpid()),
+            *(("--sdk-path", str(sdk_dir)) if sdk_dir else ()),
+        ]
+        if isolation is not None:
+            command = isolation.wrap(command, child.fileno(), env.get("HOSTNAME", ""))
+            files = {k: base64.b64encode(v).decode("ascii") for k, v in (secrets or {}).items()}
+            writer.write(frame({"secrets": files}, b""))
         try:
             proc = await asyncio.create_subprocess_exec(
-                str(python),
-                "-I",  # no user site, no PYTHON* env, and not worker.py's folder on sys.path
-                str(WORKER_PATH),
-                "--handler-dir",
-                str(handler_dir),
-                "--lang",
-                lang,
-                "--fd",
-                str(child.fileno()),
-                # The worker asks Linux to kill it when we die (PR_SET_PDEATHSIG).
-                "--parent-pid",
-                str(os.getpid()),
-                *(("--sdk-path", str(sdk_dir)) if sdk_dir else ()),
+                *command,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -190,14 +269,18 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], byte
 
 
 def worker_env(
-    function: str, slot: int, environment: Mapping[str, str], secrets_dir: Path | None
+    function: str,
+    slot: int,
+    environment: Mapping[str, str],
+    secrets_dir: Path | None,
+    hostname: str | None = None,
 ) -> dict[str, str]:
     # Not the appliance's environment: it may hold the API token.
     env = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
     env.setdefault("PATH", os.defpath)
     env.setdefault("LANG", "C.UTF-8")
     env.setdefault("TMPDIR", tempfile.gettempdir())
-    env["HOSTNAME"] = f"{function}-{slot}"
+    env["HOSTNAME"] = hostname or f"{function}-{slot}"
     env.update(environment)
     env["VEBA_FUNCTION_NAME"] = function
     if secrets_dir is not None:

@@ -28,6 +28,7 @@ from typing import Any
 from veba.functions._workerproc import (
     WORKER_PATH,
     FunctionLoadError,
+    Isolation,
     WorkerProcess,
     describe_exit,
     frame,
@@ -37,8 +38,16 @@ from veba.functions._workerproc import (
     write_secrets,
 )
 from veba.functions.build import ensure_sdk
+from veba.functions.isolate import SECRETS_PATH
 
-__all__ = ["WORKER_PATH", "FunctionLoadError", "FunctionPool", "Invocation", "Outcome"]
+__all__ = [
+    "WORKER_PATH",
+    "FunctionLoadError",
+    "FunctionPool",
+    "Invocation",
+    "Isolation",
+    "Outcome",
+]
 
 _MAX_BACKOFF = 5.0
 
@@ -117,6 +126,7 @@ class FunctionPool:
         start_timeout: float = 60.0,
         stop_grace: float = 3.0,
         sdk_dir: Path | None = None,
+        isolation: Isolation | None = None,
     ) -> None:
         if workers < 1 or pipeline < 1:
             raise ValueError("workers and pipeline must be at least 1")
@@ -133,6 +143,9 @@ class FunctionPool:
         self.stop_grace = stop_grace
         self.secrets_dir: Path | None = None
         self.sdk_dir = sdk_dir  # holds veba/sdk; default: beside the venv (ensure_sdk)
+        # Isolated workers get their secrets over their socket, into a private tmpfs;
+        # without isolation they read a 0700 folder in /dev/shm.
+        self.isolation = isolation
         self._slots: list[_Worker | None] = [None] * workers
         self._queue: deque[_Call] = deque()  # accepted, not yet sent to a worker
         self._ids = itertools.count(1)
@@ -150,7 +163,8 @@ class FunctionPool:
         """Start every worker and wait until each has imported the handler."""
         if self.sdk_dir is None:
             self.sdk_dir = await asyncio.to_thread(ensure_sdk, sdk_cache(self.python))
-        self.secrets_dir = write_secrets(self.name, self.secrets)
+        if self.isolation is None:
+            self.secrets_dir = write_secrets(self.name, self.secrets)
         results = await asyncio.gather(
             *(self._spawn(slot) for slot in range(self.size)), return_exceptions=True
         )
@@ -305,14 +319,23 @@ class FunctionPool:
     async def _spawn(self, slot: int) -> _Worker:
         """A ready worker for ``slot``, or FunctionLoadError."""
         handler = self.handler_dir / "handler.py"
+        isolation = self.isolation
+        if isolation is None:
+            env = worker_env(self.name, slot, self.environment, self.secrets_dir)
+        else:
+            env = worker_env(
+                self.name, slot, self.environment, Path(SECRETS_PATH), isolation.hostname()
+            )
         worker = await _Worker.launch(
             slot,
             python=self.python,
             handler_dir=self.handler_dir,
             lang=self.lang,
             sdk_dir=self.sdk_dir,
-            env=worker_env(self.name, slot, self.environment, self.secrets_dir),
+            env=env,
             emit=self._emit,
+            isolation=isolation,
+            secrets=self.secrets,
         )
         self._processes.add(worker)
         why = "exited"
