@@ -53,26 +53,26 @@ async def test_python3_answers_as_the_classic_watchdog(pool: PoolFactory, logs: 
     assert as_json.headers["Content-Type"] == "application/json"
     none = await fn.invoke(Invocation(b"none"), timeout=10)
     assert (none.ok, none.body) == (True, b"only printed\n")
-    # combine_output defaults to true, as in the classic watchdog.
-    assert (await fn.invoke(Invocation(b"stderr"), timeout=10)).body == b"to stderr\ndone\n"
+    # stderr is the log, not the answer, unless combine_output is true (below).
+    assert (await fn.invoke(Invocation(b"stderr"), timeout=10)).body == b"done\n"
     assert none.started is not None and abs(none.started - time.time()) < 60
     assert none.duration >= 0
     await wait_until(lambda: "only printed" in logs.of("stdout") and "to stderr" in logs.of("stderr"))
 
 
-async def test_python3_combine_output_false_keeps_stderr_out(pool: PoolFactory) -> None:
+async def test_python3_combine_output_true_answers_with_stderr_too(pool: PoolFactory) -> None:
     fn = await pool(
         """
         import sys
 
         def handle(req):
-            sys.stderr.write("log only\\n")
+            sys.stderr.write("also answered\\n")
             return req
         """,
-        environment={"combine_output": "false", "content_type": "application/json"},
+        environment={"combine_output": "true", "content_type": "application/json"},
     )
     out = await fn.invoke(Invocation(b'{"a": 1}'), timeout=10)
-    assert out.body == b'{"a": 1}\n'
+    assert out.body == b'also answered\n{"a": 1}\n'
     assert out.headers["Content-Type"] == "application/json"
 
 

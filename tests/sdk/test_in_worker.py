@@ -90,11 +90,7 @@ async def test_the_sdk_and_only_the_sdk_is_in_the_venv(
 async def test_deadline_attempt_logging_and_clear_errors(
     start: Callable[..., Any], sample: dict
 ) -> None:
-    # The SDK logs to stderr, which the classic template adds to the response
-    # unless combine_output is false (as VEBA's examples set it).
-    pool = await start(
-        HANDLER, secrets={"token": b"tok-123456"}, environment={"combine_output": "false"}
-    )
+    pool = await start(HANDLER, secrets={"token": b"tok-123456"})
     deadline = time.time() + 20
     headers = {
         "Content-Type": "application/cloudevents+json",

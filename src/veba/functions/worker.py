@@ -421,11 +421,12 @@ def _classic_call(handle: Callable[..., Any]) -> Call:
     the handler printed, then ``print(handle(req))`` unless it returned None (a dict
     or list as JSON, bytes as they are).
 
-    As the classic watchdog does with ``combine_output`` (true unless set to false),
-    stderr goes into the response too. veba also keeps every line in the function's
-    log, so ``write_debug`` is not needed to see them there.
+    stderr goes into the response too with ``combine_output: true``. That is the
+    classic watchdog's default, not veba's: stderr is the function's log here (where
+    veba.sdk's logger writes), and a log line in an answer breaks the callers that
+    parse it. Every line, stdout's too, also stays in the function's log.
     """
-    combine = os.environ.get("combine_output", "true").lower() not in ("0", "false")  # noqa: SIM112
+    combine = os.environ.get("combine_output", "false").lower() in ("1", "true")  # noqa: SIM112
     content_type = os.environ.get("content_type", "text/plain; charset=utf-8")  # noqa: SIM112
 
     def call_classic(req: dict[str, Any], body: bytes) -> Response:
