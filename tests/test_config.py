@@ -187,6 +187,7 @@ def test_the_v08_appliance_config_means_its_own_functions(tmp_path: Path) -> Non
     assert config.processors == (OwnBroker("veba-knative", "Broker vmware-functions/default"),)
     settings = config.settings("127.0.0.1:8080")
     assert "processors" not in settings  # nothing is sent anywhere
+    assert settings["webhook_listen"] == "0.0.0.0:8080"  # as written
     assert settings["webhook_basic_auth"] == ("hook-user", "Hook-Pass-1")
     ((_, line),) = config.own_processors("127.0.0.1:8080")
     assert line.startswith("eventProcessor veba-knative (knative): destination.ref Broker")

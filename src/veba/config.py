@@ -163,8 +163,7 @@ class ApplianceConfig:
             if self.webhook.basic_auth is not None:
                 auth = self.webhook.basic_auth
                 out["webhook_basic_auth"] = (auth.username, auth.password)
-            if self.webhook.bind_address.rpartition(":")[2] != listen.rpartition(":")[2]:
-                out["webhook_listen"] = self.webhook.bind_address
+            out["webhook_listen"] = self.webhook.bind_address
         return out
 
     def own_processors(self, listen: str) -> list[tuple[Processor, str]]:
