@@ -97,6 +97,8 @@ def listening(port: int) -> set[str]:
     """The addresses TCP sockets listen on at `port`, as the kernel shows them."""
     found: set[str] = set()
     for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        if not os.path.exists(table):  # no IPv6 on this machine
+            continue
         with open(table) as lines:
             next(lines)
             for line in lines:
