@@ -12,6 +12,7 @@ from veba.config import (
     ConfigError,
     KnativeConfig,
     OpenFaaSConfig,
+    OwnBroker,
     load_config,
     names_this_appliance,
     parse_config,
@@ -49,11 +50,13 @@ def test_the_vcenter_openfaas_sample_loads(tmp_path: Path) -> None:
     assert "ReplaceMe" not in repr(config)  # passwords stay out of logs
 
 
-def test_the_knative_samples_load_once_the_destination_has_an_address(tmp_path: Path) -> None:
+def test_the_knative_samples_mean_the_appliance_itself_or_their_uri(tmp_path: Path) -> None:
     for name in ("vcenter-knative", "webhook-knative"):
         doc = sample(name)
-        with pytest.raises(ConfigError, match=r"eventProcessor\.knative\.destination\.uri"):
-            parse_config(doc)
+        # destination.ref names a Broker: veba is the broker, so its own functions.
+        config = load_config(write(tmp_path, doc))
+        assert config.processors == (OwnBroker("veba-demo-knative", "Broker default/rabbit"),)
+        assert "processors" not in config.settings("127.0.0.1:8080")
         doc["eventProcessor"]["knative"]["destination"] = {"uri": "http://127.0.0.1:9000/"}
         config = load_config(write(tmp_path, doc))
         assert config.processors == (
@@ -164,10 +167,139 @@ def test_root_cas_go_to_the_vcenter() -> None:
         ("http://localhost:8080/", "127.0.0.1:8080", True),
         ("http://127.0.0.1:8080", "0.0.0.0:8080", True),
         ("http://127.0.0.1:9090", "127.0.0.1:8080", False),
-        ("http://gateway.openfaas:8080", "127.0.0.1:8080", False),
+        ("http://gateway.openfaas:8080", "127.0.0.1:8080", True),  # inside VEBA's appliance
+        ("http://gateway.openfaas.svc.cluster.local:8080", "127.0.0.1:8080", True),
+        ("http://gateway.corp.local:8080", "0.0.0.0:8080", False),
+        ("http://127.0.0.1:8080", "10.9.8.7:8080", False),
     ],
 )
 def test_which_openfaas_address_is_the_appliance(
     address: str | None, listen: str, itself: bool
 ) -> None:
     assert names_this_appliance(address, listen) is itself
+
+
+# -- the configs VEBA's appliances ship ---------------------------------------------
+
+
+def test_the_v08_appliance_config_means_its_own_functions(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, sample("appliance-v0.8")))
+    assert config.processors == (OwnBroker("veba-knative", "Broker vmware-functions/default"),)
+    settings = config.settings("127.0.0.1:8080")
+    assert "processors" not in settings  # nothing is sent anywhere
+    assert settings["webhook_listen"] == "0.0.0.0:8080"  # as written
+    assert settings["webhook_basic_auth"] == ("hook-user", "Hook-Pass-1")
+    ((_, line),) = config.own_processors("127.0.0.1:8080")
+    assert line.startswith("eventProcessor veba-knative (knative): destination.ref Broker")
+    assert "Hook-Pass-1" not in line
+
+
+def test_the_v07_openfaas_appliance_config_means_its_own_functions(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, sample("appliance-v0.7-openfaas")))
+    (vc,) = config.vcenters
+    assert (vc.name, vc.insecure_ssl) == ("veba-vc-01", True)
+    settings = config.settings("127.0.0.1:8080")
+    assert "processors" not in settings
+    ((_, line),) = config.own_processors("127.0.0.1:8080")
+    assert "http://gateway.openfaas:8080 is this appliance" in line
+    assert "OpenFaaS-Pass-1" not in line
+
+
+@pytest.mark.parametrize(
+    ("ref", "reason"),
+    [
+        ({"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "fn"},
+         "a Service cannot be resolved"),
+        ({"apiVersion": "messaging.knative.dev/v1", "kind": "Channel", "name": "c"},
+         "give anything else's URL as destination.uri"),
+        ({"apiVersion": "v1", "kind": "Broker", "name": "b"}, "eventing.knative.dev/v1"),
+    ],
+)  # fmt: skip
+def test_a_ref_to_anything_but_a_broker_is_refused(ref: dict, reason: str) -> None:
+    doc = sample("appliance-v0.8")
+    doc["eventProcessor"]["knative"]["destination"]["ref"] = ref
+    with pytest.raises(ConfigError) as caught:
+        parse_config(doc)
+    assert caught.value.path == "eventProcessor.knative.destination.ref"
+    assert reason in caught.value.reason
+
+
+def test_a_ref_and_a_uri_together_are_refused() -> None:
+    doc = sample("appliance-v0.8")
+    doc["eventProcessor"]["knative"]["destination"]["uri"] = "http://sink.lab.local/"
+    with pytest.raises(ConfigError, match=r"destination\.uri or destination\.ref, not both"):
+        parse_config(doc)
+
+
+@pytest.mark.parametrize(
+    ("name", "field", "words"),
+    [
+        ("horizon-knative", "eventProvider.type",
+         ["horizon is not supported", "webhook provider", "eventProvider.type: webhook"]),
+        ("vcenter-aws", "eventProcessor.type",
+         ["aws_event_bridge is not supported", "boto3", "knative", "destination.uri"]),
+    ],
+)  # fmt: skip
+def test_horizon_and_eventbridge_are_refused_with_what_to_use(
+    name: str, field: str, words: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(sample(name))
+    assert caught.value.path == field
+    for word in words:
+        assert word in caught.value.reason
+    assert "\n" not in str(caught.value)
+    assert "Pass-1" not in str(caught.value) and "secret-key" not in str(caught.value)
+
+
+def test_the_installers_name_for_eventbridge_is_refused_too() -> None:
+    doc = sample("vcenter-aws")
+    doc["eventProcessor"]["type"] = "aws"
+    with pytest.raises(ConfigError, match="aws is not supported: veba does not forward"):
+        parse_config(doc)
+
+
+# -- ${VAR}: substituted first, then checked -----------------------------------------
+
+
+def test_variables_in_boolean_fields_become_booleans() -> None:
+    doc = sample("appliance-v0.7-openfaas")
+    doc["eventProvider"]["vcenter"]["insecureSSL"] = "${VC_INSECURE}"
+    doc["eventProcessor"]["openfaas"]["async"] = "${OF_ASYNC:-false}"
+    for text, want in (("true", True), ("False", False), ("TRUE", True)):
+        config = parse_config(doc, env={"VC_INSECURE": text})
+        assert config.vcenters[0].insecure_ssl is want
+        assert config.processors[0] == OpenFaaSConfig(
+            "veba-openfaas", "http://gateway.openfaas:8080", False,
+            BasicAuth("admin", "OpenFaaS-Pass-1"),
+        )  # fmt: skip
+    knative = sample("vcenter-knative")
+    knative["eventProcessor"]["knative"]["insecureSSL"] = "${SINK_INSECURE}"
+    knative["eventProcessor"]["knative"]["destination"] = {"uri": "https://${SINK}/"}
+    (sink,) = parse_config(knative, env={"SINK_INSECURE": "true", "SINK": "sink.lab"}).processors
+    assert sink == KnativeConfig("veba-demo-knative", "https://sink.lab/", "binary", True, None)
+    assert type(sink.uri) is str  # plain text, not the substitution's own type
+
+
+def test_a_bad_substituted_boolean_names_the_field_and_what_it_got() -> None:
+    doc = sample("appliance-v0.7-openfaas")
+    doc["eventProvider"]["vcenter"]["insecureSSL"] = "${VC_INSECURE}"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(doc, env={"VC_INSECURE": "yes"})
+    assert caught.value.path == "eventProvider.vcenter.insecureSSL"
+    assert caught.value.reason == "expected true or false, got 'yes' (from ${VC_INSECURE})"
+    with pytest.raises(ConfigError, match=r"\$\{VC_INSECURE\} is not set"):
+        parse_config(doc, env={})
+    # A literal string stays wrong: only substituted text is read as YAML would.
+    doc["eventProvider"]["vcenter"]["insecureSSL"] = "true"
+    with pytest.raises(ConfigError, match="expected true or false, got 'true'"):
+        parse_config(doc)
+
+
+def test_a_secret_put_in_a_boolean_by_mistake_is_not_shown() -> None:
+    doc = sample("appliance-v0.7-openfaas")
+    doc["eventProvider"]["vcenter"]["insecureSSL"] = "${VC_PASSWORD}"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(doc, env={"VC_PASSWORD": "hunter2-very-secret"})
+    assert "hunter2" not in str(caught.value)
+    assert "the value of ${VC_PASSWORD} (not shown" in caught.value.reason

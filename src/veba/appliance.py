@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -39,9 +40,17 @@ log = logging.getLogger("veba.appliance")
 
 class Appliance:
     def __init__(
-        self, settings: ApplianceSettings, *, providers: Sequence[Provider] | None = None
+        self,
+        settings: ApplianceSettings,
+        *,
+        providers: Sequence[Provider] | None = None,
+        sockets: Mapping[str, socket.socket] | None = None,
     ) -> None:
         self.settings = settings
+        # Where it listens (veba.listeners); `sockets` are those `veba serve` bound
+        # before start, by purpose; a listener without one binds its own address.
+        self.listeners = settings.listeners()
+        self.sockets = dict(sockets or {})
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.token = ensure_token(settings.data_dir)
         self.log = SQLiteLog(settings.log_path)

@@ -6,26 +6,37 @@ separated by `---` (one per vCenter, say), each with an `eventProvider`
 (vcenter or webhook), an `eventProcessor` (openfaas or knative) and a
 `metricsProvider` (default). As VEBA's strict parser does, an unknown field is
 an error that names the field's path. String values may use `${VAR}` (or
-`${VAR:-default}`) to keep passwords out of the file.
+`${VAR:-default}`) to keep passwords out of the file; substitution comes
+first, so `insecureSSL: ${VC_INSECURE}` works (a substituted `true`/`false` is
+a boolean where the schema wants one).
 
 What each section means here:
 
 * `vcenter`: a vCenter to stream events from (basic auth, `insecureSSL`,
   `certificates.rootCAs`); veba always checkpoints, in its log, so
   `checkpoint` and `checkpointDir` are accepted and ignored.
-* `webhook`: the appliance's CloudEvents webhook on `bindAddress` + `path`.
-* `openfaas`: an address that names the appliance itself (or none) means its
-  own functions; any other address is an external OpenFaaS gateway that gets
-  every event for the functions whose `topic` matches.
-* `knative`: every event goes to `destination.uri`, binary or structured.
+* `webhook`: the appliance's CloudEvents webhook on `bindAddress` + `path`
+  (see `veba.listeners` for how it shares a port with `--listen`).
+* `openfaas`: VEBA's in-appliance gateway (`gateway.openfaas:8080`), an
+  address that names the appliance itself, or none, means its own functions;
+  any other address is an external OpenFaaS gateway that gets every event for
+  the functions whose `topic` matches.
+* `knative`: `destination.ref` to a Broker means the appliance's own functions
+  (veba is the broker); otherwise every event goes to `destination.uri`,
+  binary or structured.
 * `metricsProvider.default`: VEBA's `/stats` JSON on `bindAddress`.
+
+VEBA's `horizon` provider and `aws_event_bridge` processor are refused with
+what to use instead.
 """
 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +54,7 @@ __all__ = [
     "KnativeConfig",
     "MetricsConfig",
     "OpenFaaSConfig",
+    "OwnBroker",
     "VCenterConfig",
     "WebhookConfig",
     "load_config",
@@ -109,13 +121,23 @@ class KnativeConfig:
 
 
 @dataclass(frozen=True)
+class OwnBroker:
+    """A knative processor whose `destination.ref` is a Broker. veba is the broker
+    (functions subscribe with `topic` or trigger filters), so it means the
+    appliance's own functions: nothing is sent anywhere."""
+
+    name: str
+    ref: str  # as the file named it, for the line at start: "Broker vmware-functions/default"
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     name: str
     bind_address: str
     basic_auth: BasicAuth | None = None
 
 
-Processor = OpenFaaSConfig | KnativeConfig
+Processor = OpenFaaSConfig | KnativeConfig | OwnBroker
 
 
 @dataclass(frozen=True)
@@ -130,11 +152,8 @@ class ApplianceConfig:
         out: dict[str, Any] = {}
         if self.vcenters:
             out["vcenters"] = self.vcenters
-        external = tuple(
-            p
-            for p in self.processors
-            if not (isinstance(p, OpenFaaSConfig) and names_this_appliance(p.address, listen))
-        )
+        local = [p for p, _ in self.own_processors(listen)]
+        external = tuple(p for p in self.processors if p not in local)
         if external:
             out["processors"] = external
         if self.metrics is not None:
@@ -144,8 +163,24 @@ class ApplianceConfig:
             if self.webhook.basic_auth is not None:
                 auth = self.webhook.basic_auth
                 out["webhook_basic_auth"] = (auth.username, auth.password)
-            if self.webhook.bind_address.rpartition(":")[2] != listen.rpartition(":")[2]:
-                out["webhook_listen"] = self.webhook.bind_address
+            out["webhook_listen"] = self.webhook.bind_address
+        return out
+
+    def own_processors(self, listen: str) -> list[tuple[Processor, str]]:
+        """The processors that mean this appliance's own functions, each with a line
+        that says so (shown at start, so nobody wonders where events go)."""
+        out: list[tuple[Processor, str]] = []
+        for p in self.processors:
+            if isinstance(p, OwnBroker):
+                why = f"destination.ref {p.ref} is this appliance (veba is the broker)"
+            elif isinstance(p, OpenFaaSConfig) and names_this_appliance(p.address, listen):
+                why = f"{p.address or 'no address'} is this appliance"
+                if p.address and _is_veba_gateway(urlsplit(p.address).hostname or ""):
+                    why += " (VEBA's in-appliance OpenFaaS gateway)"
+            else:
+                continue
+            kind = "openfaas" if isinstance(p, OpenFaaSConfig) else "knative"
+            out.append((p, f"eventProcessor {p.name} ({kind}): {why}; events go to its functions"))
         return out
 
     def merge(self, other: ApplianceConfig, file: str) -> ApplianceConfig:
@@ -192,6 +227,7 @@ _SCHEMA: dict[str, Any] = {
         },
         "vcsim": {"address": str, "insecureSSL": bool, "auth": _AUTH},
         "webhook": {"bindAddress": str, "path": str, "auth": _AUTH},
+        "horizon": {"address": str, "insecureSSL": bool, "auth": _AUTH},  # refused, see below
     },
     "eventProcessor": {
         "type": str,
@@ -229,27 +265,28 @@ _SCHEMA: dict[str, Any] = {
     },
     "certificates": {"rootCAs": [str]},
 }
-_TYPE_NAMES = {str: "a string", bool: "true or false", int: "a number"}
 
 
-def _check(value: Any, schema: Any, path: str, file: str) -> None:
-    """Strict structural check: unknown fields and wrong types name their path."""
+def _conform(value: Any, schema: Any, path: str, file: str) -> Any:
+    """Strict structural check: unknown fields and wrong types name their path.
+    Returns the value with substituted text turned into what the schema wants."""
     if isinstance(schema, tuple):  # one of several shapes
         for option in schema:
             try:
-                _check(value, option, path, file)
-                return
+                return _conform(value, option, path, file)
             except ConfigError:
                 continue
-        _check(value, schema[0], path, file)
-    elif isinstance(schema, dict) and str in schema:  # a free-form string map
+        return _conform(value, schema[0], path, file)
+    if isinstance(schema, dict) and str in schema:  # a free-form string map
         if not isinstance(value, Mapping):
             raise ConfigError(file, path, "expected a mapping")
-        for key, item in value.items():
-            _check(item, schema[str], f"{path}.{key}", file)
-    elif isinstance(schema, dict):
+        return {
+            key: _conform(item, schema[str], f"{path}.{key}", file) for key, item in value.items()
+        }
+    if isinstance(schema, dict):
         if not isinstance(value, Mapping):
             raise ConfigError(file, path, f"expected a mapping, got {_kind(value)}")
+        out = {}
         for key, item in value.items():
             where = f"{path}.{key}" if path else str(key)
             if key not in schema:
@@ -257,17 +294,32 @@ def _check(value: Any, schema: Any, path: str, file: str) -> None:
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 known = ", ".join(schema)
                 raise ConfigError(file, where, f"unknown field {key!r}{hint} (known here: {known})")
-            if item is not None:
-                _check(item, schema[key], where, file)
-    elif isinstance(schema, list):
+            out[key] = None if item is None else _conform(item, schema[key], where, file)
+        return out
+    if isinstance(schema, list):
         if not isinstance(value, list):
             raise ConfigError(file, path, f"expected a list, got {_kind(value)}")
-        for index, item in enumerate(value):
-            _check(item, schema[0], f"{path}[{index}]", file)
-    elif schema is bool and not isinstance(value, bool):
-        raise ConfigError(file, path, f"expected true or false, got {value!r}")
-    elif schema is str and not _stringy(value):
-        raise ConfigError(file, path, f"expected a string, got {_kind(value)}")
+        return [
+            _conform(item, schema[0], f"{path}[{index}]", file) for index, item in enumerate(value)
+        ]
+    if schema is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, _FromEnv) and value in _BOOLEANS:
+            return _BOOLEANS[value]
+        raise ConfigError(file, path, f"expected true or false, got {_kind(value)}")
+    if schema is str:
+        if not _stringy(value):
+            raise ConfigError(file, path, f"expected a string, got {_kind(value)}")
+        return str(value) if isinstance(value, _FromEnv) else value
+    raise AssertionError(f"unknown schema {schema!r}")  # pragma: no cover
+
+
+# What YAML reads as a boolean, for text that `${VAR}` put where one belongs.
+_BOOLEANS = {
+    **dict.fromkeys(("true", "True", "TRUE"), True),
+    **dict.fromkeys(("false", "False", "FALSE"), False),
+}
 
 
 def _stringy(value: Any) -> bool:
@@ -280,16 +332,33 @@ def _kind(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, _FromEnv):
+        if _SECRET_NAME.search(value.source):
+            return f"the value of {value.source} (not shown: it looks like a secret)"
+        return f"{str(value)!r} (from {value.source})"
     return repr(value)
 
 
 # -- reading ------------------------------------------------------------------------
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|CRED", re.IGNORECASE)
+
+
+class _FromEnv(str):
+    """Text that `${VAR}` substitution made; `source` is what the file said, for
+    error messages. `_conform` turns it into a plain value of the schema's type."""
+
+    source: str
+
+    def __new__(cls, value: str, source: str) -> _FromEnv:
+        self = super().__new__(cls, value)
+        self.source = source
+        return self
 
 
 def _substitute(value: Any, path: str, file: str, env: Mapping[str, str]) -> Any:
-    if isinstance(value, str):
+    if isinstance(value, str) and _VAR.search(value):
 
         def expand(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
@@ -299,7 +368,7 @@ def _substitute(value: Any, path: str, file: str, env: Mapping[str, str]) -> Any
                 return default
             raise ConfigError(file, path, f"${{{name}}} is not set in the environment")
 
-        return _VAR.sub(expand, value)
+        return _FromEnv(_VAR.sub(expand, value), value)
     if isinstance(value, Mapping):
         return {
             k: _substitute(v, f"{path}.{k}" if path else str(k), file, env)
@@ -344,8 +413,9 @@ def parse_config(
     for key, want in (("apiVersion", API_VERSION), ("kind", KIND)):
         if document.get(key) != want:
             raise ConfigError(file, key, f"expected {want!r}, got {document.get(key)!r}")
-    _check(document, _SCHEMA, "", file)
     doc = _substitute(document, "", file, os.environ if env is None else env)
+    _refuse_unsupported(doc, file)
+    doc = _conform(doc, _SCHEMA, "", file)
     root_cas = tuple(str(p) for p in (doc.get("certificates") or {}).get("rootCAs") or ())
 
     config = ApplianceConfig()
@@ -373,6 +443,29 @@ def parse_config(
             ),
         )
     return config
+
+
+_HORIZON = (
+    "horizon is not supported: veba has no Horizon provider. Send Horizon's events"
+    " to the webhook provider instead (eventProvider.type: webhook) as CloudEvents,"
+    " e.g. from a small poller of Horizon's audit-events API"
+)
+_EVENTBRIDGE = (
+    "{kind} is not supported: veba does not forward to AWS EventBridge. Deploy a"
+    " function that forwards the events with boto3 (events.put_events), or use"
+    " eventProcessor.type: knative with destination.uri set to an HTTP endpoint"
+)
+
+
+def _refuse_unsupported(doc: Mapping[str, Any], file: str) -> None:
+    """VEBA's providers and processors that veba does not have, refused first with
+    what to use instead (before any other complaint about their sections)."""
+    provider, processor = doc.get("eventProvider"), doc.get("eventProcessor")
+    if isinstance(provider, Mapping) and provider.get("type") == "horizon":
+        raise ConfigError(file, "eventProvider.type", _HORIZON)
+    # `aws_event_bridge` is VEBA's type; the appliance's installer calls it `aws`.
+    if isinstance(processor, Mapping) and processor.get("type") in ("aws_event_bridge", "aws"):
+        raise ConfigError(file, "eventProcessor.type", _EVENTBRIDGE.format(kind=processor["type"]))
 
 
 def _section(doc: Mapping[str, Any], key: str, file: str) -> Mapping[str, Any] | None:
@@ -485,10 +578,8 @@ def _provider(section: Mapping[str, Any], root_cas: tuple[str, ...], file: str) 
 
 def _processor(section: Mapping[str, Any], file: str) -> Processor:
     path = "eventProcessor"
-    kind = _type(section, path, ("openfaas", "knative", "aws_event_bridge"), file)
+    kind = _type(section, path, ("openfaas", "knative"), file)
     name = _name(section, path, file)
-    if kind == "aws_event_bridge":
-        raise ConfigError(file, f"{path}.type", "aws_event_bridge is not supported by veba")
     body = _body(section, path, kind, file)
     where = f"{path}.{kind}"
     if kind == "openfaas":
@@ -500,15 +591,15 @@ def _processor(section: Mapping[str, Any], file: str) -> Processor:
             _basic_auth(body, where, file),
         )
     destination = body.get("destination") or {}
-    if destination.get("uri") is None:
-        if destination.get("ref"):
-            raise ConfigError(
-                file,
-                f"{where}.destination.uri",
-                "required: veba does not run in Kubernetes, so destination.ref cannot be"
-                " resolved; give the broker's URL as destination.uri",
-            )
-        raise ConfigError(file, f"{where}.destination.uri", "required")
+    uri, ref = destination.get("uri"), destination.get("ref")
+    if ref is not None and uri is not None:
+        raise ConfigError(
+            file, f"{where}.destination", "give destination.uri or destination.ref, not both"
+        )
+    if ref is not None:
+        return OwnBroker(name, _broker_ref(ref, f"{where}.destination.ref", file))
+    if uri is None:
+        raise ConfigError(file, f"{where}.destination.uri", "required (or destination.ref)")
     encoding = str(body.get("encoding") or "structured")
     if encoding not in ("binary", "structured"):
         raise ConfigError(
@@ -516,11 +607,30 @@ def _processor(section: Mapping[str, Any], file: str) -> Processor:
         )
     return KnativeConfig(
         name,
-        _url(destination["uri"], f"{where}.destination.uri", file),
+        _url(uri, f"{where}.destination.uri", file),
         encoding,
         bool(body.get("insecureSSL", False)),
         _basic_auth(body, where, file),
     )
+
+
+def _broker_ref(ref: Mapping[str, Any], path: str, file: str) -> str:
+    """A destination.ref must be a Knative Broker: veba is the broker. Anything else
+    (a Service, a Channel) lives in a Kubernetes cluster veba cannot look into."""
+    kind, api = str(ref.get("kind") or ""), str(ref.get("apiVersion") or "")
+    if kind != "Broker" or not api.startswith("eventing.knative.dev/"):
+        raise ConfigError(
+            file,
+            path,
+            f"a {kind or 'ref without kind'} cannot be resolved: veba does not run in Kubernetes,"
+            " so destination.ref can only name a Broker (apiVersion: eventing.knative.dev/v1,"
+            " kind: Broker), which is this appliance; give anything else's URL as"
+            " destination.uri",
+        )
+    if not ref.get("name"):
+        raise ConfigError(file, f"{path}.name", "required")
+    namespace = f"{ref['namespace']}/" if ref.get("namespace") else ""
+    return f"Broker {namespace}{ref['name']}"
 
 
 def vcenter_from_url(
@@ -568,17 +678,49 @@ def vcenter_from_url(
 
 
 _SELF_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", ""}
+# The OpenFaaS gateway inside a VEBA appliance (v0.7), as its router config names it.
+_VEBA_GATEWAYS = {"gateway.openfaas", "gateway.openfaas.svc", "gateway.openfaas.svc.cluster.local"}
 
 
 def names_this_appliance(address: str | None, listen: str) -> bool:
-    """Whether an OpenFaaS gateway address is this appliance (its own functions)."""
+    """Whether an OpenFaaS gateway address is this appliance (its own functions):
+    none, VEBA's in-appliance gateway, or an address that reaches `listen`."""
     if not address:
         return True
     parts = urlsplit(address)
+    hostname = parts.hostname or ""
+    if _is_veba_gateway(hostname):
+        return True
     host, _, port = listen.rpartition(":")
     listen_host = host.strip("[]")
     same_port = (parts.port or (443 if parts.scheme == "https" else 80)) == int(port)
     if not same_port:
         return False
-    hosts = {listen_host, *(_SELF_HOSTS if listen_host in _SELF_HOSTS else ())}
-    return (parts.hostname or "") in hosts
+    if hostname == listen_host:
+        return True
+    if listen_host not in _SELF_HOSTS:
+        return False
+    if hostname in _SELF_HOSTS:
+        return True
+    # Listening on every address: this machine's name or any of its addresses is it.
+    wildcard = listen_host in ("0.0.0.0", "::", "")
+    return wildcard and (hostname == socket.gethostname().lower() or _is_local_ip(hostname))
+
+
+def _is_veba_gateway(hostname: str) -> bool:
+    return hostname.lower().rstrip(".") in _VEBA_GATEWAYS
+
+
+def _is_local_ip(host: str) -> bool:
+    """Whether `host` is an IP address of this machine (it can be bound; no DNS)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((str(ip), 0))
+        except OSError:
+            return False
+    return True

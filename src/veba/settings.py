@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from veba.config import KnativeConfig, MetricsConfig, OpenFaaSConfig, VCenterConfig
+from veba.listeners import ListenerPlan, plan_listeners
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -91,7 +92,9 @@ class ApplianceSettings:
     webhook_path: str = "/webhook"
     webhook_basic_auth: tuple[str, str] | None = None
     webhook_bearer_token: str | None = None
-    webhook_listen: str | None = None  # a second HOST:PORT for the webhook (RouterConfig)
+    # A RouterConfig webhook's bindAddress, as written (veba.listeners decides
+    # whether it gets its own socket or shares the API's).
+    webhook_listen: str | None = None
     # From `--config` (VEBA's RouterConfig) and `--vcenter`: see veba.config.
     vcenters: tuple[VCenterConfig, ...] = ()
     processors: tuple[OpenFaaSConfig | KnativeConfig, ...] = ()  # external sinks only
@@ -99,6 +102,14 @@ class ApplianceSettings:
     # Events whose deliveries are all done are dropped this long after they
     # arrived (0 keeps everything); dedupe by (source, id) holds within it.
     retention: float = 7 * 86400.0
+
+    def listeners(self) -> ListenerPlan:
+        """Where the appliance listens; raises `ListenError` for settings that clash."""
+        return plan_listeners(
+            self.listen,
+            webhook=self.webhook_listen,
+            metrics=self.metrics.bind_address if self.metrics else None,
+        )
 
     @property
     def log_path(self) -> Path:

@@ -22,8 +22,9 @@ T = TypeVar("T")
 class ApplianceProcess:
     """`veba serve` in its own process group, on a free port, with its own data dir."""
 
-    def __init__(self, data_dir: Path, *args: str) -> None:
+    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
+        self.env = env  # the whole environment of `veba serve`; None: this process's
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = list(args)
@@ -46,6 +47,7 @@ class ApplianceProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=self.env,
         )
         wait_for(self._healthy, 60, f"veba serve on {self.url} (log: {self.log_path})")
         return self

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -18,6 +19,7 @@ from veba.api.system import function_router, system_router
 from veba.api.v1 import metrics_router, v1_router
 from veba.api.webhook import webhook_router
 from veba.appliance import Appliance
+from veba.listeners import plain_ip
 
 __all__ = ["create_app"]
 
@@ -56,4 +58,45 @@ def create_app(appliance: Appliance) -> FastAPI:
     app.include_router(catalog_router)
     app.include_router(store_router)
     app.include_router(metrics_router)
+    if appliance.listeners.api_hosts:
+        app.add_middleware(
+            ApiOnlyOn,
+            hosts=appliance.listeners.api_hosts,
+            webhook_path=appliance.settings.webhook_path,
+        )
     return app
+
+
+class ApiOnlyOn:
+    """On a listener shared with a wildcard webhook bindAddress (veba.listeners),
+    everything but the webhook answers only on connections to --listen's
+    address: the webhook is as reachable as its bindAddress says, the API no
+    more than --listen says. Elsewhere it is a 404, as if nothing were there."""
+
+    def __init__(self, app: Any, *, hosts: frozenset[str], webhook_path: str) -> None:
+        self.app = app
+        self.hosts = hosts
+        self.webhook_path = webhook_path
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if (
+            kind in ("http", "websocket")
+            and scope.get("path") != self.webhook_path
+            and _local_ip(scope) not in self.hosts
+        ):
+            if kind == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+            else:
+                await JSONResponse({"detail": "Not Found"}, status_code=404)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _local_ip(scope: Any) -> str | None:
+    """The address this end of the connection has (what the client connected to)."""
+    local = scope.get("server")
+    try:
+        return plain_ip(str(local[0])) if local else None
+    except ValueError:
+        return None

@@ -187,15 +187,16 @@ class _Server(uvicorn.Server):
 
 
 class SideServer:
-    """A second listener in the appliance's event loop."""
+    """A second listener in the appliance's event loop, on a socket `veba serve`
+    bound, or else on `bind`."""
 
     def __init__(
-        self, app: FastAPI, bind: str, what: str, *, sock: socket.socket | None = None
+        self, app: FastAPI, bind: str, what: str, sock: socket.socket | None = None
     ) -> None:
         host, _, port = bind.rpartition(":")
         self.what = what
         self.bind = bind
-        self._sockets = [sock] if sock is not None else None  # already bound by the caller
+        self._sock = sock
         self._server = _Server(
             uvicorn.Config(
                 app,
@@ -209,8 +210,9 @@ class SideServer:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        sockets = [self._sock] if self._sock is not None else None
         self._task = asyncio.create_task(
-            self._server.serve(sockets=self._sockets), name=f"listen:{self.what}"
+            self._server.serve(sockets=sockets), name=f"listen:{self.what}"
         )
         while not self._server.started:
             if self._task.done():
@@ -227,20 +229,21 @@ class SideServer:
 
 
 def side_servers(appliance: Appliance, *, started: float | None = None) -> list[SideServer]:
-    """The extra listeners the settings ask for: `/stats`, and the webhook on its own address."""
+    """The listeners beside the API's (see veba.listeners): `/stats`, and the
+    webhook when it has an address of its own."""
     settings = appliance.settings
     servers: list[SideServer] = []
-    metrics = settings.metrics
-    if metrics is not None:
-        auth = (
-            (metrics.basic_auth.username, metrics.basic_auth.password)
-            if metrics.basic_auth
-            else None
-        )
-        app = stats_app(
-            appliance, auth=auth, started=started or time.time(), listen=settings.listen
-        )
-        servers.append(SideServer(app, metrics.bind_address, "metrics"))
-    if settings.webhook_listen:
-        servers.append(SideServer(webhook_app(appliance), settings.webhook_listen, "webhook"))
+    for listener in appliance.listeners.listeners:
+        bind, sock = str(listener.address), appliance.sockets.get(listener.purpose)
+        if listener.purpose == "metrics" and settings.metrics is not None:
+            auth = settings.metrics.basic_auth
+            app = stats_app(
+                appliance,
+                auth=(auth.username, auth.password) if auth else None,
+                started=started or time.time(),
+                listen=settings.listen,
+            )
+            servers.append(SideServer(app, bind, "metrics", sock))
+        elif listener.purpose == "webhook":
+            servers.append(SideServer(webhook_app(appliance), bind, "webhook", sock))
     return servers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ def serve(
     simulator: bool | None = typer.Option(
         None,
         "--simulator/--no-simulator",
-        help="Built-in vCenter simulator (default: on, unless a vCenter is configured)",
+        help="Built-in vCenter simulator (default: on, unless a vCenter or a RouterConfig"
+        " webhook is configured)",
     ),
     simulator_rate: float = typer.Option(
         1.0, "--simulator-rate", help="Simulated events per second (0 = paused)"
@@ -84,8 +86,8 @@ def serve(
             config = config.merge(ApplianceConfig(vcenters=(flag,)), "--vcenter")
     except ConfigError as exc:
         fail(str(exc))
-    if simulator is None:
-        simulator = not config.vcenters
+    if simulator is None:  # simulated events never mix into a configured provider's
+        simulator = not config.vcenters and config.webhook is None
     fields: dict[str, Any] = {
         "webhook_path": webhook_path,
         "webhook_basic_auth": (webhook_user, webhook_password)
@@ -103,22 +105,37 @@ def serve(
         retention=_retention(retention),
         **fields,
     )
+    from veba.listeners import ListenError
+
+    try:  # every socket bound before anything starts: a refusal loses nothing
+        plan = settings.listeners()
+        sockets = plan.bind()
+    except ListenError as exc:
+        fail(str(exc))
     configure_logging(log_level)
-    appliance = Appliance(settings)
+    appliance = Appliance(settings, sockets=sockets)
     (settings.data_dir / "url").write_text(f"http://{host}:{port}\n")
     err.print(
         f"veba serving on http://{host}:{port}  data: {settings.data_dir}  "
         f"token: {settings.data_dir / 'token'}",
         highlight=False,
     )
-    uvicorn.run(
-        create_app(appliance),
-        host=host,
-        port=port,
-        log_level="warning" if log_level == "info" else log_level,
-        access_log=False,
-        timeout_graceful_shutdown=10,
+    for line in [*(why for _, why in config.own_processors(listen)), *plan.notes]:
+        err.print(line, highlight=False)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(appliance),
+            host=host,
+            port=port,
+            log_level="warning" if log_level == "info" else log_level,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
     )
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sockets["api"]])
+    if not server.started:
+        raise typer.Exit(3)  # uvicorn said why
 
 
 def _retention(value: str) -> float:
