@@ -109,6 +109,7 @@ class ApplianceProcess:
         environment (None removes a variable)."""
         environment = {**os.environ, "VEBA_DATA_DIR": str(self.data_dir), "VEBA_URL": self.url}
         environment.pop("VEBA_TOKEN", None)
+        environment.pop("OPENFAAS_URL", None)
         # `veba login` saves there: the test's own folder, never the user's.
         environment["XDG_CONFIG_HOME"] = str(self.data_dir.parent / "config")
         for name, value in (env or {}).items():

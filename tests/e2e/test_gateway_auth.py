@@ -149,9 +149,11 @@ def test_login_checks_saves_privately_and_is_used(appliance_factory: type, tmp_p
     user = app.cli("login", "-u", "bob", "--password-stdin", input=app.token, check=False)
     assert user.returncode == 1 and "one user, admin" in user.stderr
 
+    # VEBA's guides: `export OPENFAAS_URL=...; faas-cli login --username admin --password-stdin`
     right = app.cli(
-        "login", "-u", "admin", "--password-stdin", input=app.token + "\n", env=elsewhere
-    )
+        "login", "--username", "admin", "--password-stdin", input=app.token + "\n",
+        env={**elsewhere, "VEBA_URL": None, "OPENFAAS_URL": app.url},
+    )  # fmt: skip
     assert f"credentials saved for admin at {app.url}" in right.stderr
     assert app.token not in right.stdout + right.stderr
     assert saved.stat().st_mode & 0o777 == 0o600

@@ -23,7 +23,9 @@ __all__ = ["Client", "console", "err", "fail", "print_rows"]
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
-GatewayOption = typer.Option(None, "--gateway", "-g", help="Appliance URL (else VEBA_URL)")
+GatewayOption = typer.Option(
+    None, "--gateway", "-g", help="Appliance URL (else VEBA_URL, OPENFAAS_URL, the stack's)"
+)
 DataDirOption = typer.Option(None, "--data-dir", help="Data directory (else VEBA_DATA_DIR)")
 OutputOption = typer.Option("table", "--output", "-o", help="table or json")
 TokenOption = typer.Option(
@@ -43,11 +45,13 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def gateway_url(option: str | None, data_dir: Path, stack_gateway: str | None = None) -> str:
-    """--gateway, VEBA_URL, the stack's provider.gateway, the address a local
-    `veba serve` recorded in the data directory, then the default."""
+    """--gateway, VEBA_URL, OPENFAAS_URL (as VEBA's guides export it for
+    faas-cli), the stack's provider.gateway, the address a local `veba serve`
+    recorded in the data directory, then the default."""
     url = (
         option
         or os.environ.get("VEBA_URL")
+        or os.environ.get("OPENFAAS_URL")
         or stack_gateway
         or read_recorded_url(data_dir)
         or f"http://{DEFAULT_LISTEN}"
