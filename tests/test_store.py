@@ -254,6 +254,7 @@ def test_local_api_url() -> None:
     assert local_api_url("[::]:9000") == "http://[::1]:9000"
     assert local_api_url("[::1]:9000") == "http://[::1]:9000"
     assert local_api_url("veba.local:80") == "http://veba.local:80"
+    assert local_api_url("0.0.0.0:8443", tls=True) == "https://127.0.0.1:8443"
 
 
 # --- the HTTP API, served for real ----------------------------------------------------

@@ -13,6 +13,7 @@ import logging
 import socket
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -26,7 +27,7 @@ from veba.functionlogs import LogHub
 from veba.observability import Metrics
 from veba.providers.base import Provider
 from veba.secrets import SecretStore
-from veba.settings import ApplianceSettings, ensure_token
+from veba.settings import ApplianceSettings, ensure_token, record_url
 from veba.store import Store, StoreTokens, local_api_url
 from veba.targets.http import Processors
 
@@ -53,6 +54,10 @@ class Appliance:
         self.sockets = dict(sockets or {})
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.token = ensure_token(settings.data_dir)
+        # Beside the token, the one address a CLI may send it to.
+        tls = settings.tls_cert is not None
+        self.url = local_api_url(settings.listen, tls=tls)
+        record_url(settings.data_dir, self.url)
         self.log = SQLiteLog(settings.log_path)
         # The functions' key-value store, on the log's file; functions reach it
         # over this appliance's API with a token per pool.
@@ -73,7 +78,8 @@ class Appliance:
             observer=self.metrics.observe_delivery,
             store=self.store,
             store_tokens=self.store_tokens,
-            api_url=local_api_url(settings.listen),
+            api_url=self.url,
+            api_certificate=_leaf_certificate(settings.tls_cert) if settings.tls_cert else None,
             callbacks=self.http,
         )
         self.providers: list[Provider] = list(
@@ -213,3 +219,16 @@ def _default_providers(settings: ApplianceSettings, secrets: SecretStore) -> lis
 
         providers += [VCenterProvider.from_config(vc, secrets) for vc in settings.vcenters]
     return providers
+
+
+def _leaf_certificate(path: Path) -> str:
+    """The first certificate of a PEM file (the server's own, before its chain):
+    the one certificate workers trust for the API, so no other certificate of
+    the same CA could stand in for it on loopback."""
+    text = path.read_text()
+    end = "-----END CERTIFICATE-----"
+    start = text.find("-----BEGIN CERTIFICATE-----")
+    stop = text.find(end, start)
+    if start < 0 or stop < 0:
+        raise ValueError(f"{path}: no PEM certificate in it")
+    return text[start : stop + len(end)] + "\n"

@@ -213,6 +213,7 @@ class Functions:
         store: Store | None = None,
         store_tokens: StoreTokens | None = None,
         api_url: str | None = None,
+        api_certificate: str | None = None,
         callbacks: httpx.AsyncClient | None = None,
     ) -> None:
         self._dir = functions_dir
@@ -227,6 +228,8 @@ class Functions:
         self._store = store
         self._store_tokens = store_tokens
         self._api_url = api_url
+        # Under `serve --tls-cert`, the PEM certificate workers pin for the API.
+        self._api_certificate = api_certificate
         self._pool_tokens: dict[FunctionPool, str] = {}
         self._deployments: dict[str, Deployment] = {}
         # /etc/hosts lines of isolated workers: gateway.openfaas (set by the appliance).
@@ -415,6 +418,8 @@ class Functions:
             token = self._store_tokens.issue(definition.name)
             environment["VEBA_API_URL"] = self._api_url
             environment["VEBA_STORE_TOKEN"] = token
+            if self._api_certificate is not None:
+                environment["VEBA_API_CERT"] = self._api_certificate
         pool = FunctionPool(
             definition.name,
             python=python,

@@ -2,7 +2,9 @@
 
 The data directory comes from `--data-dir`, then `VEBA_DATA_DIR`, then a
 per-user default. The API token lives in it (mode 0600), so a CLI on the same
-machine finds it without copying; `VEBA_TOKEN` overrides it.
+machine finds it without copying, beside the address the appliance serves on
+(file `url`): the CLI sends that token to that address only (see
+`veba.cli.credentials`).
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ __all__ = [
     "default_data_dir",
     "ensure_token",
     "parse_listen",
+    "read_recorded_url",
     "read_token",
+    "record_url",
     "resolve_data_dir",
 ]
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 TOKEN_FILE = "token"
+URL_FILE = "url"  # where the appliance that owns the token serves its API
 
 
 def default_data_dir() -> Path:
@@ -65,12 +70,21 @@ def ensure_token(data_dir: Path) -> str:
 
 
 def read_token(data_dir: Path) -> str | None:
-    """For clients: `VEBA_TOKEN`, else the token file in the data directory."""
-    env = os.environ.get("VEBA_TOKEN")
-    if env:
-        return env.strip()
+    """The token file in the data directory, if there is one."""
     try:
-        return (data_dir / TOKEN_FILE).read_text().strip()
+        return (data_dir / TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def record_url(data_dir: Path, url: str) -> None:
+    """Note the address this appliance serves on, beside its token."""
+    (data_dir / URL_FILE).write_text(url + "\n")
+
+
+def read_recorded_url(data_dir: Path) -> str | None:
+    try:
+        return (data_dir / URL_FILE).read_text().strip() or None
     except OSError:
         return None
 
@@ -102,6 +116,9 @@ class ApplianceSettings:
     # Events whose deliveries are all done are dropped this long after they
     # arrived (0 keeps everything); dedupe by (source, id) holds within it.
     retention: float = 7 * 86400.0
+    # HTTPS for the API (`veba serve --tls-cert/--tls-key`): PEM files.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     def listeners(self) -> ListenerPlan:
         """Where the appliance listens; raises `ListenError` for settings that clash."""

@@ -189,9 +189,10 @@ class StoreTokens:
         return len(self._namespaces)
 
 
-def local_api_url(listen: str) -> str:
-    """How a worker on this machine reaches the API served on `listen` (HOST:PORT):
-    a wildcard address is reached on loopback."""
+def local_api_url(listen: str, *, tls: bool = False) -> str:
+    """How a worker (or a CLI) on this machine reaches the API served on `listen`
+    (HOST:PORT), over HTTPS if it serves TLS: a wildcard address is reached on
+    loopback."""
     host, port = parse_listen(listen)
     if host in ("", "0.0.0.0"):
         host = "127.0.0.1"
@@ -199,4 +200,4 @@ def local_api_url(listen: str) -> str:
         host = "::1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{'https' if tls else 'http'}://{host}:{port}"

@@ -26,7 +26,9 @@ class ApplianceProcess:
         self.data_dir = data_dir
         self.env = env  # the whole environment of `veba serve`; None: this process's
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # With --tls-cert it serves HTTPS; the harness's own calls skip the check.
+        self.tls = "--tls-cert" in args
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
         self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"serve-{self.port}.log"
@@ -57,7 +59,7 @@ class ApplianceProcess:
         if self.proc.poll() is not None:
             raise AssertionError(f"veba serve exited: {self.log_path.read_text()[-3000:]}")
         try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            return httpx.get(f"{self.url}/healthz", timeout=1, verify=False).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -67,7 +69,10 @@ class ApplianceProcess:
 
     def client(self) -> httpx.Client:
         return httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=60,
+            verify=not self.tls,
         )
 
     def kill(self) -> None:
@@ -95,14 +100,29 @@ class ApplianceProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
     def cli(
-        self, *args: str, check: bool = True, cwd: Path | None = None, input: str | None = None
+        self,
+        *args: str,
+        check: bool = True,
+        cwd: Path | None = None,
+        input: str | None = None,
+        env: dict[str, str | None] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "VEBA_DATA_DIR": str(self.data_dir), "VEBA_URL": self.url}
-        env.pop("VEBA_TOKEN", None)
+        """`veba ARGS` with this appliance's data dir and URL; `env` changes the
+        environment (None removes a variable)."""
+        environment = {**os.environ, "VEBA_DATA_DIR": str(self.data_dir), "VEBA_URL": self.url}
+        environment.pop("VEBA_TOKEN", None)
+        environment.pop("OPENFAAS_URL", None)
+        # `veba login` saves there: the test's own folder, never the user's.
+        environment["XDG_CONFIG_HOME"] = str(self.data_dir.parent / "config")
+        for name, value in (env or {}).items():
+            if value is None:
+                environment.pop(name, None)
+            else:
+                environment[name] = value
         result = subprocess.run(
             [VEBA, *args],
             cwd=cwd,
-            env=env,
+            env=environment,
             capture_output=True,
             text=True,
             timeout=600,

@@ -110,45 +110,101 @@ async def remove_function(request: Request) -> Response:
 
 
 @system_router.get("/secrets")
-async def list_secrets(request: Request) -> list[dict[str, str]]:
-    return [{"name": n} for n in _appliance(request).secrets.names()]
+async def list_secrets(request: Request) -> list[dict[str, Any]]:
+    """OpenFaaS's `[{name}]`, plus each secret's keys (null for a single value)."""
+    store = _appliance(request).secrets
+    rows: list[dict[str, Any]] = []
+    for name in store.names():
+        try:
+            rows.append({"name": name, "keys": store.keys(name)})
+        except SecretError as exc:
+            rows.append({"name": name, "keys": None, "error": str(exc)})
+    return rows
+
+
+class _BadSecret(ValueError):
+    """A secret request body the API refuses (400), saying which field and why."""
+
+
+_SECRET_SHAPE = "expected {name, value}, {name, rawValue (base64)} or {name, keys: {KEY: base64}}"
+
+
+def _base64(text: object, where: str) -> bytes:
+    if not isinstance(text, str):
+        raise _BadSecret(f"{where}: expected a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        raise _BadSecret(f"{where}: not valid base64") from None
+
+
+def _secret_request(body: object) -> tuple[str, bytes | dict[str, bytes], bool]:
+    """(name, value or keys, replace) from OpenFaaS's body or veba's `keys` form."""
+    if not isinstance(body, dict):
+        raise _BadSecret(f"the body must be a JSON object: {_SECRET_SHAPE}")
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        raise _BadSecret(f"name: expected the secret's name; {_SECRET_SHAPE}")
+    given = [f for f in ("value", "rawValue", "keys") if body.get(f) is not None]
+    if len(given) != 1:
+        raise _BadSecret(f"give exactly one of value, rawValue or keys; {_SECRET_SHAPE}")
+    replace = body.get("replace", False)
+    if not isinstance(replace, bool):
+        raise _BadSecret("replace: expected true or false")
+    if given == ["value"]:
+        if not isinstance(body["value"], str):
+            raise _BadSecret("value: expected a string (binary values go in rawValue, base64)")
+        return name, body["value"].encode(), replace
+    if given == ["rawValue"]:
+        return name, _base64(body["rawValue"], "rawValue"), replace
+    keys = body["keys"]
+    if not isinstance(keys, dict) or not keys:
+        raise _BadSecret("keys: expected an object of KEY: base64 value, with at least one key")
+    return name, {str(k): _base64(v, f"keys.{k}") for k, v in keys.items()}, replace
 
 
 @system_router.post("/secrets")
 @system_router.put("/secrets")
 async def put_secret(request: Request) -> Response:
-    body = await request.json()
-    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-        raise HTTPException(400, "expected {name, value} or {name, rawValue (base64)}")
-    if "rawValue" in body:
-        value = base64.b64decode(body["rawValue"])
-    elif isinstance(body.get("value"), str):
-        value = body["value"].encode()
-    else:
-        raise HTTPException(400, "expected a string 'value' or base64 'rawValue'")
-    replace = request.method == "PUT" or bool(body.get("replace"))
+    try:
+        body = await request.json()
+    except ValueError:
+        return JSONResponse({"error": f"the body is not JSON: {_SECRET_SHAPE}"}, status_code=400)
+    try:
+        name, content, replace = _secret_request(body)
+    except _BadSecret as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    replace = replace or request.method == "PUT"
     appliance = _appliance(request)
     try:
-        replaced = appliance.secrets.put(body["name"], value, replace=replace)
+        if isinstance(content, bytes):
+            replaced = appliance.secrets.put(name, content, replace=replace)
+        else:
+            replaced = appliance.secrets.put_keys(name, content, replace=replace)
     except SecretError as exc:
         return JSONResponse({"error": str(exc)}, status_code=409 if "exists" in str(exc) else 400)
-    restarted = await appliance.functions.restart_using(body["name"]) if replaced else []
+    restarted = await appliance.functions.restart_using(name) if replaced else []
     return JSONResponse(
-        {"name": body["name"], "restarted": restarted},
+        {"name": name, "restarted": restarted},
         status_code=201 if request.method == "POST" else 200,
     )
 
 
 @system_router.delete("/secrets")
 async def remove_secret(request: Request) -> Response:
-    body = await request.json()
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
     name = body.get("name") if isinstance(body, dict) else None
+    if not isinstance(name, str):
+        return JSONResponse({"error": "expected {name}"}, status_code=400)
     appliance = _appliance(request)
     users = [d.definition.name for d in appliance.functions.all() if name in d.definition.secrets]
     if users:
         raise HTTPException(409, f"secret {name!r} is used by function(s) {', '.join(users)}")
     try:
-        appliance.secrets.remove(str(name))
+        appliance.secrets.remove(name)
     except SecretError as exc:
         raise HTTPException(404, str(exc)) from None
     return Response(status_code=202)

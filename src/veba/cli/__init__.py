@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from veba.cli import catalog, events, functions, secrets, serve, templates
+from veba.cli import catalog, events, functions, login, secrets, serve, templates
 
 __all__ = ["app", "main"]
 
@@ -15,6 +15,7 @@ app = typer.Typer(
 )
 app.command()(serve.serve)
 functions.register(app)
+login.register(app)
 app.add_typer(secrets.secret_app, name="secret")
 app.add_typer(templates.template_app, name="template")
 app.add_typer(events.events_app, name="events")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +24,21 @@ from veba.cli.client import (
     DataDirOption,
     GatewayOption,
     OutputOption,
+    TlsNoVerifyOption,
+    TokenOption,
     err,
     error_text,
     fail,
     parse_overrides,
+    refusal,
+    transport_error,
+    untrusted_certificate,
 )
 from veba.cli.client import console as out
 
 __all__ = ["catalog", "complete_topic"]
+
+Connect = Callable[[], Client]  # the gateway the command's options name
 
 _COMPLETION_TIMEOUT = 1.5  # seconds a shell's TAB waits for the appliance
 
@@ -40,21 +49,18 @@ def _note(text: str, style: str | None = None) -> None:
 
 
 def _ask(
-    path: str,
-    params: dict[str, Any],
-    gateway: str | None,
-    data_dir: Path | None,
-    *,
-    timeout: float = 120.0,
+    path: str, params: dict[str, Any], connect: Connect, *, timeout: float = 120.0
 ) -> tuple[Any, str | None]:
     """The appliance's answer, or (None, why there is none); fails on other errors."""
-    client = Client(gateway, data_dir)
+    client = connect()
     try:
         response = client.http.get(path, params=params, timeout=timeout)
-    except httpx.HTTPError:
+    except httpx.HTTPError as exc:
+        if untrusted_certificate(exc):
+            return None, transport_error(client.url, exc)
         return None, f"no appliance at {client.url}"
     if response.status_code == 401:
-        return None, f"the appliance at {client.url} refused the API token"
+        return None, refusal(client.url, client.credential, client.data_dir)
     if response.status_code == 404:
         detail = error_text(response)
         if detail.startswith("unknown event type"):
@@ -79,14 +85,12 @@ def _offline_list(search: str | None) -> dict[str, Any]:
     return merged.to_dict()
 
 
-def _list(
-    search: str | None, offline: bool, gateway: str | None, data_dir: Path | None, output: str
-) -> None:
+def _list(search: str | None, offline: bool, connect: Connect, output: str) -> None:
     answer: Any = None
     why: str | None = "--offline"
     if not offline:
         params = {"search": search} if search else {}
-        answer, why = _ask("/api/v1/catalog", params, gateway, data_dir)
+        answer, why = _ask("/api/v1/catalog", params, connect)
     if answer is None:
         answer = _offline_list(search)
     types: list[dict[str, Any]] = answer["types"]
@@ -160,15 +164,14 @@ def _show(
     name: str,
     settings: list[str],
     offline: bool,
-    gateway: str | None,
-    data_dir: Path | None,
+    connect: Connect,
     output: str,
 ) -> None:
     answer: Any = None
     why: str | None = "--offline"
     if not offline:
         answer, why = _ask(
-            f"/api/v1/catalog/{name}", {"set": settings} if settings else {}, gateway, data_dir
+            f"/api/v1/catalog/{name}", {"set": settings} if settings else {}, connect
         )
     if answer is None:
         answer = _offline_show(name, parse_overrides(settings))
@@ -235,6 +238,8 @@ def catalog(
     ),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
+    token: str | None = TokenOption,
+    tls_no_verify: bool = TlsNoVerifyOption,
     output: str = OutputOption,
 ) -> None:
     """Event types to subscribe to, with their data fields.
@@ -244,14 +249,15 @@ def catalog(
     what it is on stderr).
     """
     words = list(words or [])
+    connect = partial(Client, gateway, data_dir, token=token, tls_no_verify=tls_no_verify)
     if words and words[0] == "show":
         if len(words) != 2:
             fail("usage: veba catalog show TYPE")
-        _show(words[1], settings, offline, gateway, data_dir, output)
+        _show(words[1], settings, offline, connect, output)
         return
     if settings:
         fail("--set goes with `veba catalog show TYPE`")
-    _list(" ".join(words) or None, offline, gateway, data_dir, output)
+    _list(" ".join(words) or None, offline, connect, output)
 
 
 # -- `veba new --topic` completion ----------------------------------------------------------

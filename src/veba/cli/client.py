@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,16 +15,28 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from veba.settings import DEFAULT_LISTEN, read_token, resolve_data_dir
+from veba.cli.credentials import Credential, GatewayURLError, choose_credential, gateway_key
+from veba.settings import DEFAULT_LISTEN, read_recorded_url, resolve_data_dir
 
 __all__ = ["Client", "console", "err", "fail", "print_rows"]
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
-GatewayOption = typer.Option(None, "--gateway", "-g", help="Appliance URL (else VEBA_URL)")
+GatewayOption = typer.Option(
+    None, "--gateway", "-g", help="Appliance URL (else VEBA_URL, OPENFAAS_URL, the stack's)"
+)
 DataDirOption = typer.Option(None, "--data-dir", help="Data directory (else VEBA_DATA_DIR)")
 OutputOption = typer.Option("table", "--output", "-o", help="table or json")
+TokenOption = typer.Option(
+    None,
+    "--token",
+    help="API token for this gateway (else VEBA_TOKEN, `veba login`, or the data directory's"
+    " token if the gateway is that appliance)",
+)
+TlsNoVerifyOption = typer.Option(
+    False, "--tls-no-verify", help="Do not check the gateway's TLS certificate (this call only)"
+)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -32,39 +45,54 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def gateway_url(option: str | None, data_dir: Path, stack_gateway: str | None = None) -> str:
-    """--gateway, VEBA_URL, the stack's provider.gateway, the address a local
-    `veba serve` recorded in the data directory, then the default."""
-    url = option or os.environ.get("VEBA_URL") or stack_gateway
-    if not url:
-        try:
-            url = (data_dir / "url").read_text().strip()
-        except OSError:
-            url = f"http://{DEFAULT_LISTEN}"
+    """--gateway, VEBA_URL, OPENFAAS_URL (as VEBA's guides export it for
+    faas-cli), the stack's provider.gateway, the address a local `veba serve`
+    recorded in the data directory, then the default."""
+    url = (
+        option
+        or os.environ.get("VEBA_URL")
+        or os.environ.get("OPENFAAS_URL")
+        or stack_gateway
+        or read_recorded_url(data_dir)
+        or f"http://{DEFAULT_LISTEN}"
+    )
     return url.rstrip("/")
 
 
 class Client:
+    """One gateway, with the token that belongs to it (`veba.cli.credentials`)."""
+
     def __init__(
-        self, gateway: str | None, data_dir: Path | None, stack_gateway: str | None = None
+        self,
+        gateway: str | None,
+        data_dir: Path | None,
+        stack_gateway: str | None = None,
+        *,
+        token: str | None = None,
+        tls_no_verify: bool = False,
     ):
         directory = resolve_data_dir(data_dir)
         self.url = gateway_url(gateway, directory, stack_gateway)
-        token = read_token(directory)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=60.0)
+        try:
+            gateway_key(self.url)
+        except GatewayURLError as exc:
+            fail(str(exc))
+        self.data_dir = directory
+        self.credential = choose_credential(self.url, directory, token)
+        headers = {}
+        if self.credential.token:
+            headers["Authorization"] = f"Bearer {self.credential.token}"
+        self.http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=60.0, verify=not tls_no_verify
+        )
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self.http.request(method, path, **kwargs)
-        except httpx.ConnectError:
-            fail(f"cannot reach the appliance at {self.url}; is `veba serve` running?")
         except httpx.HTTPError as exc:
-            fail(f"{self.url}: {exc}")
+            fail(transport_error(self.url, exc))
         if response.status_code == 401:
-            fail(
-                "the appliance refused the API token: set VEBA_TOKEN, or --data-dir / "
-                "VEBA_DATA_DIR to the appliance's data directory"
-            )
+            fail(refusal(self.url, self.credential, self.data_dir))
         if response.status_code >= 400:
             fail(error_text(response))
         return response
@@ -75,12 +103,61 @@ class Client:
     def stream_lines(self, method: str, path: str, **kwargs: Any) -> Iterator[str]:
         try:
             with self.http.stream(method, path, timeout=None, **kwargs) as response:
+                if response.status_code == 401:
+                    fail(refusal(self.url, self.credential, self.data_dir))
                 if response.status_code >= 400:
                     response.read()
                     fail(error_text(response))
                 yield from response.iter_lines()
-        except httpx.ConnectError:
-            fail(f"cannot reach the appliance at {self.url}; is `veba serve` running?")
+        except httpx.HTTPError as exc:
+            fail(transport_error(self.url, exc))
+
+
+def untrusted_certificate(exc: BaseException) -> str | None:
+    """Why TLS verification failed, if that is what `exc` is about."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause.verify_message or "certificate verify failed"
+        cause = cause.__cause__ or cause.__context__
+    return "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in str(exc) else None
+
+
+def transport_error(url: str, exc: httpx.HTTPError) -> str:
+    """One line on why the gateway could not be talked to."""
+    reason = untrusted_certificate(exc)
+    if reason:
+        return (
+            f"{url}: its TLS certificate is not trusted ({reason}); pass --tls-no-verify"
+            " to skip the check for this call, or trust its CA with SSL_CERT_FILE"
+        )
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot reach the appliance at {url}; is `veba serve` running?"
+    return f"{url}: {exc}"
+
+
+def refusal(url: str, credential: Credential, data_dir: Path) -> str:
+    """Why the gateway answered 401, and what to do about it."""
+    login = f"`veba login --gateway {url} --password-stdin`"
+    if credential.source == "none":
+        why = f"the appliance at {url} wants an API token and none is known for it"
+        if credential.withheld_for:
+            why += (
+                f" (the token in {data_dir} belongs to {credential.withheld_for}"
+                " and goes nowhere else)"
+            )
+        return (
+            f"{why}: run {login} with the appliance's token (file 'token' in its data"
+            " directory) on stdin, or pass --token / set VEBA_TOKEN"
+        )
+    if credential.source == "veba login":
+        return f"the appliance at {url} refused the token saved by `veba login`; run {login} again"
+    if credential.source == "data dir":
+        return (
+            f"the appliance at {url} refused the token in {data_dir}; is that its data"
+            " directory? (--data-dir / VEBA_DATA_DIR)"
+        )
+    return f"the appliance at {url} refused the token given by {credential.source}"
 
 
 def error_text(response: httpx.Response) -> str:

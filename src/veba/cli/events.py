@@ -16,6 +16,8 @@ from veba.cli.client import (
     DataDirOption,
     GatewayOption,
     OutputOption,
+    TlsNoVerifyOption,
+    TokenOption,
     console,
     fail,
     print_rows,
@@ -44,11 +46,15 @@ def events_list(
     limit: int = typer.Option(20, "--limit"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
+    token: str | None = TokenOption,
+    tls_no_verify: bool = TlsNoVerifyOption,
     output: str = OutputOption,
 ) -> None:
     """The newest events in the log."""
     params = {"limit": limit, "newest_first": "true", **({"subject": subject} if subject else {})}
-    records = Client(gateway, data_dir).json("GET", "/api/v1/events", params=params)
+    records = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
+        "GET", "/api/v1/events", params=params
+    )
     if output == "json":
         print_rows(records, [], "json")
     else:
@@ -57,10 +63,16 @@ def events_list(
 
 @events_app.command("show")
 def events_show(
-    event_id: str, gateway: str | None = GatewayOption, data_dir: Path | None = DataDirOption
+    event_id: str,
+    gateway: str | None = GatewayOption,
+    data_dir: Path | None = DataDirOption,
+    token: str | None = TokenOption,
+    tls_no_verify: bool = TlsNoVerifyOption,
 ) -> None:
     """One event with its deliveries and their attempts."""
-    record = Client(gateway, data_dir).json("GET", f"/api/v1/events/{event_id}")
+    record = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
+        "GET", f"/api/v1/events/{event_id}"
+    )
     sys.stdout.write(json.dumps(record, indent=2) + "\n")
 
 
@@ -69,10 +81,12 @@ def events_tail(
     subject: str | None = typer.Option(None, "--subject"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
+    token: str | None = TokenOption,
+    tls_no_verify: bool = TlsNoVerifyOption,
     output: str = OutputOption,
 ) -> None:
     """Follow new events as they are logged."""
-    client = Client(gateway, data_dir)
+    client = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify)
     newest = client.json("GET", "/api/v1/events", params={"limit": 1, "newest_first": "true"})
     after = newest[0]["seq"] if newest else 0
     try:
@@ -101,11 +115,15 @@ def dlq_list(
     limit: int = typer.Option(100, "--limit"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
+    token: str | None = TokenOption,
+    tls_no_verify: bool = TlsNoVerifyOption,
     output: str = OutputOption,
 ) -> None:
     """Dead-lettered deliveries."""
     params = {"limit": limit, **({"function": function} if function else {})}
-    rows = Client(gateway, data_dir).json("GET", "/api/v1/dlq", params=params)
+    rows = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
+        "GET", "/api/v1/dlq", params=params
+    )
     for row in rows:
         row["error"] = (
             (row.get("last_error") or "").splitlines()[0][:80] if row.get("last_error") else ""
@@ -119,10 +137,16 @@ def dlq_list(
 
 @dlq_app.command("show")
 def dlq_show(
-    delivery_id: int, gateway: str | None = GatewayOption, data_dir: Path | None = DataDirOption
+    delivery_id: int,
+    gateway: str | None = GatewayOption,
+    data_dir: Path | None = DataDirOption,
+    token: str | None = TokenOption,
+    tls_no_verify: bool = TlsNoVerifyOption,
 ) -> None:
     """A dead letter: its event, every attempt, and the last error with its traceback."""
-    record = Client(gateway, data_dir).json("GET", f"/api/v1/dlq/{delivery_id}")
+    record = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
+        "GET", f"/api/v1/dlq/{delivery_id}"
+    )
     sys.stdout.write(json.dumps(record, indent=2) + "\n")
 
 
@@ -133,6 +157,8 @@ def dlq_redrive(
     all_: bool = typer.Option(False, "--all"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
+    token: str | None = TokenOption,
+    tls_no_verify: bool = TlsNoVerifyOption,
 ) -> None:
     """Send dead letters back for delivery, with a fresh attempt count."""
     if ids:
@@ -143,7 +169,9 @@ def dlq_redrive(
         body = {"all": True}
     else:
         fail("say what to redrive: IDS, --function NAME or --all")
-    result = Client(gateway, data_dir).json("POST", "/api/v1/dlq/redrive", json=body)
+    result = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
+        "POST", "/api/v1/dlq/redrive", json=body
+    )
     console.print(f"redriven: {result['redriven']}")
 
 
@@ -167,6 +195,8 @@ def replay(
     types: list[str] = typer.Option(None, "--type", help="Only these subjects (repeatable)"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
+    token: str | None = TokenOption,
+    tls_no_verify: bool = TlsNoVerifyOption,
 ) -> None:
     """Deliver logged events again to a function (by time received and subject)."""
     body = {
@@ -175,12 +205,25 @@ def replay(
         "until": _when(until),
         "types": types or None,
     }
-    result = Client(gateway, data_dir).json("POST", "/api/v1/replay", json=body)
+    result = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
+        "POST", "/api/v1/replay", json=body
+    )
     console.print(f"replayed: {result['replayed']}")
 
 
-def status(gateway: str | None = GatewayOption, data_dir: Path | None = DataDirOption) -> None:
+def status(
+    gateway: str | None = GatewayOption,
+    data_dir: Path | None = DataDirOption,
+    token: str | None = TokenOption,
+    tls_no_verify: bool = TlsNoVerifyOption,
+) -> None:
     """Providers and functions at a glance."""
     sys.stdout.write(
-        json.dumps(Client(gateway, data_dir).json("GET", "/api/v1/status"), indent=2) + "\n"
+        json.dumps(
+            Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
+                "GET", "/api/v1/status"
+            ),
+            indent=2,
+        )
+        + "\n"
     )

@@ -14,6 +14,8 @@ from veba.cli.client import (
     DataDirOption,
     GatewayOption,
     OutputOption,
+    TlsNoVerifyOption,
+    TokenOption,
     console,
     err,
     fail,
@@ -123,10 +125,12 @@ def deploy(
     filter: str | None = FilterOption,
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
+    token: str | None = TokenOption,
+    tls_no_verify: bool = TlsNoVerifyOption,
 ) -> None:
     """Deploy the stack's functions to the appliance (builds there, with progress)."""
     stack, specs = _stack(file, filter)
-    client = Client(gateway, data_dir, stack.gateway)
+    client = Client(gateway, data_dir, stack.gateway, token=token, tls_no_verify=tls_no_verify)
     failed = False
     for spec in specs:
         err.print(f"[bold]{spec.name}[/bold]: deploying to {client.url}", highlight=False)
@@ -152,9 +156,11 @@ def up(
     filter: str | None = FilterOption,
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
+    token: str | None = TokenOption,
+    tls_no_verify: bool = TlsNoVerifyOption,
 ) -> None:
     """Build and deploy in one step (faas-cli up)."""
-    deploy(file, filter, gateway, data_dir)
+    deploy(file, filter, gateway, data_dir, token, tls_no_verify)
 
 
 def remove(
@@ -162,10 +168,12 @@ def remove(
     file: Path = StackOption,
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
+    token: str | None = TokenOption,
+    tls_no_verify: bool = TlsNoVerifyOption,
 ) -> None:
     """Remove deployed functions."""
     names = [name] if name else list(_stack(file, None)[0].functions)
-    client = Client(gateway, data_dir)
+    client = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify)
     for n in names:
         client.request("DELETE", "/system/functions", json={"functionName": n})
         err.print(f"removed {n}", highlight=False)
@@ -174,10 +182,14 @@ def remove(
 def list_functions(
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
+    token: str | None = TokenOption,
+    tls_no_verify: bool = TlsNoVerifyOption,
     output: str = OutputOption,
 ) -> None:
     """List deployed functions."""
-    rows = Client(gateway, data_dir).json("GET", "/system/functions")
+    rows = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
+        "GET", "/system/functions"
+    )
     print_rows(
         rows,
         ["name", "lang", "topic", "status", "replicas", "availableReplicas", "last_error"],
@@ -200,6 +212,8 @@ def invoke(
     callback: str | None = typer.Option(None, "--callback-url"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
+    token: str | None = TokenOption,
+    tls_no_verify: bool = TlsNoVerifyOption,
 ) -> None:
     """Call a function with a body, as `faas-cli invoke` does, or with a sample event."""
     headers = {"Content-Type": content_type}
@@ -218,7 +232,7 @@ def invoke(
             if data is not None
             else (b"" if sys.stdin.isatty() else sys.stdin.buffer.read())
         )
-    client = Client(gateway, data_dir)
+    client = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify)
     if asynchronous:
         if callback:
             headers["X-Callback-Url"] = callback
@@ -253,10 +267,12 @@ def logs(
     tail: int = typer.Option(100, "--tail"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
+    token: str | None = TokenOption,
+    tls_no_verify: bool = TlsNoVerifyOption,
     output: str = OutputOption,
 ) -> None:
     """Show a function's log lines (stdout, stderr and system)."""
-    client = Client(gateway, data_dir)
+    client = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify)
     params = f"name={name}&tail={tail}&follow={'true' if follow else 'false'}"
     try:
         for line in client.stream_lines("GET", f"/system/logs?{params}"):

@@ -53,6 +53,12 @@ def serve(
         "--retention",
         help="Drop delivered events this long after they arrived (7d, 36h, P30D; 0 = keep)",
     ),
+    tls_cert: Path | None = typer.Option(
+        None, "--tls-cert", help="Serve the API over HTTPS with this PEM certificate (chain)"
+    ),
+    tls_key: Path | None = typer.Option(
+        None, "--tls-key", help="The PEM private key of --tls-cert"
+    ),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Run the appliance: event log, functions, providers, API and webhook."""
@@ -66,6 +72,10 @@ def serve(
         host, port = parse_listen(listen)
     except ValueError as exc:
         fail(str(exc))
+    if (tls_cert is None) != (tls_key is None):
+        fail("--tls-cert and --tls-key go together")
+    if tls_cert is not None and tls_key is not None:
+        _check_tls(tls_cert, tls_key)
     if bool(webhook_user) != bool(webhook_password):
         fail("--webhook-user and --webhook-password go together")
     from veba.config import ApplianceConfig, ConfigError, load_config, vcenter_from_url
@@ -103,6 +113,8 @@ def serve(
         simulator_seed=simulator_seed,
         webhook_bearer_token=webhook_token,
         retention=_retention(retention),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
         **fields,
     )
     from veba.listeners import ListenError
@@ -113,10 +125,10 @@ def serve(
     except ListenError as exc:
         fail(str(exc))
     configure_logging(log_level)
-    appliance = Appliance(settings, sockets=sockets)
-    (settings.data_dir / "url").write_text(f"http://{host}:{port}\n")
+    appliance = Appliance(settings, sockets=sockets)  # records its URL beside its token
+    scheme = "https" if tls_cert else "http"
     err.print(
-        f"veba serving on http://{host}:{port}  data: {settings.data_dir}  "
+        f"veba serving on {scheme}://{host}:{port}  data: {settings.data_dir}  "
         f"token: {settings.data_dir / 'token'}",
         highlight=False,
     )
@@ -130,12 +142,30 @@ def serve(
             log_level="warning" if log_level == "info" else log_level,
             access_log=False,
             timeout_graceful_shutdown=10,
+            ssl_certfile=str(tls_cert) if tls_cert else None,
+            ssl_keyfile=str(tls_key) if tls_key else None,
         )
     )
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sockets["api"]])
     if not server.started:
         raise typer.Exit(3)  # uvicorn said why
+
+
+def _check_tls(cert: Path, key: Path) -> None:
+    """Load the pair now, so a wrong file is one clear line, not a traceback."""
+    import ssl
+
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if not path.is_file():
+            fail(f"{flag} {path}: no such file")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        fail(
+            f"--tls-cert {cert} / --tls-key {key}: not a PEM certificate and its key"
+            f" ({getattr(exc, 'reason', None) or exc})"
+        )
 
 
 def _retention(value: str) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import ssl
 import threading
 import urllib.parse
 from dataclasses import dataclass
@@ -32,6 +33,20 @@ __all__ = [
 ]
 
 REQUEST_TIMEOUT = 10.0  # the time limit of one request, by default
+
+
+def _tls_context() -> ssl.SSLContext:
+    """For an appliance serving HTTPS (`veba serve --tls-cert`): its workers reach
+    the API on loopback, where no certificate name fits, so they trust exactly
+    the appliance's own certificate (``VEBA_API_CERT``, PEM) instead of checking
+    names against the usual CAs. Anything else gets the default checks."""
+    pinned = os.environ.get("VEBA_API_CERT")
+    if not pinned:
+        return ssl.create_default_context()
+    context = ssl.create_default_context(cadata=pinned)
+    context.check_hostname = False
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a leaf as the trust anchor
+    return context
 
 
 # --- errors ----------------------------------------------------------------------------
@@ -199,8 +214,12 @@ class StoreClient:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
         if conn is not None:
             return conn, True
-        cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-        conn = cls(self._host, self._port, timeout=self.timeout)
+        if self._scheme == "https":
+            conn = http.client.HTTPSConnection(
+                self._host, self._port, timeout=self.timeout, context=_tls_context()
+            )
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
         self._local.conn = conn
         return conn, False
 
