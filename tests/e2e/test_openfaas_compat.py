@@ -135,6 +135,65 @@ def test_secrets_are_read_from_the_openfaas_path_and_the_hostname_is_pod_style(
             assert b"Tagging-S3cret!" not in path.read_bytes(), path
 
 
+# As VEBA's ESX MTU fixer (lang: python): one Kubernetes secret with three keys,
+# each read from its own file, as OpenFaaS mounts them.
+MTU_FIXER = """
+import json, os
+
+def handle(req):
+    with open("/var/openfaas/secrets/vc-user", "r") as vc_user:
+        vcenter_user = vc_user.read()
+    with open("/var/openfaas/secrets/vc-password", "r") as vc_pass:
+        vcenter_pass = vc_pass.read()
+    with open("/var/openfaas/secrets/vc-host", "r") as vc_host:
+        vcenter_host = vc_host.read()
+    with open(os.environ["OUT"], "a") as out:
+        out.write(json.dumps({"host": vcenter_host, "user": vcenter_user,
+                              "pass_len": len(vcenter_pass),
+                              "files": sorted(os.listdir("/var/openfaas/secrets"))}) + "\\n")
+    return "Changed hosts:\\n"
+"""
+
+
+def test_a_secret_with_several_keys_is_one_file_per_key(
+    appliance_factory: type, tmp_path: Path
+) -> None:
+    out = tmp_path / "mtu.jsonl"
+    app = appliance_factory.start("--simulator-rate", "0")
+    # The create_secret.sh of VEBA's example, with veba for kubectl.
+    app.cli(
+        "secret", "create", "vc-credentials",
+        "--from-literal=vc-password=Mtu-P4ss=word",
+        "--from-literal=vc-host=vcsa.lab.local",
+        "--from-literal=vc-user=administrator@vsphere.local",
+    )  # fmt: skip
+    write_function(tmp_path / "fn" / "esx-mtu-fixer", MTU_FIXER)
+    stack = write_stack(
+        tmp_path / "fn" / "stack.yml",
+        {
+            "esx-mtu-fixer": {
+                "lang": "python",
+                "handler": "./esx-mtu-fixer",
+                "image": "vmware/veba-python-esx-mtu:latest",
+                "annotations": {"topic": "VmPoweredOnEvent"},
+                "environment": {"write_debug": True, "read_debug": True, "OUT": str(out)},
+                "secrets": ["vc-credentials"],
+            }
+        },
+    )
+    app.cli("up", "-f", str(stack))
+    _powered_on(app)
+    got = wait_for(lambda: read_jsonl(out), 120, "the MTU fixer to read its three keys")[0]
+    assert got == {
+        "host": "vcsa.lab.local",
+        "user": "administrator@vsphere.local",
+        "pass_len": len("Mtu-P4ss=word"),
+        "files": ["vc-host", "vc-password", "vc-user"],
+    }
+    # Its answer is what the classic template prints: the return value and a newline.
+    assert app.cli("invoke", "esx-mtu-fixer", "--data", "{}").stdout.startswith("Changed hosts:")
+
+
 def test_a_function_calls_another_through_gateway_openfaas(
     appliance_factory: type, tmp_path: Path
 ) -> None:
