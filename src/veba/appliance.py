@@ -81,6 +81,7 @@ class Appliance:
             api_url=self.url,
             api_certificate=_leaf_certificate(settings.tls_cert) if settings.tls_cert else None,
             callbacks=self.http,
+            private_dir=settings.data_dir,
         )
         self.providers: list[Provider] = list(
             providers if providers is not None else _default_providers(settings, self.secrets)

@@ -215,6 +215,7 @@ class Functions:
         api_url: str | None = None,
         api_certificate: str | None = None,
         callbacks: httpx.AsyncClient | None = None,
+        private_dir: Path | None = None,
     ) -> None:
         self._dir = functions_dir
         self._callbacks = callbacks  # for the X-Callback-Url of async calls
@@ -234,6 +235,8 @@ class Functions:
         self._deployments: dict[str, Deployment] = {}
         # /etc/hosts lines of isolated workers: gateway.openfaas (set by the appliance).
         self.hosts: tuple[str, ...] = ()
+        # Hidden from isolated workers but for their own code, venv and SDK.
+        self.private_dir = private_dir
         self._lock = asyncio.Lock()
         self._starting: set[asyncio.Task[None]] = set()
         self.router = Router()
@@ -458,7 +461,7 @@ class Functions:
             # Named as a Deployment's pods are, so VEBA code that finds its own
             # name in socket.gethostname() works.
             prefix = f"{definition.name[:47]}-{definition.code_hash[:9]}"
-            return Isolation(prefix, self.hosts)
+            return Isolation(prefix, self.hosts, private_dir=self.private_dir)
         if secrets:
             raise DeployError(
                 f"functions.{definition.name}.secrets: functions read their secrets at"

@@ -359,3 +359,45 @@ def test_every_openfaas_python_template_name_runs_its_handler_unchanged(
             assert r.status_code == expected, lang
             if template != "python":
                 assert r.headers["X-Template"] == template.removeprefix("python3-"), lang
+
+
+# A curious function: what of the appliance's data dir can it read?
+SNOOPS = """
+import json, os
+
+def handle(req):
+    data_dir = req.strip()
+    seen = {}
+    for name in ("secret.key", "token", "events.db"):
+        try:
+            with open(os.path.join(data_dir, name), "rb") as f:
+                seen[name] = len(f.read())
+        except OSError as exc:
+            seen[name] = exc.__class__.__name__
+    listing = sorted(os.listdir(data_dir))
+    return json.dumps({"seen": seen, "listing": listing,
+                       "functions": sorted(os.listdir(os.path.join(data_dir, "functions")))})
+"""
+
+
+def test_a_function_sees_none_of_the_appliance_but_its_own_code(
+    appliance_factory: type, tmp_path: Path
+) -> None:
+    app = appliance_factory.start("--no-simulator")
+    write_function(tmp_path / "fn" / "snoop", SNOOPS)
+    write_function(tmp_path / "fn" / "other", "def handle(req):\n    return req\n")
+    functions = {
+        "snoop": {"lang": "python3-flask", "handler": "./snoop"},
+        "other": {"lang": "python3-flask", "handler": "./other"},
+    }
+    app.cli("up", "-f", str(write_stack(tmp_path / "fn" / "stack.yml", functions)))
+    with app.client() as http:
+        r = http.post("/function/snoop", content=str(app.data_dir.resolve()).encode())
+    assert r.status_code == 200, r.text
+    got = r.json()
+    # No key to decrypt the secrets, no API token, no event log, no other function.
+    assert got["seen"] == dict.fromkeys(("secret.key", "token", "events.db"), "FileNotFoundError")
+    assert got["listing"] == ["functions", "venvs"]
+    assert got["functions"] == ["snoop"]
+    # The appliance itself still has all of it.
+    assert (app.data_dir / "secret.key").exists() and (app.data_dir / "functions" / "other").is_dir()

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -73,15 +73,24 @@ class Isolation:
     # ``<function>-<deployment hash>``, as a Deployment's pods are named.
     hostname_prefix: str
     hosts: tuple[str, ...] = ()
+    # The appliance's data dir: hidden from the worker but for what it must read.
+    private_dir: Path | None = None
 
     def hostname(self) -> str:
         """A new pod-style name: the prefix and a random 5-character suffix."""
         suffix = "".join(random.choices(_POD_ALPHABET, k=5))
         return f"{self.hostname_prefix[:57]}-{suffix}"
 
-    def wrap(self, command: list[str], fd: int, hostname: str) -> list[str]:
-        """``command`` run through isolate.py by this (the appliance's) interpreter."""
+    def wrap(
+        self, command: list[str], fd: int, hostname: str, keep: Sequence[Path] = ()
+    ) -> list[str]:
+        """``command`` run through isolate.py by this (the appliance's) interpreter;
+        of the private dir, the worker sees only ``keep``."""
         hosts = [arg for line in self.hosts for arg in ("--hosts-entry", line)]
+        hide: list[str] = []
+        if self.private_dir is not None:
+            hide = ["--hide", str(self.private_dir)]
+            hide += [arg for path in keep for arg in ("--keep", str(path))]
         return [
             sys.executable,
             "-I",
@@ -91,6 +100,7 @@ class Isolation:
             "--hostname",
             hostname,
             *hosts,
+            *hide,
             "--",
             *command,
         ]
@@ -174,7 +184,9 @@ class WorkerProcess:
             *(("--sdk-path", str(sdk_dir)) if sdk_dir else ()),
         ]
         if isolation is not None:
-            command = isolation.wrap(command, child.fileno(), env.get("HOSTNAME", ""))
+            # What the worker reads: its code, its venv (python's parent's parent), the SDK.
+            keep = [handler_dir, python.parent.parent, *([sdk_dir] if sdk_dir else [])]
+            command = isolation.wrap(command, child.fileno(), env.get("HOSTNAME", ""), keep)
             files = {k: base64.b64encode(v).decode("ascii") for k, v in (secrets or {}).items()}
             writer.write(frame({"secrets": files}, b""))
         try:

@@ -11,6 +11,9 @@ namespace (and a user namespace when not root), so that, as in an OpenFaaS pod:
 * ``socket.gethostname()`` is a pod-style name (``--hostname``);
 * ``/etc/hosts`` holds ``--hosts-entry`` lines, e.g. ``gateway.openfaas`` pointing
   at the appliance's listener for function-to-function calls;
+* the appliance's data dir (``--hide``) shows only what the worker must read
+  (``--keep``: its code, its venv, the SDK), not the key that decrypts every
+  secret, the API token, the log or other functions' code;
 
 and then ``execv``s COMMAND (the worker, or a Knative app's command) in place:
 namespaces survive exec, capabilities of an unprivileged user do not.
@@ -153,6 +156,30 @@ def install_secrets(files: dict[str, bytes]) -> None:
     _mount(None, SECRETS_PATH, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
+def hide_except(folder: str, keep: Sequence[str]) -> None:
+    """Cover ``folder`` (the appliance's data dir: its key, token, log, every
+    function's code) with an empty tmpfs, then bind back only ``keep``: what this
+    function's worker must read (its code, its venv, the SDK)."""
+    if not os.path.isdir(folder):
+        return
+    folder = os.path.realpath(folder)  # paths through symlinks then land on the mounts
+    held: list[tuple[str, int]] = []
+    try:
+        for path in keep:
+            rel = os.path.relpath(os.path.realpath(path), folder)
+            if rel.startswith(".."):
+                raise IsolationError(f"{path} is not inside {folder}")
+            held.append((rel, os.open(path, os.O_RDONLY | os.O_DIRECTORY)))
+        _mount("tmpfs", folder, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+        for rel, fd in held:
+            inside = os.path.join(folder, rel)
+            os.makedirs(inside, mode=0o755, exist_ok=True)
+            _mount(f"/proc/self/fd/{fd}", inside, None, MS_BIND | MS_REC)
+    finally:
+        for _, fd in held:
+            os.close(fd)
+
+
 def set_hostname(name: str) -> None:
     try:
         socket.sethostname(name)
@@ -230,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, help="the worker socket; secrets arrive on it")
     parser.add_argument("--hostname")
     parser.add_argument("--hosts-entry", action="append", default=[])
+    parser.add_argument("--hide", help="a folder to hide but for the --keep paths in it")
+    parser.add_argument("--keep", action="append", default=[])
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.probe:
@@ -246,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         files = read_setup(sock) if sock is not None else {}
         enter_namespaces()
         install_secrets(files)
+        if args.hide:
+            hide_except(args.hide, args.keep)
         if args.hostname:
             set_hostname(args.hostname)
         if args.hosts_entry:
