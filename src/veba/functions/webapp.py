@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,7 +58,8 @@ class _Instance:
     process: WebProcess
     port: int
     in_flight: int = 0
-    dead: bool = False
+    dead: bool = False  # ended, or ending on purpose
+    unreachable: bool = False  # refused a connection: being ended, its watcher restarts it
     watcher: asyncio.Task[None] | None = None
 
     @property
@@ -160,41 +162,58 @@ class WebAppPool:
         if self._stopping:
             raise RuntimeError(f"function {self.name!r} is stopped")
         self._counts["invocations"] += 1
-        instance = await self._instance()
-        if instance is None:
-            return _failed("crash", f"function {self.name!r} stopped", None, 0.0)
-        instance.in_flight += 1
-        started, clock = time.time(), time.monotonic()
-        try:
-            response = await self._client.request(
-                inv.method,
-                instance.url + (inv.path or "/"),
-                params=dict(inv.query),
-                headers={k: v for k, v in inv.headers.items() if k.lower() not in _HOP_HEADERS},
-                content=inv.body,
-                timeout=max(timeout, 0.001),
-            )
-        except httpx.TimeoutException:
-            # The app runs on (a web server cannot be interrupted mid-request); the
-            # dispatcher retries or dead-letters as for any timeout.
-            self._counts["timeouts"] += 1
-            error = f"function {self.name!r} timed out after {timeout:g}s"
-            return _failed("timeout", error, started, time.monotonic() - clock)
-        except httpx.HTTPError as exc:
-            # The connection broke: the instance died (its watcher restarts it).
-            tail = "\n".join(instance.process.tail) or None
-            error = f"function {self.name!r} instance {instance.process.pid}: {type(exc).__name__}"
-            return _failed(
-                "crash",
-                f"{error}: {exc}" if str(exc) else error,
-                started,
-                time.monotonic() - clock,
-                tail,
-            )
-        finally:
-            instance.in_flight -= 1
-            self._notify()
+        headers = {k: v for k, v in inv.headers.items() if k.lower() not in _HOP_HEADERS}
+        while True:
+            instance = await self._instance()
+            if instance is None:
+                return _failed("crash", f"function {self.name!r} stopped", None, 0.0)
+            instance.in_flight += 1
+            started, clock = time.time(), time.monotonic()
+            try:
+                response = await self._client.request(
+                    inv.method,
+                    instance.url + (inv.path or "/"),
+                    params=dict(inv.query),
+                    headers=headers,
+                    content=inv.body,
+                    timeout=max(timeout, 0.001),
+                )
+                break
+            except httpx.ConnectError:
+                # Nothing was sent: the app is gone or deaf (its exit may not have been
+                # noticed yet). End it for its watcher to restart; try another.
+                self._condemn(instance)
+            except httpx.TimeoutException:
+                return self._timed_out(timeout, started, time.monotonic() - clock)
+            except httpx.HTTPError as exc:
+                # The connection broke mid-request: the instance died (its watcher restarts it).
+                return self._broken(instance, exc, started, time.monotonic() - clock)
+            finally:
+                instance.in_flight -= 1
+                self._notify()
         return self._outcome(response, started, time.monotonic() - clock)
+
+    def _condemn(self, instance: _Instance) -> None:
+        if not instance.unreachable:
+            instance.unreachable = True
+            self._system(f"instance {instance.process.pid} refused a connection; ending it")
+            instance.process.send_signal(signal.SIGTERM)
+
+    def _timed_out(self, timeout: float, started: float, duration: float) -> Outcome:
+        # The app runs on (a web server cannot be interrupted mid-request); the
+        # dispatcher retries or dead-letters as for any timeout.
+        self._counts["timeouts"] += 1
+        error = f"function {self.name!r} timed out after {timeout:g}s"
+        return _failed("timeout", error, started, duration)
+
+    def _broken(
+        self, instance: _Instance, exc: httpx.HTTPError, started: float, duration: float
+    ) -> Outcome:
+        tail = "\n".join(instance.process.tail) or None
+        error = f"function {self.name!r} instance {instance.process.pid}: {type(exc).__name__}"
+        if str(exc):
+            error = f"{error}: {exc}"
+        return _failed("crash", error, started, duration, tail)
 
     def _outcome(self, response: httpx.Response, started: float, duration: float) -> Outcome:
         status = response.status_code
@@ -217,6 +236,7 @@ class WebAppPool:
                     for i in self._slots
                     if i is not None
                     and not i.dead
+                    and not i.unreachable
                     and (not self.concurrency or i.in_flight < self.concurrency)
                 ]
                 if candidates:
