@@ -177,11 +177,16 @@ class FunctionDefinition:
             concurrency=concurrency,
         )
 
-    def required_secrets(self) -> list[str]:
-        """The secrets a deploy needs to exist (a Knative reference may be optional)."""
+    def required_secrets(self) -> list[tuple[str, str]]:
+        """(field path, name) of the secrets a deploy needs to exist (a Knative
+        reference may be optional)."""
         if not self.knative:
-            return list(self.secrets)
-        return required_secrets(self.env_from, self.secret_env)
+            return [(f"{self.where}.secrets", name) for name in self.secrets]
+        container = f"{self.where}.spec.template.spec.containers[0]"
+        return [
+            (f"{container}.{path}", name)
+            for path, name in required_secrets(self.env_from, self.secret_env)
+        ]
 
     def compile(self) -> tuple[Subscription, DeliveryPolicy]:
         where = self.where
@@ -377,10 +382,10 @@ class Functions:
         definition = FunctionDefinition.from_payload(payload, code_hash)
         subscription, policy = definition.compile()
         where = definition.where
-        for secret in definition.required_secrets():
+        for field_path, secret in definition.required_secrets():
             if not self._secrets.exists(secret):
                 raise DeployError(
-                    f"{where}.secrets: secret {secret!r} does not exist;"
+                    f"{field_path}: secret {secret!r} does not exist;"
                     f" create it with: veba secret create {secret} --from-file FILE"
                 )
         entry = PROCFILE if definition.knative else "handler.py"

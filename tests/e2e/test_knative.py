@@ -84,6 +84,20 @@ PROCFILE = (
 V08 = "com.vmware.vsphere.{}.v0"
 
 
+# A python3-http handler reading a binary-mode CloudEvent (the v0.8 shape).
+BINARY_RECORDER = """
+import json, os
+
+def handle(event, context):
+    line = json.dumps({"id": event.headers["ce-id"], "type": event.headers["ce-type"],
+                       "eventclass": event.headers["ce-eventclass"],
+                       "data": json.loads(event.body)})
+    with open(os.environ["OUT"], "a") as out:
+        out.write(line + "\\n")
+    return {"statusCode": 200, "body": "ok"}
+"""
+
+
 def service(name: str, env: dict[str, str], **container: Any) -> dict[str, Any]:
     return {
         "apiVersion": "serving.knative.dev/v1",
@@ -354,7 +368,9 @@ def test_one_vcenter_event_reaches_a_v07_and_a_v08_function_each_in_its_shape(
 ) -> None:
     app = start()
     v07_out, v08_out = tmp_path / "v07.jsonl", tmp_path / "v08.jsonl"
+    stack_v08_out = tmp_path / "stack-v08.jsonl"
     write_function(tmp_path / "stack" / "power", RECORDER)
+    write_function(tmp_path / "stack" / "power-v08", BINARY_RECORDER)
     stack = write_stack(
         tmp_path / "stack" / "stack.yml",
         {
@@ -363,7 +379,17 @@ def test_one_vcenter_event_reaches_a_v07_and_a_v08_function_each_in_its_shape(
                 "handler": "./power",
                 "annotations": {"topic": "VmPoweredOffEvent"},
                 "environment": {"OUT": str(v07_out)},
-            }
+            },
+            # A stack.yml function may choose v0.8's shape (and may name v0.8's type).
+            "power-v08": {
+                "lang": "python3-http",
+                "handler": "./power-v08",
+                "annotations": {
+                    "topic": "com.vmware.vsphere.VmPoweredOffEvent.v0",
+                    "veba.event-shape": "v0.8",
+                },
+                "environment": {"OUT": str(stack_v08_out)},
+            },
         },
     )
     app.cli("up", "-f", str(stack))
@@ -385,6 +411,13 @@ def test_one_vcenter_event_reaches_a_v07_and_a_v08_function_each_in_its_shape(
     assert v08["attributes"]["id"] == event["id"] and v08["binary"]
     assert v08["attributes"]["type"] == V08.format("VmPoweredOffEvent")
     assert v07["source"] == v08["attributes"]["source"] and v07["data"] == v08["data"]
+    (stack_v08,) = wait_for(lambda: read_jsonl(stack_v08_out), 60, "the v0.8 stack function")
+    assert stack_v08 == {
+        "id": event["id"],
+        "type": V08.format("VmPoweredOffEvent"),
+        "eventclass": "event",
+        "data": event["data"],
+    }
 
     # An event that is not vSphere's passes unchanged, in binary mode, to a Trigger on it.
     hook = {
@@ -476,8 +509,15 @@ def test_a_killed_app_is_restarted_and_no_event_is_lost(start: Any, tmp_path: Pa
             lambda docs, folder: (folder / "Procfile").write_text("worker: python3 jobs.py\n"),
             "Procfile: web: missing; veba runs the Procfile's web process",
         ),
+        (
+            lambda docs, folder: docs[0]["spec"]["template"]["spec"]["containers"][0].update(
+                {"envFrom": [{"secretRef": {"name": "kn-py-broken-secret"}}]}
+            ),
+            "function.yaml: Service/kn-py-broken.spec.template.spec.containers[0]"
+            ".envFrom[0].secretRef.name: secret 'kn-py-broken-secret' does not exist",
+        ),
     ],
-    ids=["unknown-field", "trigger-names-another-service", "no-web-line"],
+    ids=["unknown-field", "trigger-names-another-service", "no-web-line", "missing-secret"],
 )
 def test_a_broken_function_yaml_is_refused_with_its_file_and_field(
     start: Any, tmp_path: Path, break_it: Any, expected: str

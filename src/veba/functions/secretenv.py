@@ -70,8 +70,17 @@ def secret_environment(
 
 def required_secrets(
     env_from: Iterable[Mapping[str, Any]], secret_env: Mapping[str, Mapping[str, Any]]
-) -> list[str]:
-    """Secrets that must exist (the references not marked optional)."""
-    names = [str(r["secret"]) for r in env_from if not r.get("optional")]
-    names += [str(r["secret"]) for r in secret_env.values() if not r.get("optional")]
-    return list(dict.fromkeys(names))
+) -> list[tuple[str, str]]:
+    """(field path, secret) of each reference not marked optional, paths as in the
+    container spec: ``envFrom[0].secretRef.name``, ``env.TOKEN.valueFrom.secretKeyRef.name``."""
+    refs = [
+        (f"envFrom[{i}].secretRef.name", str(r["secret"]))
+        for i, r in enumerate(env_from)
+        if not r.get("optional")
+    ]
+    refs += [
+        (f"env.{variable}.valueFrom.secretKeyRef.name", str(r["secret"]))
+        for variable, r in secret_env.items()
+        if not r.get("optional")
+    ]
+    return refs
