@@ -78,7 +78,10 @@ def subject_of(attributes: Mapping[str, str]) -> str:
     subject = attributes.get("subject")
     if subject:
         return subject
-    match = _V08_TYPE.match(attributes.get("type", ""))
+    event_type = attributes.get("type", "")
+    if not event_type.startswith(V08_TYPE_PREFIX):
+        return ""
+    match = _V08_TYPE.match(event_type)
     return match.group("name") if match else ""
 
 
@@ -104,7 +107,8 @@ def shaped_attributes(attributes: Mapping[str, str], shape: Shape) -> Mapping[st
                 out[key] = value
         out[EVENT_CLASS] = kind
         return out
-    match = _V08_TYPE.match(attributes.get("type", ""))
+    event_type = attributes.get("type", "")
+    match = _V08_TYPE.match(event_type) if event_type.startswith(V08_TYPE_PREFIX) else None
     if match is None:
         return attributes
     name = match.group("name")

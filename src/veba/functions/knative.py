@@ -301,8 +301,6 @@ class _Reader:
                 compile_subscription("check", None, filters, where=where)
             except SubscriptionError as exc:
                 at, _, reason = str(exc).partition(": ")
-                if not spec.get("filters"):
-                    at = where  # the exact-match form we built is not the user's path
                 raise self.fail(at, reason) from None
         return expression
 
