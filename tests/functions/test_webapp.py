@@ -38,7 +38,7 @@ APP = """
             out = json.dumps({
                 "pid": os.getpid(), "path": self.path, "body": body,
                 "headers": {k.lower(): v for k, v in self.headers.items()},
-                "env": {k: os.environ.get(k) for k in ("PORT", "PATH", "K_SERVICE", "GREETING")},
+                "env": {k: os.environ.get(k) for k in ("PORT", "PATH", "K_SERVICE", "GREETING", "FLASK_DEBUG")},
             }).encode()
             self.send_response(int(self.headers.get("X-Status", "200")))
             self.send_header("Content-Type", "application/json")
@@ -116,6 +116,7 @@ async def test_a_request_reaches_the_app_with_its_path_headers_and_environment(
     # `python3` in the Procfile is the function venv's.
     assert got["env"]["PATH"].split(os.pathsep)[0] == str(python.parent)
     assert got["env"]["K_SERVICE"] == "web" and got["env"]["GREETING"] == "hello"
+    assert got["env"]["FLASK_DEBUG"] == "0"  # no Werkzeug debugger for FLASK_ENV=development
     assert {k.lower(): v for k, v in out.headers.items()}["content-type"] == "application/json"
 
 

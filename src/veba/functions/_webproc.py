@@ -97,6 +97,9 @@ def web_env(
     env["PORT"] = str(port)
     env["K_SERVICE"] = function  # as Knative Serving sets it
     env["FLASK_RUN_HOST"] = LOOPBACK  # `flask run` without --host
+    # VEBA's Procfiles say FLASK_ENV=development, which makes Flask < 2.3 run its
+    # debugger (code execution for anyone with the PIN it logs): off unless asked for.
+    env.setdefault("FLASK_DEBUG", "0")
     env.setdefault("PYTHONUNBUFFERED", "1")  # print() reaches the log as it happens
     return env
 
