@@ -48,6 +48,7 @@ EVENTING = "eventing.knative.dev/v1"
 MIN_SCALE = ("autoscaling.knative.dev/minScale", "autoscaling.knative.dev/min-scale")
 MAX_SCALE = ("autoscaling.knative.dev/maxScale", "autoscaling.knative.dev/max-scale")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _RESERVED_ENV = ("PORT",)  # veba sets it, as Knative does
 
@@ -228,6 +229,7 @@ class _Reader:
         return meta
 
     def name(self, obj: Mapping[str, Any], where: str) -> str:
+        """A Service's name: the function's, a DNS-1123 label as Knative requires."""
         name = self.metadata(obj, where).get("name")
         at = f"{where}.metadata.name"
         if name is None:
@@ -240,10 +242,22 @@ class _Reader:
             )
         return name
 
+    def object_name(self, obj: Mapping[str, Any], where: str) -> str:
+        """Another object's name (a Trigger's): a DNS-1123 subdomain, as Kubernetes'."""
+        name = self.metadata(obj, where).get("name")
+        at = f"{where}.metadata.name"
+        if name is None:
+            raise self.fail(at, "missing")
+        if not isinstance(name, str) or len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+            raise self.fail(
+                at, "must be lower case letters, digits, '-' and '.' (a DNS-1123 subdomain)"
+            )
+        return name
+
     # -- Trigger ------------------------------------------------------------------------
 
     def trigger(self, obj: Mapping[str, Any], ident: str) -> _Trigger:
-        self.name(obj, ident)
+        self.object_name(obj, ident)
         spec = self.mapping(obj.get("spec"), f"{ident}.spec", required=True)
         self.known(spec, _TRIGGER_SPEC, f"{ident}.spec")
         self.string(spec.get("broker"), f"{ident}.spec.broker")
