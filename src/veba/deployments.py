@@ -32,9 +32,12 @@ from veba.dispatch import DeadLetterSink, Dispatcher, Observer
 from veba.eventlog.base import EventLog
 from veba.functionlogs import LogHub
 from veba.functions._workerproc import isolation_problem
-from veba.functions.build import BuildError, ensure_venv
+from veba.functions.build import BuildError, ensure_venv, not_code
 from veba.functions.isolate import SECRETS_PATH
-from veba.functions.stack import ALL_LANGS, LANG_ALIASES, LANGS
+from veba.functions.procfile import PROCFILE, web_command
+from veba.functions.runtime import FunctionRuntime
+from veba.functions.secretenv import SecretEnvError, required_secrets, secret_environment
+from veba.functions.stack import ALL_LANGS, KNATIVE_LANG, LANG_ALIASES, LANGS, StackError
 from veba.functions.supervisor import (
     FunctionLoadError,
     FunctionPool,
@@ -42,8 +45,10 @@ from veba.functions.supervisor import (
     Isolation,
     Outcome,
 )
+from veba.functions.webapp import WebAppPool
 from veba.routing import Router, Subscription, SubscriptionError, compile_subscription
 from veba.secrets import SecretError, SecretStore
+from veba.shapes import DEFAULT_SHAPE, KNATIVE_SHAPE, SHAPE_ANNOTATION, V08, Shape, parse_shape
 from veba.store import Store, StoreTokens
 from veba.targets.functions import FunctionTarget
 
@@ -64,7 +69,7 @@ def pack_code(handler_dir: Path) -> str:
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for path in sorted(handler_dir.rglob("*")):
             rel = path.relative_to(handler_dir)
-            if any(part in ("__pycache__", ".venv", ".git") for part in rel.parts):
+            if not_code(handler_dir, rel):
                 continue
             info = tar.gettarinfo(str(path), arcname=str(rel))
             info.mtime = 0  # same code, same hash
@@ -102,6 +107,21 @@ class FunctionDefinition:
     timeout: float = 30.0
     code_hash: str = ""
     deployed_at: float = 0.0
+    shape: Shape = DEFAULT_SHAPE  # the VEBA event shape it gets: v0.7 or v0.8
+    # Knative functions (lang "knative"): variables from secrets (see
+    # veba.functions.secretenv) and requests in flight per instance (0: no limit).
+    secret_env: dict[str, dict[str, Any]] = field(default_factory=dict)
+    env_from: list[dict[str, Any]] = field(default_factory=list)
+    concurrency: int = 0
+
+    @property
+    def knative(self) -> bool:
+        return self.lang == KNATIVE_LANG
+
+    @property
+    def where(self) -> str:
+        """The field path errors about this function start with."""
+        return f"Service/{self.name}" if self.knative else f"functions.{self.name}"
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any], code_hash: str) -> FunctionDefinition:
@@ -114,10 +134,23 @@ class FunctionDefinition:
         where = f"functions.{name}"
         lang = payload.get("lang")
         lang = LANG_ALIASES.get(str(lang), lang)
-        if lang not in LANGS:
+        if lang not in (*LANGS, KNATIVE_LANG):
             raise DeployError(
                 f"{where}.lang: unknown lang {lang!r}; expected one of {', '.join(ALL_LANGS)}"
             )
+        if lang == KNATIVE_LANG:
+            where = f"Service/{name}"
+        annotations = _field(payload, "annotations", dict, {}, where)
+        raw_shape = payload.get("shape") or annotations.get(SHAPE_ANNOTATION)
+        try:
+            default = KNATIVE_SHAPE if lang == KNATIVE_LANG else DEFAULT_SHAPE
+            shape = parse_shape(str(raw_shape)) if raw_shape else default
+        except ValueError as exc:
+            raise DeployError(f"{where}.annotations.{SHAPE_ANNOTATION}: {exc}") from None
+        secret_env, env_from = _secret_refs(payload, where)
+        concurrency = _field(payload, "concurrency", int, 0, where)
+        if concurrency < 0:
+            raise DeployError(f"{where}.concurrency: expected 0 (no limit) or more")
         workers = _field(payload, "workers", int, 1, where)
         if workers < 1 or workers > 64:
             raise DeployError(f"{where}.workers: expected 1 to 64 worker processes")
@@ -127,6 +160,9 @@ class FunctionDefinition:
         secrets = _field(payload, "secrets", list, [], where)
         if not all(isinstance(s, str) for s in secrets):
             raise DeployError(f"{where}.secrets: expected a list of secret names")
+        # Every secret it reads, so that changing one restarts it.
+        refs = [r["secret"] for r in [*env_from, *secret_env.values()]]
+        secrets = list(dict.fromkeys([*secrets, *refs]))
         return cls(
             name=name,
             lang=lang,
@@ -135,23 +171,37 @@ class FunctionDefinition:
             },
             secrets=list(secrets),
             labels={str(k): str(v) for k, v in _field(payload, "labels", dict, {}, where).items()},
-            annotations={
-                str(k): str(v) for k, v in _field(payload, "annotations", dict, {}, where).items()
-            },
-            topic=payload.get("topic")
-            or _field(payload, "annotations", dict, {}, where).get("topic"),
+            annotations={str(k): str(v) for k, v in annotations.items()},
+            topic=payload.get("topic") or annotations.get("topic"),
             filters=payload.get("filters"),
             delivery=dict(_field(payload, "delivery", dict, {}, where)),
             workers=workers,
             timeout=float(timeout),
             code_hash=code_hash,
             deployed_at=time.time(),
+            shape=shape,
+            secret_env=secret_env,
+            env_from=env_from,
+            concurrency=concurrency,
         )
 
+    def required_secrets(self) -> list[tuple[str, str]]:
+        """(field path, name) of the secrets a deploy needs to exist (a Knative
+        reference may be optional)."""
+        if not self.knative:
+            return [(f"{self.where}.secrets", name) for name in self.secrets]
+        container = f"{self.where}.spec.template.spec.containers[0]"
+        return [
+            (f"{container}.{path}", name)
+            for path, name in required_secrets(self.env_from, self.secret_env)
+        ]
+
     def compile(self) -> tuple[Subscription, DeliveryPolicy]:
-        where = f"functions.{self.name}"
+        where = self.where
         try:
-            subscription = compile_subscription(self.name, self.topic, self.filters, where=where)
+            subscription = compile_subscription(
+                self.name, self.topic, self.filters, where=where, shape=self.shape
+            )
             policy = DeliveryPolicy.parse(
                 self.delivery, where=f"{where}.delivery", default_timeout=self.timeout
             )
@@ -163,13 +213,35 @@ class FunctionDefinition:
         return asdict(self)
 
 
+def _secret_refs(
+    payload: Mapping[str, Any], where: str
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """A Knative function's secret references, as the CLI sends them (see FunctionSpec)."""
+    secret_env = _field(payload, "secret_env", dict, {}, where)
+    env_from = _field(payload, "env_from", list, [], where)
+    for variable, ref in secret_env.items():
+        if not (
+            isinstance(ref, dict)
+            and isinstance(ref.get("secret"), str)
+            and isinstance(ref.get("key"), str)
+        ):
+            raise DeployError(f"{where}.secret_env.{variable}: expected {{secret, key}}")
+    for i, ref in enumerate(env_from):
+        if not (isinstance(ref, dict) and isinstance(ref.get("secret"), str)):
+            raise DeployError(f"{where}.env_from[{i}]: expected {{secret, prefix}}")
+    return (
+        {str(k): dict(v) for k, v in secret_env.items()},
+        [dict(r) for r in env_from],
+    )
+
+
 @dataclass
 class Deployment:
     definition: FunctionDefinition
     subscription: Subscription
     policy: DeliveryPolicy
     code_dir: Path
-    pool: FunctionPool | None = None
+    pool: FunctionRuntime | None = None
     dispatcher: Dispatcher | None = None
     status: str = "starting"  # starting | ready | error
     error: str | None = None
@@ -182,6 +254,7 @@ class Deployment:
             "lang": d.lang,
             "topic": d.topic,
             "filters": d.filters,
+            "eventShape": d.shape,
             "status": self.status,
             "error": self.error,
             "replicas": d.workers,
@@ -231,7 +304,7 @@ class Functions:
         self._api_url = api_url
         # Under `serve --tls-cert`, the PEM certificate workers pin for the API.
         self._api_certificate = api_certificate
-        self._pool_tokens: dict[FunctionPool, str] = {}
+        self._pool_tokens: dict[FunctionRuntime, str] = {}
         self._deployments: dict[str, Deployment] = {}
         # /etc/hosts lines of isolated workers: gateway.openfaas (set by the appliance).
         self.hosts: tuple[str, ...] = ()
@@ -313,7 +386,7 @@ class Functions:
             await deployment.pool.stop()
             self._revoke(deployment.pool)
 
-    def _revoke(self, pool: FunctionPool) -> None:
+    def _revoke(self, pool: FunctionRuntime) -> None:
         token = self._pool_tokens.pop(pool, None)
         if token is not None and self._store_tokens is not None:
             self._store_tokens.revoke(token)
@@ -333,18 +406,19 @@ class Functions:
         code_hash = hashlib.sha256(archive).hexdigest()[:16]
         definition = FunctionDefinition.from_payload(payload, code_hash)
         subscription, policy = definition.compile()
-        where = f"functions.{definition.name}"
-        for secret in definition.secrets:
+        where = definition.where
+        for field_path, secret in definition.required_secrets():
             if not self._secrets.exists(secret):
                 raise DeployError(
-                    f"{where}.secrets: secret {secret!r} does not exist;"
+                    f"{field_path}: secret {secret!r} does not exist;"
                     f" create it with: veba secret create {secret} --from-file FILE"
                 )
+        entry = PROCFILE if definition.knative else "handler.py"
         async with self._lock:
             home = self._dir / definition.name
             code_dir = home / f"code-{code_hash}"
             if not code_dir.exists():
-                await asyncio.to_thread(_unpack, archive, code_dir, where)
+                await asyncio.to_thread(_unpack, archive, code_dir, where, entry)
             progress(f"{definition.name}: code unpacked ({len(archive)} bytes)")
             pool = await self._start_pool(definition, code_dir, progress)
             old = self._deployments.get(definition.name)
@@ -358,7 +432,8 @@ class Functions:
             for stale in home.glob("code-*"):
                 if stale != code_dir:
                     shutil.rmtree(stale, ignore_errors=True)
-            progress(f"{definition.name}: deployed, {definition.workers} worker(s) ready")
+            kind = "instance(s)" if definition.knative else "worker(s)"
+            progress(f"{definition.name}: deployed, {definition.workers} {kind} ready")
             return deployment
 
     async def restart_using(self, secret: str) -> list[str]:
@@ -403,12 +478,19 @@ class Functions:
 
     async def _start_pool(
         self, definition: FunctionDefinition, code_dir: Path, progress: Progress
-    ) -> FunctionPool:
+    ) -> FunctionRuntime:
         where = f"functions.{definition.name}"
+        # A Knative function's code is the folder its container's image stands for.
+        code = f"{where}.handler"
+        if definition.knative:
+            where = f"Service/{definition.name}.spec.template.spec.containers[0]"
+            code = f"{where}.image"
         try:
             python = await asyncio.to_thread(ensure_venv, code_dir, self._venvs, progress)
         except BuildError as exc:
-            raise DeployError(f"{where}.handler: {exc}") from None
+            raise DeployError(f"{code}: {exc}") from None
+        if definition.knative:
+            return await self._start_web_app(definition, code_dir, python, where)
         secrets = self._secret_files(definition)
         isolation = await self._isolation(definition, secrets)
         environment = dict(definition.environment)
@@ -477,6 +559,41 @@ class Functions:
         )
         return None
 
+    async def _start_web_app(
+        self, definition: FunctionDefinition, code_dir: Path, python: Path, where: str
+    ) -> WebAppPool:
+        """A Knative function: its Procfile's web command, secrets as variables."""
+        try:
+            command = web_command(code_dir)
+            secret_env = secret_environment(
+                self._secrets, definition.env_from, definition.secret_env
+            )
+        except StackError as exc:
+            raise DeployError(f"{where}.image: {PROCFILE} {exc.field}: {exc.reason}") from None
+        except SecretEnvError as exc:
+            raise DeployError(f"{where}.{exc}") from None
+        environment = {**secret_env, **definition.environment}
+        for variable in definition.secret_env:  # env wins over envFrom, in either form
+            if variable in secret_env:
+                environment[variable] = secret_env[variable]
+        environment["VEBA_FUNCTION_TIMEOUT"] = f"{definition.compile()[1].timeout:g}"
+        self._logs.set_secrets(definition.name, [v.encode() for v in secret_env.values()])
+        pool = WebAppPool(
+            definition.name,
+            python=python,
+            app_dir=code_dir,
+            command=command,
+            instances=definition.workers,
+            environment=environment,
+            log_sink=self._logs.write,
+            concurrency=definition.concurrency,
+        )
+        try:
+            await pool.start()
+        except FunctionLoadError as exc:
+            raise DeployError(f"{where}.image: {exc}") from None
+        return pool
+
     def _secret_files(self, definition: FunctionDefinition) -> dict[str, bytes]:
         """The files a function's declared secrets become, as OpenFaaS mounts them:
         one per single-value secret, one per key of a secret with several."""
@@ -497,16 +614,19 @@ class Functions:
                 files[file], owner[file] = value, name
         return files
 
-    def _attach(self, deployment: Deployment, pool: FunctionPool) -> None:
+    def _attach(self, deployment: Deployment, pool: FunctionRuntime) -> None:
         name = deployment.definition.name
+        shape = deployment.definition.shape
         deployment.pool = pool
         deployment.dispatcher = Dispatcher(
             name,
             log=self._log,
-            target=FunctionTarget(name, pool, self._callbacks),
+            # VEBA v0.8's shape goes in binary mode, as its Knative broker sent it.
+            target=FunctionTarget(name, pool, self._callbacks, binary=shape == V08),
             policy=deployment.policy,
             dead_letter_sink=self._dls,
             observer=self._observer,
+            shape=shape,
         )
         deployment.dispatcher.start()
         deployment.status, deployment.error = "ready", None
@@ -516,7 +636,7 @@ def _quiet(_: str) -> None:
     pass
 
 
-def _unpack(archive: bytes, code_dir: Path, where: str) -> None:
+def _unpack(archive: bytes, code_dir: Path, where: str, entry: str = "handler.py") -> None:
     tmp = code_dir.with_name(code_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -526,9 +646,9 @@ def _unpack(archive: bytes, code_dir: Path, where: str) -> None:
     except (tarfile.TarError, OSError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DeployError(f"{where}.handler: cannot unpack the code: {exc}") from None
-    if not (tmp / "handler.py").exists():
+    if not (tmp / entry).exists():
         shutil.rmtree(tmp, ignore_errors=True)
-        raise DeployError(f"{where}.handler: the handler folder has no handler.py")
+        raise DeployError(f"{where}.handler: the function's folder has no {entry}")
     tmp.rename(code_dir)
 
 

@@ -26,6 +26,7 @@ import httpx
 from veba.delivery import DeliveryPolicy, is_retryable
 from veba.eventlog.base import Attempt, Delivery, EventLog, LogFull
 from veba.events import Event
+from veba.shapes import Shape, to_shape
 from veba.targets.base import Result, Target
 
 __all__ = ["DeadLetterSink", "Dispatcher", "ordering_key"]
@@ -106,9 +107,13 @@ class Dispatcher:
         dead_letter_sink: DeadLetterSink | None = None,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.time,
+        shape: Shape | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
+        # The shape the target gets events in (and a dead-letter sink sees them in);
+        # None: as logged.
+        self.shape = shape
         self._log = log
         self._target = target
         self._dls = dead_letter_sink
@@ -323,7 +328,9 @@ class Dispatcher:
             started = self._clock()
             try:
                 result = await self._target.deliver(
-                    delivery.event, attempt=attempt_no, deadline=started + self.policy.timeout
+                    self._shaped(delivery.event),
+                    attempt=attempt_no,
+                    deadline=started + self.policy.timeout,
                 )
             except Exception as exc:  # a target must not raise; if one does, it is a crash
                 result = Result("crash", 0, f"{type(exc).__name__}: {exc}")
@@ -339,6 +346,9 @@ class Dispatcher:
         )
         return result, attempt
 
+    def _shaped(self, event: Event) -> Event:
+        return event if self.shape is None else to_shape(event, self.shape)
+
     def _observe(self, outcome: str, result: Result) -> None:
         if self._observer is not None:
             self._observer(self.name, outcome, result)
@@ -347,6 +357,9 @@ class Dispatcher:
         if self._dls is not None and self.policy.dead_letter_sink:
             self._spawn(
                 self._dls.forward(
-                    self.policy.dead_letter_sink, delivery.event, self._target.name, result
+                    self.policy.dead_letter_sink,
+                    self._shaped(delivery.event),
+                    self._target.name,
+                    result,
                 )
             )

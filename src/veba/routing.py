@@ -2,6 +2,13 @@
 
 A subscription is compiled once at deploy time; matching an event is then a set
 lookup on its subject plus, for filtered subscriptions, a small predicate tree.
+
+Both of VEBA's namings match (see `veba.shapes`): a topic `VmPoweredOffEvent`
+or `com.vmware.vsphere.VmPoweredOffEvent.v0`, a filter on `subject` or on the
+v0.8 `type`. Each filter leaf is evaluated on the event in the shape its own
+attributes name (`subject`, a `com.vmware.event.router/` type: v0.7;
+`eventclass`, a `com.vmware.vsphere.` type: v0.8), else in the subscription's
+shape, so `not` means what it says in either naming.
 """
 
 from __future__ import annotations
@@ -12,11 +19,47 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from veba.events import Event
+from veba.events import EVENT_TYPE_PREFIX, Event
+from veba.shapes import (
+    DEFAULT_SHAPE,
+    EVENT_CLASS,
+    V07,
+    V08,
+    V08_TYPE_PREFIX,
+    V08_TYPE_SUFFIX,
+    Shape,
+    shaped_attributes,
+    subject_of,
+)
 
-__all__ = ["Router", "Subscription", "SubscriptionError", "compile_subscription", "dotted_to_class"]
+__all__ = [
+    "EventViews",
+    "Router",
+    "Subscription",
+    "SubscriptionError",
+    "compile_subscription",
+    "dotted_to_class",
+]
 
-Predicate = Callable[[Mapping[str, str]], bool]
+
+class EventViews:
+    """One event's attributes in each shape, each computed at most once."""
+
+    __slots__ = ("_shaped", "attributes", "subject")
+
+    def __init__(self, attributes: Mapping[str, str]) -> None:
+        self.attributes = attributes
+        self.subject = subject_of(attributes)
+        self._shaped: dict[Shape, Mapping[str, str]] = {}
+
+    def __getitem__(self, shape: Shape) -> Mapping[str, str]:
+        view = self._shaped.get(shape)
+        if view is None:
+            view = self._shaped[shape] = shaped_attributes(self.attributes, shape)
+        return view
+
+
+Predicate = Callable[[EventViews], bool]
 
 
 class SubscriptionError(ValueError):
@@ -45,10 +88,25 @@ def _subjects(topic: str) -> frozenset[str] | None:
         # (com.vmware.cis.tagging.attach); accept both readings.
         if _DOTTED.match(name):
             names.add(dotted_to_class(name))
+        # VEBA v0.8's naming of the same event.
+        if name.startswith(V08_TYPE_PREFIX) and name.endswith(V08_TYPE_SUFFIX):
+            names.add(name[len(V08_TYPE_PREFIX) : -len(V08_TYPE_SUFFIX)])
     return frozenset(names)
 
 
-def _compile_filter(expr: Any, where: str) -> Predicate:
+def _leaf_shape(pairs: list[tuple[str, str]], default: Shape) -> Shape:
+    """The shape whose naming a filter leaf uses; the subscription's if it uses neither."""
+    for key, value in pairs:
+        if key == "subject" or (key == "type" and value.startswith(EVENT_TYPE_PREFIX)):
+            return V07
+        if key == EVENT_CLASS or (
+            key == "type" and (value.startswith(V08_TYPE_PREFIX) or value.endswith(V08_TYPE_SUFFIX))
+        ):
+            return V08
+    return default
+
+
+def _compile_filter(expr: Any, where: str, shape: Shape) -> Predicate:
     if not isinstance(expr, Mapping) or len(expr) != 1:
         raise SubscriptionError(
             f"{where}: each filter must be a mapping with one key of exact, prefix,"
@@ -59,20 +117,21 @@ def _compile_filter(expr: Any, where: str) -> Predicate:
         if not isinstance(arg, Mapping) or not arg:
             raise SubscriptionError(f"{where}.{kind}: expected a mapping of attribute: value")
         pairs = [(str(k).lower(), str(v)) for k, v in arg.items()]
+        view = _leaf_shape(pairs, shape)
         if kind == "exact":
-            return lambda a: all(a.get(k) == v for k, v in pairs)
+            return lambda e: all(e[view].get(k) == v for k, v in pairs)
         if kind == "prefix":
-            return lambda a: all(a.get(k, "").startswith(v) and k in a for k, v in pairs)
-        return lambda a: all(a.get(k, "").endswith(v) and k in a for k, v in pairs)
+            return lambda e: all(k in e[view] and e[view][k].startswith(v) for k, v in pairs)
+        return lambda e: all(k in e[view] and e[view][k].endswith(v) for k, v in pairs)
     if kind in ("all", "any"):
         if not isinstance(arg, Sequence) or isinstance(arg, str) or not arg:
             raise SubscriptionError(f"{where}.{kind}: expected a non-empty list of filters")
-        parts = [_compile_filter(e, f"{where}.{kind}[{i}]") for i, e in enumerate(arg)]
+        parts = [_compile_filter(e, f"{where}.{kind}[{i}]", shape) for i, e in enumerate(arg)]
         if kind == "all":
             return lambda a: all(p(a) for p in parts)
         return lambda a: any(p(a) for p in parts)
     if kind == "not":
-        inner = _compile_filter(arg, f"{where}.not")
+        inner = _compile_filter(arg, f"{where}.not", shape)
         return lambda a: not inner(a)
     if kind == "cesql":
         raise SubscriptionError(f"{where}.cesql: CESQL filters are not supported")
@@ -90,13 +149,21 @@ class Subscription:
     filters: tuple[Predicate, ...] = ()
 
     def matches(self, event: Event) -> bool:
-        if self.subjects is not None and event.subject not in self.subjects:
+        return self.matches_views(EventViews(event.attributes))
+
+    def matches_views(self, views: EventViews) -> bool:
+        if self.subjects is not None and views.subject not in self.subjects:
             return False
-        return all(f(event.attributes) for f in self.filters)
+        return all(f(views) for f in self.filters)
 
 
 def compile_subscription(
-    name: str, topic: str | None, filters: Any = None, *, where: str = "function"
+    name: str,
+    topic: str | None,
+    filters: Any = None,
+    *,
+    where: str = "function",
+    shape: Shape = DEFAULT_SHAPE,
 ) -> Subscription:
     """Build a subscription. No topic and no filters means no events (invoke only)."""
     if isinstance(filters, str):
@@ -110,7 +177,7 @@ def compile_subscription(
     if filters is not None and (not isinstance(filters, Sequence) or isinstance(filters, str)):
         raise SubscriptionError(f"{where}.filters: expected a list of filters")
     predicates = tuple(
-        _compile_filter(f, f"{where}.filters[{i}]") for i, f in enumerate(filters or [])
+        _compile_filter(f, f"{where}.filters[{i}]", shape) for i, f in enumerate(filters or [])
     )
     if topic is not None and not isinstance(topic, str):
         raise SubscriptionError(f"{where}.annotations.topic: expected a comma-separated string")
@@ -141,7 +208,8 @@ class Router:
         return list(self._all)
 
     def route(self, event: Event) -> list[str]:
-        names = self._by_subject.get(event.subject, [])
+        views = EventViews(event.attributes)
+        names = self._by_subject.get(views.subject, [])
         if not self._filtered:
             return list(names)
-        return [*names, *(s.name for s in self._filtered if s.matches(event))]
+        return [*names, *(s.name for s in self._filtered if s.matches_views(views))]

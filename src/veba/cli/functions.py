@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import httpx
 import typer
 
 from veba.cli.catalog import complete_topic
@@ -24,17 +25,23 @@ from veba.cli.client import (
     print_rows,
 )
 from veba.deployments import pack_code
+from veba.events import Event
 from veba.functions.build import BuildError, ensure_venv
-from veba.functions.stack import FunctionSpec, Stack, StackError, check_handler_syntax, load_stack
+from veba.functions.knative import load_functions
+from veba.functions.stack import KNATIVE_LANG, FunctionSpec, Stack, StackError, check_handler_syntax
 from veba.settings import resolve_data_dir
+from veba.shapes import DEFAULT_SHAPE, V08, Shape, parse_shape, to_shape
+from veba.targets.functions import delivery_request
 
-StackOption = typer.Option(Path("stack.yml"), "--file", "-f", help="stack.yml")
+StackOption = typer.Option(
+    Path("stack.yml"), "--file", "-f", help="stack.yml, or a Knative function.yaml"
+)
 FilterOption = typer.Option(None, "--filter", help="Only this function")
 
 
 def _stack(path: Path, only: str | None) -> tuple[Stack, list[FunctionSpec]]:
     try:
-        stack = load_stack(path)
+        stack = load_functions(path)
         specs = [s for n, s in stack.functions.items() if only in (None, n)]
         if only and not specs:
             fail(f"{path}: functions.{only}: no such function in the stack")
@@ -46,7 +53,7 @@ def _stack(path: Path, only: str | None) -> tuple[Stack, list[FunctionSpec]]:
 
 
 def _payload(spec: FunctionSpec) -> dict[str, object]:
-    return {
+    payload: dict[str, object] = {
         "name": spec.name,
         "lang": spec.lang,
         "environment": spec.environment,
@@ -60,6 +67,13 @@ def _payload(spec: FunctionSpec) -> dict[str, object]:
         "timeout": spec.timeout,
         "code": pack_code(spec.handler),
     }
+    if spec.shape is not None:
+        payload["shape"] = spec.shape
+    if spec.lang == KNATIVE_LANG:
+        payload.update(
+            secret_env=spec.secret_env, env_from=spec.env_from, concurrency=spec.concurrency
+        )
+    return payload
 
 
 def new(
@@ -220,10 +234,13 @@ def invoke(
     if event is not None:
         if data is not None:
             fail("--event and --data are exclusive")
-        body, headers = _sample_request(event, set_)
+        shape = _event_shape(Client(gateway, data_dir), name)
+        sample = _sample_event(event, set_, shape)
         if dry_run:
-            sys.stdout.write(json.dumps(json.loads(body), indent=2) + "\n")
+            sys.stdout.write(json.dumps(sample.to_dict(), indent=2) + "\n")
             return
+        # As a delivery to this function posts it: v0.7 structured, v0.8 binary.
+        headers, body = delivery_request(sample, attempt=1, deadline=None, binary=shape == V08)
     elif set_ or dry_run:
         fail("--set and --dry-run go with --event")
     else:
@@ -245,10 +262,20 @@ def invoke(
         sys.stdout.write("\n")
 
 
-def _sample_request(event_class: str, settings: list[str]) -> tuple[bytes, dict[str, str]]:
-    """A sample event from the simulator, as a delivery posts it (structured mode)."""
+def _event_shape(client: Client, name: str) -> Shape:
+    """The VEBA event shape the deployed function gets (v0.7 if it cannot be told)."""
+    try:
+        response = client.http.get(f"/system/function/{name}")
+        if response.status_code == 200:
+            return parse_shape(str(response.json().get("eventShape") or DEFAULT_SHAPE))
+    except (httpx.HTTPError, ValueError):
+        pass
+    return DEFAULT_SHAPE
+
+
+def _sample_event(event_class: str, settings: list[str], shape: Shape) -> Event:
+    """A sample event from the simulator, in the shape the function gets."""
     from veba.providers.simulator import SimulationError, VCenterSimulator
-    from veba.targets.functions import delivery_headers
 
     overrides = parse_overrides(settings)
     try:
@@ -257,8 +284,7 @@ def _sample_request(event_class: str, settings: list[str]) -> tuple[bytes, dict[
         fail(f"--event {event_class}: {exc}")
     except (TypeError, ValueError, KeyError, IndexError) as exc:
         fail(f"--set: cannot apply {', '.join(settings)} to a {event_class}: {exc}")
-    headers = delivery_headers(sample, attempt=1, deadline=None)
-    return sample.to_json(), headers
+    return to_shape(sample, shape)
 
 
 def logs(

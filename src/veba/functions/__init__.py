@@ -1,4 +1,5 @@
-"""The local function runtime: stack.yml, per-function venvs and warm worker pools.
+"""The local function runtime: stack.yml, per-function venvs and warm worker pools;
+and Knative function.yaml Services, run as warm web apps (`WebAppPool`).
 
 ```python
 stack = load_stack(Path("stack.yml"))
@@ -14,6 +15,8 @@ await pool.stop()
 """
 
 from veba.functions.build import BuildError, ensure_venv
+from veba.functions.knative import load_functions
+from veba.functions.runtime import FunctionRuntime
 from veba.functions.stack import (
     LANGS,
     FunctionSpec,
@@ -23,18 +26,22 @@ from veba.functions.stack import (
     load_stack,
 )
 from veba.functions.supervisor import FunctionLoadError, FunctionPool, Invocation, Outcome
+from veba.functions.webapp import WebAppPool
 
 __all__ = [
     "LANGS",
     "BuildError",
     "FunctionLoadError",
     "FunctionPool",
+    "FunctionRuntime",
     "FunctionSpec",
     "Invocation",
     "Outcome",
     "Stack",
     "StackError",
+    "WebAppPool",
     "check_handler_syntax",
     "ensure_venv",
+    "load_functions",
     "load_stack",
 ]

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["BuildError", "ensure_sdk", "ensure_venv", "venv_key"]
+__all__ = ["BuildError", "ensure_sdk", "ensure_venv", "not_code", "venv_key"]
 
 REQUIREMENTS = "requirements.txt"
 _COMPLETE = ".veba-complete"  # written last: a venv without it was never finished
@@ -58,6 +58,27 @@ def venv_key(handler_dir: Path) -> str:
     digest.update(f"{sys.implementation.name} {sys.version} {base}\n".encode())
     digest.update("\n".join(requirements).encode())
     return digest.hexdigest()[:32]
+
+
+# What a venv made in the function folder itself leaves there (VEBA's Knative
+# examples ship their folder's pyvenv.cfg).
+_VENV_LEFTOVERS = frozenset({"pyvenv.cfg", "bin", "lib", "lib64", "include", "share"})
+_NOT_CODE = frozenset({"__pycache__", ".venv", ".git"})
+
+
+def not_code(folder: Path, rel: Path) -> bool:
+    """Whether ``folder/rel`` is not the function's code: caches, VCS data, virtualenvs
+    (a folder holding pyvenv.cfg, or the parts of one made in ``folder`` itself)."""
+    if any(part in _NOT_CODE for part in rel.parts):
+        return True
+    if rel.parts and rel.parts[0] in _VENV_LEFTOVERS and (folder / "pyvenv.cfg").is_file():
+        return True
+    parent = folder
+    for part in rel.parts[:-1] if (folder / rel).is_file() else rel.parts:
+        parent = parent / part
+        if (parent / "pyvenv.cfg").is_file():
+            return True
+    return False
 
 
 def _python(env_dir: Path) -> Path:

@@ -1,5 +1,8 @@
 """stack.yml as faas-cli writes it, checked with one clear error per mistake.
 
+(`FunctionSpec` also describes a Knative function.yaml's Service, see
+`veba.functions.knative`.)
+
 Every error names the file and the field path (``functions.tag-vm.lang``) so a
 user can go straight to the line; see `StackError`.
 """
@@ -17,9 +20,12 @@ from typing import Any
 import yaml
 
 from veba.delivery import PolicyError, parse_duration
+from veba.functions.build import not_code
+from veba.shapes import SHAPE_ANNOTATION, parse_shape
 
 __all__ = [
     "ALL_LANGS",
+    "KNATIVE_LANG",
     "LANGS",
     "FunctionSpec",
     "Stack",
@@ -39,6 +45,8 @@ LANG_ALIASES = {
 }
 # Every template name a stack.yml may use, for messages and `veba template list`.
 ALL_LANGS = (*LANGS, *LANG_ALIASES)
+# A function.yaml Service: a Procfile `web` process spoken to over HTTP, not a handler.
+KNATIVE_LANG = "knative"
 DEFAULT_TIMEOUT = 30.0
 SCALE_MIN_LABEL = "com.openfaas.scale.min"
 FILTERS_ANNOTATION = "veba.filters"
@@ -74,6 +82,14 @@ class FunctionSpec:
     workers: int = 1
     timeout: float = DEFAULT_TIMEOUT
     stack_file: Path | None = None  # where the spec came from, for error messages
+    # The VEBA event shape it gets (v0.7 / v0.8); None: its kind's default.
+    shape: str | None = None
+    # Knative only: environment variables from secrets, as Kubernetes sets them
+    # (`{"VAR": {"secret": s, "key": k, "optional": b}}`, `[{"secret": s, "prefix": p,
+    # "optional": b}]`), and requests in flight per instance (0: no limit).
+    secret_env: dict[str, dict[str, Any]] = field(default_factory=dict)
+    env_from: list[dict[str, Any]] = field(default_factory=list)
+    concurrency: int = 0
 
 
 @dataclass(frozen=True)
@@ -210,6 +226,12 @@ class _Checker:
         labels = self.string_map(fn.get("labels"), f"{where}.labels")
         annotations = self.string_map(fn.get("annotations"), f"{where}.annotations")
         delivery = self.mapping(fn.get("delivery"), f"{where}.delivery")
+        shape = annotations.get(SHAPE_ANNOTATION)
+        if shape is not None:
+            try:
+                parse_shape(shape)
+            except ValueError as exc:
+                raise self.fail(f"{where}.annotations.{SHAPE_ANNOTATION}", str(exc)) from None
         return FunctionSpec(
             name=name,
             lang=lang,
@@ -226,6 +248,7 @@ class _Checker:
             workers=self.workers(labels, f"{where}.labels.{SCALE_MIN_LABEL}"),
             timeout=self.timeout(delivery, environment, where),
             stack_file=self.path,
+            shape=shape,
         )
 
     def lang(self, value: Any, where: str) -> str:
@@ -314,7 +337,9 @@ def check_handler_syntax(spec: FunctionSpec) -> None:
     base = spec.stack_file.resolve().parent if spec.stack_file else spec.handler
     file = str(spec.stack_file) if spec.stack_file else str(spec.handler / "handler.py")
     where = f"functions.{spec.name}.handler"
-    for path in _python_files(spec.handler):
+    if spec.lang == KNATIVE_LANG:
+        where = f"Service/{spec.name}.spec.template.spec.containers[0].image"
+    for path in _python_files(spec.handler, with_handler=spec.lang != KNATIVE_LANG):
         shown = "./" + os.path.relpath(path, base)
         try:
             source = path.read_bytes()
@@ -326,16 +351,16 @@ def check_handler_syntax(spec: FunctionSpec) -> None:
             raise StackError(file, where, f"{shown}: {exc}") from None
 
 
-def _python_files(folder: Path) -> list[Path]:
-    files = [folder / "handler.py"]
+def _python_files(folder: Path, *, with_handler: bool = True) -> list[Path]:
+    files = [folder / "handler.py"] if with_handler else []
     for root, dirs, names in os.walk(folder):
         # Skip what is not the function's own code: venvs, caches, hidden folders.
         dirs[:] = sorted(
             d
             for d in dirs
             if not d.startswith(".")
-            and d not in ("__pycache__", "node_modules", "venv", "site-packages")
-            and not (Path(root) / d / "pyvenv.cfg").exists()
+            and d not in ("node_modules", "venv", "site-packages")
+            and not not_code(folder, (Path(root) / d).relative_to(folder))
         )
         files += [Path(root) / n for n in sorted(names) if n.endswith(".py")]
     return list(dict.fromkeys(files))

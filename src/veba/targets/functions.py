@@ -1,7 +1,10 @@
-"""Deliveries to a function running in this appliance's warm workers.
+"""Deliveries to a function running in this appliance (warm workers or web apps).
 
-The body is the structured CloudEvent JSON, exactly what VEBA's OpenFaaS
-processor posts, so VEBA functions that `json.loads(req)["data"]` run unchanged.
+For VEBA v0.7-shaped functions the body is the structured CloudEvent JSON,
+exactly what VEBA's OpenFaaS processor posts, so VEBA functions that
+`json.loads(req)["data"]` run unchanged. Functions that get VEBA v0.8's shape
+(Knative function.yaml, or `veba.event-shape: v0.8`) get binary mode, as a
+Knative broker sends: `ce-*` headers, the vCenter event as the body.
 """
 
 from __future__ import annotations
@@ -12,15 +15,28 @@ import httpx
 
 from veba.delivery import is_retryable
 from veba.events import STRUCTURED_CONTENT_TYPE, Event
-from veba.functions.supervisor import FunctionPool, Invocation, Outcome
+from veba.functions.runtime import FunctionRuntime, Invocation, Outcome
 from veba.invocations import INVOCATION_TYPE, AsyncCall, read_invocation
 from veba.targets.base import Result
 
-__all__ = ["FunctionTarget", "delivery_headers"]
+__all__ = ["FunctionTarget", "delivery_headers", "delivery_request"]
+
+
+def delivery_request(
+    event: Event, *, attempt: int, deadline: float | None, binary: bool = False
+) -> tuple[dict[str, str], bytes]:
+    """Headers and body of a delivery to a function, structured or binary mode."""
+    if not binary:
+        return delivery_headers(event, attempt=attempt, deadline=deadline), event.to_json()
+    headers, body = event.to_binary()
+    headers["X-Veba-Attempt"] = str(attempt)
+    if deadline is not None:
+        headers["X-Veba-Deadline"] = f"{deadline:.6f}"
+    return headers, body
 
 
 def delivery_headers(event: Event, *, attempt: int, deadline: float | None) -> dict[str, str]:
-    """The headers of a delivery to a function (the body is ``event.to_json()``)."""
+    """The headers of a structured delivery (the body is ``event.to_json()``)."""
     headers = {
         "Content-Type": STRUCTURED_CONTENT_TYPE,
         "Ce-Id": event.id,
@@ -36,18 +52,26 @@ def delivery_headers(event: Event, *, attempt: int, deadline: float | None) -> d
 
 class FunctionTarget:
     def __init__(
-        self, name: str, pool: FunctionPool, callbacks: httpx.AsyncClient | None = None
+        self,
+        name: str,
+        pool: FunctionRuntime,
+        callbacks: httpx.AsyncClient | None = None,
+        *,
+        binary: bool = False,
     ) -> None:
         self.name = name
         self.pool = pool
+        self.binary = binary  # CloudEvents binary mode (VEBA v0.8) rather than structured
         self._callbacks = callbacks
 
     async def deliver(self, event: Event, *, attempt: int, deadline: float) -> Result:
         if event.type == INVOCATION_TYPE:
             return await self._async_call(read_invocation(event), attempt, deadline)
-        headers = delivery_headers(event, attempt=attempt, deadline=deadline)
+        headers, body = delivery_request(
+            event, attempt=attempt, deadline=deadline, binary=self.binary
+        )
         outcome = await self.pool.invoke(
-            Invocation(body=event.to_json(), headers=headers),
+            Invocation(body=body, headers=headers),
             timeout=max(deadline - time.time(), 0.001),
         )
         return _result(outcome)

@@ -1,0 +1,378 @@
+"""Warm web apps: a Knative-style function's Procfile `web` process, spoken to over HTTP.
+
+A `WebAppPool` keeps ``instances`` copies of the function's `web` command running,
+each on its own loopback port (``$PORT``), and sends each invocation to the
+least-busy live one over a keep-alive HTTP connection, as a Knative broker would
+reach a pod. An instance is ready when its port answers; one that dies is
+restarted with backoff, and the requests it held fail as crashes (the dispatcher
+retries them). It has `FunctionPool`'s interface (`veba.functions.runtime`), so
+the dispatcher, `veba invoke` and `veba logs` treat both alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from veba.functions._webproc import (
+    LOOPBACK,
+    WebProcess,
+    free_port,
+    launch_web_process,
+    listening_beyond_loopback,
+    web_env,
+)
+from veba.functions._workerproc import FunctionLoadError, describe_exit
+from veba.functions.supervisor import Invocation, LogSink, Outcome
+
+__all__ = ["WebAppPool"]
+
+_MAX_BACKOFF = 5.0
+# Not passed on: they describe one hop (RFC 9110 7.6.1), or the sender's own auth.
+_HOP_HEADERS = frozenset(
+    {
+        "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te",
+        "upgrade", "proxy-connection", "proxy-authorization", "authorization",
+    }
+)  # fmt: skip
+# httpx has already decoded the body, so the encoding no longer applies.
+_RESPONSE_DROP = _HOP_HEADERS | {"content-encoding"}
+
+
+def _log_to_logging(function: str, stream: str, line: str) -> None:
+    logging.getLogger(f"veba.functions.{function}").info("[%s] %s", stream, line)
+
+
+@dataclass(eq=False)
+class _Instance:
+    slot: int
+    process: WebProcess
+    port: int
+    in_flight: int = 0
+    dead: bool = False  # ended, or ending on purpose
+    unreachable: bool = False  # refused a connection: being ended, its watcher restarts it
+    watcher: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+
+class WebAppPool:
+    """Warm instances of one function's web command, least-busy first."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        python: Path,
+        app_dir: Path,
+        command: str,
+        instances: int = 1,
+        environment: Mapping[str, str] | None = None,
+        log_sink: LogSink = _log_to_logging,
+        concurrency: int = 0,
+        start_timeout: float = 60.0,
+        stop_grace: float = 3.0,
+    ) -> None:
+        if instances < 1 or concurrency < 0:
+            raise ValueError("instances must be at least 1 and concurrency not negative")
+        self.name = name
+        self.python = Path(python).absolute()  # not resolve(): bin/python is a symlink
+        self.app_dir = Path(app_dir).resolve()
+        self.command = command
+        self.size = instances
+        self.environment = dict(environment or {})
+        self.log_sink = log_sink
+        self.concurrency = concurrency  # requests in flight per instance; 0: no limit
+        self.start_timeout = start_timeout
+        self.stop_grace = stop_grace
+        self._slots: list[_Instance | None] = [None] * instances
+        self._live: set[_Instance] = set()  # every instance not yet ended, ready or not
+        self._restarts: dict[int, asyncio.Task[None]] = {}
+        self._stopping = False
+        self._changed = asyncio.Event()  # replaced after each set: a broadcast
+        self._waiting = 0
+        self._counts = dict.fromkeys(("invocations", "errors", "timeouts", "crashes"), 0)
+        self._restart_count = 0
+        self._crash_streak = 0
+        # Keep-alive connections to the instances; never a proxy from the environment.
+        self._client = httpx.AsyncClient(
+            timeout=None, trust_env=False, limits=httpx.Limits(max_connections=None)
+        )
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every instance and wait until each listens on its port."""
+        results = await asyncio.gather(
+            *(self._spawn(slot) for slot in range(self.size)), return_exceptions=True
+        )
+        for slot, result in enumerate(results):
+            if isinstance(result, _Instance):
+                self._install(slot, result)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            await self.stop()
+            raise failures[0]
+
+    async def stop(self) -> None:
+        """End every instance (SIGTERM, SIGKILL after ``stop_grace``); waiting calls fail."""
+        self._stopping = True
+        self._notify()
+        restarts = list(self._restarts.values())
+        for task in restarts:
+            task.cancel()
+        await asyncio.gather(*restarts, return_exceptions=True)
+        self._slots = [None] * self.size
+        await asyncio.gather(*(self._end(i) for i in list(self._live)))
+        await self._client.aclose()
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        live = [i for i in self._slots if i is not None and not i.dead]
+        return {
+            "function": self.name,
+            "workers": self.size,
+            "alive": len(live),
+            "pids": [i.process.pid for i in live],
+            "ports": [i.port for i in live],
+            "restarts": self._restart_count,
+            "in_flight": sum(i.in_flight for i in live),
+            "queued": self._waiting,
+            **self._counts,
+        }
+
+    # --- invoking --------------------------------------------------------------------
+
+    async def invoke(self, inv: Invocation, timeout: float) -> Outcome:
+        """One HTTP request to an instance; the app's faults come back as an `Outcome`.
+
+        ``timeout`` bounds the request, not the wait for a live instance.
+        """
+        if self._stopping:
+            raise RuntimeError(f"function {self.name!r} is stopped")
+        self._counts["invocations"] += 1
+        headers = {k: v for k, v in inv.headers.items() if k.lower() not in _HOP_HEADERS}
+        while True:
+            instance = await self._instance()
+            if instance is None:
+                return _failed("crash", f"function {self.name!r} stopped", None, 0.0)
+            instance.in_flight += 1
+            started, clock = time.time(), time.monotonic()
+            try:
+                response = await self._client.request(
+                    inv.method,
+                    instance.url + (inv.path or "/"),
+                    params=dict(inv.query),
+                    headers=headers,
+                    content=inv.body,
+                    timeout=max(timeout, 0.001),
+                )
+                break
+            except httpx.ConnectError:
+                # Nothing was sent: the app is gone or deaf (its exit may not have been
+                # noticed yet). End it for its watcher to restart; try another.
+                self._condemn(instance)
+            except httpx.TimeoutException:
+                return self._timed_out(timeout, started, time.monotonic() - clock)
+            except httpx.HTTPError as exc:
+                # The connection broke mid-request: the instance died (its watcher restarts it).
+                return self._broken(instance, exc, started, time.monotonic() - clock)
+            finally:
+                instance.in_flight -= 1
+                self._notify()
+        return self._outcome(response, started, time.monotonic() - clock)
+
+    def _condemn(self, instance: _Instance) -> None:
+        if not instance.unreachable:
+            instance.unreachable = True
+            self._system(f"instance {instance.process.pid} refused a connection; ending it")
+            instance.process.send_signal(signal.SIGTERM)
+
+    def _timed_out(self, timeout: float, started: float, duration: float) -> Outcome:
+        # The app runs on (a web server cannot be interrupted mid-request); the
+        # dispatcher retries or dead-letters as for any timeout.
+        self._counts["timeouts"] += 1
+        error = f"function {self.name!r} timed out after {timeout:g}s"
+        return _failed("timeout", error, started, duration)
+
+    def _broken(
+        self, instance: _Instance, exc: httpx.HTTPError, started: float, duration: float
+    ) -> Outcome:
+        tail = "\n".join(instance.process.tail) or None
+        error = f"function {self.name!r} instance {instance.process.pid}: {type(exc).__name__}"
+        if str(exc):
+            error = f"{error}: {exc}"
+        return _failed("crash", error, started, duration, tail)
+
+    def _outcome(self, response: httpx.Response, started: float, duration: float) -> Outcome:
+        status = response.status_code
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in _RESPONSE_DROP}
+        if 200 <= status < 300:
+            self._crash_streak = 0
+            return Outcome(status, response.content, headers, None, None, "ok", started, duration)
+        self._counts["errors"] += 1
+        text = response.content[:200].decode("utf-8", "replace")
+        error = f"HTTP {status}" + (f": {text}" if text else "")
+        return Outcome(status, response.content, headers, error, None, "error", started, duration)
+
+    async def _instance(self) -> _Instance | None:
+        """The least-busy live instance with room; waits while there is none."""
+        self._waiting += 1
+        try:
+            while not self._stopping:
+                candidates = [
+                    i
+                    for i in self._slots
+                    if i is not None
+                    and not i.dead
+                    and not i.unreachable
+                    and (not self.concurrency or i.in_flight < self.concurrency)
+                ]
+                if candidates:
+                    return min(candidates, key=lambda i: i.in_flight)
+                await self._changed.wait()
+            return None
+        finally:
+            self._waiting -= 1
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    # --- instances -------------------------------------------------------------------
+
+    async def _spawn(self, slot: int) -> _Instance:
+        """A listening instance for ``slot``, or FunctionLoadError saying why not."""
+        port = free_port()
+        process = await launch_web_process(
+            python=self.python,
+            app_dir=self.app_dir,
+            command=self.command,
+            env=web_env(self.name, slot, port, self.environment, self.python),
+            emit=self._emit,
+            grace=self.stop_grace,
+        )
+        instance = _Instance(slot, process, port)
+        self._live.add(instance)
+        try:
+            await self._until_listening(instance)
+            wide = listening_beyond_loopback(port)
+            if wide:
+                raise FunctionLoadError(
+                    f"{self.app_dir}/Procfile: the web command of {self.name!r} listens on"
+                    f" {', '.join(wide)} port {port}; functions may listen on 127.0.0.1 only"
+                    " (veba rewrites --host=0.0.0.0; does the app choose its own host?)"
+                )
+        except BaseException:
+            await self._end(instance)
+            raise
+        self._system(f"instance {process.pid} listening on {LOOPBACK}:{port}")
+        return instance
+
+    async def _until_listening(self, instance: _Instance) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout
+        delay = 0.02
+        while True:
+            if instance.process.proc.returncode is not None:
+                await instance.process.close()
+                code = describe_exit(instance.process.proc.returncode)
+                tail = "\n".join(instance.process.tail)
+                raise FunctionLoadError(
+                    f"{self.app_dir}/Procfile: the web command of {self.name!r} exited"
+                    f" ({code}) before listening on $PORT:\n{tail}".rstrip()
+                )
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection(LOOPBACK, instance.port)
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+                return
+            if loop.time() > deadline:
+                raise FunctionLoadError(
+                    f"{self.app_dir}/Procfile: the web command of {self.name!r} did not listen"
+                    f" on {LOOPBACK}:$PORT within {self.start_timeout:g}s; it must serve on"
+                    " the port in $PORT"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+
+    def _install(self, slot: int, instance: _Instance) -> None:
+        self._slots[slot] = instance
+        instance.watcher = asyncio.create_task(self._watch(instance))
+        self._notify()
+
+    async def _watch(self, instance: _Instance) -> None:
+        code = await instance.process.proc.wait()
+        if instance.dead:  # ended on purpose
+            return
+        instance.dead = True
+        if self._slots[instance.slot] is instance:
+            self._slots[instance.slot] = None
+        self._live.discard(instance)
+        await instance.process.close()
+        self._counts["crashes"] += 1
+        self._crash_streak += 1
+        delay = min(0.1 * 2 ** min(self._crash_streak - 1, 10), _MAX_BACKOFF)
+        self._system(
+            f"instance {instance.process.pid} exited ({describe_exit(code)}); restarting in {delay:g}s"
+        )
+        self._schedule_restart(instance.slot, delay)
+
+    async def _end(self, instance: _Instance) -> None:
+        instance.dead = True
+        self._live.discard(instance)
+        await instance.process.stop(self.stop_grace)
+        if instance.watcher is not None and instance.watcher is not asyncio.current_task():
+            instance.watcher.cancel()
+
+    def _schedule_restart(self, slot: int, delay: float) -> None:
+        if self._stopping or slot in self._restarts:
+            return
+        self._restart_count += 1
+        self._restarts[slot] = asyncio.create_task(self._restart(slot, delay))
+
+    async def _restart(self, slot: int, delay: float) -> None:
+        try:
+            while not self._stopping:
+                await asyncio.sleep(delay)
+                try:
+                    instance = await self._spawn(slot)
+                except Exception as exc:  # keep trying: the slot must not stay empty
+                    delay = min(max(delay * 2, 0.5), _MAX_BACKOFF)
+                    last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+                    self._system(f"restart failed, retrying in {delay:g}s: {last}")
+                    continue
+                if self._stopping:
+                    await self._end(instance)
+                    return
+                self._install(slot, instance)
+                return
+        finally:
+            self._restarts.pop(slot, None)
+
+    def _system(self, line: str) -> None:
+        self._emit("system", line)
+
+    def _emit(self, stream: str, line: str) -> None:
+        try:
+            self.log_sink(self.name, stream, line)
+        except Exception:  # a broken sink must not stall the app's pipes
+            logging.getLogger(__name__).exception("log sink failed")
+
+
+def _failed(
+    kind: str, error: str, started: float | None, duration: float, tail: str | None = None
+) -> Outcome:
+    return Outcome(0, b"", {}, error, tail, kind, started, duration)
