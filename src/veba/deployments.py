@@ -587,6 +587,7 @@ class Functions:
             environment=environment,
             log_sink=self._logs.write,
             concurrency=definition.concurrency,
+            isolation=await self._isolation(definition, {}),  # its secrets are variables
         )
         try:
             await pool.start()

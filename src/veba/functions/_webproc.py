@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from veba.functions._workerproc import LINE_LIMIT, Emit, FunctionLoadError, worker_env
+from veba.functions._workerproc import LINE_LIMIT, Emit, FunctionLoadError, Isolation, worker_env
 
 __all__ = [
     "SHIM_PATH",
@@ -105,19 +105,36 @@ def web_env(
 
 
 async def launch_web_process(
-    *, python: Path, app_dir: Path, command: str, env: dict[str, str], emit: Emit, grace: float
+    *,
+    python: Path,
+    app_dir: Path,
+    command: str,
+    env: dict[str, str],
+    emit: Emit,
+    grace: float,
+    isolation: Isolation | None = None,
 ) -> WebProcess:
-    """Start ``command`` for one instance; it is not ready until its port answers."""
+    """Start ``command`` for one instance; it is not ready until its port answers.
+
+    With ``isolation`` it starts through isolate.py, as a stack.yml worker does: a
+    pod-style hostname, its own /dev/shm, and of the data dir only its code and venv.
+    """
+    argv = [
+        str(python),
+        "-I",
+        str(SHIM_PATH),
+        "--parent-pid",
+        str(os.getpid()),
+        "--grace",
+        f"{grace:g}",
+        command,
+    ]
+    if isolation is not None:
+        env = {**env, "HOSTNAME": isolation.hostname()}
+        argv = isolation.wrap(argv, None, env["HOSTNAME"], [app_dir, python.parent.parent])
     try:
         proc = await asyncio.create_subprocess_exec(
-            str(python),
-            "-I",
-            str(SHIM_PATH),
-            "--parent-pid",
-            str(os.getpid()),
-            "--grace",
-            f"{grace:g}",
-            command,
+            *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -82,10 +82,11 @@ class Isolation:
         return f"{self.hostname_prefix[:57]}-{suffix}"
 
     def wrap(
-        self, command: list[str], fd: int, hostname: str, keep: Sequence[Path] = ()
+        self, command: list[str], fd: int | None, hostname: str, keep: Sequence[Path] = ()
     ) -> list[str]:
         """``command`` run through isolate.py by this (the appliance's) interpreter;
-        of the private dir, the worker sees only ``keep``."""
+        of the private dir, the worker sees only ``keep``. Without ``fd`` no secrets
+        frame is read (a web app gets its secrets as variables)."""
         hosts = [arg for line in self.hosts for arg in ("--hosts-entry", line)]
         hide: list[str] = []
         if self.private_dir is not None:
@@ -95,8 +96,7 @@ class Isolation:
             sys.executable,
             "-I",
             str(ISOLATE_PATH),
-            "--fd",
-            str(fd),
+            *(("--fd", str(fd)) if fd is not None else ()),
             "--hostname",
             hostname,
             *hosts,

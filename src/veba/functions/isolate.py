@@ -162,13 +162,17 @@ def hide_except(folder: str, keep: Sequence[str]) -> None:
     function's worker must read (its code, its venv, the SDK)."""
     if not os.path.isdir(folder):
         return
-    folder = os.path.realpath(folder)  # paths through symlinks then land on the mounts
+    given, folder = os.path.abspath(folder), os.path.realpath(folder)
     held: list[tuple[str, int]] = []
     try:
         for path in keep:
-            rel = os.path.relpath(os.path.realpath(path), folder)
+            # Where the worker will look for it: its path as given (data/venvs/KEY,
+            # even if data/venvs is a symlink), else its real place.
+            rel = os.path.relpath(os.path.abspath(path), given)
             if rel.startswith(".."):
-                raise IsolationError(f"{path} is not inside {folder}")
+                rel = os.path.relpath(os.path.realpath(path), folder)
+            if rel.startswith(".."):
+                continue  # outside the hidden folder: the worker sees it anyway
             held.append((rel, os.open(path, os.O_RDONLY | os.O_DIRECTORY)))
         _mount("tmpfs", folder, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
         for rel, fd in held:

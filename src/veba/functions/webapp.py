@@ -31,7 +31,7 @@ from veba.functions._webproc import (
     listening_beyond_loopback,
     web_env,
 )
-from veba.functions._workerproc import FunctionLoadError, describe_exit
+from veba.functions._workerproc import FunctionLoadError, Isolation, describe_exit
 from veba.functions.supervisor import Invocation, LogSink, Outcome
 
 __all__ = ["WebAppPool"]
@@ -83,6 +83,7 @@ class WebAppPool:
         concurrency: int = 0,
         start_timeout: float = 60.0,
         stop_grace: float = 3.0,
+        isolation: Isolation | None = None,
     ) -> None:
         if instances < 1 or concurrency < 0:
             raise ValueError("instances must be at least 1 and concurrency not negative")
@@ -96,6 +97,7 @@ class WebAppPool:
         self.concurrency = concurrency  # requests in flight per instance; 0: no limit
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
+        self.isolation = isolation
         self._slots: list[_Instance | None] = [None] * instances
         self._live: set[_Instance] = set()  # every instance not yet ended, ready or not
         self._restarts: dict[int, asyncio.Task[None]] = {}
@@ -262,6 +264,7 @@ class WebAppPool:
             env=web_env(self.name, slot, port, self.environment, self.python),
             emit=self._emit,
             grace=self.stop_grace,
+            isolation=self.isolation,
         )
         instance = _Instance(slot, process, port)
         self._live.add(instance)
