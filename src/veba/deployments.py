@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import tarfile
@@ -32,7 +33,7 @@ from veba.dispatch import DeadLetterSink, Dispatcher, Observer
 from veba.eventlog.base import EventLog
 from veba.functionlogs import LogHub
 from veba.functions._workerproc import isolation_problem
-from veba.functions.build import BuildError, ensure_venv, not_code
+from veba.functions.build import BuildError, ensure_venv, not_code, readable_by_workers
 from veba.functions.isolate import SECRETS_PATH
 from veba.functions.procfile import PROCFILE, web_command
 from veba.functions.runtime import FunctionRuntime
@@ -543,7 +544,8 @@ class Functions:
             # Named as a Deployment's pods are, so VEBA code that finds its own
             # name in socket.gethostname() works.
             prefix = f"{definition.name[:47]}-{definition.code_hash[:9]}"
-            return Isolation(prefix, self.hosts, private_dir=self.private_dir)
+            user = function_user(definition.name) if os.geteuid() == 0 else None
+            return Isolation(prefix, self.hosts, private_dir=self.private_dir, user=user)
         if secrets:
             raise DeployError(
                 f"functions.{definition.name}.secrets: functions read their secrets at"
@@ -633,6 +635,20 @@ class Functions:
         deployment.status, deployment.error = "ready", None
 
 
+# Functions' own users when veba runs as root: far above the ids of real accounts,
+# systemd's dynamic users and the usual subordinate-id ranges of user namespaces.
+_FUNCTION_UID_BASE = 1_900_000_000
+_FUNCTION_UIDS = 10_000_000
+
+
+def function_user(name: str) -> tuple[int, int]:
+    """The (uid, gid) a function's processes run as under a root appliance: its own,
+    stable across restarts, so functions cannot signal or trace one another."""
+    index = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % _FUNCTION_UIDS
+    uid = _FUNCTION_UID_BASE + index
+    return uid, uid
+
+
 def _quiet(_: str) -> None:
     pass
 
@@ -650,6 +666,7 @@ def _unpack(archive: bytes, code_dir: Path, where: str, entry: str = "handler.py
     if not (tmp / entry).exists():
         shutil.rmtree(tmp, ignore_errors=True)
         raise DeployError(f"{where}.handler: the function's folder has no {entry}")
+    readable_by_workers(tmp)
     tmp.rename(code_dir)
 
 

@@ -9,6 +9,7 @@ veba-specific. Events come from the built-in simulator.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -326,6 +327,8 @@ def test_every_openfaas_python_template_name_runs_its_handler_unchanged(
     appliance_factory: type, tmp_path: Path
 ) -> None:
     out = tmp_path / "templates.jsonl"
+    out.touch(0o666)  # seven functions, seven users (under a root appliance), one file
+    out.chmod(0o666)
     app = appliance_factory.start("--simulator-rate", "0")
     functions = {}
     for lang, template in TEMPLATE_OF.items():
@@ -375,7 +378,7 @@ def handle(req):
         except OSError as exc:
             seen[name] = exc.__class__.__name__
     listing = sorted(os.listdir(data_dir))
-    return json.dumps({"seen": seen, "listing": listing,
+    return json.dumps({"seen": seen, "listing": listing, "uid": os.getuid(),
                        "functions": sorted(os.listdir(os.path.join(data_dir, "functions")))})
 """
 
@@ -385,7 +388,7 @@ def test_a_function_sees_none_of_the_appliance_but_its_own_code(
 ) -> None:
     app = appliance_factory.start("--no-simulator")
     write_function(tmp_path / "fn" / "snoop", SNOOPS)
-    write_function(tmp_path / "fn" / "other", "def handle(req):\n    return req\n")
+    write_function(tmp_path / "fn" / "other", "import os\n\ndef handle(req):\n    return str(os.getuid())\n")
     functions = {
         "snoop": {"lang": "python3-flask", "handler": "./snoop"},
         "other": {"lang": "python3-flask", "handler": "./other"},
@@ -399,5 +402,9 @@ def test_a_function_sees_none_of_the_appliance_but_its_own_code(
     assert got["seen"] == dict.fromkeys(("secret.key", "token", "events.db"), "FileNotFoundError")
     assert got["listing"] == ["functions", "venvs"]
     assert got["functions"] == ["snoop"]
+    # Under a root appliance, each function runs as its own unprivileged user.
+    if os.geteuid() == 0:
+        other_uid = int(app.cli("invoke", "other").stdout)
+        assert got["uid"] not in (0, other_uid) and other_uid != 0, (got["uid"], other_uid)
     # The appliance itself still has all of it.
     assert (app.data_dir / "secret.key").exists() and (app.data_dir / "functions" / "other").is_dir()

@@ -150,3 +150,30 @@ def test_a_failed_setup_is_reported_on_the_socket_and_runs_nothing(tmp_path: Pat
 def test_the_probe_says_isolation_works_here() -> None:
     assert isolation_problem() is None
     assert isolate.SECRETS_PATH == "/var/openfaas/secrets"
+
+
+def test_root_hands_the_command_to_the_functions_own_user(tmp_path: Path) -> None:
+    """As veba running as root does: the worker ends up an unprivileged user that
+    cannot get root back, yet still reaches its interpreter in root's folders."""
+    if os.geteuid() != 0:
+        pytest.fail("this test runs as root (CI does)")
+    parent, child = socket.socketpair()
+    head = json.dumps({"secrets": {"token": base64.b64encode(b"t0k3n").decode()}}).encode()
+    parent.sendall(len(head).to_bytes(4, "big") + head + (0).to_bytes(4, "big"))
+    script = (
+        "import os; print(os.getuid(), os.getgid(), os.getgroups());"
+        "print(open('/var/openfaas/secrets/token').read());"
+        "print([l for l in open('/proc/self/status') if l.startswith('NoNewPrivs')][0].split()[1])"
+    )
+    done = subprocess.run(
+        [
+            sys.executable, "-I", str(ISOLATE_PATH), "--fd", str(child.fileno()),
+            "--hostname", "fn-abc-x2k4p", "--user", "1900000007:1900000007",
+            "--", sys.executable, "-I", "-c", script,
+        ],
+        pass_fds=(child.fileno(),), capture_output=True, text=True, timeout=60, cwd="/",
+    )  # fmt: skip
+    child.close()
+    parent.close()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["1900000007 1900000007 []", "t0k3n", "1"]

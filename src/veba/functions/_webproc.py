@@ -131,7 +131,8 @@ async def launch_web_process(
     ]
     if isolation is not None:
         env = {**env, "HOSTNAME": isolation.hostname()}
-        argv = isolation.wrap(argv, None, env["HOSTNAME"], [app_dir, python.parent.parent])
+        keep = [app_dir, python.parent.parent]
+        argv = isolation.wrap(argv, None, env["HOSTNAME"], keep, [SHIM_PATH])
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,

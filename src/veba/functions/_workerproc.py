@@ -75,6 +75,8 @@ class Isolation:
     hosts: tuple[str, ...] = ()
     # The appliance's data dir: hidden from the worker but for what it must read.
     private_dir: Path | None = None
+    # (uid, gid) the worker runs as when the appliance runs as root.
+    user: tuple[int, int] | None = None
 
     def hostname(self) -> str:
         """A new pod-style name: the prefix and a random 5-character suffix."""
@@ -82,16 +84,25 @@ class Isolation:
         return f"{self.hostname_prefix[:57]}-{suffix}"
 
     def wrap(
-        self, command: list[str], fd: int | None, hostname: str, keep: Sequence[Path] = ()
+        self,
+        command: list[str],
+        fd: int | None,
+        hostname: str,
+        keep: Sequence[Path] = (),
+        reach: Sequence[Path] = (),
     ) -> list[str]:
         """``command`` run through isolate.py by this (the appliance's) interpreter;
-        of the private dir, the worker sees only ``keep``. Without ``fd`` no secrets
-        frame is read (a web app gets its secrets as variables)."""
+        of the private dir, the worker sees only ``keep``; as ``user`` it can reach
+        ``keep`` and ``reach`` (the script it runs). Without ``fd`` no secrets frame
+        is read (a web app gets its secrets as variables)."""
         hosts = [arg for line in self.hosts for arg in ("--hosts-entry", line)]
         hide: list[str] = []
         if self.private_dir is not None:
             hide = ["--hide", str(self.private_dir)]
-            hide += [arg for path in keep for arg in ("--keep", str(path))]
+        hide += [arg for path in keep for arg in ("--keep", str(path))]
+        if self.user is not None:
+            hide += ["--user", f"{self.user[0]}:{self.user[1]}"]
+            hide += [arg for path in reach for arg in ("--reach", str(path))]
         return [
             sys.executable,
             "-I",
@@ -186,7 +197,9 @@ class WorkerProcess:
         if isolation is not None:
             # What the worker reads: its code, its venv (python's parent's parent), the SDK.
             keep = [handler_dir, python.parent.parent, *([sdk_dir] if sdk_dir else [])]
-            command = isolation.wrap(command, child.fileno(), env.get("HOSTNAME", ""), keep)
+            command = isolation.wrap(
+                command, child.fileno(), env.get("HOSTNAME", ""), keep, [WORKER_PATH]
+            )
             files = {k: base64.b64encode(v).decode("ascii") for k, v in (secrets or {}).items()}
             writer.write(frame({"secrets": files}, b""))
         try:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["BuildError", "ensure_sdk", "ensure_venv", "not_code", "venv_key"]
+__all__ = ["BuildError", "ensure_sdk", "ensure_venv", "not_code", "readable_by_workers", "venv_key"]
 
 REQUIREMENTS = "requirements.txt"
 _COMPLETE = ".veba-complete"  # written last: a venv without it was never finished
@@ -31,6 +31,22 @@ _ERROR_LINES = 15
 
 class BuildError(ValueError):
     """A function's requirements could not be installed."""
+
+
+def readable_by_workers(root: Path) -> None:
+    """Let any user read (and run what is runnable in) ``root``: a function's code,
+    venv and the SDK copy, which its workers read as their own unprivileged user
+    when the appliance runs as root. The data dir around them stays 0700; workers
+    reach these folders only through their private view (veba.functions.isolate)."""
+    for folder, dirs, files in os.walk(root):
+        os.chmod(folder, os.stat(folder).st_mode | 0o755)
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                continue
+            mode = os.stat(path).st_mode
+            os.chmod(path, mode | 0o444 | (0o111 if mode & 0o100 else 0))
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(folder, d))]
 
 
 def _normalised_requirements(path: Path, seen: frozenset[Path] = frozenset()) -> list[str]:
@@ -108,6 +124,7 @@ def ensure_venv(
         building = cache_dir / f".build-{key}-{os.getpid()}"
         try:
             _build(handler_dir, building, final, progress)
+            readable_by_workers(building)
             os.rename(building, final)
         except BaseException:
             shutil.rmtree(building, ignore_errors=True)
@@ -254,6 +271,7 @@ def ensure_sdk(cache_dir: Path) -> Path:
             target = building / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
+        readable_by_workers(building)
         os.rename(building, final)
     except OSError:
         shutil.rmtree(building, ignore_errors=True)

@@ -14,6 +14,8 @@ namespace (and a user namespace when not root), so that, as in an OpenFaaS pod:
 * the appliance's data dir (``--hide``) shows only what the worker must read
   (``--keep``: its code, its venv, the SDK), not the key that decrypts every
   secret, the API token, the log or other functions' code;
+* when the appliance runs as root, the command runs as the function's own
+  unprivileged user (``--user``), with no way back to root;
 
 and then ``execv``s COMMAND (the worker, or a Knative app's command) in place:
 namespaces survive exec, capabilities of an unprivileged user do not.
@@ -110,26 +112,19 @@ def enter_namespaces() -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
 
 
-def _make_mount_point(path: str) -> None:
-    """Make ``path`` exist inside this mount namespace without touching the host.
-
-    When a parent folder is missing (no ``/var/openfaas`` on this machine), the
-    deepest existing ancestor is covered with a tmpfs that holds bind mounts of
-    everything it held before, plus the missing folders.
-    """
-    if os.path.isdir(path):
-        return
-    ancestor = os.path.dirname(path)
-    while not os.path.isdir(ancestor):
-        ancestor = os.path.dirname(ancestor)
-    original = os.open(ancestor, os.O_RDONLY | os.O_DIRECTORY)
+def _shadow(folder: str, mode: int | None = None) -> None:
+    """Cover ``folder`` with a tmpfs holding bind mounts of everything it held, so
+    that new entries can be made in it, or its own mode changed (``mode``), in this
+    mount namespace only."""
+    original = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         entries = os.listdir(original)
         st = os.fstat(original)
-        _mount("tmpfs", ancestor, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={st.st_mode & 0o7777:o}")
+        mode = st.st_mode & 0o7777 if mode is None else mode
+        _mount("tmpfs", folder, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode:o}")
         for name in entries:
             old = f"/proc/self/fd/{original}/{name}"
-            new = os.path.join(ancestor, name)
+            new = os.path.join(folder, name)
             if os.path.islink(old):
                 os.symlink(os.readlink(old), new)
                 continue
@@ -140,7 +135,53 @@ def _make_mount_point(path: str) -> None:
             _mount(old, new, None, MS_BIND | MS_REC)
     finally:
         os.close(original)
+
+
+def _make_mount_point(path: str) -> None:
+    """Make ``path`` exist inside this mount namespace without touching the host
+    (no ``/var/openfaas`` on this machine): its deepest existing ancestor is shadowed."""
+    if os.path.isdir(path):
+        return
+    ancestor = os.path.dirname(path)
+    while not os.path.isdir(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    _shadow(ancestor)
     os.makedirs(path, mode=0o755, exist_ok=True)
+
+
+def _searchable(st: os.stat_result, uid: int, gid: int) -> bool:
+    if st.st_uid == uid:
+        return bool(st.st_mode & 0o100)
+    if st.st_gid == gid:
+        return bool(st.st_mode & 0o010)
+    return bool(st.st_mode & 0o001)
+
+
+def make_reachable(paths: Sequence[str], uid: int, gid: int) -> None:
+    """Let ``uid`` walk to each of ``paths``: a folder on the way that it may not
+    search (``/root`` holding a pyenv python, say) is shadowed with mode 0755 in this
+    namespace. What the folders hold keeps its own modes."""
+    for path in paths:
+        real = os.path.realpath(path)
+        parts = real.split(os.sep)
+        for depth in range(1, len(parts)):
+            folder = os.sep.join(parts[:depth]) or os.sep
+            if not os.path.isdir(folder):
+                break
+            if not _searchable(os.stat(folder), uid, gid):
+                _shadow(folder, 0o755)
+
+
+def become(uid: int, gid: int) -> None:
+    """Drop root for good: no groups, the function's own ids, no way back through
+    setuid programs (PR_SET_NO_NEW_PRIVS)."""
+    try:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    except OSError as exc:
+        raise IsolationError(f"cannot become uid {uid} gid {gid}: {exc.strerror}") from None
+    _check(_libc.prctl(38, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
 
 
 def install_secrets(files: dict[str, bytes]) -> None:
@@ -263,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts-entry", action="append", default=[])
     parser.add_argument("--hide", help="a folder to hide but for the --keep paths in it")
     parser.add_argument("--keep", action="append", default=[])
+    parser.add_argument("--user", help="UID:GID to run the command as (veba as root)")
+    parser.add_argument("--reach", action="append", default=[], help="paths --user must reach")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.probe:
@@ -285,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
             set_hostname(args.hostname)
         if args.hosts_entry:
             add_hosts(args.hosts_entry)
+        if args.user:
+            uid, _, gid = args.user.partition(":")
+            make_reachable([command[0], *args.keep, *args.reach], int(uid), int(gid or uid))
+            become(int(uid), int(gid or uid))
     except (IsolationError, OSError, ValueError) as exc:
         _send_error(sock, str(exc))
         return 3
