@@ -43,6 +43,7 @@ from veba.functions.supervisor import (
     Outcome,
 )
 from veba.routing import Router, Subscription, SubscriptionError, compile_subscription
+from veba.scrub import MIN_LENGTH, Scrubber
 from veba.secrets import SecretError, SecretStore
 from veba.store import Store, StoreTokens
 from veba.targets.functions import FunctionTarget
@@ -420,6 +421,9 @@ class Functions:
             environment["VEBA_STORE_TOKEN"] = token
             if self._api_certificate is not None:
                 environment["VEBA_API_CERT"] = self._api_certificate
+        # Store tokens are scrubbed like secrets (old pools' too, while they run).
+        tokens = [t.encode() for p, t in self._pool_tokens.items() if p.name == definition.name]
+        scrubber = Scrubber([*secrets.values(), *tokens, *([token.encode()] if token else [])])
         pool = FunctionPool(
             definition.name,
             python=python,
@@ -430,12 +434,19 @@ class Functions:
             secrets=secrets,
             log_sink=self._logs.write,
             isolation=isolation,
+            scrubber=scrubber,
         )
         if token is not None:
             self._pool_tokens[pool] = token
-        # Store tokens are redacted from the log like secrets (old pools' too, while they run).
-        tokens = [t.encode() for p, t in self._pool_tokens.items() if p.name == definition.name]
-        self._logs.set_secrets(definition.name, [*secrets.values(), *tokens])
+        self._logs.set_scrubber(definition.name, scrubber)
+        for file, value in sorted(secrets.items()):
+            if len(value.strip()) < MIN_LENGTH:
+                self._logs.write(
+                    definition.name,
+                    "system",
+                    f"secret file {file!r} is shorter than {MIN_LENGTH} bytes: veba cannot"
+                    " keep so short a value out of this function's output and logs",
+                )
         try:
             await pool.start()
         except FunctionLoadError as exc:

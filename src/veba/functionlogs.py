@@ -4,19 +4,19 @@ function, streamed to followers, and scrubbed of the function's secret values.""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import tomllib
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from veba.scrub import Scrubber
+
 __all__ = ["LogHub", "LogLine"]
 
 _KEEP = 5000
-_REDACTED = "[REDACTED]"
+_NOTHING = Scrubber()
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,48 +38,22 @@ class LogLine:
         }
 
 
-def _strings(text: str) -> set[str]:
-    for parse in (tomllib.loads, json.loads):
-        try:
-            document = parse(text)
-        except ValueError:
-            continue
-        found: set[str] = set()
-        stack: list[Any] = [document]
-        while stack:
-            node = stack.pop()
-            if isinstance(node, str):
-                found.add(node)
-            elif isinstance(node, dict):
-                stack.extend(node.values())
-            elif isinstance(node, list):
-                stack.extend(node)
-        return found
-    return set()
-
-
 class LogHub:
     def __init__(self, directory: Path) -> None:
         self._dir = directory
         self._lines: dict[str, deque[LogLine]] = {}
         self._files: dict[str, IO[str]] = {}
         self._followers: dict[str, set[asyncio.Queue[LogLine]]] = {}
-        self._redact: dict[str, list[str]] = {}
+        self._scrubbers: dict[str, Scrubber] = {}
 
-    def set_secrets(self, name: str, values: Iterable[bytes]) -> None:
-        """Values that must never appear in this function's log: each secret
-        whole and, for TOML or JSON secrets (vcconfig), every string in it."""
-        texts: set[str] = set()
-        for value in values:
-            text = value.decode(errors="replace")
-            texts.add(text.strip())
-            texts.update(_strings(text))
-        self._redact[name] = sorted((t for t in texts if len(t) >= 3), key=len, reverse=True)
+    def set_scrubber(self, name: str, scrubber: Scrubber) -> None:
+        """What must never appear in this function's log: its secrets and store
+        tokens (the pool scrubs its workers' lines already; this also covers the
+        lines other parts of veba write about the function)."""
+        self._scrubbers[name] = scrubber
 
     def write(self, name: str, stream: str, text: str) -> None:
-        for secret in self._redact.get(name, ()):
-            if secret in text:
-                text = text.replace(secret, _REDACTED)
+        text = self._scrubbers.get(name, _NOTHING).text(text)
         line = LogLine(name, stream, time.time(), text.rstrip("\n"))
         self._lines.setdefault(name, deque(maxlen=_KEEP)).append(line)
         file = self._files.get(name)
