@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import tarfile
@@ -42,6 +43,7 @@ from veba.functions.supervisor import (
     Isolation,
     Outcome,
 )
+from veba.private import make_private_tree
 from veba.routing import Router, Subscription, SubscriptionError, compile_subscription
 from veba.scrub import MIN_LENGTH, Scrubber
 from veba.secrets import SecretError, SecretStore
@@ -271,6 +273,9 @@ class Functions:
         """Bring back saved functions: routing at once, workers in the background."""
         if not self._dir.exists():
             return
+        for home in sorted(p for p in self._dir.iterdir() if p.is_dir()):
+            if not (home / "function.json").is_file():
+                shutil.rmtree(home, ignore_errors=True)  # a deploy that never finished
         for path in sorted(self._dir.glob("*/function.json")):
             try:
                 definition = FunctionDefinition(**json.loads(path.read_text()))
@@ -279,9 +284,9 @@ class Functions:
                 log.error("cannot load %s: %s", path, exc)
                 continue
             code_dir = path.parent / f"code-{definition.code_hash}"
-            self._deployments[definition.name] = Deployment(
-                definition, subscription, policy, code_dir
-            )
+            deployment = Deployment(definition, subscription, policy, code_dir)
+            self._deployments[definition.name] = deployment
+            _tidy(path.parent, deployment)
         self._rebuild_router()
         for deployment in self._deployments.values():
             task = asyncio.create_task(self._start_saved(deployment))
@@ -341,10 +346,16 @@ class Functions:
         async with self._lock:
             home = self._dir / definition.name
             code_dir = home / f"code-{code_hash}"
-            if not code_dir.exists():
-                await asyncio.to_thread(_unpack, archive, code_dir, where)
-            progress(f"{definition.name}: code unpacked ({len(archive)} bytes)")
-            pool = await self._start_pool(definition, code_dir, progress)
+            try:
+                if not code_dir.exists():
+                    await asyncio.to_thread(_unpack, archive, code_dir, where)
+                progress(f"{definition.name}: code unpacked ({len(archive)} bytes)")
+                pool = await self._start_pool(definition, code_dir, progress)
+            except BaseException:
+                # Nothing of a failed deploy stays: no code folder that no
+                # deployment runs, no folder for a function that never deployed.
+                _tidy(home, self._deployments.get(definition.name))
+                raise
             old = self._deployments.get(definition.name)
             if old is not None:
                 await self._stop_deployment(old)
@@ -537,11 +548,25 @@ def _unpack(archive: bytes, code_dir: Path, where: str) -> None:
     if not (tmp / "handler.py").exists():
         shutil.rmtree(tmp, ignore_errors=True)
         raise DeployError(f"{where}.handler: the handler folder has no handler.py")
+    make_private_tree(tmp)  # tar sets the archive's modes (0644), whatever the umask
     tmp.rename(code_dir)
 
 
+def _tidy(home: Path, deployment: Deployment | None) -> None:
+    """Remove from a function's folder what no deployment uses: everything, when
+    none is deployed; else every code folder but the deployed one."""
+    if deployment is None:
+        shutil.rmtree(home, ignore_errors=True)
+        return
+    for path in home.glob("code-*"):
+        if path != deployment.code_dir:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(data, indent=2))
     tmp.replace(path)

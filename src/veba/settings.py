@@ -5,6 +5,8 @@ per-user default. The API token lives in it (mode 0600), so a CLI on the same
 machine finds it without copying, beside the address the appliance serves on
 (file `url`): the CLI sends that token to that address only (see
 `veba.cli.credentials`).
+
+The directory is private (see `veba.private`).
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def read_token(data_dir: Path) -> str | None:
 
 def record_url(data_dir: Path, url: str) -> None:
     """Note the address this appliance serves on, beside its token."""
-    (data_dir / URL_FILE).write_text(url + "\n")
+    _write_private(data_dir / URL_FILE, (url + "\n").encode())
 
 
 def read_recorded_url(data_dir: Path) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,15 @@ def serve(
     except ListenError as exc:
         fail(str(exc))
     configure_logging(log_level)
-    appliance = Appliance(settings, sockets=sockets)  # records its URL beside its token
+    # Everything the appliance creates is its own: the log, function logs, code,
+    # venvs, and what workers write (they run as this user and inherit it).
+    os.umask(0o077)
+    from veba.private import DataDirError
+
+    try:
+        appliance = Appliance(settings, sockets=sockets)  # records its URL beside its token
+    except DataDirError as exc:
+        fail(str(exc))
     scheme = "https" if tls_cert else "http"
     err.print(
         f"veba serving on {scheme}://{host}:{port}  data: {settings.data_dir}  "

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from veba.private import make_private_tree
+
 __all__ = ["BuildError", "ensure_sdk", "ensure_venv", "venv_key"]
 
 REQUIREMENTS = "requirements.txt"
@@ -125,6 +127,8 @@ def _build(handler_dir: Path, building: Path, final: Path, progress: Callable[[s
     _retarget(building, final)
     (building / REQUIREMENTS).write_text("\n".join(lines) + "\n")
     (building / _COMPLETE).write_text("")
+    # venv copies its scripts' modes from the Python installation: 0644, whatever the umask.
+    make_private_tree(building)
 
 
 def _pip_install(
