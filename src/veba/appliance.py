@@ -71,7 +71,11 @@ class Appliance:
         self.store: Store = SQLiteStore(self.log)
         self.store_tokens = StoreTokens()
         self.secrets = SecretStore(settings.data_dir)
-        self.logs = LogHub(settings.logs_dir)
+        self.logs = LogHub(
+            settings.logs_dir,
+            max_bytes=settings.function_log_size,
+            keep=settings.function_log_files,
+        )
         self.metrics = Metrics()
         self.http = httpx.AsyncClient(timeout=10.0)
         self.dead_letters = DeadLetterSink(self.http)

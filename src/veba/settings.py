@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from veba.config import KnativeConfig, MetricsConfig, OpenFaaSConfig, VCenterConfig
+from veba.functionlogs import DEFAULT_KEEP, DEFAULT_MAX_BYTES
 from veba.listeners import ListenerPlan, plan_listeners
 
 __all__ = [
@@ -121,6 +122,9 @@ class ApplianceSettings:
     # HTTPS for the API (`veba serve --tls-cert/--tls-key`): PEM files.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Function log files rotate past this size; this many rotated files are kept.
+    function_log_size: int = DEFAULT_MAX_BYTES
+    function_log_files: int = DEFAULT_KEEP
 
     def listeners(self) -> ListenerPlan:
         """Where the appliance listens; raises `ListenError` for settings that clash."""
