@@ -5,6 +5,8 @@ per-user default. The API token lives in it (mode 0600), so a CLI on the same
 machine finds it without copying, beside the address the appliance serves on
 (file `url`): the CLI sends that token to that address only (see
 `veba.cli.credentials`).
+
+The directory is private (see `veba.private`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from veba.config import KnativeConfig, MetricsConfig, OpenFaaSConfig, VCenterConfig
+from veba.functionlogs import DEFAULT_KEEP, DEFAULT_MAX_BYTES
 from veba.listeners import ListenerPlan, plan_listeners
 
 __all__ = [
@@ -79,7 +82,7 @@ def read_token(data_dir: Path) -> str | None:
 
 def record_url(data_dir: Path, url: str) -> None:
     """Note the address this appliance serves on, beside its token."""
-    (data_dir / URL_FILE).write_text(url + "\n")
+    _write_private(data_dir / URL_FILE, (url + "\n").encode())
 
 
 def read_recorded_url(data_dir: Path) -> str | None:
@@ -119,6 +122,9 @@ class ApplianceSettings:
     # HTTPS for the API (`veba serve --tls-cert/--tls-key`): PEM files.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Function log files rotate past this size; this many rotated files are kept.
+    function_log_size: int = DEFAULT_MAX_BYTES
+    function_log_files: int = DEFAULT_KEEP
 
     def listeners(self) -> ListenerPlan:
         """Where the appliance listens; raises `ListenError` for settings that clash."""

@@ -129,7 +129,7 @@ def test_secrets_are_read_from_the_openfaas_path_and_the_hostname_is_pod_style(
     assert len(hostname.split("-")[-1]) == 5 and got["env_hostname"] == hostname
 
     # The decrypted value is on no shared disk or memory folder of the machine.
-    for path in Path("/dev/shm").glob("veba-secrets-pytag-fn-*"):
+    for path in Path("/dev/shm").glob("veba-secrets*pytag-fn*"):
         raise AssertionError(f"secrets folder left on the host: {path}")
     for path in app.data_dir.rglob("*"):
         if path.is_file():

@@ -8,17 +8,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.e2e.harness import write_function, write_stack
+from tests.e2e.harness import ApplianceProcess, write_function, write_stack
 
-# Every file of the function's secrets folder, by name, with its content.
+# Every file of the function's secrets folder, by name, with its content in hex:
+# the values themselves would be scrubbed from the answer.
 READS_FILES = """
 import json, os
 
 def handle(req):
     folder = os.environ["VEBA_SECRETS_DIR"]
-    return json.dumps({name: open(os.path.join(folder, name)).read()
+    return json.dumps({name: open(os.path.join(folder, name), "rb").read().hex()
                        for name in sorted(os.listdir(folder))})
 """
+
+
+def read_files(app: ApplianceProcess) -> dict[str, str]:
+    answer = json.loads(app.cli("invoke", "reader", "--data", "{}").stdout)
+    return {name: bytes.fromhex(value).decode() for name, value in answer.items()}
 
 
 def test_keys_from_the_cli_become_one_file_each(appliance_factory: type, tmp_path: Path) -> None:
@@ -72,7 +78,7 @@ def test_keys_from_the_cli_become_one_file_each(appliance_factory: type, tmp_pat
         {"reader": {"lang": "python3", "handler": "./reader", "secrets": secrets}},
     )
     app.cli("up", "-f", str(stack))
-    files = json.loads(app.cli("invoke", "reader", "--data", "{}").stdout)
+    files = read_files(app)
     assert files == {
         "SLACK_SECRET": '{"url": "https://hooks.slack.example/T0"}',
         "api-key": "s3cr3t-api-key",
@@ -90,7 +96,7 @@ def test_keys_from_the_cli_become_one_file_each(appliance_factory: type, tmp_pat
         "--from-literal", "username=svc-veba", "--from-literal", "password=n3w",
     )  # fmt: skip
     assert "restarted reader" in replaced.stderr
-    files = json.loads(app.cli("invoke", "reader", "--data", "{}").stdout)
+    files = read_files(app)
     assert (files["username"], files["password"]) == ("svc-veba", "n3w")
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,12 @@ def serve(
     ),
     tls_key: Path | None = typer.Option(
         None, "--tls-key", help="The PEM private key of --tls-cert"
+    ),
+    function_log_size: str = typer.Option(
+        "10M", "--function-log-size", help="Rotate a function's log file past this size (10M, 512K)"
+    ),
+    function_log_files: int = typer.Option(
+        3, "--function-log-files", min=0, help="Rotated log files kept per function"
     ),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
@@ -115,6 +123,8 @@ def serve(
         retention=_retention(retention),
         tls_cert=tls_cert,
         tls_key=tls_key,
+        function_log_size=_size(function_log_size, "--function-log-size"),
+        function_log_files=function_log_files,
         **fields,
     )
     from veba.listeners import ListenError
@@ -125,7 +135,15 @@ def serve(
     except ListenError as exc:
         fail(str(exc))
     configure_logging(log_level)
-    appliance = Appliance(settings, sockets=sockets)  # records its URL beside its token
+    # Everything the appliance creates is its own: the log, function logs, code,
+    # venvs, and what workers write (they run as this user and inherit it).
+    os.umask(0o077)
+    from veba.private import DataDirError
+
+    try:
+        appliance = Appliance(settings, sockets=sockets)  # records its URL beside its token
+    except DataDirError as exc:
+        fail(str(exc))
     scheme = "https" if tls_cert else "http"
     err.print(
         f"veba serving on {scheme}://{host}:{port}  data: {settings.data_dir}  "
@@ -178,3 +196,14 @@ def _retention(value: str) -> float:
         return parse_duration(text, "--retention")
     except PolicyError as exc:
         fail(str(exc))
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _size(value: str, flag: str) -> int:
+    """Bytes from ``10M``, ``512KiB``, ``1g`` or a plain number (binary units)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmg]?)(?:i?b)?\s*", value, re.IGNORECASE)
+    if match is None or int(match[1]) == 0:
+        fail(f"{flag} {value!r}: expected a size like 10M, 512K or 1048576 (bytes)")
+    return int(match[1]) * _UNITS[match[2].lower()]

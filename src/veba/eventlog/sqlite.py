@@ -70,6 +70,8 @@ class SQLiteLog:
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_owner()
+        # Created private: SQLite gives the -wal and -shm files the database's mode.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         conn = connect(self.path, self._synchronous)
         migrate(conn)
         # One appliance owns this file (see _lock_owner), so whatever was leased

@@ -239,8 +239,13 @@ _SDK_SOURCE = Path(__file__).resolve().parent.parent  # the veba package
 
 
 def _sdk_files() -> list[tuple[str, bytes]]:
-    """veba/__init__.py and veba/sdk/**.py (stdlib only), as (relative path, content)."""
-    files = [_SDK_SOURCE / "__init__.py", *sorted((_SDK_SOURCE / "sdk").rglob("*.py"))]
+    """veba/__init__.py, veba/scrub.py (the SDK's logger redacts with it) and
+    veba/sdk/**.py, all stdlib only, as (relative path, content)."""
+    files = [
+        _SDK_SOURCE / "__init__.py",
+        _SDK_SOURCE / "scrub.py",
+        *sorted((_SDK_SOURCE / "sdk").rglob("*.py")),
+    ]
     return [
         (str(path.relative_to(_SDK_SOURCE.parent)), path.read_bytes())
         for path in files
