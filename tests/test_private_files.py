@@ -39,11 +39,16 @@ def test_everything_under_the_data_dir_becomes_owner_only(tmp_path: Path) -> Non
 
     make_private(data)
 
-    assert mode(data) == 0o700
-    assert mode(data / "venvs" / "v1" / "bin") == 0o700 and mode(data / "logs") == 0o700
+    assert mode(data) == 0o700 and mode(data / "venvs") == 0o700
+    assert mode(data / "logs") == 0o700
     assert mode(data / "events.db") == 0o600 and mode(data / "logs" / "fn.log") == 0o600
-    assert mode(script) == 0o700  # still runnable by its owner
+    # Venvs (and functions' code) are read by workers that may run as users of
+    # their own, inside the 0700 data dir: readable, never writable, by them.
+    assert mode(data / "venvs" / "v1" / "bin") == 0o755 and mode(script) == 0o755
     assert mode(outside) == 0o755  # a link's target outside is not veba's to change
+    (data / "venvs" / "v1" / "bin").chmod(0o777)
+    make_private(data)
+    assert mode(data / "venvs" / "v1" / "bin") == 0o755  # others' write bit taken away
 
 
 @pytest.mark.parametrize("shared", ["sticky", "home"])

@@ -24,6 +24,16 @@ def handle(req):
 """
 
 
+def _read_by_workers(data_dir: Path, path: Path) -> bool:
+    """Function code and venvs (and the SDK beside them), which workers running as
+    users of their own read through their private view; the 0700 data dir keeps
+    everyone else out of them (checked: the data dir itself is never excused)."""
+    parts = path.relative_to(data_dir).parts
+    return (len(parts) >= 3 and parts[0] == "functions" and parts[2].startswith("code-")) or (
+        len(parts) >= 2 and parts[0] == "venvs"
+    )
+
+
 def not_private(data_dir: Path) -> list[str]:
     """Every file or folder under ``data_dir`` (itself included) others may use."""
     found = []
@@ -31,6 +41,10 @@ def not_private(data_dir: Path) -> list[str]:
         st = path.lstat()
         if stat.S_ISLNK(st.st_mode):
             continue  # a venv's python: a link to the system's
+        if path != data_dir and _read_by_workers(data_dir, path):
+            if st.st_mode & 0o022:  # readable by workers, never writable by them
+                found.append(f"{path} {stat.S_IMODE(st.st_mode):o} (writable)")
+            continue
         if st.st_mode & 0o077:
             found.append(f"{path} {stat.S_IMODE(st.st_mode):o}")
     return found

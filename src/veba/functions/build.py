@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import venv
@@ -39,12 +40,12 @@ def readable_by_workers(root: Path) -> None:
     when the appliance runs as root. The data dir around them stays 0700; workers
     reach these folders only through their private view (veba.functions.isolate)."""
     for folder, dirs, files in os.walk(root):
-        os.chmod(folder, os.stat(folder).st_mode | 0o755)
+        os.chmod(folder, (stat.S_IMODE(os.stat(folder).st_mode) & ~0o022) | 0o755)
         for name in files:
             path = os.path.join(folder, name)
             if os.path.islink(path):
                 continue
-            mode = os.stat(path).st_mode
+            mode = stat.S_IMODE(os.stat(path).st_mode) & ~0o022  # nobody else writes
             os.chmod(path, mode | 0o444 | (0o111 if mode & 0o100 else 0))
         dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(folder, d))]
 
