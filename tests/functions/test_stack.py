@@ -116,11 +116,11 @@ def test_filters_from_annotation_and_defaults(stack_dir: Path) -> None:
             lang: python3
             handler: ./echo
             annotations:
-              veba.filters: '{"all": [{"exact": {"type": "com.vmware.event.router/event"}}]}'
+              veba.filters: '[{"all": [{"exact": {"type": "com.vmware.event.router/event"}}]}]'
         """,
     )
     echo = load_stack(path, env={}).functions["echo"]
-    assert echo.filters == {"all": [{"exact": {"type": "com.vmware.event.router/event"}}]}
+    assert echo.filters == [{"all": [{"exact": {"type": "com.vmware.event.router/event"}}]}]
     assert echo.timeout == 30.0 and echo.workers == 1 and echo.topic is None
 
 
