@@ -121,7 +121,7 @@ def new(
         fail(str(exc))
     files = "handler.py, test_handler.py" if test else "handler.py"
     err.print(f"created {folder}/ ({files}) and added {name} to {append}", highlight=False)
-    warn_unknown_topics(append, {name: topic})
+    warn_unknown_topics(append, {name: topic}, Client(gateway, data_dir))
 
 
 def build(
