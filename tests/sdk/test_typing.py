@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zipfile
 from importlib import resources
 from pathlib import Path
 
@@ -34,6 +35,28 @@ def test_mypy_strict_on_a_handler_using_the_public_api(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues found" in result.stdout
+
+
+def test_the_wheel_says_it_is_typed(tmp_path: Path) -> None:
+    root = Path(__file__).parents[2]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "-w",
+            str(tmp_path),
+            str(root),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    assert "veba/py.typed" in zipfile.ZipFile(wheel).namelist()
 
 
 def test_every_public_name_is_really_there() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from veba.functions.stack import function_name_problem
+from veba.functions.stack import StackError, function_name_problem, load_yaml
 
 __all__ = [
     "TEMPLATES",
@@ -247,10 +247,10 @@ def append_function(stack: Path, text: str, name: str, entry: dict[str, Any]) ->
     unchanged plus the new one, else nothing is written.
     """
     try:
-        before = yaml.safe_load(text)
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        raise ScaffoldError(f"{stack}: not valid YAML ({exc}); fix it first") from None
+        before = load_yaml(text, str(stack))
+    except StackError as exc:
+        raise ScaffoldError(f"{exc}; fix it first") from None
+    root = yaml.compose(text)
     if before is None:
         before, root = {}, None
     if not isinstance(before, dict) or not isinstance(root, yaml.MappingNode | None):

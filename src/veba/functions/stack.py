@@ -35,6 +35,7 @@ __all__ = [
     "check_handler_syntax",
     "function_name_problem",
     "load_stack",
+    "load_yaml",
 ]
 
 LANGS = ("python3", "python3-flask", "python3-http", "veba-cloudevent")
@@ -148,7 +149,7 @@ def load_stack(path: Path, env: Mapping[str, str] | None = None) -> Stack:
         text = path.read_text()
     except OSError as exc:
         raise StackError(file, "file", f"cannot read: {exc.strerror}") from None
-    doc = _load_yaml(substitute(text, os.environ if env is None else env), file)
+    doc = load_yaml(substitute(text, os.environ if env is None else env), file)
     if not isinstance(doc, dict):
         raise StackError(file, "(top level)", f"expected a mapping, got {_kind(doc)}")
     checker = _Checker(file, path.resolve().parent, path)
@@ -172,7 +173,7 @@ def load_stack(path: Path, env: Mapping[str, str] | None = None) -> Stack:
     return Stack(str(version), provider_name, gateway, specs, path)
 
 
-def _load_yaml(text: str, file: str) -> Any:
+def load_yaml(text: str, file: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
@@ -348,7 +349,7 @@ class _Checker:
             except OSError as exc:
                 raise self.fail(at, f"cannot read {name}: {exc.strerror}") from None
             try:
-                doc = _load_yaml(text, name)
+                doc = load_yaml(text, name)
             except StackError as exc:
                 raise self.fail(at, f"{name} {exc.field}: {exc.reason}") from None
             # faas-cli's format is {"environment": {...}}; a bare mapping is accepted too.
