@@ -482,3 +482,39 @@ def test_the_shape_walk_and_the_catalogue_agree() -> None:
 
     on = catalog.Catalog(catalog.build()).get("VmPoweredOnEvent")
     assert list(to_govmomi(vim.event.VmPoweredOnEvent())) == [f.name for f in on.fields]
+
+
+# -- topics checked against the catalogue ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("topic", "warnings"),
+    [
+        # Every naming a topic may use, of known types: no warning.
+        ("VmPoweredOnEvent, VmPoweredOffEvent", []),
+        ("*", []),
+        ("vm.powered.on,drs.vm.powered.on", []),  # VEBA's legacy dotted topics
+        ("com.vmware.vsphere.VmPoweredOnEvent.v0", []),  # VEBA v0.8's type names
+        ("com.vmware.cis.tagging.attach", []),  # an EventEx id the catalogue knows
+        ("com.vmware.vsphere.com.vmware.cis.tagging.attach.v0", []),
+        # Typos: the nearest known type, in the naming used.
+        ("VmPowerdOnEvent", ["'VmPowerdOnEvent' is not a known event type; did you mean 'VmPoweredOnEvent'?"]),
+        ("vmpoweredonevent", ["'vmpoweredonevent' is not a known event type; did you mean 'VmPoweredOnEvent'?"]),
+        ("vm.powerd.on", ["'vm.powerd.on' is not a known event type; did you mean 'VmPoweredOnEvent'?"]),
+        (
+            "com.vmware.vsphere.VmPowerdOnEvent.v0",
+            ["'com.vmware.vsphere.VmPowerdOnEvent.v0' is not a known event type;"
+             " did you mean 'com.vmware.vsphere.VmPoweredOnEvent.v0'?"],
+        ),
+        # No near one: an EventEx id of the user's vCenter, maybe.
+        (
+            "com.vmware.vc.HA.ClusterFailoverActionCompletedEvent",
+            ["'com.vmware.vc.HA.ClusterFailoverActionCompletedEvent' is not a known event type"
+             " (fine if it is an EventEx id your vCenter sends)"],
+        ),
+        ("Nonsense", ["'Nonsense' is not a known event type: the function will get no event for it"]),
+    ],
+)  # fmt: skip
+def test_unknown_topics_are_told_with_the_type_meant(topic: str, warnings: list[str]) -> None:
+    known = {t.type for t in catalog.build()}
+    assert catalog.unknown_topics(topic, known) == warnings

@@ -39,6 +39,7 @@ __all__ = [
     "SubscriptionError",
     "compile_subscription",
     "dotted_to_class",
+    "topic_items",
 ]
 
 
@@ -74,16 +75,14 @@ def dotted_to_class(topic: str) -> str:
 _DOTTED = re.compile(r"^[a-z0-9]+(\.[a-z0-9]+)+$")
 
 
-def _subjects(topic: str) -> frozenset[str] | None:
-    """The subjects a topic names; None means every subject (`*`)."""
-    names: set[str] = set()
+def topic_items(topic: str) -> list[tuple[str, frozenset[str]]]:
+    """Each name a topic lists, as written, with the subjects it may mean (`*`: none)."""
+    items = []
     for raw in topic.split(","):
         name = raw.strip()
         if not name:
             continue
-        if name == "*":
-            return None
-        names.add(name)
+        names = {name}
         # A dotted lower-case name is either a legacy topic or an EventEx id
         # (com.vmware.cis.tagging.attach); accept both readings.
         if _DOTTED.match(name):
@@ -91,7 +90,16 @@ def _subjects(topic: str) -> frozenset[str] | None:
         # VEBA v0.8's naming of the same event.
         if name.startswith(V08_TYPE_PREFIX) and name.endswith(V08_TYPE_SUFFIX):
             names.add(name[len(V08_TYPE_PREFIX) : -len(V08_TYPE_SUFFIX)])
-    return frozenset(names)
+        items.append((name, frozenset(() if name == "*" else names)))
+    return items
+
+
+def _subjects(topic: str) -> frozenset[str] | None:
+    """The subjects a topic names; None means every subject (`*`)."""
+    items = topic_items(topic)
+    if any(name == "*" for name, _ in items):
+        return None
+    return frozenset().union(*(subjects for _, subjects in items))
 
 
 def _leaf_shape(pairs: list[tuple[str, str]], default: Shape) -> Shape:

@@ -15,7 +15,7 @@ class's properties in VEBA's shape.
 
 Where each part lives: the entries in `_model`, pyVmomi's classes in `_pyvmomi`,
 the merging of the sources in `_merge`, samples in `_samples`, the log's counts
-in `_seen`. Import from `veba.catalog`, not from those.
+in `_seen`, topics checked against it in `_topics`. Import from `veba.catalog`, not from those.
 """
 
 from veba.catalog._merge import Catalog, build, describe_event_info, extensible, search
@@ -25,6 +25,7 @@ from veba.catalog._pyvmomi import pyvmomi_types
 from veba.catalog._pyvmomi import pyvmomi_version as pyvmomi_version  # likewise
 from veba.catalog._samples import sample
 from veba.catalog._seen import SeenCounter
+from veba.catalog._topics import unknown_topics
 
 __all__ = [
     "BASE_FIELDS",
@@ -39,4 +40,5 @@ __all__ = [
     "pyvmomi_types",
     "sample",
     "search",
+    "unknown_topics",
 ]

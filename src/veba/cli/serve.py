@@ -15,7 +15,9 @@ from veba.settings import DEFAULT_LISTEN, ApplianceSettings, parse_listen, resol
 
 
 def serve(
-    listen: str = typer.Option(DEFAULT_LISTEN, "--listen", help="HOST:PORT to serve on"),
+    listen: str = typer.Option(
+        DEFAULT_LISTEN, "--listen", envvar="VEBA_LISTEN", help="HOST:PORT to serve the API on"
+    ),
     data_dir: Path | None = DataDirOption,
     simulator: bool | None = typer.Option(
         None,
@@ -26,11 +28,20 @@ def serve(
     simulator_rate: float = typer.Option(
         1.0, "--simulator-rate", help="Simulated events per second (0 = paused)"
     ),
-    simulator_seed: int = typer.Option(0, "--simulator-seed"),
-    webhook_path: str = typer.Option("/webhook", "--webhook-path"),
-    webhook_user: str | None = typer.Option(None, "--webhook-user", envvar="VEBA_WEBHOOK_USER"),
+    simulator_seed: int = typer.Option(
+        0, "--simulator-seed", help="Seed of the simulator's inventory and event stream"
+    ),
+    webhook_path: str = typer.Option(
+        "/webhook", "--webhook-path", help="Path of the CloudEvents webhook"
+    ),
+    webhook_user: str | None = typer.Option(
+        None, "--webhook-user", envvar="VEBA_WEBHOOK_USER", help="Require HTTP basic auth: user"
+    ),
     webhook_password: str | None = typer.Option(
-        None, "--webhook-password", envvar="VEBA_WEBHOOK_PASSWORD"
+        None,
+        "--webhook-password",
+        envvar="VEBA_WEBHOOK_PASSWORD",
+        help="Require HTTP basic auth: password (prefer the environment variable)",
     ),
     webhook_token: str | None = typer.Option(
         None, "--webhook-token", envvar="VEBA_WEBHOOK_TOKEN", help="Require this bearer token"
@@ -41,7 +52,9 @@ def serve(
     vcenters: list[str] = typer.Option(
         [], "--vcenter", help="vCenter SDK URL to stream from, https://USER@HOST/sdk; repeatable"
     ),
-    vcenter_user: str | None = typer.Option(None, "--vcenter-user"),
+    vcenter_user: str | None = typer.Option(
+        None, "--vcenter-user", help="vCenter user, if not in the --vcenter URL"
+    ),
     vcenter_password_env: str | None = typer.Option(
         None, "--vcenter-password-env", help="Environment variable holding the vCenter password"
     ),
@@ -67,7 +80,9 @@ def serve(
     function_log_files: int = typer.Option(
         3, "--function-log-files", min=0, help="Rotated log files kept per function"
     ),
-    log_level: str = typer.Option("info", "--log-level"),
+    log_level: str = typer.Option(
+        "info", "--log-level", help="debug, info, warning or error (the appliance's own log)"
+    ),
 ) -> None:
     """Run the appliance: event log, functions, providers, API and webhook."""
     import uvicorn
