@@ -1,0 +1,117 @@
+"""JSON from clients, read so that what is accepted is kept exactly.
+
+Python's `json` reads `NaN`, `Infinity`, integers of any size and lone UTF-16
+surrogates (`"\\ud800"`); orjson, the fast reader, refuses `NaN`, `Infinity` and
+surrogates but reads an integer beyond 64 bits as a float. Either way something
+accepted would not be what was sent once stored: `NaN` written back as `null`,
+a 30-digit id rounded to `1.2345678901234568e+29`, a surrogate that UTF-8 cannot
+encode. So every body that comes from outside is read here, and refused with a
+`JSONRefused` naming the value's path (`body.data.Vm.Key`) when it holds:
+
+* `NaN`, `Infinity`, `-Infinity`, or a number too large for a double;
+* an integer outside -2**63 .. 2**64-1 (what orjson, and the log, carry
+  exactly): send larger numbers as strings;
+* a lone surrogate, in a string or a key;
+* nesting deeper than 1024 levels (orjson's own limit);
+* bytes that are not UTF-8, or text that is not JSON.
+
+orjson reads first; only a body it refuses, or one with a run of 19 digits
+(where an integer orjson would round may hide), is read again by `json` and
+walked to find what and where.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+import orjson
+
+__all__ = ["MAX_DEPTH", "JSONRefused", "check", "loads"]
+
+MAX_DEPTH = 1024
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+# An integer literal orjson might round has at least 19 digits (2**63 has 19).
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+class JSONRefused(ValueError):
+    """JSON that would not be kept exactly as sent; the message names where."""
+
+
+def loads(body: bytes | str, where: str = "body") -> Any:
+    """The JSON value of `body`, or `JSONRefused` saying what and where."""
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):
+            raise JSONRefused(f"{where}: nested deeper than {MAX_DEPTH} levels") from None
+        return _slow(raw, where, str(exc))
+    if _LONG_DIGITS.search(raw):
+        return _slow(raw, where, None)
+    return value
+
+
+def _slow(raw: bytes, where: str, orjson_error: str | None) -> Any:
+    """Read with `json` (which takes what orjson refuses) and find the problem."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JSONRefused(f"{where}: not valid JSON: not UTF-8 text (byte {exc.start})") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise JSONRefused(f"{where}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise JSONRefused(f"{where}: nested deeper than {MAX_DEPTH} levels") from None
+    check(value, where)
+    if orjson_error is not None:  # refused for a reason the walk does not know
+        raise JSONRefused(f"{where}: not valid JSON: {orjson_error}")
+    return value
+
+
+def check(value: Any, where: str = "body") -> None:
+    """Refuse, naming the path, a parsed value that JSON would not carry exactly
+    (for values parsed elsewhere, such as a CloudEvent's binary-mode data)."""
+    stack: list[tuple[Any, str, int]] = [(value, where, 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise JSONRefused(f"{path}: nested deeper than {MAX_DEPTH} levels")
+        if isinstance(item, str):
+            _text(item, path)
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            if not _INT_MIN <= item <= _INT_MAX:
+                digits = str(item)
+                shown = digits if len(digits) <= 40 else f"{digits[:20]}...({len(digits)} digits)"
+                raise JSONRefused(
+                    f"{path}: the integer {shown} is beyond 64 bits and would not be kept"
+                    " exactly; send it as a string"
+                )
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise JSONRefused(
+                    f"{path}: {item} is not a JSON number (NaN and Infinity are refused,"
+                    " not stored as null)"
+                )
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                _text(key, f"{path} (a key)")
+                stack.append((child, f"{path}.{key}", depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
+
+
+def _text(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        raise JSONRefused(
+            f"{path}: a lone surrogate (\\u{ord(bad):04x}) is not Unicode text"
+        ) from None
