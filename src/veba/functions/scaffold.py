@@ -10,6 +10,7 @@ can share that name.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,11 @@ __all__ = ["TEMPLATES", "ScaffoldError", "Template", "new_function"]
 
 
 class ScaffoldError(ValueError):
-    """Refused: the name is taken or the template unknown."""
+    """Refused: the name is taken or not a function's name, or the template unknown."""
+
+
+# A function's name, as stack.yml wants it; so it is also one folder, never a path.
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,11 @@ def new_function(
     gateway: str = "http://127.0.0.1:8080",
 ) -> Path:
     """Write `<directory>/<name>/` and add the function to `stack` (created if absent)."""
+    if len(name) > 63 or not _DNS_LABEL.fullmatch(name):
+        raise ScaffoldError(
+            f"function name {name!r} must be a DNS-1123 label: lower case letters, digits"
+            " and '-', starting and ending with a letter or digit, at most 63 characters"
+        )
     template = TEMPLATES.get(lang)
     if template is None:
         raise ScaffoldError(f"unknown lang {lang!r}; expected one of {', '.join(TEMPLATES)}")
