@@ -43,7 +43,7 @@ from veba.functions.supervisor import (
     Outcome,
 )
 from veba.routing import Router, Subscription, SubscriptionError, compile_subscription
-from veba.secrets import SecretError, SecretStore
+from veba.secrets import SecretError, SecretStore, valid_secret_name
 from veba.store import Store, StoreTokens
 from veba.targets.functions import FunctionTarget
 
@@ -127,6 +127,19 @@ class FunctionDefinition:
         secrets = _field(payload, "secrets", list, [], where)
         if not all(isinstance(s, str) for s in secrets):
             raise DeployError(f"{where}.secrets: expected a list of secret names")
+        for secret in secrets:
+            if not valid_secret_name(secret):
+                raise DeployError(
+                    f"{where}.secrets: {secret!r} is not a secret name (letters, digits,"
+                    " '-', '.', '_')"
+                )
+        for key, value in _field(payload, "environment", dict, {}, where).items():
+            # What execve cannot carry would fail every worker start.
+            if not str(key) or "=" in str(key) or "\0" in f"{key}{value}":
+                raise DeployError(
+                    f"{where}.environment.{key}: a variable name is not empty and has no"
+                    " '=', and neither has a NUL character"
+                )
         return cls(
             name=name,
             lang=lang,
@@ -340,11 +353,21 @@ class Functions:
         async with self._lock:
             home = self._dir / definition.name
             code_dir = home / f"code-{code_hash}"
-            if not code_dir.exists():
-                await asyncio.to_thread(_unpack, archive, code_dir, where)
-            progress(f"{definition.name}: code unpacked ({len(archive)} bytes)")
-            pool = await self._start_pool(definition, code_dir, progress)
             old = self._deployments.get(definition.name)
+            fresh = not code_dir.exists()
+            try:
+                if fresh:
+                    await asyncio.to_thread(_unpack, archive, code_dir, where)
+                progress(f"{definition.name}: code unpacked ({len(archive)} bytes)")
+                pool = await self._start_pool(definition, code_dir, progress)
+            except BaseException:
+                # Nothing of a failed deploy stays: not its code, nor the folder
+                # of a function that was not deployed before.
+                if old is None:
+                    shutil.rmtree(home, ignore_errors=True)
+                elif fresh:
+                    shutil.rmtree(code_dir, ignore_errors=True)
+                raise
             if old is not None:
                 await self._stop_deployment(old)
             deployment = Deployment(definition, subscription, policy, code_dir)
@@ -469,8 +492,7 @@ class Functions:
         self._logs.write(
             definition.name,
             "system",
-            f"running without isolation ({problem}): no private hostname, no"
-            " gateway.openfaas",
+            f"running without isolation ({problem}): no private hostname, no gateway.openfaas",
         )
         return None
 

@@ -22,12 +22,16 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from veba import catalog
 from veba.api.auth import require_token
+from veba.api.errors import StrictRoute
 from veba.appliance import Appliance
 
 __all__ = ["catalog_router"]
 
 catalog_router = APIRouter(
-    prefix="/api/v1/catalog", dependencies=[Depends(require_token)], tags=["catalog"]
+    prefix="/api/v1/catalog",
+    dependencies=[Depends(require_token)],
+    tags=["catalog"],
+    route_class=StrictRoute,
 )
 
 _VCENTER_TIMEOUT = 30.0  # seconds to wait for a vCenter's descriptions (a login and a read)
@@ -108,7 +112,9 @@ def _overrides(settings: list[str]) -> dict[str, Any]:
 
 @catalog_router.get("/{name}")
 async def show_type(
-    name: str, request: Request, settings: Annotated[list[str] | None, Query(alias="set")] = None
+    name: str,
+    request: Request,
+    settings: Annotated[list[str] | None, Query(alias="set", max_length=100)] = None,
 ) -> dict[str, Any]:
     """One event type with a sample event of it."""
     merged = await _catalog(request)
