@@ -151,16 +151,18 @@ async def status(request: Request) -> dict[str, Any]:
     return _appliance(request).status()
 
 
+_ONE_RANDOM = TriggerRequest.model_validate({})  # what an empty body asks for
+
+
 @v1_router.post("/providers/{name}/trigger")
 async def trigger(
-    name: str, request: Request, body: Annotated[TriggerRequest | None, Body()] = None
+    name: str, request: Request, body: Annotated[TriggerRequest, Body()] = _ONE_RANDOM
 ) -> dict[str, Any]:
     """Ask the simulator for events now (tests, demos): `count` operations, at
     most MAX_TRIGGER per request."""
     provider = _appliance(request).provider(name)
     if provider is None or not hasattr(provider, "trigger"):
         raise HTTPException(404, f"no provider {name!r} that can be triggered")
-    body = body or TriggerRequest.model_validate({})
     try:
         events = await provider.trigger(body.event_class, count=body.count, **body.overrides)
     except ValueError as exc:  # SimulationError: unknown class, nothing eligible, bad path
