@@ -15,12 +15,11 @@ with `seen`: how many events of it the log holds.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
-from veba import catalog
+from veba import catalog, strictjson
 from veba.api.auth import require_token
 from veba.api.errors import StrictRoute
 from veba.appliance import Appliance
@@ -103,9 +102,11 @@ def _overrides(settings: list[str]) -> dict[str, Any]:
         if not sep or not path.strip():
             raise HTTPException(422, f"set {item!r}: expected PATH=VALUE, like data.Vm.Name=web-01")
         try:
-            value: Any = json.loads(raw)
-        except ValueError:
-            value = raw
+            value: Any = strictjson.loads(raw, f"query.set {path.strip()}")
+        except strictjson.NotJSON:
+            value = raw  # a plain word: the text itself
+        except strictjson.JSONRefused as exc:  # NaN, a 65-bit integer, ...
+            raise HTTPException(400, str(exc)) from None
         overrides[path.strip()] = value
     return overrides
 

@@ -38,15 +38,22 @@ def error_response(
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+# The branch names pydantic puts in a location inside a JSON value (a union).
+_BRANCHES = frozenset({"dict", "list", "str", "int", "float", "bool"})
+
+
 def field_path(loc: Sequence[Any]) -> str:
     """A pydantic error location as a path: ("body", "ids", 3) -> body.ids[3]."""
     path = ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
+        elif path and part in _BRANCHES:
+            continue
         else:
             path += f".{part}" if path else str(part)
-    return path or "body"
+    path = path or "body"
+    return path if len(path) <= 160 else f"{path[:100]}...{path[-50:]}"
 
 
 _PLAIN = {
