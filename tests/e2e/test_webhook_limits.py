@@ -5,13 +5,15 @@ accepted do not pile up in memory. Measured on the real process: its VmRSS."""
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.e2e.harness import ApplianceProcess
+from tests.e2e.harness import VEBA, ApplianceProcess, free_port
 
 MiB = 1 << 20
 CE_JSON = {"Content-Type": "application/cloudevents+json"}
@@ -103,3 +105,26 @@ def test_the_limits_are_the_operators(appliance_factory: type) -> None:
         batch = json.dumps([event(f"s{i}", 60_000) for i in range(5)])
         r = http.post("/webhook", content=batch, headers=BATCH)
         assert r.status_code == 413 and "256 KiB at most" in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--webhook-max-event", "1XB"], "--webhook-max-event '1XB': expected a size like 1MiB"),
+        (["--webhook-max-event", "100"], "--webhook-max-event '100': at least 1KiB"),
+        (["--webhook-max-event", "2MiB", "--webhook-max-batch", "1MiB"],
+         "--webhook-max-batch 1MiB is smaller than --webhook-max-event 2MiB"),
+        (["--webhook-open", "--webhook-token", "t"], "--webhook-open takes events without"),
+    ],
+)  # fmt: skip
+def test_bad_limits_and_contradictions_are_refused_in_one_line(
+    args: list[str], said: str, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [VEBA, "serve", "--listen", f"127.0.0.1:{free_port()}", "--data-dir",
+         str(tmp_path / "data"), *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    out = (result.stdout + result.stderr).strip()
+    assert result.returncode != 0 and said in out, out
+    assert len(out.splitlines()) == 1 and out.startswith("error: "), out
