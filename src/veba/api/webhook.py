@@ -81,9 +81,8 @@ def webhook_router(path: str) -> APIRouter:
         except InvalidEvent as exc:
             appliance.metrics.rejected.labels("webhook").inc()
             return error_response(400, str(exc))
-        if len(events) > 1 or request.headers.get("content-type", "").startswith(
-            BATCH_CONTENT_TYPE
-        ):
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == BATCH_CONTENT_TYPE:  # one event's body was bounded already
             for index, event in enumerate(events):
                 size = len(event.to_json())
                 if size > settings.webhook_max_event:
