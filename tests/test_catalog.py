@@ -343,7 +343,8 @@ class Served(ServedAppliance):
     def post(self, events: list[Event]) -> None:
         body = json.dumps([e.to_dict() for e in events])
         headers = {"Content-Type": "application/cloudevents-batch+json"}
-        httpx.post(f"{self.url}/webhook", content=body, headers=headers).raise_for_status()
+        with self.http() as http:  # the webhook takes the API token
+            http.post("/webhook", content=body, headers=headers).raise_for_status()
 
 
 @pytest.fixture
@@ -391,7 +392,7 @@ def test_api_lists_searches_and_shows(served: Served) -> None:
         build = http.get("/api/v1/catalog/build.finished").json()
         assert build["sample_origin"] == "log" and build["sample"]["data"] == {"ok": True}
         missing = http.get("/api/v1/catalog/VmPoweredOn")
-        assert missing.status_code == 404 and "VmPoweredOnEvent" in missing.json()["detail"]
+        assert missing.status_code == 404 and "VmPoweredOnEvent" in missing.json()["error"]
         bad = http.get("/api/v1/catalog/VmPoweredOnEvent", params={"set": ["novalue"]})
         assert bad.status_code == 422
         assert httpx.get(f"{served.url}/api/v1/catalog").status_code == 401

@@ -74,6 +74,19 @@ def test_refusals(tmp_path: Path) -> None:
     assert missing.exit_code != 0 and "NAME" in missing.output
 
 
+def test_a_name_that_is_a_path_writes_nothing_outside(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    stack = project / "stack.yml"
+    for name in ("../evil", "/tmp/evil", "a/b", "Evil", "..", "x" * 64):
+        with pytest.raises(ScaffoldError, match="DNS-1123"):
+            new_function(name, "python3", directory=project, stack=stack)
+    refused = runner.invoke(app, ["new", "../evil", "--append", str(stack)])
+    assert refused.exit_code != 0 and "DNS-1123" in refused.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]
+    assert list(project.iterdir()) == []
+
+
 @pytest.mark.parametrize("option", [[], ["--veba-worker"]])
 def test_the_generated_tests_pass(tmp_path: Path, option: list[str]) -> None:
     stack = tmp_path / "stack.yml"

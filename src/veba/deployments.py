@@ -49,7 +49,7 @@ from veba.functions.supervisor import (
 from veba.functions.webapp import WebAppPool
 from veba.routing import Router, Subscription, SubscriptionError, compile_subscription
 from veba.scrub import MIN_LENGTH, Scrubber
-from veba.secrets import SecretError, SecretStore
+from veba.secrets import SecretError, SecretStore, valid_secret_name
 from veba.shapes import DEFAULT_SHAPE, KNATIVE_SHAPE, SHAPE_ANNOTATION, V08, Shape, parse_shape
 from veba.store import Store, StoreTokens
 from veba.targets.functions import FunctionTarget
@@ -162,6 +162,19 @@ class FunctionDefinition:
         secrets = _field(payload, "secrets", list, [], where)
         if not all(isinstance(s, str) for s in secrets):
             raise DeployError(f"{where}.secrets: expected a list of secret names")
+        for secret in secrets:
+            if not valid_secret_name(secret):
+                raise DeployError(
+                    f"{where}.secrets: {secret!r} is not a secret name (letters, digits,"
+                    " '-', '.', '_')"
+                )
+        for key, value in _field(payload, "environment", dict, {}, where).items():
+            # What execve cannot carry would fail every worker start.
+            if not str(key) or "=" in str(key) or "\0" in f"{key}{value}":
+                raise DeployError(
+                    f"{where}.environment.{key}: a variable name is not empty and has no"
+                    " '=', and neither has a NUL character"
+                )
         # Every secret it reads, so that changing one restarts it.
         refs = [r["secret"] for r in [*env_from, *secret_env.values()]]
         secrets = list(dict.fromkeys([*secrets, *refs]))

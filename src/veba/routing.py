@@ -114,7 +114,12 @@ def _leaf_shape(pairs: list[tuple[str, str]], default: Shape) -> Shape:
     return default
 
 
-def _compile_filter(expr: Any, where: str, shape: Shape) -> Predicate:
+_FILTER_DEPTH = 32  # all/any/not nesting; every event is matched through it, recursively
+
+
+def _compile_filter(expr: Any, where: str, shape: Shape, depth: int = 0) -> Predicate:
+    if depth > _FILTER_DEPTH:
+        raise SubscriptionError(f"{where}: filters nested deeper than {_FILTER_DEPTH}")
     if not isinstance(expr, Mapping) or len(expr) != 1:
         raise SubscriptionError(
             f"{where}: each filter must be a mapping with one key of exact, prefix,"
@@ -134,12 +139,14 @@ def _compile_filter(expr: Any, where: str, shape: Shape) -> Predicate:
     if kind in ("all", "any"):
         if not isinstance(arg, Sequence) or isinstance(arg, str) or not arg:
             raise SubscriptionError(f"{where}.{kind}: expected a non-empty list of filters")
-        parts = [_compile_filter(e, f"{where}.{kind}[{i}]", shape) for i, e in enumerate(arg)]
+        parts = [
+            _compile_filter(e, f"{where}.{kind}[{i}]", shape, depth + 1) for i, e in enumerate(arg)
+        ]
         if kind == "all":
             return lambda a: all(p(a) for p in parts)
         return lambda a: any(p(a) for p in parts)
     if kind == "not":
-        inner = _compile_filter(arg, f"{where}.not", shape)
+        inner = _compile_filter(arg, f"{where}.not", shape, depth + 1)
         return lambda a: not inner(a)
     if kind == "cesql":
         raise SubscriptionError(f"{where}.cesql: CESQL filters are not supported")
@@ -177,8 +184,8 @@ def compile_subscription(
     if isinstance(filters, str):
         try:
             filters = json.loads(filters)
-        except json.JSONDecodeError as exc:
-            raise SubscriptionError(f"{where}.filters: not valid JSON: {exc}") from exc
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise SubscriptionError(f"{where}.filters: not valid JSON: {exc}") from None
     if isinstance(filters, Mapping) and "attributes" in filters and len(filters) == 1:
         # Knative's older `filter: {attributes: {type: ...}}` form: exact matches.
         filters = [{"exact": filters["attributes"]}]

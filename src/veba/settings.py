@@ -21,6 +21,8 @@ from veba.functionlogs import DEFAULT_KEEP, DEFAULT_MAX_BYTES
 from veba.listeners import ListenerPlan, plan_listeners
 
 __all__ = [
+    "DEFAULT_BATCH_MAX",
+    "DEFAULT_EVENT_MAX",
     "DEFAULT_LISTEN",
     "ApplianceSettings",
     "default_data_dir",
@@ -33,6 +35,9 @@ __all__ = [
 ]
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
+# The webhook's body limits (veba.api.limits): one event, and a whole batch.
+DEFAULT_EVENT_MAX = 1 << 20
+DEFAULT_BATCH_MAX = 16 << 20
 TOKEN_FILE = "token"
 URL_FILE = "url"  # where the appliance that owns the token serves its API
 
@@ -107,8 +112,14 @@ class ApplianceSettings:
     simulator_rate: float = 1.0
     simulator_seed: int = 0
     webhook_path: str = "/webhook"
+    # The webhook takes the API token, and these if set; anonymous posts only
+    # when `webhook_open` (`--webhook-open`, or a RouterConfig webhook without
+    # an auth section, as VEBA reads it).
     webhook_basic_auth: tuple[str, str] | None = None
     webhook_bearer_token: str | None = None
+    webhook_open: bool = False
+    webhook_max_event: int = DEFAULT_EVENT_MAX  # bytes of one event
+    webhook_max_batch: int = DEFAULT_BATCH_MAX  # bytes of one batch request
     # A RouterConfig webhook's bindAddress, as written (veba.listeners decides
     # whether it gets its own socket or shares the API's).
     webhook_listen: str | None = None

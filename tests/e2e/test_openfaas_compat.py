@@ -266,7 +266,7 @@ def test_the_gateway_for_functions_refuses_everyone_else(
     for route in ("function", "async-function"):
         r = httpx.post(f"http://{address}:8080/{route}/target", content=b"x", timeout=30)
         assert r.status_code == 403, (route, r.text)
-        assert "function workers only" in r.json()["detail"]
+        assert "function workers only" in r.json()["error"]
     assert app.cli("invoke", "target").stdout.strip() == "secret work"
 
 

@@ -15,19 +15,22 @@ with `seen`: how many events of it the log holds.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
-from veba import catalog
+from veba import catalog, strictjson
 from veba.api.auth import require_token
+from veba.api.errors import StrictRoute
 from veba.appliance import Appliance
 
 __all__ = ["catalog_router"]
 
 catalog_router = APIRouter(
-    prefix="/api/v1/catalog", dependencies=[Depends(require_token)], tags=["catalog"]
+    prefix="/api/v1/catalog",
+    dependencies=[Depends(require_token)],
+    tags=["catalog"],
+    route_class=StrictRoute,
 )
 
 _VCENTER_TIMEOUT = 30.0  # seconds to wait for a vCenter's descriptions (a login and a read)
@@ -99,16 +102,20 @@ def _overrides(settings: list[str]) -> dict[str, Any]:
         if not sep or not path.strip():
             raise HTTPException(422, f"set {item!r}: expected PATH=VALUE, like data.Vm.Name=web-01")
         try:
-            value: Any = json.loads(raw)
-        except ValueError:
-            value = raw
+            value: Any = strictjson.loads(raw, f"query.set {path.strip()}")
+        except strictjson.NotJSON:
+            value = raw  # a plain word: the text itself
+        except strictjson.JSONRefused as exc:  # NaN, a 65-bit integer, ...
+            raise HTTPException(400, str(exc)) from None
         overrides[path.strip()] = value
     return overrides
 
 
 @catalog_router.get("/{name}")
 async def show_type(
-    name: str, request: Request, settings: Annotated[list[str] | None, Query(alias="set")] = None
+    name: str,
+    request: Request,
+    settings: Annotated[list[str] | None, Query(alias="set", max_length=100)] = None,
 ) -> dict[str, Any]:
     """One event type with a sample event of it."""
     merged = await _catalog(request)

@@ -44,7 +44,22 @@ def serve(
         help="Require HTTP basic auth: password (prefer the environment variable)",
     ),
     webhook_token: str | None = typer.Option(
-        None, "--webhook-token", envvar="VEBA_WEBHOOK_TOKEN", help="Require this bearer token"
+        None,
+        "--webhook-token",
+        envvar="VEBA_WEBHOOK_TOKEN",
+        help="Also take this bearer token on the webhook (the API token always works)",
+    ),
+    webhook_open: bool = typer.Option(
+        False,
+        "--webhook-open",
+        help="Take events without credentials on the webhook (default: the API token,"
+        " or --webhook-token / --webhook-user, is needed)",
+    ),
+    webhook_max_event: str = typer.Option(
+        "1MiB", "--webhook-max-event", help="Largest event the webhook takes (413 beyond)"
+    ),
+    webhook_max_batch: str = typer.Option(
+        "16MiB", "--webhook-max-batch", help="Largest batch request the webhook takes"
     ),
     config_files: list[Path] = typer.Option(
         [], "--config", help="VEBA RouterConfig (event-router.vmware.com/v1alpha1); repeatable"
@@ -101,6 +116,23 @@ def serve(
         _check_tls(tls_cert, tls_key)
     if bool(webhook_user) != bool(webhook_password):
         fail("--webhook-user and --webhook-password go together")
+    if webhook_open and (webhook_user or webhook_token):
+        fail(
+            "--webhook-open takes events without credentials: drop it, or drop"
+            " --webhook-user/--webhook-token"
+        )
+    from veba.api.limits import parse_size
+
+    try:
+        max_event = parse_size(webhook_max_event, "--webhook-max-event")
+        max_batch = parse_size(webhook_max_batch, "--webhook-max-batch")
+    except ValueError as exc:
+        fail(str(exc))
+    if max_batch < max_event:
+        fail(
+            f"--webhook-max-batch {webhook_max_batch} is smaller than"
+            f" --webhook-max-event {webhook_max_event}"
+        )
     from veba.config import ApplianceConfig, ConfigError, load_config, vcenter_from_url
 
     config = ApplianceConfig()
@@ -128,6 +160,12 @@ def serve(
         else None,
     }
     fields.update(config.settings(listen))  # a RouterConfig's webhook section wins
+    # Open on purpose only: credentials given on the command line close a
+    # RouterConfig webhook that has no auth section.
+    open_by = "--webhook-open" if webhook_open else None
+    if fields.get("webhook_open") and not (webhook_token or fields.get("webhook_basic_auth")):
+        open_by = "the RouterConfig's eventProvider.webhook has no auth section, as VEBA reads it"
+    fields["webhook_open"] = open_by is not None
     settings = ApplianceSettings(
         data_dir=resolve_data_dir(data_dir),
         listen=listen,
@@ -135,6 +173,8 @@ def serve(
         simulator_rate=simulator_rate,
         simulator_seed=simulator_seed,
         webhook_bearer_token=webhook_token,
+        webhook_max_event=max_event,
+        webhook_max_batch=max_batch,
         retention=_retention(retention),
         tls_cert=tls_cert,
         tls_key=tls_key,
@@ -165,7 +205,11 @@ def serve(
         f"token: {settings.data_dir / 'token'}",
         highlight=False,
     )
-    for line in [*(why for _, why in config.own_processors(listen)), *plan.notes]:
+    for line in [
+        _webhook_line(settings, open_by),
+        *(why for _, why in config.own_processors(listen)),
+        *plan.notes,
+    ]:
         err.print(line, highlight=False)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -222,3 +266,18 @@ def _size(value: str, flag: str) -> int:
     if match is None or int(match[1]) == 0:
         fail(f"{flag} {value!r}: expected a size like 10M, 512K or 1048576 (bytes)")
     return int(match[1]) * _UNITS[match[2].lower()]
+
+
+def _webhook_line(settings: ApplianceSettings, open_by: str | None) -> str:
+    """Who may post to the webhook, in one line at start."""
+    from veba.api.auth import webhook_credentials
+    from veba.api.limits import format_size
+
+    where = f"webhook {settings.webhook_listen or settings.listen}{settings.webhook_path}"
+    limits = (
+        f"events up to {format_size(settings.webhook_max_event)},"
+        f" batches up to {format_size(settings.webhook_max_batch)}"
+    )
+    if open_by is not None:
+        return f"{where}: OPEN, takes events without credentials ({open_by}); {limits}"
+    return f"{where}: needs {' or '.join(webhook_credentials(settings))}; {limits}"

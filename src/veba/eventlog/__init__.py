@@ -8,6 +8,7 @@ from veba.eventlog.base import (
     EventLog,
     EventRecord,
     LogFull,
+    ReplayTooLarge,
     Route,
     Status,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "EventLog",
     "EventRecord",
     "LogFull",
+    "ReplayTooLarge",
     "Route",
     "SQLiteLog",
     "Status",
