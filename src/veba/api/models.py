@@ -121,6 +121,13 @@ class DeployRequest(_OpenFaaS):
     delivery: dict[str, JsonValue] | None = Field(None, max_length=100)
     workers: int | None = Field(None, ge=1, le=64)
     timeout: float | None = Field(None, gt=0, allow_inf_nan=False)
+    # VEBA's event shape for this function (v0.7 or v0.8; veba.shapes).
+    shape: str | None = Field(None, max_length=NAME)
+    # A Knative Service's secrets as variables (`env[].valueFrom.secretKeyRef`,
+    # `envFrom[].secretRef`) and its `containerConcurrency`.
+    secret_env: dict[str, dict[str, JsonValue]] | None = Field(None, max_length=1_000)
+    env_from: list[dict[str, JsonValue]] | None = Field(None, max_length=100)
+    concurrency: int | None = Field(None, ge=0, le=10_000)
 
     def payload(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
