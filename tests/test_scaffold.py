@@ -79,7 +79,7 @@ def test_a_name_that_is_a_path_writes_nothing_outside(tmp_path: Path) -> None:
     project.mkdir()
     stack = project / "stack.yml"
     for name in ("../evil", "/tmp/evil", "a/b", "Evil", "..", "x" * 64):
-        with pytest.raises(ScaffoldError, match="is a path|DNS-1123"):
+        with pytest.raises(ScaffoldError, match=r"is a path|DNS-1123"):
             new_function(name, "python3", directory=project, stack=stack)
     refused = runner.invoke(app, ["new", "../evil", "--append", str(stack)])
     assert refused.exit_code != 0 and "is a path" in refused.output

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from veba.functions._restarts import SlotKeeper
 from veba.functions._workerproc import (
     WORKER_PATH,
     FunctionLoadError,
@@ -54,7 +55,6 @@ __all__ = [
     "Outcome",
 ]
 
-_MAX_BACKOFF = 5.0
 
 LogSink = Callable[[str, str, str], None]
 
@@ -171,11 +171,10 @@ class FunctionPool:
         self._slots: list[_Worker | None] = [None] * workers
         self._queue: deque[_Call] = deque()  # accepted, not yet sent to a worker
         self._ids = itertools.count(1)
-        self._restarts: dict[int, asyncio.Task[None]] = {}
-        self._stopping = False
+        self._keeper: SlotKeeper[_Worker] = SlotKeeper(
+            spawn=self._spawn, install=self._install, discard=self._terminate, say=self._system
+        )
         self._counts = dict.fromkeys(("invocations", "errors", "timeouts", "crashes"), 0)
-        self._restart_count = 0
-        self._crash_streak = 0  # consecutive crashes, for the restart backoff
         self._tasks: set[asyncio.Task[None]] = set()
         self._processes: set[_Worker] = set()  # every worker not yet closed, live or dying
 
@@ -200,11 +199,7 @@ class FunctionPool:
 
     async def stop(self) -> None:
         """Terminate workers (SIGKILL after ``stop_grace``); unanswered calls fail."""
-        self._stopping = True
-        restarts = list(self._restarts.values())
-        for task in restarts:
-            task.cancel()
-        await asyncio.gather(*restarts, return_exceptions=True)
+        await self._keeper.stop()
         while self._queue:
             self._fail(self._queue.popleft(), "crash", "function pool stopped")
         self._slots = [None] * self.size
@@ -232,7 +227,7 @@ class FunctionPool:
             "workers": self.size,
             "alive": len(live),
             "pids": [w.proc.pid for w in live],
-            "restarts": self._restart_count,
+            "restarts": self._keeper.restarts,
             "in_flight": sum(len(w.pending) for w in live),
             "queued": len(self._queue),
             **self._counts,
@@ -334,7 +329,7 @@ class FunctionPool:
             ),
         )
         self._requeue(worker)
-        self._schedule_restart(worker.slot, delay=0.0)
+        self._keeper.replace(worker.slot, delay=0.0)
 
     # --- workers ---------------------------------------------------------------------
 
@@ -416,7 +411,7 @@ class FunctionPool:
                 if not worker.pending or head.get("id") != worker.pending[0].id:
                     raise ValueError(f"response out of order: {head.get('id')}")
                 call = worker.pending.popleft()
-                self._crash_streak = 0
+                self._keeper.succeeded()
                 self._resolve(call, _outcome(head, body))
                 if worker.pending:
                     self._arm(worker)
@@ -454,10 +449,15 @@ class FunctionPool:
                     duration=ran,
                 ),
             )
-        self._crash_streak += 1
-        delay = min(0.1 * 2 ** min(self._crash_streak - 1, 10), _MAX_BACKOFF)
-        self._system(f"worker {worker.proc.pid} crashed ({code}); restarting in {delay:g}s")
-        self._schedule_restart(worker.slot, delay)
+        self._keeper.crashed(worker.slot, f"worker {worker.proc.pid} crashed ({code})")
+
+    def _install(self, slot: int, worker: _Worker) -> None:
+        self._slots[slot] = worker
+        self._pump()
+
+    @property
+    def _stopping(self) -> bool:
+        return self._keeper.stopping
 
     def _retire(self, worker: _Worker) -> None:
         """Take a worker out of rotation at once (before any await)."""
@@ -474,32 +474,6 @@ class FunctionPool:
         if head is not None:
             worker.pending.append(head)
         self._pump()
-
-    def _schedule_restart(self, slot: int, delay: float) -> None:
-        if self._stopping or slot in self._restarts:
-            return
-        self._restart_count += 1
-        self._restarts[slot] = asyncio.create_task(self._restart(slot, delay))
-
-    async def _restart(self, slot: int, delay: float) -> None:
-        try:
-            while not self._stopping:
-                await asyncio.sleep(delay)
-                try:
-                    worker = await self._spawn(slot)
-                except Exception as exc:  # keep trying: the slot must not stay empty
-                    delay = min(max(delay * 2, 0.5), _MAX_BACKOFF)
-                    last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-                    self._system(f"restart failed, retrying in {delay:g}s: {last}")
-                    continue
-                if self._stopping:
-                    await self._terminate(worker)
-                    return
-                self._slots[slot] = worker
-                self._pump()
-                return
-        finally:
-            self._restarts.pop(slot, None)
 
     # --- outcomes --------------------------------------------------------------------
 

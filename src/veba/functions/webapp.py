@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from veba.functions._restarts import SlotKeeper
 from veba.functions._webproc import (
     LOOPBACK,
     WebProcess,
@@ -37,7 +38,6 @@ from veba.scrub import Scrubber
 
 __all__ = ["WebAppPool"]
 
-_MAX_BACKOFF = 5.0
 # Not passed on: they describe one hop (RFC 9110 7.6.1), or the sender's own auth.
 _HOP_HEADERS = frozenset(
     {
@@ -104,13 +104,12 @@ class WebAppPool:
         self.scrubber = scrubber if scrubber is not None else Scrubber(())
         self._slots: list[_Instance | None] = [None] * instances
         self._live: set[_Instance] = set()  # every instance not yet ended, ready or not
-        self._restarts: dict[int, asyncio.Task[None]] = {}
-        self._stopping = False
+        self._keeper: SlotKeeper[_Instance] = SlotKeeper(
+            spawn=self._spawn, install=self._install, discard=self._end, say=self._system
+        )
         self._changed = asyncio.Event()  # replaced after each set: a broadcast
         self._waiting = 0
         self._counts = dict.fromkeys(("invocations", "errors", "timeouts", "crashes"), 0)
-        self._restart_count = 0
-        self._crash_streak = 0
         # Keep-alive connections to the instances; never a proxy from the environment.
         self._client = httpx.AsyncClient(
             timeout=None, trust_env=False, limits=httpx.Limits(max_connections=None)
@@ -133,12 +132,9 @@ class WebAppPool:
 
     async def stop(self) -> None:
         """End every instance (SIGTERM, SIGKILL after ``stop_grace``); waiting calls fail."""
-        self._stopping = True
+        self._keeper.stopping = True
         self._notify()
-        restarts = list(self._restarts.values())
-        for task in restarts:
-            task.cancel()
-        await asyncio.gather(*restarts, return_exceptions=True)
+        await self._keeper.stop()
         self._slots = [None] * self.size
         await asyncio.gather(*(self._end(i) for i in list(self._live)))
         await self._client.aclose()
@@ -152,7 +148,7 @@ class WebAppPool:
             "alive": len(live),
             "pids": [i.process.pid for i in live],
             "ports": [i.port for i in live],
-            "restarts": self._restart_count,
+            "restarts": self._keeper.restarts,
             "in_flight": sum(i.in_flight for i in live),
             "queued": self._waiting,
             **self._counts,
@@ -229,7 +225,7 @@ class WebAppPool:
         status = response.status_code
         headers = {k: v for k, v in response.headers.items() if k.lower() not in _RESPONSE_DROP}
         if 200 <= status < 300:
-            self._crash_streak = 0
+            self._keeper.succeeded()
             return Outcome(status, response.content, headers, None, None, "ok", started, duration)
         self._counts["errors"] += 1
         text = response.content[:200].decode("utf-8", "replace")
@@ -319,6 +315,10 @@ class WebAppPool:
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.25)
 
+    @property
+    def _stopping(self) -> bool:
+        return self._keeper.stopping
+
     def _install(self, slot: int, instance: _Instance) -> None:
         self._slots[slot] = instance
         instance.watcher = asyncio.create_task(self._watch(instance))
@@ -334,12 +334,9 @@ class WebAppPool:
         self._live.discard(instance)
         await instance.process.close()
         self._counts["crashes"] += 1
-        self._crash_streak += 1
-        delay = min(0.1 * 2 ** min(self._crash_streak - 1, 10), _MAX_BACKOFF)
-        self._system(
-            f"instance {instance.process.pid} exited ({describe_exit(code)}); restarting in {delay:g}s"
+        self._keeper.crashed(
+            instance.slot, f"instance {instance.process.pid} exited ({describe_exit(code)})"
         )
-        self._schedule_restart(instance.slot, delay)
 
     async def _end(self, instance: _Instance) -> None:
         instance.dead = True
@@ -347,31 +344,6 @@ class WebAppPool:
         await instance.process.stop(self.stop_grace)
         if instance.watcher is not None and instance.watcher is not asyncio.current_task():
             instance.watcher.cancel()
-
-    def _schedule_restart(self, slot: int, delay: float) -> None:
-        if self._stopping or slot in self._restarts:
-            return
-        self._restart_count += 1
-        self._restarts[slot] = asyncio.create_task(self._restart(slot, delay))
-
-    async def _restart(self, slot: int, delay: float) -> None:
-        try:
-            while not self._stopping:
-                await asyncio.sleep(delay)
-                try:
-                    instance = await self._spawn(slot)
-                except Exception as exc:  # keep trying: the slot must not stay empty
-                    delay = min(max(delay * 2, 0.5), _MAX_BACKOFF)
-                    last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-                    self._system(f"restart failed, retrying in {delay:g}s: {last}")
-                    continue
-                if self._stopping:
-                    await self._end(instance)
-                    return
-                self._install(slot, instance)
-                return
-        finally:
-            self._restarts.pop(slot, None)
 
     def _system(self, line: str) -> None:
         self._emit("system", line)
