@@ -38,6 +38,7 @@ from veba.functions.stack import (
     Stack,
     StackError,
     load_stack,
+    load_yaml,
     substitute,
 )
 from veba.routing import SubscriptionError, compile_subscription
@@ -87,14 +88,8 @@ def _kind(value: Any) -> str:
 
 
 def _documents(text: str, file: str) -> list[Any]:
-    try:
-        return list(yaml.safe_load_all(text))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}" if mark else "(yaml)"
-        raise StackError(file, where, f"invalid YAML: {exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:
-        raise StackError(file, "(yaml)", f"invalid YAML: {exc}") from None
+    documents: list[Any] = load_yaml(text, file, every_document=True)
+    return documents
 
 
 def is_knative(documents: list[Any]) -> bool:

@@ -173,9 +173,11 @@ def load_stack(path: Path, env: Mapping[str, str] | None = None) -> Stack:
     return Stack(str(version), provider_name, gateway, specs, path)
 
 
-def load_yaml(text: str, file: str) -> Any:
+def load_yaml(text: str, file: str, *, every_document: bool = False) -> Any:
+    """One YAML document (or, with ``every_document``, the list of all of them); a
+    syntax error is a `StackError` naming the line."""
     try:
-        return yaml.safe_load(text)
+        return list(yaml.safe_load_all(text)) if every_document else yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}" if mark else "(yaml)"
