@@ -28,6 +28,7 @@ from veba.functions._workerproc import sweep_secrets
 from veba.observability import Metrics
 from veba.private import make_private
 from veba.providers.base import Provider
+from veba.routing import Subscription
 from veba.secrets import SecretStore
 from veba.settings import ApplianceSettings, ensure_token, record_url
 from veba.store import Store, StoreTokens, local_api_url
@@ -187,8 +188,7 @@ class Appliance:
                 )
         route = self._route if self.processors else self.functions.router.route
         result = await self.log.append(events, route=route, checkpoint=checkpoint)
-        self.functions.wake(result.deliveries)
-        self.processors.wake(result.deliveries)
+        self.wake(result.deliveries)
         if result.accepted:
             self.metrics.events.labels(via).inc(result.accepted)
         if result.duplicates:
@@ -201,8 +201,23 @@ class Appliance:
     async def enqueue(self, event: Event, function: str) -> AppendResult:
         """Log `event` with a delivery to `function` only (an async call)."""
         result = await self.log.append([event], route=lambda _: (function,))
-        self.functions.wake(result.deliveries)
+        self.wake(result.deliveries)
         return result
+
+    def wake(self, deliveries: Mapping[str, int]) -> None:
+        """Tell the dispatchers of these subscribers (functions and RouterConfig
+        processors alike) that they have deliveries: the one way anything that
+        writes deliveries (publish, enqueue, redrive, replay) gets them going."""
+        self.functions.wake(deliveries)
+        self.processors.wake(deliveries)
+
+    def subscription(self, name: str) -> Subscription | None:
+        """What the subscriber `name` (a function or a RouterConfig processor) takes."""
+        deployment = self.functions.get(name)
+        if deployment is not None:
+            return deployment.subscription
+        processor = self.processors.get(name)
+        return processor.subscription if processor is not None else None
 
     async def checkpoint(self, provider_name: str) -> str | None:
         return await self.log.get_checkpoint(provider_name)

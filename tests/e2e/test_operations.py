@@ -35,7 +35,7 @@ def test_replay_redelivers_logged_events_by_subject(
                   "annotations": {"topic": "*"}}},
     )  # fmt: skip
     app.cli("up", "-f", str(stack))
-    assert "replayed: 3" in app.cli("replay", "late", "--type", "VmPoweredOffEvent").stdout
+    assert "replayed: 3" in app.cli("replay", "late", "--type", "VmPoweredOffEvent", "--yes").stdout
     got = wait_for(lambda: len(read_jsonl(out)) >= 3 and read_jsonl(out), 60, "3 replayed events")
     assert sorted(e["id"] for e in got) == ["off-0", "off-1", "off-2"]
 

@@ -173,6 +173,23 @@ class EventLogConformance:
         assert [d.event.data["Key"] for d in got] == [1, 3]
         assert await log.replay("late", since=time.time() + 60) == 0
 
+    async def test_replay_takes_what_matches_and_a_dry_run_only_counts(
+        self, log: EventLog
+    ) -> None:
+        await log.append(
+            [make_event(1), make_event(2, "VmPoweredOffEvent"), make_event(3)], route=to()
+        )
+
+        def powered_on(event: Event) -> bool:
+            return event.subject == "VmPoweredOnEvent"
+
+        assert await log.replay("late", dry_run=True) == 3
+        assert await log.replay("late", matches=powered_on, dry_run=True) == 2
+        assert await log.lease("late", 10, 30) == []  # a dry run writes nothing
+        assert await log.replay("late", matches=powered_on) == 2
+        got = await log.lease("late", 10, 30)
+        assert [d.event.data["Key"] for d in got] == [1, 3]
+
     async def test_forget_drops_open_deliveries(self, log: EventLog) -> None:
         await log.append([make_event(1), make_event(2)], route=to("f"))
         assert await log.forget("f") == 2

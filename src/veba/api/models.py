@@ -66,6 +66,7 @@ class RedriveRequest(_Strict):
     )
     function: Name | None = None
     all: bool = False
+    dry_run: bool = Field(False, description="only count what would be redriven")
 
 
 class ReplayRequest(_Strict):
@@ -73,6 +74,10 @@ class ReplayRequest(_Strict):
     since: Time | None = None
     until: Time | None = None
     types: list[Name] | None = Field(None, max_length=MAX_TYPES)
+    dry_run: bool = Field(False, description="only count what would be replayed")
+    force: bool = Field(
+        False, description="every event of the range, not only those the subscriber takes"
+    )
 
 
 class TriggerRequest(_Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
@@ -19,7 +20,7 @@ from veba.api.models import (
     TriggerRequest,
 )
 from veba.appliance import Appliance
-from veba.eventlog import ReplayTooLarge, Status
+from veba.eventlog import DeliveryInfo, ReplayTooLarge, Status
 
 __all__ = ["v1_router"]
 
@@ -109,28 +110,57 @@ async def dead_letter(delivery_id: DeliveryId, request: Request) -> dict[str, An
 
 
 @v1_router.post("/dlq/redrive")
-async def redrive(body: RedriveRequest, request: Request) -> dict[str, int]:
-    """Dead letters back to pending with a fresh attempt count: by `ids`, all of
-    one `function`'s, or `all: true` (run in steps, off the event loop)."""
+async def redrive(body: RedriveRequest, request: Request) -> dict[str, Any]:
+    """Dead letters back to pending with a fresh attempt count: by `ids` (each
+    must be a dead letter, else 404 and nothing done), all of one `function`'s,
+    or `all: true` (run in steps, off the event loop). `dry_run` only counts."""
     appliance = _appliance(request)
+    log = appliance.log
     if body.ids:
-        n = await appliance.log.redrive(delivery_ids=body.ids)
-    elif body.function:
-        n = await appliance.log.redrive(subscription=body.function)
-    elif body.all:
-        n = await appliance.log.redrive()
+        ids = list(dict.fromkeys(body.ids))
+        infos = [await log.delivery(i) for i in ids]
+        unknown = [i for i, info in zip(ids, infos, strict=True) if not _is_dead(info)]
+        if unknown:
+            shown = ", ".join(map(str, unknown[:10])) + (", ..." if len(unknown) > 10 else "")
+            raise HTTPException(404, f"no dead letter with id {shown}; nothing redriven")
+        found = Counter(info.subscription for info in infos if info is not None)
     else:
-        raise HTTPException(400, "body: say what to redrive: ids, function, or all: true")
-    appliance.functions.wake({d.definition.name: 1 for d in appliance.functions.all()})
-    return {"redriven": n}
+        if not body.function and not body.all:
+            raise HTTPException(400, "body: say what to redrive: ids, function, or all: true")
+        counts = await log.counts()
+        found = Counter(
+            {
+                name: statuses.get("dead", 0)
+                for name, statuses in counts.items()
+                if body.all or name == body.function
+            }
+        )
+    would = sum(found.values())
+    if body.dry_run:
+        return {"redriven": 0, "dead": would, "dry_run": True}
+    if body.ids:
+        n = await log.redrive(delivery_ids=body.ids)
+    elif body.function:
+        n = await log.redrive(subscription=body.function)
+    else:
+        n = await log.redrive()
+    appliance.wake(+found)
+    return {"redriven": n, "dead": would, "dry_run": False}
+
+
+def _is_dead(info: DeliveryInfo | None) -> bool:
+    return info is not None and info.status == "dead"
 
 
 @v1_router.post("/replay")
-async def replay(body: ReplayRequest, request: Request) -> dict[str, int]:
-    """Deliver logged events again to a function, by time received and subject;
-    at most MAX_REPLAY events per request."""
+async def replay(body: ReplayRequest, request: Request) -> dict[str, Any]:
+    """Deliver logged events again to a function or RouterConfig processor, by
+    time received and subject, and only those its subscription takes unless
+    `force`; at most MAX_REPLAY events in the range per request. `dry_run`
+    only counts: `events` is how many would be (or were) delivered again."""
     appliance = _appliance(request)
-    if appliance.functions.get(body.function) is None:
+    subscription = appliance.subscription(body.function)
+    if subscription is None:
         raise HTTPException(404, f"function {body.function!r} is not deployed")
     try:
         n = await appliance.log.replay(
@@ -139,11 +169,19 @@ async def replay(body: ReplayRequest, request: Request) -> dict[str, int]:
             until=body.until,
             subjects=body.types or None,
             at_most=MAX_REPLAY,
+            matches=None if body.force else subscription.matches,
+            dry_run=body.dry_run,
         )
     except ReplayTooLarge as exc:
         raise HTTPException(400, f"body: {exc}") from None
-    appliance.functions.wake({body.function: n})
-    return {"replayed": n}
+    if not body.dry_run:
+        appliance.wake({body.function: n})
+    return {
+        "events": n,
+        "replayed": 0 if body.dry_run else n,
+        "dry_run": body.dry_run,
+        "force": body.force,
+    }
 
 
 @v1_router.get("/status")

@@ -160,6 +160,7 @@ def dlq_redrive(
         None, "--function", help="Every dead letter of this function"
     ),
     all_: bool = typer.Option(False, "--all", help="Every dead letter"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be redriven"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,
@@ -168,16 +169,22 @@ def dlq_redrive(
     """Send dead letters back for delivery, with a fresh attempt count."""
     if ids:
         body: dict[str, object] = {"ids": ids}
+        what = "dead letter" + ("s " if len(ids) > 1 else " ") + ", ".join(map(str, ids))
     elif function:
-        body = {"function": function}
+        body, what = {"function": function}, f"dead letters of {function}"
     elif all_:
-        body = {"all": True}
+        body, what = {"all": True}, "dead letters"
     else:
         fail("say what to redrive: IDS, --function NAME or --all")
     result = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
-        "POST", "/api/v1/dlq/redrive", json=body
+        "POST", "/api/v1/dlq/redrive", json={**body, "dry_run": dry_run}
     )
-    console.print(f"redriven: {result['redriven']}")
+    if result["dead"] == 0:
+        console.print(f"nothing to redrive: no {what}")
+    elif dry_run:
+        console.print(f"would redrive {result['dead']} {what} (dry run: nothing sent)")
+    else:
+        console.print(f"redriven: {result['redriven']}")
 
 
 def _when(value: str | None) -> float | None:
@@ -200,21 +207,45 @@ def replay(
         None, "--until", help="ISO-8601 time or epoch seconds (default: now)"
     ),
     types: list[str] = typer.Option(None, "--type", help="Only these subjects (repeatable)"),
+    force: bool = typer.Option(
+        False, "--force", help="Every event of the range, even those the function does not take"
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would be replayed"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,
     tls_no_verify: bool = TlsNoVerifyOption,
 ) -> None:
-    """Deliver logged events again to a function (by time received and subject)."""
+    """Deliver logged events again to a function: those of the range (time
+    received, --type) that its subscription takes. Counts first and asks."""
     body = {
         "function": function,
         "since": _when(since),
         "until": _when(until),
         "types": types or None,
+        "force": force,
     }
-    result = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
-        "POST", "/api/v1/replay", json=body
+    client = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify)
+    counted = client.json("POST", "/api/v1/replay", json={**body, "dry_run": True})["events"]
+    which = (
+        "of the range, whatever its subscription (--force)"
+        if force
+        else "that its subscription takes"
     )
+    if counted == 0:
+        console.print(f"nothing to replay: no logged event {which}")
+        return
+    plan = f"{counted} event{'s' if counted != 1 else ''} {which} to {function}"
+    if dry_run:
+        console.print(f"would replay {plan} (dry run: nothing sent)")
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            fail(f"would replay {plan}; not a terminal, so nothing done: add --yes to go ahead")
+        if not typer.confirm(f"Replay {plan}?"):
+            fail("nothing replayed")
+    result = client.json("POST", "/api/v1/replay", json=body)
     console.print(f"replayed: {result['replayed']}")
 
 

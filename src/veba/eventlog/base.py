@@ -184,9 +184,13 @@ class EventLog(Protocol):
         until: float | None = None,
         subjects: Sequence[str] | None = None,
         at_most: int | None = None,
+        matches: Callable[[Event], bool] | None = None,
+        dry_run: bool = False,
     ) -> int:
         """Create new deliveries to `subscription` for logged events received in a
-        range; `ReplayTooLarge`, and nothing done, if that is more than `at_most`."""
+        range (and, with `matches`, that it takes: the subscriber's own rule);
+        `ReplayTooLarge`, and nothing done, if the range holds more than `at_most`.
+        Returns how many; `dry_run` only counts them."""
         ...
 
     async def events(

@@ -394,6 +394,8 @@ class SQLiteLog:
         until: float | None = None,
         subjects: Sequence[str] | None = None,
         at_most: int | None = None,
+        matches: Callable[[Event], bool] | None = None,
+        dry_run: bool = False,
     ) -> int:
         now = self._clock()
         # Async calls live in the log too, but belong to the function they named.
@@ -406,18 +408,19 @@ class SQLiteLog:
             where.append(f"subject IN ({','.join('?' * len(subjects))})")
             params.extend(subjects)
         matching = " AND ".join(where)
-        if at_most is not None:
 
-            def count(conn: sqlite3.Connection) -> int:
-                return int(
-                    conn.execute(
-                        f"SELECT count(*) FROM events WHERE {matching}", params
-                    ).fetchone()[0]
-                )
+        def count(conn: sqlite3.Connection) -> int:
+            query = f"SELECT count(*) FROM events WHERE {matching}"
+            return int(conn.execute(query, params).fetchone()[0])
 
+        if at_most is not None or (dry_run and matches is None):
             found = await self._read(count)
-            if found > at_most:
+            if at_most is not None and found > at_most:
                 raise ReplayTooLarge(found, at_most)
+            if dry_run and matches is None:
+                return found
+        if matches is not None:
+            return await self._replay_matching(subscription, matching, params, matches, dry_run)
 
         # In steps of _STEP events in log order, so other writes interleave.
         def step(conn: sqlite3.Connection, after: int) -> tuple[int, int]:
@@ -434,6 +437,42 @@ class SQLiteLog:
             done, after = await self._write(functools.partial(step, after=after))
             total += done
             if done < _STEP:
+                return total
+
+    async def _replay_matching(
+        self,
+        subscription: str,
+        matching: str,
+        params: list[Any],
+        matches: Callable[[Event], bool],
+        dry_run: bool,
+    ) -> int:
+        """Replay what `matches` takes of the range: events are read and matched
+        on the reader thread, _STEP at a time, and only the chosen seqs written."""
+        now = self._clock()
+
+        def read(conn: sqlite3.Connection, after: int) -> tuple[int, int, list[int]]:
+            rows = conn.execute(
+                f"SELECT seq, body FROM events WHERE seq > ? AND {matching} ORDER BY seq LIMIT ?",
+                [after, *params, _STEP],
+            ).fetchall()
+            chosen = [seq for seq, body in rows if matches(Event.from_json(body))]
+            return len(rows), (rows[-1][0] if rows else after), chosen
+
+        def insert(conn: sqlite3.Connection, seqs: list[int]) -> None:
+            conn.executemany(
+                "INSERT INTO deliveries(seq, subscription, status, attempts, available_at,"
+                " created, origin) VALUES (?, ?, 'pending', 0, ?, ?, 'replay')",
+                [(seq, subscription, now, now) for seq in seqs],
+            )
+
+        total, after = 0, 0
+        while True:
+            read_rows, after, chosen = await self._read(functools.partial(read, after=after))
+            if chosen and not dry_run:
+                await self._write(functools.partial(insert, seqs=chosen))
+            total += len(chosen)
+            if read_rows < _STEP:
                 return total
 
     async def forget(self, subscription: str) -> int:

@@ -239,6 +239,9 @@ class Processors:
     def route(self, event: Event) -> list[str]:
         return [p.name for p in self._all if p.subscription.matches(event)]
 
+    def get(self, name: str) -> Processor | None:
+        return next((p for p in self._all if p.name == name), None)
+
     def wake(self, deliveries: Mapping[str, int]) -> None:
         for p in self._all:
             if p.name in deliveries and p.dispatcher is not None:
