@@ -1,6 +1,7 @@
 """Every route, on every listener, asked with no credentials, wrong ones and
-other listeners' ones: nothing but /healthz answers without the right
-credentials, and the webhook and /stats only to their own.
+other listeners' ones: nothing but /healthz and /login (the sign-in form)
+answers without the right credentials, and the webhook and /stats only to
+their own.
 
 The appliance runs VEBA's v0.8 router config with the webhook on an address of
 its own (basic auth, plus `--webhook-token`) and `/stats` behind basic auth, so
@@ -28,6 +29,9 @@ EVENT = {"specversion": "1.0", "id": "walk-1", "source": "walk", "type": "t"}
 CE_JSON = {"Content-Type": "application/cloudevents+json"}
 PARAMS = {"name": "x", "path": "y", "event_id": "e", "delivery_id": "1", "namespace": "ns",
           "key": "k"}  # fmt: skip
+
+
+OPEN = ("/healthz", "/login")  # on the API's listener, to anyone
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -103,9 +107,9 @@ def test_nothing_answers_without_its_credentials(tmp_path: Path) -> None:
                             headers={**headers, **body.get("headers", {})},
                             content=body.get("content"),
                         )
-                        if r.status_code != 401 and path != "/healthz":
+                        if r.status_code != 401 and path not in OPEN:
                             answered.append((method, path, headers, r.status_code))
-                        elif path != "/healthz":
+                        elif path not in OPEN:
                             assert "error" in r.json() and r.headers["www-authenticate"]
             # The webhook's listener: its own path only, and only with a credential.
             for method, path in operations:
@@ -135,6 +139,17 @@ def test_nothing_answers_without_its_credentials(tmp_path: Path) -> None:
             assert shown.status_code == 200 and shown.json()["cmdline"] == ["veba"]
             for secret in (HOOK_TOKEN, HOOK_PASSWORD, METRICS_PASSWORD, app.token):
                 assert secret not in shown.text
+            # Outside the document: the viewer sends a browser to sign in, the
+            # rest needs credentials; a wrong token at /login opens nothing.
+            for headers in not_the_api:
+                r = client.get(api + "/docs", headers=headers)
+                if (r.status_code, r.headers.get("location")) != (303, "/login?next=/docs"):
+                    answered.append(("GET", "/docs", headers, r.status_code))
+                for path in ("/openapi.json", "/docs/static/swagger-ui-bundle.js"):
+                    if client.get(api + path, headers=headers).status_code != 401:
+                        answered.append(("GET", path, headers))
+            r = client.post(api + "/login", data={"token": HOOK_TOKEN})
+            assert r.status_code == 401 and "set-cookie" not in r.headers
         assert answered == []
         assert httpx.get(f"{api}/healthz").status_code == 200
     finally:

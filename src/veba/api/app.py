@@ -3,16 +3,18 @@ veba routes. The app owns the appliance's lifetime through its lifespan."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
 from veba import __version__
 from veba.api.auth import CredentialsFirst, require_token
+from veba.api.browser import browser_router, install_docs
 from veba.api.catalog import catalog_router
 from veba.api.errors import error_response, install_error_handling
 from veba.api.limits import BodyLimit, body_limits
@@ -23,7 +25,15 @@ from veba.api.webhook import webhook_router
 from veba.appliance import Appliance
 from veba.listeners import plain_ip
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "operation_id"]
+
+
+def operation_id(route: APIRoute) -> str:
+    """`get_api_v1_events_event_id`: method and path, so every operation has an id
+    of its own (one method per route: veba.api.system registers them so)."""
+    methods = "_".join(sorted(m.lower() for m in route.methods or ()))
+    slug = re.sub(r"\W+", "_", route.path_format).strip("_")
+    return f"{methods}_{slug}"
 
 
 def create_app(appliance: Appliance) -> FastAPI:
@@ -37,7 +47,13 @@ def create_app(appliance: Appliance) -> FastAPI:
 
     # The OpenAPI document and its viewer sit behind the token like the rest.
     app = FastAPI(
-        title="veba", version=__version__, lifespan=lifespan, docs_url=None, openapi_url=None
+        title="veba",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        generate_unique_id_function=operation_id,
     )
     app.state.appliance = appliance
     # Outermost last: which address (ApiOnlyOn), who (CredentialsFirst), how much
@@ -54,10 +70,8 @@ def create_app(appliance: Appliance) -> FastAPI:
     async def openapi() -> JSONResponse:
         return JSONResponse(app.openapi())
 
-    @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_token)])
-    async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="veba API")
-
+    install_docs(app)
+    app.include_router(browser_router)
     app.include_router(webhook_router(appliance.settings.webhook_path))
     app.include_router(system_router)
     app.include_router(function_router)

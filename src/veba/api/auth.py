@@ -1,6 +1,7 @@
 """Who may call what: the API token on everything but /healthz; on the webhook
 also its own bearer token or basic auth, or nobody's if the operator opened it;
-on the store a function's store token too.
+on the store a function's store token too. A browser signs in at /login for a
+session cookie that stands for the API token (veba.api.browser).
 
 `CredentialsFirst` checks this before anything of a request is read, so an
 anonymous client gets a 401 whatever it sends (no 400 for a bad body, no 413
@@ -15,7 +16,15 @@ import hmac
 from typing import TYPE_CHECKING, Any
 
 from fastapi import HTTPException, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+
+from veba.api.browser import (
+    PAGES,
+    SAFE_METHODS,
+    is_same_origin,
+    login_redirect,
+    session_valid,
+)
 
 if TYPE_CHECKING:
     from veba.appliance import Appliance
@@ -67,8 +76,10 @@ def check_basic(request: Request, username: str, password: str) -> bool:
 
 
 async def require_token(request: Request) -> None:
+    """The API token, or a browser's session cookie from /login (whose requests
+    that change something CredentialsFirst has checked for their origin)."""
     token: str = request.app.state.appliance.token
-    if not check_bearer(request, token):
+    if not (check_bearer(request, token) or session_valid(request, token)):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, _TOKEN_HELP, headers={"WWW-Authenticate": "Bearer"}
         )
@@ -128,7 +139,7 @@ class CredentialsFirst:
         else:
             await refusal(scope, receive, send)
 
-    def _refusal(self, request: Request, path: str) -> JSONResponse | None:
+    def _refusal(self, request: Request, path: str) -> Response | None:
         appliance = self.appliance
         if path == appliance.settings.webhook_path:
             ok = webhook_authorised(request, appliance)
@@ -137,12 +148,29 @@ class CredentialsFirst:
             return None
         if check_bearer(request, appliance.token):
             return None
+        if not self.webhook_only:
+            if session_valid(request, appliance.token):
+                # Only the cookie: a change must come from the appliance's own pages.
+                if request.method in SAFE_METHODS or is_same_origin(request):
+                    return None
+                return JSONResponse({"error": _CROSS_SITE}, status_code=403)
+            if path == "/login":
+                return None  # the sign-in form, open to anyone
+            if path in PAGES and request.method in SAFE_METHODS:
+                return login_redirect(path)  # a browser: sign in first
         if path.startswith(STORE_PREFIX) and not self.webhook_only:
             given = _bearer(request)
             if given is not None and appliance.store_tokens.namespace(given) is not None:
                 return None  # which namespace it opens: require_store_access
             return _unauthorised(_STORE_HELP)
         return _unauthorised(_TOKEN_HELP)
+
+
+_CROSS_SITE = (
+    "refused: a request that changes something, signed in only by the session"
+    " cookie, must come from the appliance's own pages (its Origin or Referer);"
+    " a script sends 'Authorization: Bearer <token>' instead"
+)
 
 
 def _unauthorised(message: str) -> JSONResponse:

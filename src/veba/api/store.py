@@ -80,7 +80,7 @@ def _conflict(exc: RevisionMismatch) -> JSONResponse:
 
 
 @store_router.get("")
-@store_router.get("/")
+@store_router.get("/", include_in_schema=False)  # the same listing, documented once
 async def list_entries(
     namespace: str, request: Request, prefix: str = "", limit: Limit = 1000
 ) -> JSONResponse:

@@ -276,8 +276,10 @@ def function_routes(guard: Callable[[Request], Awaitable[None]]) -> APIRouter:
     the API token on the main listener, the worker check on the workers' gateway."""
     router = APIRouter(dependencies=[Depends(guard)], tags=["functions"])
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-    router.add_api_route("/function/{name}", invoke, methods=methods)
-    router.add_api_route("/function/{name}/{path:path}", invoke, methods=methods)
+    # One route per method, so each is one operation with an id of its own.
+    for method in methods:
+        router.add_api_route("/function/{name}", invoke, methods=[method])
+        router.add_api_route("/function/{name}/{path:path}", invoke, methods=[method])
     router.add_api_route("/async-function/{name}", invoke_async, methods=["POST"])
     router.add_api_route("/async-function/{name}/{path:path}", invoke_async, methods=["POST"])
     return router
