@@ -142,10 +142,10 @@ def test_nothing_answers_without_its_credentials(tmp_path: Path) -> None:
             # Outside the document: the viewer sends a browser to sign in, the
             # rest needs credentials; a wrong token at /login opens nothing.
             for headers in not_the_api:
-                r = client.get(api + "/docs", headers=headers)
+                r = client.get(api + "/docs", headers={**headers, "Accept": "text/html"})
                 if (r.status_code, r.headers.get("location")) != (303, "/login?next=/docs"):
                     answered.append(("GET", "/docs", headers, r.status_code))
-                for path in ("/openapi.json", "/docs/static/swagger-ui-bundle.js"):
+                for path in ("/docs", "/openapi.json", "/docs/static/swagger-ui-bundle.js"):
                     if client.get(api + path, headers=headers).status_code != 401:
                         answered.append(("GET", path, headers))
             r = client.post(api + "/login", data={"token": HOOK_TOKEN})

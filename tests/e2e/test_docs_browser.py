@@ -93,8 +93,9 @@ def test_docs_in_a_browser_sign_in_offline(appliance_factory: type) -> None:
 def test_the_session_cookie_rules(appliance_factory: type) -> None:
     app: ApplianceProcess = appliance_factory.start("--no-simulator")
     with httpx.Client(base_url=app.url, timeout=30) as anonymous:
-        r = anonymous.get("/docs")
+        r = anonymous.get("/docs", headers={"Accept": "text/html"})  # a browser
         assert r.status_code == 303 and r.headers["location"] == "/login?next=/docs"
+        assert anonymous.get("/docs").status_code == 401  # a script
         assert anonymous.get("/openapi.json").status_code == 401
         assert anonymous.get("/docs/static/swagger-ui-bundle.js").status_code == 401
         assert anonymous.get("/login").status_code == 200

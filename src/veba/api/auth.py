@@ -156,8 +156,12 @@ class CredentialsFirst:
                 return JSONResponse({"error": _CROSS_SITE}, status_code=403)
             if path == "/login":
                 return None  # the sign-in form, open to anyone
-            if path in PAGES and request.method in SAFE_METHODS:
-                return login_redirect(path)  # a browser: sign in first
+            if (
+                path in PAGES
+                and request.method in SAFE_METHODS
+                and "text/html" in request.headers.get("accept", "")
+            ):
+                return login_redirect(path)  # a browser: sign in first (a script: the 401)
         if path.startswith(STORE_PREFIX) and not self.webhook_only:
             given = _bearer(request)
             if given is not None and appliance.store_tokens.namespace(given) is not None:
