@@ -16,6 +16,7 @@ import httpx
 from playwright.sync_api import ConsoleMessage, sync_playwright
 
 from tests.e2e.harness import ApplianceProcess
+from tests.e2e.test_gateway_auth import _self_signed
 from veba.api.app import create_app
 from veba.appliance import Appliance
 from veba.settings import ApplianceSettings
@@ -157,3 +158,12 @@ def test_the_openapi_document_has_one_id_per_operation(tmp_path: Path) -> None:
     ids = [op["operationId"] for ops in schema["paths"].values() for op in ops.values()]
     assert len(ids) == len(set(ids)) and len(ids) > 30
     assert "post_login" in ids and "get_api_v1_status" in ids
+
+
+def test_under_tls_the_session_cookie_is_secure(appliance_factory: type, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    app = appliance_factory.start("--no-simulator", "--tls-cert", str(cert), "--tls-key", str(key))
+    with httpx.Client(base_url=app.url, verify=False, timeout=30) as browser:
+        r = browser.post("/login", data={"token": app.token, "next": "/docs"})
+        assert r.status_code == 303
+        assert "Secure" in r.headers["set-cookie"] and "HttpOnly" in r.headers["set-cookie"]
