@@ -45,11 +45,14 @@ class ServedAppliance:
     """The appliance app under uvicorn on a free port, in a thread of this process,
     so a test can reach into it (issue store tokens, as a pool start would)."""
 
-    def __init__(self, data_dir: Path, providers: Sequence[Provider] = ()) -> None:
+    def __init__(
+        self, data_dir: Path, providers: Sequence[Provider] = (), **settings_fields: Any
+    ) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.data_dir = data_dir
-        settings = ApplianceSettings(data_dir=data_dir, listen=f"127.0.0.1:{port}", simulator=False)
+        fields: dict[str, Any] = {"simulator": False, **settings_fields}
+        settings = ApplianceSettings(data_dir=data_dir, listen=f"127.0.0.1:{port}", **fields)
         self.appliance = Appliance(settings, providers=list(providers))
         config = uvicorn.Config(
             create_app(self.appliance), host="127.0.0.1", port=port, log_level="warning"
