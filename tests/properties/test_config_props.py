@@ -193,6 +193,7 @@ def parses_or_names_the_field(document: Any) -> None:
 
 
 @given(documents)
+# Found by this property: urlsplit's ValueError ("Invalid IPv6 URL") escaped.
 @example(
     {
         "apiVersion": API_VERSION,
@@ -204,6 +205,19 @@ def parses_or_names_the_field(document: Any) -> None:
                 "address": "http://[::1",
                 "auth": {"basicAuth": {"username": "u", "password": "p"}},
             },
+        },
+    }
+)
+# Found by this property: a bad URL quoted in the error showed the password
+# variable's value it was built from.
+@example(
+    {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "eventProcessor": {
+            "type": "knative",
+            "name": "kn",
+            "knative": {"destination": {"uri": ":x ${VC_PASSWORD}"}},
         },
     }
 )

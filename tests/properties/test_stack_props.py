@@ -173,8 +173,17 @@ def deploys_or_is_refused(spec: Any) -> None:
 
 
 @given(documents)
+# Found by this property: 10**400 raised OverflowError at deploy, a NaN timeout
+# reached `veba up` (which cannot send it as JSON), a NUL byte raised ValueError.
 @example(
     {"functions": {"fn": {"lang": "python3", "handler": "./fn", "delivery": {"timeout": 10**400}}}}
+)
+@example(
+    {
+        "functions": {
+            "fn": {"lang": "python3", "handler": "./fn", "delivery": {"retry": float("nan")}}
+        }
+    }
 )
 @example(
     {"functions": {"fn": {"lang": "python3", "handler": "./fn", "delivery": {"timeout": "nan"}}}}
@@ -186,6 +195,7 @@ def test_a_stack_file_loads_or_names_the_field_at_fault(folder: Path, document: 
 
 @given(st.text(max_size=300))
 @example("functions: {fn: {lang: python3, handler: ./fn}}")
+# Found by this property: deep nesting raised RecursionError, an alias loop too.
 @example("[" * 5000)
 @example("a: &x [*x]")
 @example("functions:\n  fn: !!python/object:os.system {}\n")
