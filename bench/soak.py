@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -361,12 +362,15 @@ def main(argv: list[str] | None = None) -> int:
         result = summarise(args, sender, samples, received(out), drained)
     finally:
         serve.stop()
+    ok = result["lost"] == 0 and not result["send_errors"]
+    if ok:  # the log can be gigabytes; keep it (and the serve log) only to look into a failure
+        shutil.rmtree(work, ignore_errors=True)
     path = args.out or REPO_ROOT / "bench" / "results" / f"soak-{int(time.time())}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     print(render(result))
-    print(f"\nwritten to {path}")
-    return 0 if result["lost"] == 0 and not result["send_errors"] else 1
+    print(f"\nwritten to {path}" + ("" if ok else f"; data dir and logs kept in {work}"))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
