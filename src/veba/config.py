@@ -45,6 +45,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from veba.yamlnodes import AliasLoop, nodes
+
 __all__ = [
     "API_VERSION",
     "KIND",
@@ -359,12 +361,15 @@ class _FromEnv(str):
         return self
 
 
-def _substitute(value: Any, path: str, file: str, env: Mapping[str, str]) -> Any:
+def _substitute(value: Any, path: str, file: str, env: Mapping[str, str], secrets: set[str]) -> Any:
+    """Expand `${VAR}`; the values of secret-looking variables go into `secrets`."""
     if isinstance(value, str) and _VAR.search(value):
 
         def expand(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             if name in env:
+                if _SECRET_NAME.search(name) and env[name]:
+                    secrets.add(env[name])
                 return env[name]
             if default is not None:
                 return default
@@ -373,11 +378,11 @@ def _substitute(value: Any, path: str, file: str, env: Mapping[str, str]) -> Any
         return _FromEnv(_VAR.sub(expand, value), value)
     if isinstance(value, Mapping):
         return {
-            k: _substitute(v, f"{path}.{k}" if path else str(k), file, env)
+            k: _substitute(v, f"{path}.{k}" if path else str(k), file, env, secrets)
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [_substitute(v, f"{path}[{i}]", file, env) for i, v in enumerate(value)]
+        return [_substitute(v, f"{path}[{i}]", file, env, secrets) for i, v in enumerate(value)]
     return value
 
 
@@ -398,6 +403,8 @@ def load_config(
             documents = [d for d in yaml.safe_load_all(text) if d is not None]
         except yaml.YAMLError as exc:
             raise ConfigError(file, "", f"not valid YAML: {exc}") from None
+        except RecursionError:  # PyYAML's parser recurses once per nesting level
+            raise ConfigError(file, "", "not valid YAML: nested too deeply") from None
         if not documents:
             raise ConfigError(file, "", "empty: expected a RouterConfig")
         for index, document in enumerate(documents):
@@ -412,10 +419,30 @@ def parse_config(
     """Check one RouterConfig document and turn it into what the appliance runs."""
     if not isinstance(document, Mapping):
         raise ConfigError(file, "", f"expected a RouterConfig mapping, got {_kind(document)}")
+    try:
+        for _ in nodes(document):
+            pass
+    except AliasLoop as exc:
+        raise ConfigError(file, exc.path, "a YAML alias that contains itself") from None
     for key, want in (("apiVersion", API_VERSION), ("kind", KIND)):
         if document.get(key) != want:
             raise ConfigError(file, key, f"expected {want!r}, got {document.get(key)!r}")
-    doc = _substitute(document, "", file, os.environ if env is None else env)
+    secrets: set[str] = set()
+    doc = _substitute(document, "", file, os.environ if env is None else env, secrets)
+    try:
+        return _build(doc, file)
+    except ConfigError as exc:
+        # Messages quote bad values; one may hold a secret variable's value (a
+        # password pasted into a URL): never show it.
+        reason = exc.reason
+        for secret in sorted(secrets, key=len, reverse=True):
+            reason = reason.replace(secret, "***")
+        if reason == exc.reason:
+            raise
+        raise ConfigError(exc.file, exc.path, reason) from None
+
+
+def _build(doc: Any, file: str) -> ApplianceConfig:
     _refuse_unsupported(doc, file)
     doc = _conform(doc, _SCHEMA, "", file)
     root_cas = tuple(str(p) for p in (doc.get("certificates") or {}).get("rootCAs") or ())
@@ -539,7 +566,11 @@ def _url(value: Any, path: str, file: str) -> str:
         value = (
             f"{value.get('scheme') or 'http'}://{value.get('host') or ''}{value.get('path') or ''}"
         )
-    parts = urlsplit(str(value or ""))
+    try:
+        parts = urlsplit(str(value or ""))
+        parts.port  # noqa: B018 - raises ValueError for a port beyond 65535 or not a number
+    except ValueError as exc:  # "http://[::1", a bad port, NFKC-unsafe characters
+        raise ConfigError(file, path, f"expected an http(s) URL, got {value!r}: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(file, path, f"expected an http(s) URL, got {value!r}")
     return str(value)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import random
 import re
 from collections.abc import Mapping
@@ -39,7 +40,10 @@ def parse_duration(value: Any, where: str) -> float:
     if isinstance(value, bool):
         raise PolicyError(f"{where}: expected a duration, got {value!r}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer beyond any float
+            seconds = math.inf
     else:
         text = str(value).strip()
         iso = _ISO.match(text.upper())
@@ -57,6 +61,8 @@ def parse_duration(value: Any, where: str) -> float:
                 ) from None
     if seconds < 0:
         raise PolicyError(f"{where}: duration must not be negative")
+    if not math.isfinite(seconds):  # nan, inf, 1e400: no wait can be that long
+        raise PolicyError(f"{where}: {value!r} is not a finite duration")
     return seconds
 
 
@@ -97,15 +103,23 @@ class DeliveryPolicy:
         return self.retry + 1
 
     def backoff(self, failed_attempt: int, rng: random.Random | None = None) -> float:
-        """Delay before the attempt after `failed_attempt` (1-based)."""
+        """Delay before the attempt after `failed_attempt` (1-based): `backoffDelay`
+        doubled (or added) per failure, varied by ±`jitter`, never over `backoffCap`."""
         if self.backoff_policy == "exponential":
-            delay = self.backoff_delay * 2.0 ** (failed_attempt - 1)
+            # 2.0**1024 overflows; the cap is reached long before (retry may be huge).
+            delay = self.backoff_delay * 2.0 ** min(failed_attempt - 1, 1000)
         else:
             delay = self.backoff_delay * failed_attempt
         delay = min(delay, self.backoff_cap)
         if self.jitter:
             delay *= 1 + (rng or random).uniform(-self.jitter, self.jitter)
-        return max(delay, 0.0)
+        # The cap holds after jitter too: it is "the longest wait".
+        return min(max(delay, 0.0), self.backoff_cap)
+
+    def gives_up(self, attempt: int, kind: str, status: int) -> bool:
+        """Whether a failed `attempt` (1-based) is the last: the failure is not one
+        to retry (Knative's rule), or all `retry` + 1 attempts are spent."""
+        return not is_retryable(kind, status) or attempt >= self.max_attempts
 
     @classmethod
     def parse(

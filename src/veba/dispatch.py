@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from veba.delivery import DeliveryPolicy, is_retryable
+from veba.delivery import DeliveryPolicy
 from veba.eventlog.base import Attempt, Delivery, EventLog, LogFull
 from veba.events import Event
 from veba.shapes import Shape, to_shape
@@ -278,9 +278,7 @@ class Dispatcher:
                     self._queue_ack(delivery.id, attempt)
                     return True
                 self.last_error = result.error
-                if not is_retryable(result.kind, result.status) or attempt_no >= (
-                    self.policy.max_attempts
-                ):
+                if self.policy.gives_up(attempt_no, result.kind, result.status):
                     self._done(delivery)
                     self.counts.dead += 1
                     self._observe("dead", result)

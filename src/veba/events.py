@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,13 +58,34 @@ _REQUIRED = ("id", "source", "type", "specversion")
 _JSON_DATA = JSONFormat.JSON_CONTENT_TYPE_PATTERN
 
 
+# 19 digits in a row may be an integer beyond 64 bits (or below -2**63).
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
+_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
+
+
 def _loads(body: bytes | str) -> Any:
-    # orjson is several times faster than json on the hot path; it refuses
-    # integers beyond 64 bits, which json reads, so such input falls back.
-    try:
+    # orjson is several times faster than json on the hot path, but it reads an
+    # integer beyond 64 bits as a float, silently losing digits; json keeps them.
+    # So a body with such a run of digits (rare: ids and keys are shorter) goes
+    # to json, told to refuse what orjson refuses too: NaN, Infinity, 1e400.
+    if isinstance(body, bytes):
+        long = _LONG_DIGITS_BYTES.search(body) is not None
+    else:
+        long = _LONG_DIGITS.search(body) is not None
+    if not long:
         return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return json.loads(body)
+    return json.loads(body, parse_constant=_not_json, parse_float=_finite_float)
+
+
+def _not_json(text: str) -> Any:
+    raise ValueError(f"{text} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is beyond what a JSON number can hold")
+    return value
 
 
 def _dumps(obj: Any) -> bytes:
@@ -146,12 +169,15 @@ class Event:
         """HTTP binary mode: `ce-` headers and the data as the body."""
         message = ce_http.to_binary(self.to_cloudevent(), _FORMAT)
         headers = dict(message.headers)
+        # The body is ours, not the SDK's: it writes a list or a boolean as Python
+        # would print it (`[1, 'a']`, `True`), which no receiver can read as JSON.
+        body = _binary_body(self.data, self.attributes.get("datacontenttype"))
         # The time as we carry it, not as a datetime (which drops nanoseconds); and
         # none if the event has none (the SDK would make one up).
         headers.pop("ce-time", None)
         if "time" in self.attributes:
             headers["ce-time"] = quote(self.attributes["time"], safe=":+")
-        return headers, message.body
+        return headers, body
 
     def to_cloudevent(self) -> BaseCloudEvent:
         attrs: dict[str, Any] = dict(self.attributes)
@@ -176,6 +202,46 @@ def _from_sdk(ce: BaseCloudEvent) -> Event:
             continue
         attrs[name] = format_time(value) if isinstance(value, datetime) else str(value)
     return Event(attrs, ce.get_data())
+
+
+# JSON data, as the CloudEvents SDK tells it; no content type means JSON too.
+_JSON_CONTENT_TYPE = re.compile(r"^(application|text)/([a-z0-9\-.]+\+)?json(;.*)?$")
+
+
+def _is_json(content_type: str | None) -> bool:
+    return not content_type or bool(_JSON_CONTENT_TYPE.match(content_type.strip().lower()))
+
+
+def _binary_body(data: Any, content_type: str | None) -> bytes:
+    """A binary-mode body: bytes as they are, text as UTF-8 unless it is JSON data."""
+    if data is None:
+        return b""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str) and not _is_json(content_type):
+        return data.encode()
+    return _dumps(data)
+
+
+def _binary_data(body: bytes, content_type: str | None) -> Any:
+    """Data from a binary-mode body, so that `_binary_body` gives the body back:
+    JSON for a JSON content type, text for `text/*`, bytes for anything else.
+    A body that is not what its type says is kept as text (or bytes), as the
+    CloudEvents SDK keeps it."""
+    if not body:
+        return None
+    textual = _is_json(content_type) or (content_type or "").strip().lower().startswith("text/")
+    if _is_json(content_type):
+        try:
+            return _loads(body)
+        except (ValueError, RecursionError):
+            pass
+    if textual:
+        try:
+            return body.decode()
+        except UnicodeDecodeError:
+            pass
+    return body
 
 
 def _read_structured(obj: Any, where: str) -> Event:
@@ -236,13 +302,19 @@ def parse_http(headers: Mapping[str, str], body: bytes) -> list[Event]:
         raise InvalidEvent(f"ce-specversion {lower['ce-specversion']!r} is not supported (1.0)")
     # JSON data (and data without a Content-Type, which the SDK reads as JSON) is
     # read here, strictly, rather than by the SDK, which keeps NaN and big
-    # integers and turns JSON it cannot read into a string.
+    # integers and turns JSON it cannot read into a string; other data as
+    # `to_binary` writes it: text for `text/*`, bytes for anything else.
     data_type = lower.get("content-type") or "application/json"
     json_data = bool(body) and _JSON_DATA.match(data_type) is not None
     try:
-        message = ce_http.HTTPMessage(headers=dict(lower), body=b"" if json_data else body)
+        # The SDK checks the attributes only.
+        message = ce_http.HTTPMessage(headers=dict(lower), body=b"")
         event = _from_sdk(ce_http.from_binary(message, _FORMAT, CloudEvent))
-        data = strictjson.loads(body, "data") if json_data else event.data
+        data = (
+            strictjson.loads(body, "data")
+            if json_data
+            else _binary_data(body, lower.get("content-type"))
+        )
     except strictjson.JSONRefused as exc:
         raise InvalidEvent(f"binary-mode event: {exc}") from None
     except (BaseCloudEventException, ValueError, TypeError) as exc:

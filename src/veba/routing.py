@@ -196,10 +196,10 @@ def compile_subscription(
     )
     if topic is not None and not isinstance(topic, str):
         raise SubscriptionError(f"{where}.annotations.topic: expected a comma-separated string")
-    if topic is None or not topic.strip():
-        subjects: frozenset[str] | None = None if predicates else frozenset()
-    else:
-        subjects = _subjects(topic)
+    subjects = frozenset() if topic is None else _subjects(topic)
+    if subjects is not None and not subjects:
+        # No topic, or one naming no subject (" , "): the filters alone decide.
+        subjects = None if predicates else frozenset()
     return Subscription(name, subjects, predicates)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import re
 from collections.abc import Collection, Mapping
@@ -24,6 +25,7 @@ from veba.delivery import DeliveryPolicy, PolicyError, parse_duration
 from veba.functions.build import not_code
 from veba.routing import SubscriptionError, compile_subscription
 from veba.shapes import SHAPE_ANNOTATION, parse_shape
+from veba.yamlnodes import AliasLoop, nodes
 
 __all__ = [
     "ALL_LANGS",
@@ -152,6 +154,7 @@ def load_stack(path: Path, env: Mapping[str, str] | None = None) -> Stack:
     doc = load_yaml(substitute(text, os.environ if env is None else env), file)
     if not isinstance(doc, dict):
         raise StackError(file, "(top level)", f"expected a mapping, got {_kind(doc)}")
+    _check_values(doc, file)
     checker = _Checker(file, path.resolve().parent, path)
     checker.known(doc, _TOP, "")
     version = doc.get("version", "1.0")
@@ -184,6 +187,19 @@ def load_yaml(text: str, file: str, *, every_document: bool = False) -> Any:
         raise StackError(file, where, f"invalid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
         raise StackError(file, "(yaml)", f"invalid YAML: {exc}") from None
+    except RecursionError:  # PyYAML's parser recurses once per nesting level
+        raise StackError(file, "(yaml)", "invalid YAML: nested too deeply") from None
+
+
+def _check_values(doc: Any, file: str) -> None:
+    """What YAML can say but a stack cannot mean: an alias that contains itself
+    (`&x [*x]`), and .nan or .inf, which JSON (the deploy request) cannot carry."""
+    try:
+        for where, value in nodes(doc):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise StackError(file, where, f"expected a finite number, got {value}")
+    except AliasLoop as exc:
+        raise StackError(file, exc.path, "a YAML alias that contains itself") from None
 
 
 def _kind(value: Any) -> str:
@@ -332,7 +348,10 @@ class _Checker:
     def handler(self, value: Any, where: str) -> Path:
         if value is None:
             raise self.fail(where, "missing; the folder that holds handler.py")
-        folder = (self.base / self.string(value, where)).resolve()
+        try:
+            folder = (self.base / self.string(value, where)).resolve()
+        except ValueError:  # a NUL byte: no path can hold one
+            raise self.fail(where, f"{value!r} is not a folder name") from None
         if not folder.is_dir():
             raise self.fail(where, f"folder {value} does not exist")
         if not (folder / "handler.py").is_file():
@@ -350,6 +369,8 @@ class _Checker:
                 raise self.fail(at, f"file {name} does not exist") from None
             except OSError as exc:
                 raise self.fail(at, f"cannot read {name}: {exc.strerror}") from None
+            except ValueError:  # a NUL byte in the name
+                raise self.fail(at, f"{name!r} is not a file name") from None
             try:
                 doc = load_yaml(text, name)
             except StackError as exc:
