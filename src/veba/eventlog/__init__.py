@@ -11,6 +11,7 @@ from veba.eventlog.base import (
     Route,
     Status,
 )
+from veba.eventlog.ownerlock import LogInUse, OwnerLock
 from veba.eventlog.sqlite import SQLiteLog
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "EventLog",
     "EventRecord",
     "LogFull",
+    "LogInUse",
+    "OwnerLock",
     "Route",
     "SQLiteLog",
     "Status",
