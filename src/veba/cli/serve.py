@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from veba.cli.client import DataDirOption, err, fail
 from veba.settings import DEFAULT_LISTEN, ApplianceSettings, parse_listen, resolve_data_dir
+
+if TYPE_CHECKING:
+    from veba.eventlog import OwnerLock
 
 
 def serve(
@@ -60,13 +63,25 @@ def serve(
         None, "--tls-key", help="The PEM private key of --tls-cert"
     ),
     log_level: str = typer.Option("info", "--log-level"),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Also a line per event logged and per failed attempt"
+    ),
 ) -> None:
-    """Run the appliance: event log, functions, providers, API and webhook."""
+    """Run the appliance: event log, functions, providers, API and webhook.
+
+    Everything is checked before anything is written into the data directory
+    (addresses free, data directory not in use, vCenter passwords readable,
+    config valid); a refusal is one line. While it runs, it prints a line per
+    deploy, provider change and dead letter (--verbose: per event too).
+    """
     import uvicorn
 
+    from veba.activity import Activity
     from veba.api import create_app
     from veba.appliance import Appliance
+    from veba.cli.serving import Server, printer
     from veba.observability import configure_logging
+    from veba.store import local_api_url
 
     try:
         host, port = parse_listen(listen)
@@ -117,6 +132,13 @@ def serve(
         tls_key=tls_key,
         **fields,
     )
+    from veba.cli.preflight import vcenter_problems
+
+    problems = vcenter_problems(settings.vcenters, settings.data_dir)
+    if problems:
+        for line in problems[:-1]:
+            err.print(f"[red]error:[/red] {line}", highlight=False)
+        fail(problems[-1])
     from veba.listeners import ListenError
 
     try:  # every socket bound before anything starts: a refusal loses nothing
@@ -124,19 +146,25 @@ def serve(
         sockets = plan.bind()
     except ListenError as exc:
         fail(str(exc))
+    url = local_api_url(listen, tls=tls_cert is not None)
+    lock = _lock_data_dir(settings.log_path, url)  # the first write into the data dir
     configure_logging(log_level)
-    appliance = Appliance(settings, sockets=sockets)  # records its URL beside its token
-    scheme = "https" if tls_cert else "http"
-    err.print(
-        f"veba serving on {scheme}://{host}:{port}  data: {settings.data_dir}  "
-        f"token: {settings.data_dir / 'token'}",
-        highlight=False,
-    )
-    for line in [*(why for _, why in config.own_processors(listen)), *plan.notes]:
-        err.print(line, highlight=False)
-    server = uvicorn.Server(
+    activity = Activity()
+    activity.subscribe(printer(err), verbose=verbose)
+    # Writes its token and URL (the CLI's way to it) into the data directory.
+    appliance = Appliance(settings, sockets=sockets, lock=lock, activity=activity)
+    ready = [
+        f"veba serving on {url}  data: {settings.data_dir}  token: {settings.data_dir / 'token'}",
+        *(why for _, why in config.own_processors(listen)),
+        *plan.notes,
+        "a line per deploy, provider change and dead letter follows"
+        + ("; and per event (--verbose)" if verbose else " (--verbose: per event too)"),
+    ]
+    server = Server(
+        appliance,
+        ready,
         uvicorn.Config(
-            create_app(appliance),
+            create_app(appliance, own_lifetime=False),
             host=host,
             port=port,
             log_level="warning" if log_level == "info" else log_level,
@@ -144,12 +172,24 @@ def serve(
             timeout_graceful_shutdown=10,
             ssl_certfile=str(tls_cert) if tls_cert else None,
             ssl_keyfile=str(tls_key) if tls_key else None,
-        )
+        ),
+        err,
     )
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sockets["api"]])
     if not server.started:
-        raise typer.Exit(3)  # uvicorn said why
+        raise typer.Exit(3)  # said why in one line
+
+
+def _lock_data_dir(log_path: Path, url: str) -> OwnerLock:
+    from veba.eventlog import LogInUse, OwnerLock
+
+    try:
+        return OwnerLock.acquire(log_path, url=url)
+    except LogInUse as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"data directory {log_path.parent}: {exc.strerror or exc}")
 
 
 def _check_tls(cert: Path, key: Path) -> None:
