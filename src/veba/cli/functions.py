@@ -12,6 +12,7 @@ import typer
 from veba.cli.catalog import complete_topic
 from veba.cli.client import (
     Client,
+    ConnectionClosed,
     DataDirOption,
     GatewayOption,
     OutputOption,
@@ -50,6 +51,11 @@ def _stack(path: Path, only: str | None) -> tuple[Stack, list[FunctionSpec]]:
     except StackError as exc:
         fail(str(exc))
     return stack, specs
+
+
+def _stack_gateway(file: Path, stack: Stack) -> tuple[str | None, str]:
+    """The -f file's provider.gateway, named for messages (None: it names none)."""
+    return stack.gateway, f"{file} provider.gateway"
 
 
 def _payload(spec: FunctionSpec) -> dict[str, object]:
@@ -144,10 +150,15 @@ def deploy(
 ) -> None:
     """Deploy the stack's functions to the appliance (builds there, with progress)."""
     stack, specs = _stack(file, filter)
-    client = Client(gateway, data_dir, stack.gateway, token=token, tls_no_verify=tls_no_verify)
+    client = Client(
+        gateway, data_dir, _stack_gateway(file, stack), token=token, tls_no_verify=tls_no_verify
+    )
     failed = False
     for spec in specs:
-        err.print(f"[bold]{spec.name}[/bold]: deploying to {client.url}", highlight=False)
+        err.print(
+            f"[bold]{spec.name}[/bold]: deploying to {client.gateway.described()}",
+            highlight=False,
+        )
         for line in client.stream_lines(
             "POST", "/system/functions?stream=true", json=_payload(spec)
         ):
@@ -186,8 +197,17 @@ def remove(
     tls_no_verify: bool = TlsNoVerifyOption,
 ) -> None:
     """Remove deployed functions."""
-    names = [name] if name else list(_stack(file, None)[0].functions)
-    client = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify)
+    stack = None if name else _stack(file, None)[0]
+    names = [name] if stack is None else list(stack.functions)
+    client = Client(
+        gateway,
+        data_dir,
+        None if stack is None else _stack_gateway(file, stack),
+        token=token,
+        tls_no_verify=tls_no_verify,
+    )
+    if stack is not None:
+        err.print(f"removing from {client.gateway.described()}", highlight=False)
     for n in names:
         client.request("DELETE", "/system/functions", json={"functionName": n})
         err.print(f"removed {n}", highlight=False)
@@ -215,10 +235,20 @@ def invoke(
     name: str,
     data: str | None = typer.Option(None, "--data", "-d", help="Request body (else stdin)"),
     event: str | None = typer.Option(
-        None, "--event", "-e", help="Send a sample event of this class (VmPoweredOnEvent, ...)"
+        None,
+        "--event",
+        "-e",
+        help="Send a sample event of this type: any of `veba catalog` (VmPoweredOnEvent, ...)",
+        autocompletion=complete_topic,
     ),
     set_: list[str] = typer.Option(
-        [], "--set", help="With --event: PATH=VALUE (data.Vm.Name=web-01); repeatable"
+        [],
+        "--set",
+        help="With --event: PATH=VALUE (data.Vm.Name=web-01), a path the event type has;"
+        " repeatable",
+    ),
+    add: list[str] = typer.Option(
+        [], "--add", help="With --event: PATH=VALUE, a field the event type does not have"
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="With --event: print it, send nothing"),
     content_type: str = typer.Option("application/json", "--content-type"),
@@ -235,14 +265,14 @@ def invoke(
         if data is not None:
             fail("--event and --data are exclusive")
         shape = _event_shape(Client(gateway, data_dir), name)
-        sample = _sample_event(event, set_, shape)
+        sample = _sample_event(event, set_, add, shape)
         if dry_run:
             sys.stdout.write(json.dumps(sample.to_dict(), indent=2) + "\n")
             return
         # As a delivery to this function posts it: v0.7 structured, v0.8 binary.
         headers, body = delivery_request(sample, attempt=1, deadline=None, binary=shape == V08)
-    elif set_ or dry_run:
-        fail("--set and --dry-run go with --event")
+    elif set_ or add or dry_run:
+        fail("--set, --add and --dry-run go with --event")
     else:
         body = (
             data.encode()
@@ -273,17 +303,30 @@ def _event_shape(client: Client, name: str) -> Shape:
     return DEFAULT_SHAPE
 
 
-def _sample_event(event_class: str, settings: list[str], shape: Shape) -> Event:
-    """A sample event from the simulator, in the shape the function gets."""
-    from veba.providers.simulator import SimulationError, VCenterSimulator
+def _sample_event(event_class: str, settings: list[str], adds: list[str], shape: Shape) -> Event:
+    """A sample event of any catalogue type (`veba catalog`), in the shape the
+    function gets: the simulator's where it makes that type, else one built
+    from the type's pyVmomi class."""
+    from veba import catalog as cat
+    from veba.providers.simulator import SimulationError
 
     overrides = parse_overrides(settings)
+    added = parse_overrides(adds, "--add")
     try:
-        sample = VCenterSimulator().sample(event_class, **overrides)
+        entry = cat.Catalog(cat.build(), offline=True).get(event_class)
+    except cat.UnknownEventType as exc:
+        if "." not in event_class:
+            fail(f"--event {event_class}: {exc} (see `veba catalog`)")
+        # A dotted EventEx id that only a vCenter's EventManager knows.
+        entry = cat.extensible(event_class, "eventex")
+    try:
+        sample, _ = cat.sample(entry, added=added, **overrides)
+    except cat.UnknownPath as exc:
+        fail(f"--set {exc}")
     except SimulationError as exc:
-        fail(f"--event {event_class}: {exc}")
+        fail(f"--event {entry.type}: {exc}")
     except (TypeError, ValueError, KeyError, IndexError) as exc:
-        fail(f"--set: cannot apply {', '.join(settings)} to a {event_class}: {exc}")
+        fail(f"--set/--add: cannot apply {', '.join([*settings, *adds])} to a {entry.type}: {exc}")
     return to_shape(sample, shape)
 
 
@@ -311,7 +354,15 @@ def logs(
                 sys.stdout.write(f"{item['timestamp']} {item['instance']:6} {item['text']}\n")
             sys.stdout.flush()
     except KeyboardInterrupt:
+        return
+    except ConnectionClosed:
         pass
+    else:
+        if not follow:
+            return
+    # Following ends only when the appliance ends it (it stops), as `kubectl logs
+    # -f` ends with its pod: said in one line, and not an error.
+    err.print(f"the appliance at {client.url} closed the connection", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
