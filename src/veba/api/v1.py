@@ -37,11 +37,16 @@ async def list_events(
 
 @v1_router.get("/events/{event_id}")
 async def show_event(event_id: str, request: Request) -> dict[str, Any]:
+    """One event by its id, else (all digits) by its seq, as `events list` shows it."""
     log = _appliance(request).log
     record = await log.event(event_id)
+    if record is None and event_id.isdigit():
+        after = await log.events(after_seq=int(event_id) - 1, limit=1)
+        record = after[0] if after and after[0].seq == int(event_id) else None
     if record is None:
-        raise HTTPException(404, f"no event with id {event_id!r}")
-    deliveries = await log.deliveries(event_id=event_id, with_history=True)
+        what = "id or seq" if event_id.isdigit() else "id"
+        raise HTTPException(404, f"no event with {what} {event_id!r}")
+    deliveries = await log.deliveries(event_id=record.event.id, with_history=True)
     return {**record.to_dict(), "deliveries": [d.to_dict() for d in deliveries]}
 
 
@@ -129,7 +134,9 @@ async def replay(request: Request) -> dict[str, int]:
 
 @v1_router.get("/status")
 async def status(request: Request) -> dict[str, Any]:
-    return _appliance(request).status()
+    appliance = _appliance(request)
+    # Deliveries by function and state (pending, leased, delivered, dead).
+    return {**appliance.status(), "deliveries": await appliance.log.counts()}
 
 
 @v1_router.post("/providers/{name}/trigger")

@@ -8,6 +8,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import typer
 
@@ -22,6 +23,7 @@ from veba.cli.client import (
     fail,
     print_rows,
 )
+from veba.cli.views import ShowOutputOption, dead_letter_view, event_view, print_view, status_view
 
 events_app = typer.Typer(help="Events in the log", no_args_is_help=True)
 dlq_app = typer.Typer(help="The dead-letter queue", no_args_is_help=True)
@@ -63,17 +65,18 @@ def events_list(
 
 @events_app.command("show")
 def events_show(
-    event_id: str,
+    event: str = typer.Argument(..., help="Its seq (as `events list` shows) or its id"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,
     tls_no_verify: bool = TlsNoVerifyOption,
+    output: str | None = ShowOutputOption,
 ) -> None:
     """One event with its deliveries and their attempts."""
     record = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
-        "GET", f"/api/v1/events/{event_id}"
+        "GET", f"/api/v1/events/{quote(event, safe='')}"
     )
-    sys.stdout.write(json.dumps(record, indent=2) + "\n")
+    print_view(record, event_view, output)
 
 
 @events_app.command("tail")
@@ -142,12 +145,13 @@ def dlq_show(
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,
     tls_no_verify: bool = TlsNoVerifyOption,
+    output: str | None = ShowOutputOption,
 ) -> None:
     """A dead letter: its event, every attempt, and the last error with its traceback."""
     record = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
         "GET", f"/api/v1/dlq/{delivery_id}"
     )
-    sys.stdout.write(json.dumps(record, indent=2) + "\n")
+    print_view(record, dead_letter_view, output)
 
 
 @dlq_app.command("redrive")
@@ -216,14 +220,10 @@ def status(
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,
     tls_no_verify: bool = TlsNoVerifyOption,
+    output: str | None = ShowOutputOption,
 ) -> None:
     """Providers and functions at a glance."""
-    sys.stdout.write(
-        json.dumps(
-            Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
-                "GET", "/api/v1/status"
-            ),
-            indent=2,
-        )
-        + "\n"
+    answer = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
+        "GET", "/api/v1/status"
     )
+    print_view(answer, status_view, output)
