@@ -485,3 +485,52 @@ def test_the_shape_walk_and_the_catalogue_agree() -> None:
 
     on = catalog.Catalog(catalog.build()).get("VmPoweredOnEvent")
     assert list(to_govmomi(vim.event.VmPoweredOnEvent())) == [f.name for f in on.fields]
+
+
+def test_set_paths_must_exist_in_the_type_and_say_the_nearest() -> None:
+    merged = catalog.Catalog(catalog.build())
+    on, failed = merged.get("VmPoweredOnEvent"), merged.get("VmFailedToPowerOnEvent")
+    with pytest.raises(catalog.UnknownPath, match=r"did you mean data\.Vm\.Name\?"):
+        catalog.sample(on, **{"data.Vm.Nmae": "x"})
+    with pytest.raises(catalog.UnknownPath, match=r"did you mean Vm\.Name\?"):
+        catalog.sample(on, **{"Vm.Nmae": "x"})  # the simulator's spelling, without data.
+    with pytest.raises(catalog.UnknownPath, match=r"data\.Vm\.Name is text"):
+        catalog.sample(on, **{"data.Vm.Name.First": "x"})
+    with pytest.raises(catalog.UnknownPath, match=r"has no data\.Reason"):
+        catalog.sample(on, **{"data.Reason.Msg": "x"})
+    # An optional field the sample leaves unset is still the type's; attributes are fine.
+    event, _ = catalog.sample(failed, **{"data.Reason.Msg": "no host", "subject": "Custom"})
+    assert event.data["Reason"]["Msg"] == "no host" and event.subject == "Custom"
+    # A list is indexed within its length (an EventEx's Arguments).
+    tagged = merged.get("com.vmware.cis.tagging.attach")
+    event, _ = catalog.sample(tagged, **{"data.Arguments.0.Value": "prod"})
+    assert event.data["Arguments"][0]["Value"] == "prod"
+    with pytest.raises(catalog.UnknownPath, match=r"is a list of"):
+        catalog.sample(tagged, **{"data.Arguments.9.Value": "prod"})
+    # --add: a field the type does not have, on purpose.
+    event, _ = catalog.sample(on, added={"data.Vm.Nmae": "x"})
+    assert event.data["Vm"]["Nmae"] == "x"
+
+
+def test_common_types_are_described_without_a_vcenter() -> None:
+    types = by_type(catalog.build())
+    assert types["VmPoweredOnEvent"].description == "A virtual machine was powered on"
+    assert types["HostConnectionLostEvent"].category == "error"
+    # VEBA's examples' EventEx ids, with the EventEx fields.
+    sso = types["com.vmware.sso.LoginFailure"]
+    assert (sso.kind, sso.vmomi_class, sso.sources) == ("eventex", "EventEx", ("veba",))
+    # A connected vCenter's own words come first.
+    info = [{"key": "VmPoweredOnEvent", "category": "info", "description": "VM powered on"}]
+    described = catalog.build({"vcenter:vc": catalog.describe_event_info(info)})
+    assert by_type(described)["VmPoweredOnEvent"].description == "VM powered on"
+
+
+def test_generic_samples_are_plausible() -> None:
+    merged = catalog.Catalog(catalog.build())
+    _, origin = catalog.sample(merged.get("UserLoginSessionEvent"))
+    assert origin == "simulator"  # the simulator's own, where it makes the type
+    renamed, origin = catalog.sample(merged.get("DatastoreRenamedEvent"))
+    assert origin == "generic"
+    assert "<" not in json.dumps(renamed.data)  # no placeholders for fields it knows
+    assert (renamed.data["OldName"], renamed.data["NewName"]) == ("web-01-old", "web-01")
+    assert renamed.data["FullFormattedMessage"].startswith("A datastore was renamed: vsan")
