@@ -130,6 +130,11 @@ def test_invoke_event_builds_any_catalogue_type_in_the_functions_shape(
     unknown = app.cli("invoke", "mirror", "--event", "VmPowerdOnEvent", check=False)
     assert unknown.returncode == 1 and "did you mean VmPoweredOnEvent" in unknown.stderr
 
+    # The shell completes deployed function names (bash, as `veba --install-completion` sets up).
+    for words in ("veba invoke mir", "veba logs mir", "veba replay mir"):
+        completion = {"_VEBA_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": "2"}
+        assert app.cli(env=completion).stdout.split() == ["mirror", "mirror8"], words
+
     # The catalogue describes the common types without a vCenter.
     shown = app.cli("catalog", "show", "HostConnectionLostEvent", "-o", "json").stdout
     assert json.loads(shown)["description"].startswith("vCenter lost its connection")

@@ -133,6 +133,7 @@ def test_stopping_serve_ends_a_following_logs_at_once_and_quietly(
     assert stopped < 5, f"veba serve took {stopped:.1f} s to stop"
     served = app.log_path.read_text()
     assert "Traceback" not in served and "timeout graceful shutdown" not in served
+    assert served.rstrip().endswith("stopped")
     said = (follower.stderr.read() if follower.stderr else "").strip()
     assert follower.returncode == 0, said
     assert said == f"the appliance at {app.url} closed the connection"

@@ -23,6 +23,7 @@ from veba.cli.client import (
     fail,
     print_rows,
 )
+from veba.cli.completion import complete_function
 from veba.cli.views import ShowOutputOption, dead_letter_view, event_view, print_view, status_view
 
 events_app = typer.Typer(help="Events in the log", no_args_is_help=True)
@@ -114,7 +115,7 @@ def events_tail(
 
 @dlq_app.command("list")
 def dlq_list(
-    function: str | None = typer.Option(None, "--function"),
+    function: str | None = typer.Option(None, "--function", autocompletion=complete_function),
     limit: int = typer.Option(100, "--limit"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
@@ -157,7 +158,7 @@ def dlq_show(
 @dlq_app.command("redrive")
 def dlq_redrive(
     ids: list[int] = typer.Argument(None, help="Dead-letter ids"),
-    function: str | None = typer.Option(None, "--function"),
+    function: str | None = typer.Option(None, "--function", autocompletion=complete_function),
     all_: bool = typer.Option(False, "--all"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
@@ -193,7 +194,7 @@ def _when(value: str | None) -> float | None:
 
 
 def replay(
-    function: str,
+    function: str = typer.Argument(..., autocompletion=complete_function),
     since: str | None = typer.Option(None, "--since", help="ISO-8601 time or epoch seconds"),
     until: str | None = typer.Option(None, "--until"),
     types: list[str] = typer.Option(None, "--type", help="Only these subjects (repeatable)"),

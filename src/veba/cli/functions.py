@@ -25,6 +25,7 @@ from veba.cli.client import (
     parse_overrides,
     print_rows,
 )
+from veba.cli.completion import complete_function
 from veba.deployments import pack_code
 from veba.events import Event
 from veba.functions.build import BuildError, ensure_venv
@@ -189,7 +190,11 @@ def up(
 
 
 def remove(
-    name: str | None = typer.Argument(None, help="Function name (else every function in --file)"),
+    name: str | None = typer.Argument(
+        None,
+        help="Function name (else every function in --file)",
+        autocompletion=complete_function,
+    ),
     file: Path = StackOption,
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
@@ -232,7 +237,7 @@ def list_functions(
 
 
 def invoke(
-    name: str,
+    name: str = typer.Argument(..., autocompletion=complete_function),
     data: str | None = typer.Option(None, "--data", "-d", help="Request body (else stdin)"),
     event: str | None = typer.Option(
         None,
@@ -331,7 +336,7 @@ def _sample_event(event_class: str, settings: list[str], adds: list[str], shape:
 
 
 def logs(
-    name: str,
+    name: str = typer.Argument(..., autocompletion=complete_function),
     follow: bool = typer.Option(False, "--follow", "-f"),
     tail: int = typer.Option(100, "--tail"),
     gateway: str | None = GatewayOption,

@@ -51,10 +51,12 @@ class Server(uvicorn.Server):
                 self.console.print(line, highlight=False, markup=False)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.appliance.activity.report("info", "stopping: no new requests; ending streams")
         self.appliance.begin_shutdown()
         await super().shutdown(sockets)
         if self._appliance_started:
             await self.appliance.stop()
+        self.appliance.activity.report("info", "stopped")
 
 
 def printer(console: Console) -> Callable[[Happening], None]:
