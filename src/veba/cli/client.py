@@ -169,9 +169,12 @@ class Client:
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.request(method, path, **kwargs).json()
 
-    def stream_lines(self, method: str, path: str, **kwargs: Any) -> Iterator[str]:
-        """The response's lines until the appliance ends it; `ConnectionClosed` if
-        the connection breaks after the response began (the appliance stopped)."""
+    def stream_lines(
+        self, method: str, path: str, *, follow: bool = False, **kwargs: Any
+    ) -> Iterator[str]:
+        """The response's lines until the appliance ends it. If the connection
+        breaks after the response began (the appliance stopped): `ConnectionClosed`
+        when following (an endless stream's normal end), else one line and exit 1."""
         began = False
         try:
             with self.http.stream(method, path, timeout=None, **kwargs) as response:
@@ -183,8 +186,12 @@ class Client:
                 began = True
                 yield from response.iter_lines()
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-            if began:
+            if began and follow:
                 raise ConnectionClosed(self.url) from exc
+            if began:
+                fail(
+                    f"the appliance at {self.url} closed the connection before it answered in full"
+                )
             fail(transport_error(self.url, exc, self.gateway, self.data_dir))
         except httpx.HTTPError as exc:
             fail(transport_error(self.url, exc, self.gateway, self.data_dir))

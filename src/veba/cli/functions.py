@@ -349,7 +349,7 @@ def logs(
     client = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify)
     params = f"name={name}&tail={tail}&follow={'true' if follow else 'false'}"
     try:
-        for line in client.stream_lines("GET", f"/system/logs?{params}"):
+        for line in client.stream_lines("GET", f"/system/logs?{params}", follow=follow):
             if not line.strip():
                 continue
             if output == "json":
