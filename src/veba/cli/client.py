@@ -34,6 +34,7 @@ __all__ = [
     "err",
     "fail",
     "print_rows",
+    "stack_file_gateway",
 ]
 
 console = Console()
@@ -74,23 +75,31 @@ class Gateway:
         return f"{self.url} (from {self.source})"
 
 
-def implicit_stack_gateway() -> tuple[str, str] | None:
-    """./stack.yml's provider.gateway and where it was read, as faas-cli uses it
-    for every command run beside a stack.yml. A file that cannot be read is
-    no stack for this purpose: commands that need the stack say why."""
+def stack_file_gateway(path: Path) -> tuple[str | None, str] | None:
+    """A stack file's provider.gateway (None in the pair if it names none) and
+    where it was read; None if there is no such file. Read leniently: a
+    command that needs the stack itself says what is wrong with it."""
     import yaml
 
+    if not path.is_file():
+        return None
+    where = f"{path} provider.gateway"
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None, where
+    provider = document.get("provider") if isinstance(document, dict) else None
+    url = provider.get("gateway") if isinstance(provider, dict) else None
+    return (url if isinstance(url, str) and url else None), where
+
+
+def implicit_stack_gateway() -> tuple[str | None, str] | None:
+    """./stack.yml's provider.gateway, as faas-cli uses it for every command run
+    beside a stack.yml."""
     for name in STACK_FILES:
-        path = Path(name)
-        if not path.is_file():
-            continue
-        try:
-            document = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError, UnicodeDecodeError):
-            return None
-        provider = document.get("provider") if isinstance(document, dict) else None
-        url = provider.get("gateway") if isinstance(provider, dict) else None
-        return (url, f"{name} provider.gateway") if isinstance(url, str) and url else None
+        found = stack_file_gateway(Path(name))
+        if found is not None:
+            return found
     return None
 
 

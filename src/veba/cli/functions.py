@@ -24,6 +24,7 @@ from veba.cli.client import (
     gateway_url,
     parse_overrides,
     print_rows,
+    stack_file_gateway,
 )
 from veba.cli.completion import complete_function
 from veba.deployments import pack_code
@@ -207,7 +208,7 @@ def remove(
     client = Client(
         gateway,
         data_dir,
-        None if stack is None else _stack_gateway(file, stack),
+        stack_file_gateway(file) if stack is None else _stack_gateway(file, stack),
         token=token,
         tls_no_verify=tls_no_verify,
     )

@@ -64,7 +64,7 @@ def serve(
     ),
     log_level: str = typer.Option("info", "--log-level"),
     verbose: bool = typer.Option(
-        False, "--verbose", "-v", help="Also a line per event logged and per failed attempt"
+        False, "--verbose", help="Also a line per event logged and per failed attempt"
     ),
 ) -> None:
     """Run the appliance: event log, functions, providers, API and webhook.
@@ -153,8 +153,10 @@ def serve(
     activity.subscribe(printer(err), verbose=verbose)
     # Writes its token and URL (the CLI's way to it) into the data directory.
     appliance = Appliance(settings, sockets=sockets, lock=lock, activity=activity)
+    scheme = "https" if tls_cert else "http"
     ready = [
-        f"veba serving on {url}  data: {settings.data_dir}  token: {settings.data_dir / 'token'}",
+        f"veba serving on {scheme}://{host}:{port}  data: {settings.data_dir}  "
+        f"token: {settings.data_dir / 'token'}",
         *(why for _, why in config.own_processors(listen)),
         *plan.notes,
         "a line per deploy, provider change and dead letter follows"
