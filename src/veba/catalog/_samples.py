@@ -216,7 +216,7 @@ def _text(name: str) -> str:
         return str(uuid.uuid5(uuid.NAMESPACE_URL, f"veba-sample:{name}"))
     if low in ("username", "user", "login", "userlogin"):
         return str(world["user"])
-    if low in ("host", "hostname", "ipaddress"):
+    if low in ("host", "hostname"):
         return str(world["host"]["Name"])
     if low.endswith("datastore") or low.endswith("datastorename"):
         return str(world["ds"]["Name"])
