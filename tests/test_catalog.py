@@ -348,7 +348,8 @@ class Served(ServedAppliance):
     def post(self, events: list[Event]) -> None:
         body = json.dumps([e.to_dict() for e in events])
         headers = {"Content-Type": "application/cloudevents-batch+json"}
-        httpx.post(f"{self.url}/webhook", content=body, headers=headers).raise_for_status()
+        with self.http() as http:  # the webhook takes the API token
+            http.post("/webhook", content=body, headers=headers).raise_for_status()
 
 
 @pytest.fixture
@@ -396,7 +397,7 @@ def test_api_lists_searches_and_shows(served: Served) -> None:
         build = http.get("/api/v1/catalog/build.finished").json()
         assert build["sample_origin"] == "log" and build["sample"]["data"] == {"ok": True}
         missing = http.get("/api/v1/catalog/VmPoweredOn")
-        assert missing.status_code == 404 and "VmPoweredOnEvent" in missing.json()["detail"]
+        assert missing.status_code == 404 and "VmPoweredOnEvent" in missing.json()["error"]
         bad = http.get("/api/v1/catalog/VmPoweredOnEvent", params={"set": ["novalue"]})
         assert bad.status_code == 422
         assert httpx.get(f"{served.url}/api/v1/catalog").status_code == 401
@@ -534,3 +535,40 @@ def test_generic_samples_are_plausible() -> None:
     assert "<" not in json.dumps(renamed.data)  # no placeholders for fields it knows
     assert (renamed.data["OldName"], renamed.data["NewName"]) == ("web-01-old", "web-01")
     assert renamed.data["FullFormattedMessage"].startswith("A datastore was renamed: vsan")
+
+
+# -- topics checked against the catalogue ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("topic", "warnings"),
+    [
+        # Every naming a topic may use, of known types: no warning.
+        ("VmPoweredOnEvent, VmPoweredOffEvent", []),
+        ("*", []),
+        ("vm.powered.on,drs.vm.powered.on", []),  # VEBA's legacy dotted topics
+        ("com.vmware.vsphere.VmPoweredOnEvent.v0", []),  # VEBA v0.8's type names
+        ("com.vmware.cis.tagging.attach", []),  # an EventEx id the catalogue knows
+        ("com.vmware.vc.HA.ClusterFailoverActionCompletedEvent", []),  # described.tsv's
+        ("com.vmware.vsphere.com.vmware.cis.tagging.attach.v0", []),
+        # Typos: the nearest known type, in the naming used.
+        ("VmPowerdOnEvent", ["'VmPowerdOnEvent' is not a known event type; did you mean 'VmPoweredOnEvent'?"]),
+        ("vmpoweredonevent", ["'vmpoweredonevent' is not a known event type; did you mean 'VmPoweredOnEvent'?"]),
+        ("vm.powerd.on", ["'vm.powerd.on' is not a known event type; did you mean 'VmPoweredOnEvent'?"]),
+        (
+            "com.vmware.vsphere.VmPowerdOnEvent.v0",
+            ["'com.vmware.vsphere.VmPowerdOnEvent.v0' is not a known event type;"
+             " did you mean 'com.vmware.vsphere.VmPoweredOnEvent.v0'?"],
+        ),
+        # No near one: an EventEx id of the user's vCenter, maybe.
+        (
+            "com.vmware.vc.vsan.ChecksumNotOkEvent",
+            ["'com.vmware.vc.vsan.ChecksumNotOkEvent' is not a known event type"
+             " (fine if it is an EventEx id your vCenter sends)"],
+        ),
+        ("Nonsense", ["'Nonsense' is not a known event type: the function will get no event for it"]),
+    ],
+)  # fmt: skip
+def test_unknown_topics_are_told_with_the_type_meant(topic: str, warnings: list[str]) -> None:
+    known = {t.type for t in catalog.build()}
+    assert catalog.unknown_topics(topic, known) == warnings

@@ -179,6 +179,17 @@ def test_topic_and_filters_must_both_hold() -> None:
     assert matching("vm.powered.on", [{"exact": {"source": "vc2"}}]) == []
 
 
+def _nested_not(depth: int) -> dict[str, Any]:
+    expr: dict[str, Any] = {"exact": {"subject": "VmPoweredOnEvent"}}
+    for _ in range(depth):
+        expr = {"not": expr}
+    return expr
+
+
+def test_filters_nested_up_to_the_limit_match() -> None:
+    assert matching(None, [_nested_not(32)]) == ["VmPoweredOnEvent"]
+
+
 @pytest.mark.parametrize(
     ("filters", "message"),
     [
@@ -203,6 +214,9 @@ def test_topic_and_filters_must_both_hold() -> None:
         (["subject=VmPoweredOnEvent"], r"^fn\.filters\[0\]: each filter must be a mapping"),
         ({"exact": {"subject": "x"}}, r"^fn\.filters: expected a list of filters"),
         ("[{not json", r"^fn\.filters: not valid JSON"),
+        ("[" * 5000 + "]" * 5000, r"^fn\.filters: not valid JSON"),
+        # Every event is matched through the nesting: it is bounded.
+        ([_nested_not(33)], r"^fn\.filters\[0\](\.not){33}: filters nested deeper than 32"),
     ],
 )
 def test_bad_filters_are_rejected_naming_the_field(filters: Any, message: str) -> None:

@@ -74,6 +74,19 @@ def test_refusals(tmp_path: Path) -> None:
     assert missing.exit_code != 0 and "NAME" in missing.output
 
 
+def test_a_name_that_is_a_path_writes_nothing_outside(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    stack = project / "stack.yml"
+    for name in ("../evil", "/tmp/evil", "a/b", "Evil", "..", "x" * 64):
+        with pytest.raises(ScaffoldError, match=r"is a path|DNS-1123"):
+            new_function(name, "python3", directory=project, stack=stack)
+    refused = runner.invoke(app, ["new", "../evil", "--append", str(stack)])
+    assert refused.exit_code != 0 and "is a path" in refused.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]
+    assert list(project.iterdir()) == []
+
+
 @pytest.mark.parametrize("option", [[], ["--veba-worker"]])
 def test_the_generated_tests_pass(tmp_path: Path, option: list[str]) -> None:
     stack = tmp_path / "stack.yml"
@@ -92,3 +105,91 @@ def test_the_generated_tests_pass(tmp_path: Path, option: list[str]) -> None:
         env={**env, "VEBA_DATA_DIR": str(tmp_path / "data")},
     )
     assert f"{2 * (len(TEMPLATES) + 1)} passed" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("Bad_Name", "DNS-1123 label"),
+        ("edge-", "DNS-1123 label"),
+        ("a" * 64, "at most 63 characters"),
+        ("../evil", "is a path"),
+        ("a/b", "is a path"),
+        ("..", "is a path"),
+    ],
+)
+def test_new_refuses_what_up_would_refuse_before_writing_anything(
+    tmp_path: Path, name: str, says: str
+) -> None:
+    """Problem 4: `veba new Bad_Name` wrote a function `veba up` then refused, and
+    `veba new ../evil` wrote outside the project."""
+    project = tmp_path / "project"
+    project.mkdir()
+    stack = project / "stack.yml"
+    stack.write_text("# my functions\nfunctions:\n  echo: {lang: python3, handler: ./echo}\n")
+    before = sorted(tmp_path.rglob("*"))
+    result = runner.invoke(app, ["new", name, "--append", str(stack)])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ") and says in result.output
+    assert "Traceback" not in result.output
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, here or beside
+    assert stack.read_text().startswith("# my functions\n")
+
+
+def test_new_keeps_the_stack_file_as_written(tmp_path: Path) -> None:
+    """Problem 4: `veba new` rewrote stack.yml, dropping its comments."""
+    stack = tmp_path / "stack.yml"
+    written = (
+        "# Functions of the lab vCenter.\n"
+        "version: 1.0\n"
+        "provider:\n"
+        "  name: openfaas\n"
+        "  gateway: ${OPENFAAS_URL:-http://127.0.0.1:8080}  # VEBA's guides export it\n"
+        "functions:\n"
+        "    # tags new VMs\n"
+        "    tagger:\n"
+        "        lang: python3\n"
+        "        handler: ./tagger\n"
+        "        annotations:\n"
+        '            topic: "VmCreatedEvent"   # and only those\n'
+        "\n"
+        "# faas-cli's, unused by veba\n"
+        "configuration:\n"
+        "  templates:\n"
+        "    - name: python3-http\n"
+    )
+    stack.write_text(written)
+    (tmp_path / "tagger").mkdir()
+    (tmp_path / "tagger" / "handler.py").write_text("def handle(req):\n    return req\n")
+    result = runner.invoke(
+        app, ["new", "notify", "--lang", "python3-http", "--append", str(stack),
+              "--topic", "VmPoweredOffEvent"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    head, tail = written.split("\n\n# faas-cli's")
+    assert stack.read_text() == (
+        head + "\n"
+        "    notify:\n"
+        "        lang: python3-http\n"
+        "        handler: ./notify\n"
+        "        annotations:\n"
+        "            topic: VmPoweredOffEvent\n"
+        "\n# faas-cli's" + tail
+    )
+    functions = load_stack(stack, env={}).functions
+    assert list(functions) == ["tagger", "notify"]
+    assert functions["notify"].topic == "VmPoweredOffEvent"
+
+
+def test_new_warns_of_a_topic_that_is_no_event_type(tmp_path: Path) -> None:
+    stack = tmp_path / "stack.yml"
+    result = runner.invoke(
+        app,
+        ["new", "echo", "--append", str(stack), "--topic", "VmPowerdOnEvent",
+         "--gateway", "http://127.0.0.1:9"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (
+        f"warning: {stack}: functions.echo.annotations.topic: 'VmPowerdOnEvent' is not a"
+        " known event type; did you mean 'VmPoweredOnEvent'?"
+    ) in " ".join(result.output.split())

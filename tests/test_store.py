@@ -323,7 +323,7 @@ def test_api_tokens_open_their_own_namespace_only(served: ServedAppliance) -> No
     for method in ("GET", "PUT", "DELETE"):
         r = httpx.request(method, f"{url}/fn-b/k", json={"value": "x"}, headers=_auth(a))
         assert r.status_code == 403, (method, r.text)
-        assert "fn-a" in r.json()["detail"]
+        assert "fn-a" in r.json()["error"]
     assert httpx.get(f"{url}/fn-b", headers=_auth(a)).status_code == 403
     # No token, or one nobody issued: 401.
     assert httpx.get(f"{url}/fn-a/k").status_code == 401

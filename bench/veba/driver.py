@@ -41,7 +41,7 @@ STACK = BENCH_DIR / "veba" / "stack.yml"  # ${BENCH_OUT} and ${BENCH_ROOT} subst
 FUNCTION = "noop"
 TOKEN_FILE = "token"  # <data dir>/token, written by serve
 HEALTH = "/healthz"  # 200 once serving; no token
-WEBHOOK = "/webhook"  # no token; 200 means durable
+WEBHOOK = "/webhook"  # bearer token; 200 means durable
 STATUS = f"/api/v1/functions/{FUNCTION}"  # bearer token; JSON with int "delivered"
 DELIVERED = "delivered"
 STRUCTURED = "application/cloudevents+json"  # one event per request
@@ -62,7 +62,8 @@ def _contract() -> str:
         f"    -> GET {HEALTH} 200, then DIR/{TOKEN_FILE} holds the API token\n"
         f"  {UP_ENV_DATA_DIR}=DIR {' '.join(up_cmd(Path('bench/veba/stack.yml'), 'URL'))}\n"
         f"    -> exit 0; function {FUNCTION!r} (veba-cloudevent, topic '*', 2 warm workers)\n"
-        f"  POST {WEBHOOK} ({STRUCTURED} or {BATCH}) -> 200 once durable\n"
+        f"  POST {WEBHOOK} ({STRUCTURED} or {BATCH}, Authorization: Bearer <token>)"
+        " -> 200 once durable\n"
         f"  GET {STATUS} (Authorization: Bearer <token>) -> JSON with int {DELIVERED!r}"
     )
 
@@ -188,7 +189,7 @@ class VebaDriver(Driver):
     def _post(self, content: bytes, content_type: str, count: int) -> None:
         assert self.client is not None
         response = self.client.post(
-            WEBHOOK, content=content, headers={"Content-Type": content_type}
+            WEBHOOK, content=content, headers={**self.headers, "Content-Type": content_type}
         )
         if response.status_code != 200:
             raise RuntimeError(

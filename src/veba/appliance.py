@@ -26,7 +26,9 @@ from veba.eventlog.ownerlock import OwnerLock
 from veba.eventlog.sqlite_store import SQLiteStore
 from veba.events import INVOCATION_TYPE, Event, InvalidEvent
 from veba.functionlogs import LogHub
+from veba.functions._workerproc import sweep_secrets
 from veba.observability import Metrics
+from veba.private import make_private
 from veba.providers.base import Provider
 from veba.secrets import SecretStore
 from veba.settings import ApplianceSettings, ensure_token, record_url
@@ -60,6 +62,11 @@ class Appliance:
         self.listeners = settings.listeners()
         self.sockets = dict(sockets or {})
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Private whatever was there before (an older veba, a copy, a restore).
+        make_private(settings.data_dir)
+        # Decrypted secrets that a killed appliance left in /dev/shm.
+        for folder in sweep_secrets():
+            log.info("removed %s, left by a process that is gone", folder)
         self.token = ensure_token(settings.data_dir)
         # Beside the token, the one address a CLI may send it to.
         tls = settings.tls_cert is not None
@@ -72,7 +79,11 @@ class Appliance:
         self.store: Store = SQLiteStore(self.log)
         self.store_tokens = StoreTokens()
         self.secrets = SecretStore(settings.data_dir)
-        self.logs = LogHub(settings.logs_dir)
+        self.logs = LogHub(
+            settings.logs_dir,
+            max_bytes=settings.function_log_size,
+            keep=settings.function_log_files,
+        )
         self.metrics = Metrics()
         self.http = httpx.AsyncClient(timeout=10.0)
         self.dead_letters = DeadLetterSink(self.http)

@@ -163,6 +163,8 @@ class ApplianceConfig:
             if self.webhook.basic_auth is not None:
                 auth = self.webhook.basic_auth
                 out["webhook_basic_auth"] = (auth.username, auth.password)
+            else:  # VEBA's webhook provider without `auth` takes anyone's events
+                out["webhook_open"] = True
             out["webhook_listen"] = self.webhook.bind_address
         return out
 

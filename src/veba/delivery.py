@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import difflib
 import random
 import re
 from collections.abc import Mapping
@@ -115,9 +116,11 @@ class DeliveryPolicy:
             raise PolicyError(f"{where}: expected a mapping")
         unknown = sorted(set(raw) - _KNOWN)
         if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), sorted(_KNOWN), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise PolicyError(
-                f"{where}.{unknown[0]}: unknown delivery setting; expected one of"
-                f" {', '.join(sorted(_KNOWN))}"
+                f"{where}.{unknown[0]}: unknown delivery setting{hint} (expected one of"
+                f" {', '.join(sorted(_KNOWN))})"
             )
         kwargs: dict[str, Any] = {"timeout": default_timeout}
         if "retry" in raw:

@@ -23,7 +23,7 @@ import tarfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx
@@ -49,7 +49,8 @@ from veba.functions.supervisor import (
 )
 from veba.functions.webapp import WebAppPool
 from veba.routing import Router, Subscription, SubscriptionError, compile_subscription
-from veba.secrets import SecretError, SecretStore
+from veba.scrub import MIN_LENGTH, Scrubber
+from veba.secrets import SecretError, SecretStore, valid_secret_name
 from veba.shapes import DEFAULT_SHAPE, KNATIVE_SHAPE, SHAPE_ANNOTATION, V08, Shape, parse_shape
 from veba.store import Store, StoreTokens
 from veba.targets.functions import FunctionTarget
@@ -162,6 +163,19 @@ class FunctionDefinition:
         secrets = _field(payload, "secrets", list, [], where)
         if not all(isinstance(s, str) for s in secrets):
             raise DeployError(f"{where}.secrets: expected a list of secret names")
+        for secret in secrets:
+            if not valid_secret_name(secret):
+                raise DeployError(
+                    f"{where}.secrets: {secret!r} is not a secret name (letters, digits,"
+                    " '-', '.', '_')"
+                )
+        for key, value in _field(payload, "environment", dict, {}, where).items():
+            # What execve cannot carry would fail every worker start.
+            if not str(key) or "=" in str(key) or "\0" in f"{key}{value}":
+                raise DeployError(
+                    f"{where}.environment.{key}: a variable name is not empty and has no"
+                    " '=', and neither has a NUL character"
+                )
         # Every secret it reads, so that changing one restarts it.
         refs = [r["secret"] for r in [*env_from, *secret_env.values()]]
         secrets = list(dict.fromkeys([*secrets, *refs]))
@@ -350,6 +364,9 @@ class Functions:
         """Bring back saved functions: routing at once, workers in the background."""
         if not self._dir.exists():
             return
+        for home in sorted(p for p in self._dir.iterdir() if p.is_dir()):
+            if not (home / "function.json").is_file():
+                shutil.rmtree(home, ignore_errors=True)  # a deploy that never finished
         for path in sorted(self._dir.glob("*/function.json")):
             try:
                 definition = FunctionDefinition(**json.loads(path.read_text()))
@@ -358,9 +375,9 @@ class Functions:
                 log.error("cannot load %s: %s", path, exc)
                 continue
             code_dir = path.parent / f"code-{definition.code_hash}"
-            self._deployments[definition.name] = Deployment(
-                definition, subscription, policy, code_dir
-            )
+            deployment = Deployment(definition, subscription, policy, code_dir)
+            self._deployments[definition.name] = deployment
+            _tidy(path.parent, deployment)
         self._rebuild_router()
         for deployment in self._deployments.values():
             task = asyncio.create_task(self._start_saved(deployment))
@@ -439,10 +456,16 @@ class Functions:
         async with self._lock:
             home = self._dir / definition.name
             code_dir = home / f"code-{code_hash}"
-            if not code_dir.exists():
-                await asyncio.to_thread(_unpack, archive, code_dir, where, entry)
-            progress(f"{definition.name}: code unpacked ({len(archive)} bytes)")
-            pool = await self._start_pool(definition, code_dir, progress)
+            try:
+                if not code_dir.exists():
+                    await asyncio.to_thread(_unpack, archive, code_dir, where, entry)
+                progress(f"{definition.name}: code unpacked ({len(archive)} bytes)")
+                pool = await self._start_pool(definition, code_dir, progress)
+            except BaseException:
+                # Nothing of a failed deploy stays: no code folder that no
+                # deployment runs, no folder for a function that never deployed.
+                _tidy(home, self._deployments.get(definition.name))
+                raise
             old = self._deployments.get(definition.name)
             if old is not None:
                 await self._stop_deployment(old)
@@ -531,6 +554,9 @@ class Functions:
             environment["VEBA_STORE_TOKEN"] = token
             if self._api_certificate is not None:
                 environment["VEBA_API_CERT"] = self._api_certificate
+        # Store tokens are scrubbed like secrets (old pools' too, while they run).
+        tokens = [t.encode() for p, t in self._pool_tokens.items() if p.name == definition.name]
+        scrubber = Scrubber([*secrets.values(), *tokens, *([token.encode()] if token else [])])
         pool = FunctionPool(
             definition.name,
             python=python,
@@ -541,12 +567,19 @@ class Functions:
             secrets=secrets,
             log_sink=self._logs.write,
             isolation=isolation,
+            scrubber=scrubber,
         )
         if token is not None:
             self._pool_tokens[pool] = token
-        # Store tokens are redacted from the log like secrets (old pools' too, while they run).
-        tokens = [t.encode() for p, t in self._pool_tokens.items() if p.name == definition.name]
-        self._logs.set_secrets(definition.name, [*secrets.values(), *tokens])
+        self._logs.set_scrubber(definition.name, scrubber)
+        for file, value in sorted(secrets.items()):
+            if len(value.strip()) < MIN_LENGTH:
+                self._logs.write(
+                    definition.name,
+                    "system",
+                    f"secret file {file!r} is shorter than {MIN_LENGTH} bytes: veba cannot"
+                    " keep so short a value out of this function's output and logs",
+                )
         try:
             await pool.start()
         except FunctionLoadError as exc:
@@ -603,7 +636,8 @@ class Functions:
             if variable in secret_env:
                 environment[variable] = secret_env[variable]
         environment["VEBA_FUNCTION_TIMEOUT"] = f"{definition.compile()[1].timeout:g}"
-        self._logs.set_secrets(definition.name, [v.encode() for v in secret_env.values()])
+        scrubber = Scrubber(v.encode() for v in secret_env.values())
+        self._logs.set_scrubber(definition.name, scrubber)
         pool = WebAppPool(
             definition.name,
             python=python,
@@ -614,6 +648,7 @@ class Functions:
             log_sink=self._logs.write,
             concurrency=definition.concurrency,
             isolation=await self._isolation(definition, {}),  # its secrets are variables
+            scrubber=scrubber,
         )
         try:
             await pool.start()
@@ -690,19 +725,48 @@ def _unpack(archive: bytes, code_dir: Path, where: str, entry: str = "handler.py
     tmp.mkdir(parents=True)
     try:
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-            tar.extractall(tmp, filter="data")
+            _extract(tar, tmp)
     except (tarfile.TarError, OSError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DeployError(f"{where}.handler: cannot unpack the code: {exc}") from None
     if not (tmp / entry).exists():
         shutil.rmtree(tmp, ignore_errors=True)
         raise DeployError(f"{where}.handler: the function's folder has no {entry}")
-    readable_by_workers(tmp)
+    readable_by_workers(tmp)  # tar sets the archive's modes; workers may be other users
     tmp.rename(code_dir)
 
 
+def _tidy(home: Path, deployment: Deployment | None) -> None:
+    """Remove from a function's folder what no deployment uses: everything, when
+    none is deployed; else every code folder but the deployed one."""
+    if deployment is None:
+        shutil.rmtree(home, ignore_errors=True)
+        return
+    for path in home.glob("code-*"):
+        if path != deployment.code_dir:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _extract(tar: tarfile.TarFile, to: Path) -> None:
+    """Only plain files and folders, inside `to`: Python's "data" filter where it has
+    one (3.12, 3.11.4+), else the same rules by hand (Debian 12's Python is 3.11.2)."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(to, filter="data")
+        return
+    members = tar.getmembers()
+    for member in members:
+        path = PurePosixPath(member.name)
+        if path.is_absolute() or ".." in path.parts or not (member.isfile() or member.isdir()):
+            raise tarfile.TarError(f"{member.name!r} is not a plain file or folder inside it")
+        member.mode &= 0o755  # no setuid, setgid or sticky bit, nothing writable by others
+        member.uid, member.gid, member.uname, member.gname = os.getuid(), os.getgid(), "", ""
+    tar.extractall(to, members=members)
+
+
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(data, indent=2))
     tmp.replace(path)

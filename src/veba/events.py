@@ -26,6 +26,8 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from dateutil.parser import isoparse
 
+from veba import strictjson
+
 __all__ = [
     "BATCH_CONTENT_TYPE",
     "EVENT_TYPE_PREFIX",
@@ -51,6 +53,7 @@ DEFAULT_API_VERSION = "8.0.2.0"
 _ID_NAMESPACE = uuid.UUID("8f0b3c4e-6a57-4d1e-9a38-3d1b5f0e2c71")
 _FORMAT = JSONFormat()
 _REQUIRED = ("id", "source", "type", "specversion")
+_JSON_DATA = JSONFormat.JSON_CONTENT_TYPE_PATTERN
 
 
 def _loads(body: bytes | str) -> Any:
@@ -121,7 +124,10 @@ class Event:
     def to_json(self) -> bytes:
         """Structured-mode JSON, exactly what VEBA's OpenFaaS processor posts."""
         if not self._body:
-            self._body.append(_dumps(self.to_dict()))
+            # Kept as long as the event (the log's cache of recent events holds
+            # thousands): an exact-size copy, since the bytes orjson returns keep
+            # its whole working buffer, about ten times the JSON.
+            self._body.append(memoryview(_dumps(self.to_dict())).tobytes())
         return self._body[0]
 
     @classmethod
@@ -207,10 +213,12 @@ def parse_http(headers: Mapping[str, str], body: bytes) -> list[Event]:
     lower = {k.lower(): v for k, v in headers.items()}
     content_type = lower.get("content-type", "").split(";")[0].strip().lower()
     if content_type in (STRUCTURED_CONTENT_TYPE, BATCH_CONTENT_TYPE):
+        # What is accepted is stored exactly as sent: no NaN turned null, no big
+        # integer rounded to a float, no lone surrogate (see veba.strictjson).
         try:
-            obj = _loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError, orjson.JSONDecodeError) as exc:
-            raise InvalidEvent(f"body is not valid JSON: {exc}") from exc
+            obj = strictjson.loads(body, "body")
+        except strictjson.JSONRefused as exc:
+            raise InvalidEvent(str(exc).replace(": not valid JSON", " is not valid JSON")) from None
         if content_type == STRUCTURED_CONTENT_TYPE:
             return [_read_structured(obj, "event")]
         if not isinstance(obj, list):
@@ -226,16 +234,24 @@ def parse_http(headers: Mapping[str, str], body: bytes) -> list[Event]:
         raise InvalidEvent(f"missing required header(s) {', '.join(missing)}")
     if lower["ce-specversion"] != "1.0":
         raise InvalidEvent(f"ce-specversion {lower['ce-specversion']!r} is not supported (1.0)")
+    # JSON data (and data without a Content-Type, which the SDK reads as JSON) is
+    # read here, strictly, rather than by the SDK, which keeps NaN and big
+    # integers and turns JSON it cannot read into a string.
+    data_type = lower.get("content-type") or "application/json"
+    json_data = bool(body) and _JSON_DATA.match(data_type) is not None
     try:
-        message = ce_http.HTTPMessage(headers=dict(lower), body=body)
+        message = ce_http.HTTPMessage(headers=dict(lower), body=b"" if json_data else body)
         event = _from_sdk(ce_http.from_binary(message, _FORMAT, CloudEvent))
+        data = strictjson.loads(body, "data") if json_data else event.data
+    except strictjson.JSONRefused as exc:
+        raise InvalidEvent(f"binary-mode event: {exc}") from None
     except (BaseCloudEventException, ValueError, TypeError) as exc:
         raise InvalidEvent(f"binary-mode event: {exc}") from exc
     # Keep the time as it came (or none if none came), as structured mode does.
     attributes = {k: v for k, v in event.attributes.items() if k != "time"}
     if "ce-time" in lower:
         attributes["time"] = unquote(lower["ce-time"])
-    return [Event(attributes, event.data)]
+    return [Event(attributes, data)]
 
 
 def event_id(instance_uuid: str, key: int) -> str:

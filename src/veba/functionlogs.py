@@ -1,22 +1,32 @@
 """Function log lines: kept in memory for `veba logs`, appended to a file per
-function, streamed to followers, and scrubbed of the function's secret values."""
+function, streamed to followers, and scrubbed of the function's secret values.
+
+Files are ``<logs dir>/<function>.log``, private (0600), rotated by size: past
+``max_bytes`` the file becomes ``.log.1`` (and ``.1`` becomes ``.2``...), and only
+``keep`` rotated files stay. `veba logs` reads the lines kept in memory (the
+last 5000 per function), so a rotation does not cut what it shows.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
+import os
 import time
-import tomllib
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["LogHub", "LogLine"]
+from veba.scrub import Scrubber
+
+__all__ = ["DEFAULT_KEEP", "DEFAULT_MAX_BYTES", "LogHub", "LogLine"]
 
 _KEEP = 5000
-_REDACTED = "[REDACTED]"
+DEFAULT_MAX_BYTES = 10 << 20
+DEFAULT_KEEP = 3
+_NOTHING = Scrubber()
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,57 +48,73 @@ class LogLine:
         }
 
 
-def _strings(text: str) -> set[str]:
-    for parse in (tomllib.loads, json.loads):
-        try:
-            document = parse(text)
-        except ValueError:
-            continue
-        found: set[str] = set()
-        stack: list[Any] = [document]
-        while stack:
-            node = stack.pop()
-            if isinstance(node, str):
-                found.add(node)
-            elif isinstance(node, dict):
-                stack.extend(node.values())
-            elif isinstance(node, list):
-                stack.extend(node)
-        return found
-    return set()
+class _File:
+    """One function's log file, appended to and rotated by size."""
+
+    def __init__(self, path: Path, max_bytes: int, keep: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.size = 0
+        self._out = self._open()
+
+    def _open(self) -> IO[str]:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        out = open(fd, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - held open
+        self.size = out.tell()
+        return out
+
+    def write(self, text: str) -> None:
+        size = len(text.encode())
+        if self.size and self.size + size > self.max_bytes:
+            self._rotate()
+        self._out.write(text)
+        self.size += size
+
+    def _rotate(self) -> None:
+        self._out.close()
+        rotated = [self.path.with_name(f"{self.path.name}.{n}") for n in range(self.keep + 1)]
+        rotated[0] = self.path
+        with contextlib.suppress(FileNotFoundError):
+            rotated[-1].unlink()
+        for n in range(self.keep - 1, -1, -1):  # .2 -> .3, .1 -> .2, .log -> .1
+            with contextlib.suppress(FileNotFoundError):
+                rotated[n].rename(rotated[n + 1])
+        self._out = self._open()
+
+    def close(self) -> None:
+        self._out.close()
 
 
 class LogHub:
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, keep: int = DEFAULT_KEEP
+    ) -> None:
+        if max_bytes < 1 or keep < 0:
+            raise ValueError("max_bytes must be positive and keep not negative")
         self._dir = directory
+        self._max_bytes = max_bytes
+        self._keep = keep
         self._lines: dict[str, deque[LogLine]] = {}
-        self._files: dict[str, IO[str]] = {}
+        self._files: dict[str, _File] = {}
         self._followers: dict[str, set[asyncio.Queue[LogLine | None]]] = {}
         self._ended = False
-        self._redact: dict[str, list[str]] = {}
+        self._scrubbers: dict[str, Scrubber] = {}
 
-    def set_secrets(self, name: str, values: Iterable[bytes]) -> None:
-        """Values that must never appear in this function's log: each secret
-        whole and, for TOML or JSON secrets (vcconfig), every string in it."""
-        texts: set[str] = set()
-        for value in values:
-            text = value.decode(errors="replace")
-            texts.add(text.strip())
-            texts.update(_strings(text))
-        self._redact[name] = sorted((t for t in texts if len(t) >= 3), key=len, reverse=True)
+    def set_scrubber(self, name: str, scrubber: Scrubber) -> None:
+        """What must never appear in this function's log: its secrets and store
+        tokens (the pool scrubs its workers' lines already; this also covers the
+        lines other parts of veba write about the function)."""
+        self._scrubbers[name] = scrubber
 
     def write(self, name: str, stream: str, text: str) -> None:
-        for secret in self._redact.get(name, ()):
-            if secret in text:
-                text = text.replace(secret, _REDACTED)
+        text = self._scrubbers.get(name, _NOTHING).text(text)
         line = LogLine(name, stream, time.time(), text.rstrip("\n"))
         self._lines.setdefault(name, deque(maxlen=_KEEP)).append(line)
         file = self._files.get(name)
         if file is None:
-            self._dir.mkdir(parents=True, exist_ok=True)
-            file = self._files[name] = open(  # noqa: SIM115 - held open for the function's life
-                self._dir / f"{name}.log", "a", buffering=1, encoding="utf-8"
-            )
+            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            file = self._files[name] = _File(self._dir / f"{name}.log", self._max_bytes, self._keep)
         file.write(f"{line.to_dict()['timestamp']} {stream} {line.text}\n")
         for queue in self._followers.get(name, ()):
             queue.put_nowait(line)

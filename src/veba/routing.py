@@ -39,6 +39,7 @@ __all__ = [
     "SubscriptionError",
     "compile_subscription",
     "dotted_to_class",
+    "topic_items",
 ]
 
 
@@ -74,16 +75,14 @@ def dotted_to_class(topic: str) -> str:
 _DOTTED = re.compile(r"^[a-z0-9]+(\.[a-z0-9]+)+$")
 
 
-def _subjects(topic: str) -> frozenset[str] | None:
-    """The subjects a topic names; None means every subject (`*`)."""
-    names: set[str] = set()
+def topic_items(topic: str) -> list[tuple[str, frozenset[str]]]:
+    """Each name a topic lists, as written, with the subjects it may mean (`*`: none)."""
+    items = []
     for raw in topic.split(","):
         name = raw.strip()
         if not name:
             continue
-        if name == "*":
-            return None
-        names.add(name)
+        names = {name}
         # A dotted lower-case name is either a legacy topic or an EventEx id
         # (com.vmware.cis.tagging.attach); accept both readings.
         if _DOTTED.match(name):
@@ -91,7 +90,16 @@ def _subjects(topic: str) -> frozenset[str] | None:
         # VEBA v0.8's naming of the same event.
         if name.startswith(V08_TYPE_PREFIX) and name.endswith(V08_TYPE_SUFFIX):
             names.add(name[len(V08_TYPE_PREFIX) : -len(V08_TYPE_SUFFIX)])
-    return frozenset(names)
+        items.append((name, frozenset(() if name == "*" else names)))
+    return items
+
+
+def _subjects(topic: str) -> frozenset[str] | None:
+    """The subjects a topic names; None means every subject (`*`)."""
+    items = topic_items(topic)
+    if any(name == "*" for name, _ in items):
+        return None
+    return frozenset().union(*(subjects for _, subjects in items))
 
 
 def _leaf_shape(pairs: list[tuple[str, str]], default: Shape) -> Shape:
@@ -106,7 +114,12 @@ def _leaf_shape(pairs: list[tuple[str, str]], default: Shape) -> Shape:
     return default
 
 
-def _compile_filter(expr: Any, where: str, shape: Shape) -> Predicate:
+_FILTER_DEPTH = 32  # all/any/not nesting; every event is matched through it, recursively
+
+
+def _compile_filter(expr: Any, where: str, shape: Shape, depth: int = 0) -> Predicate:
+    if depth > _FILTER_DEPTH:
+        raise SubscriptionError(f"{where}: filters nested deeper than {_FILTER_DEPTH}")
     if not isinstance(expr, Mapping) or len(expr) != 1:
         raise SubscriptionError(
             f"{where}: each filter must be a mapping with one key of exact, prefix,"
@@ -126,12 +139,14 @@ def _compile_filter(expr: Any, where: str, shape: Shape) -> Predicate:
     if kind in ("all", "any"):
         if not isinstance(arg, Sequence) or isinstance(arg, str) or not arg:
             raise SubscriptionError(f"{where}.{kind}: expected a non-empty list of filters")
-        parts = [_compile_filter(e, f"{where}.{kind}[{i}]", shape) for i, e in enumerate(arg)]
+        parts = [
+            _compile_filter(e, f"{where}.{kind}[{i}]", shape, depth + 1) for i, e in enumerate(arg)
+        ]
         if kind == "all":
             return lambda a: all(p(a) for p in parts)
         return lambda a: any(p(a) for p in parts)
     if kind == "not":
-        inner = _compile_filter(arg, f"{where}.not", shape)
+        inner = _compile_filter(arg, f"{where}.not", shape, depth + 1)
         return lambda a: not inner(a)
     if kind == "cesql":
         raise SubscriptionError(f"{where}.cesql: CESQL filters are not supported")
@@ -169,8 +184,8 @@ def compile_subscription(
     if isinstance(filters, str):
         try:
             filters = json.loads(filters)
-        except json.JSONDecodeError as exc:
-            raise SubscriptionError(f"{where}.filters: not valid JSON: {exc}") from exc
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise SubscriptionError(f"{where}.filters: not valid JSON: {exc}") from None
     if isinstance(filters, Mapping) and "attributes" in filters and len(filters) == 1:
         # Knative's older `filter: {attributes: {type: ...}}` form: exact matches.
         filters = [{"exact": filters["attributes"]}]

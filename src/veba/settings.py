@@ -5,6 +5,8 @@ per-user default. The API token lives in it (mode 0600), so a CLI on the same
 machine finds it without copying, beside the address the appliance serves on
 (file `url`): the CLI sends that token to that address only (see
 `veba.cli.credentials`).
+
+The directory is private (see `veba.private`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from veba.config import KnativeConfig, MetricsConfig, OpenFaaSConfig, VCenterConfig
+from veba.functionlogs import DEFAULT_KEEP, DEFAULT_MAX_BYTES
 from veba.listeners import ListenerPlan, plan_listeners
 
 __all__ = [
+    "DEFAULT_BATCH_MAX",
+    "DEFAULT_EVENT_MAX",
     "DEFAULT_LISTEN",
     "ApplianceSettings",
     "default_data_dir",
@@ -30,6 +35,9 @@ __all__ = [
 ]
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
+# The webhook's body limits (veba.api.limits): one event, and a whole batch.
+DEFAULT_EVENT_MAX = 1 << 20
+DEFAULT_BATCH_MAX = 16 << 20
 TOKEN_FILE = "token"
 URL_FILE = "url"  # where the appliance that owns the token serves its API
 
@@ -79,7 +87,7 @@ def read_token(data_dir: Path) -> str | None:
 
 def record_url(data_dir: Path, url: str) -> None:
     """Note the address this appliance serves on, beside its token."""
-    (data_dir / URL_FILE).write_text(url + "\n")
+    _write_private(data_dir / URL_FILE, (url + "\n").encode())
 
 
 def read_recorded_url(data_dir: Path) -> str | None:
@@ -104,8 +112,14 @@ class ApplianceSettings:
     simulator_rate: float = 1.0
     simulator_seed: int = 0
     webhook_path: str = "/webhook"
+    # The webhook takes the API token, and these if set; anonymous posts only
+    # when `webhook_open` (`--webhook-open`, or a RouterConfig webhook without
+    # an auth section, as VEBA reads it).
     webhook_basic_auth: tuple[str, str] | None = None
     webhook_bearer_token: str | None = None
+    webhook_open: bool = False
+    webhook_max_event: int = DEFAULT_EVENT_MAX  # bytes of one event
+    webhook_max_batch: int = DEFAULT_BATCH_MAX  # bytes of one batch request
     # A RouterConfig webhook's bindAddress, as written (veba.listeners decides
     # whether it gets its own socket or shares the API's).
     webhook_listen: str | None = None
@@ -119,6 +133,9 @@ class ApplianceSettings:
     # HTTPS for the API (`veba serve --tls-cert/--tls-key`): PEM files.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Function log files rotate past this size; this many rotated files are kept.
+    function_log_size: int = DEFAULT_MAX_BYTES
+    function_log_files: int = DEFAULT_KEEP
 
     def listeners(self) -> ListenerPlan:
         """Where the appliance listens; raises `ListenError` for settings that clash."""

@@ -15,7 +15,9 @@ headers) through the worker's own dispatch code, with the function's lang,
 environment and declared secrets read from the stack.yml that holds it, secrets
 in a folder laid out as at run time, and the same environment variables.
 It returns a `Response`; a handler that raises (or returns what its template
-cannot send) raises `HandlerError` carrying the handler's traceback.
+cannot send) raises `HandlerError` carrying the handler's traceback. As in the
+appliance, the secret values given are scrubbed out of the response, its error
+and traceback (``[REDACTED]``, see `veba.scrub`).
 
 By default the handler runs in-process (fast; the test's interpreter and
 packages, the function's variables added to the test's environment; the timeout
@@ -44,6 +46,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from veba.scrub import Scrubber
 
 if TYPE_CHECKING:
     from veba.functions.stack import FunctionSpec
@@ -323,6 +327,7 @@ def invoke(
         cause: BaseException | None = None
     else:
         response, cause = _invoke_inprocess(fn, body, request_headers, values, environment, seconds)
+    response = _scrubbed(response, Scrubber(values.values()))
     if raises and response.error is not None:
         raise HandlerError(fn.name, response) from cause
     return response
@@ -370,6 +375,19 @@ def _invoke_inprocess(
     finally:
         shutil.rmtree(secrets_dir, ignore_errors=True)
     return _response(head, out), failure
+
+
+def _scrubbed(response: Response, scrubber: Scrubber) -> Response:
+    """The response as the appliance would give it: the secret values taken out."""
+    if not scrubber:
+        return response
+    return Response(
+        status=response.status,
+        body=scrubber.data(response.body),
+        headers={k: scrubber.text(v) for k, v in response.headers.items()},
+        error=None if response.error is None else scrubber.text(response.error),
+        traceback=None if response.traceback is None else scrubber.text(response.traceback),
+    )
 
 
 def _response(head: Mapping[str, Any], body: bytes) -> Response:
@@ -439,12 +457,9 @@ def _invoke_worker(
     from veba.functions.supervisor import FunctionPool, Invocation
 
     python = ensure_venv(fn.handler_dir, venv_cache)
-    redact = sorted((v.decode(errors="replace").strip() for v in secrets.values()), key=len)
 
     def sink(function: str, stream: str, line: str) -> None:
-        for value in reversed(redact):
-            if len(value) >= 3:
-                line = line.replace(value, "[REDACTED]")
+        # Scrubbed of the secrets by the pool already, as in the appliance.
         sys.stderr.write(f"[{function} {stream}] {line}\n")
 
     async def run() -> Response:

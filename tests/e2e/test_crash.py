@@ -39,9 +39,10 @@ def test_sigkill_loses_no_acknowledged_event(appliance_factory: type, tmp_path: 
     ]
     acked: list[str] = []
     lock = threading.Lock()
+    token = {"Authorization": f"Bearer {app.token}"}  # the webhook's credential
 
     def send(my_batches: list[list[dict]]) -> None:
-        with httpx.Client(base_url=app.url, timeout=30) as http:
+        with httpx.Client(base_url=app.url, timeout=30, headers=token) as http:
             for batch in my_batches:
                 try:
                     r = http.post(

@@ -9,8 +9,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
-
 from tests.e2e.harness import RECORDER, read_jsonl, wait_for, write_function, write_stack
 
 SAMPLE = Path(__file__).parent.parent / "data" / "cloudevent-vm-powered-off.json"
@@ -142,7 +140,8 @@ def test_an_accepted_async_call_survives_a_crash(appliance_factory: type, tmp_pa
         wait_for(lambda: received, 120, "the call to run again after the restart and call back")
         # The classic template answers with what the run printed, then its return value.
         assert received == [b"started job-7\ndone job-7\n"]
-        r = httpx.post(f"{again.url}/webhook", json=forged, headers=STRUCTURED)
+        with again.client() as http:
+            r = http.post("/webhook", json=forged, headers=STRUCTURED)
         assert r.status_code == 400 and "reserved" in r.json()["error"]
     finally:
         server.shutdown()

@@ -31,7 +31,7 @@ def test_api_requires_the_token(appliance_factory: type) -> None:
     for path in ("/system/functions", "/api/v1/events", "/metrics", "/docs", "/openapi.json"):
         r = httpx.get(f"{app.url}{path}")
         assert r.status_code == 401, path
-        assert "token" in r.json()["detail"]
+        assert "token" in r.json()["error"]
         assert (
             httpx.get(f"{app.url}{path}", headers={"Authorization": "Bearer wrong"}).status_code
             == 401

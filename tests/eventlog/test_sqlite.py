@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.eventlog.conformance import EventLogConformance, make_event, to
-from veba.eventlog import LogFull, LogInUse, OwnerLock, SQLiteLog
+from tests.eventlog.conformance import EventLogConformance, failed, make_event, to
+from veba.eventlog import LogFull, LogInUse, OwnerLock, ReplayTooLarge, SQLiteLog
+from veba.eventlog import sqlite as sqlite_log
 from veba.eventlog.schema import MIGRATIONS, SchemaTooNew
+from veba.events import vsphere_event
 
 
 @pytest.fixture
@@ -120,3 +122,46 @@ async def test_a_lock_taken_first_is_the_logs_and_names_its_holder(tmp_path: Pat
         OwnerLock.acquire(path)
     lock.release()
     OwnerLock.acquire(path).release()
+
+
+async def test_recent_events_held_in_memory_are_bounded_in_bytes(log: SQLiteLog) -> None:
+    # A hundred 1 MiB events would be 100 MiB if the cache held them by count.
+    big = [
+        vsphere_event(
+            {"Key": key, "Blob": "x" * (1 << 20)},
+            event_class="VmPoweredOnEvent",
+            source="vc1",
+            instance_uuid="vc1",
+        )
+        for key in range(100)
+    ]
+    for at in range(0, 100, 10):
+        await log.append(big[at : at + 10], route=to("f"))
+    assert log._recent_bytes <= sqlite_log._RECENT_BYTES
+    assert sum(size for _, size in log._recent.values()) == log._recent_bytes
+    # What fell out of memory is read back from the file, whole.
+    leased = await log.lease("f", 200, 30)
+    assert [d.event.data["Key"] for d in leased] == list(range(100))
+    assert all(len(d.event.data["Blob"]) == 1 << 20 for d in leased)
+
+
+async def test_replay_and_redrive_go_in_steps_and_miss_nothing(
+    log: SQLiteLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_log, "_STEP", 3)  # steps of 3 rows instead of 5000
+    await log.append([make_event(k) for k in range(1, 11)], route=to("f"))
+    assert await log.replay("late") == 10
+    assert [d.event.data["Key"] for d in await log.lease("late", 100, 30)] == list(range(1, 11))
+    for d in await log.lease("f", 100, 30):
+        await log.dead(d.id, failed(1, 400))
+    assert await log.redrive(subscription="f") == 10
+    assert await log.deliveries(status="dead") == []
+    assert len(await log.lease("f", 100, 30)) == 10
+
+
+async def test_a_replay_larger_than_allowed_does_nothing(log: SQLiteLog) -> None:
+    await log.append([make_event(k) for k in range(1, 6)], route=to())
+    with pytest.raises(ReplayTooLarge, match="would deliver 5 events again; at most 4"):
+        await log.replay("late", at_most=4)
+    assert await log.lease("late", 100, 30) == []
+    assert await log.replay("late", at_most=5) == 5

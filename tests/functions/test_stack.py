@@ -116,11 +116,11 @@ def test_filters_from_annotation_and_defaults(stack_dir: Path) -> None:
             lang: python3
             handler: ./echo
             annotations:
-              veba.filters: '{"all": [{"exact": {"type": "com.vmware.event.router/event"}}]}'
+              veba.filters: '[{"all": [{"exact": {"type": "com.vmware.event.router/event"}}]}]'
         """,
     )
     echo = load_stack(path, env={}).functions["echo"]
-    assert echo.filters == {"all": [{"exact": {"type": "com.vmware.event.router/event"}}]}
+    assert echo.filters == [{"all": [{"exact": {"type": "com.vmware.event.router/event"}}]}]
     assert echo.timeout == 30.0 and echo.workers == 1 and echo.topic is None
 
 
@@ -282,3 +282,131 @@ def test_check_handler_syntax(stack_dir: Path, monkeypatch: pytest.MonkeyPatch) 
     (stack_dir / "echo" / "lib" / "util.py").write_text("x = (\n")
     with pytest.raises(StackError, match=r"\./echo/lib/util\.py line 1: SyntaxError"):
         check_handler_syntax(spec)
+
+
+MISSPELT = [
+    # (stack text, field path, the suggestion)
+    ("fucntions:\n  echo: {lang: python3, handler: ./echo}\n", "fucntions", "functions"),
+    ("provider: {name: openfaas, gatway: http://x}\nfunctions: {}\n", "provider.gatway", "gateway"),
+    (
+        "functions:\n  echo:\n    lang: python3\n    handler: ./echo\n"
+        "    anotations: {topic: VmPoweredOnEvent}\n",
+        "functions.echo.anotations",
+        "annotations",
+    ),
+    (
+        "functions:\n  echo: {lang: python3, handler: ./echo, enviroment: {A: b}}\n",
+        "functions.echo.enviroment",
+        "environment",
+    ),
+    (
+        "functions:\n  echo: {lang: python3, handler: ./echo, secret: [token]}\n",
+        "functions.echo.secret",
+        "secrets",
+    ),
+    (
+        "functions:\n  echo: {lang: python3, handler: ./echo, limits: {memroy: 64Mi}}\n",
+        "functions.echo.limits.memroy",
+        "memory",
+    ),
+    (
+        "functions:\n  echo: {lang: python3, handler: ./echo, delivery: {retries: 3}}\n",
+        "functions.echo.delivery.retries",
+        "retry",
+    ),
+    (
+        "configuration:\n  templates:\n    - {name: python3-http, sourse: https://x}\n"
+        "functions: {}\n",
+        "configuration.templates[0].sourse",
+        "source",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "field", "meant"), MISSPELT)
+def test_a_misspelt_field_fails_with_its_path_and_the_field_meant(
+    stack_dir: Path, text: str, field: str, meant: str
+) -> None:
+    """Problem 3: `anotations:` deployed a function with no topic, silently."""
+    path = write(stack_dir, text)
+    with pytest.raises(StackError) as info:
+        load_stack(path, env={})
+    assert info.value.field == field
+    assert info.value.reason.startswith(
+        f"unknown field {field.rsplit('.', 1)[-1]!r}; did you mean {meant!r}?"
+    ) or info.value.reason.startswith(f"unknown delivery setting; did you mean {meant!r}?")
+
+
+def test_every_faas_cli_field_loads_and_what_veba_does_not_use_is_ignored(
+    stack_dir: Path,
+) -> None:
+    path = write(
+        stack_dir,
+        """
+        version: 1.0
+        provider:
+          name: openfaas
+          gateway: http://127.0.0.1:8080
+          network: func_functions
+        configuration:
+          templates:
+            - name: python3-http
+              source: https://github.com/openfaas/python-flask-template
+            - {name: golang-middleware, path: ./templates}
+          copy: [./common]
+        functions:
+          echo:
+            lang: python3
+            handler: ./echo
+            image: registry/echo:latest
+            fprocess: python3 index.py
+            skip_build: true
+            constraints: ["node.platform.os == linux"]
+            requests: {memory: 32Mi, cpu: 100m}
+            limits: {memory: 64Mi, cpu: 200m}
+            readonly_root_filesystem: true
+            build_options: [dev]
+            build_args: {ADDITIONAL_PACKAGE: gcc}
+            build_secrets: {token: ./token.txt}
+            platforms: linux/amd64,linux/arm64
+            namespace: openfaas-fn
+            registry_auth: c2VjcmV0
+            secrets: [vc]
+            labels: {app: echo}
+            annotations: {topic: VmPoweredOnEvent}
+        """,
+    )
+    echo = load_stack(path, env={}).functions["echo"]
+    assert (echo.image, echo.topic, echo.secrets) == (
+        "registry/echo:latest",
+        "VmPoweredOnEvent",
+        ["vc"],
+    )
+
+
+def test_filters_and_delivery_are_checked_at_load_with_the_file(stack_dir: Path) -> None:
+    path = write(
+        stack_dir,
+        "functions:\n  echo: {lang: python3, handler: ./echo, filters: [{exactly: {a: b}}]}\n",
+    )
+    with pytest.raises(StackError) as info:
+        load_stack(path, env={})
+    assert info.value.field == "functions.echo.filters[0]"
+    assert "unknown filter 'exactly'" in info.value.reason
+    path = write(
+        stack_dir,
+        "functions:\n  echo:\n    lang: python3\n    handler: ./echo\n"
+        "    annotations: {veba.filters: '[{\"any\": []}]'}\n",
+    )
+    with pytest.raises(StackError) as info:
+        load_stack(path, env={})
+    assert info.value.field == "functions.echo.annotations.veba.filters[0].any"
+
+
+def test_function_names_need_nothing_else(stack_dir: Path) -> None:
+    from veba.functions.knative import function_names
+
+    path = write(stack_dir, "functions:\n  gone: {handler: ./nope}\n  broken: {lang: go}\n")
+    assert function_names(path, env={}) == ["gone", "broken"]
+    with pytest.raises(StackError, match="functions: expected a mapping"):
+        function_names(write(stack_dir, "version: 1.0\n"), env={})

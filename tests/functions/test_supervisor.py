@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import signal
 import subprocess
@@ -169,8 +170,9 @@ async def test_stdout_and_stderr_lines_reach_the_log_sink(pool: PoolFactory, log
     assert any("ready" in line for line in logs.of("system"))
 
 
+# Answers with a digest of each secret: the values themselves would be scrubbed.
 READ_SECRETS = """
-    import os, stat
+    import hashlib, os, stat
 
     def handle(req):
         folder = os.environ["VEBA_SECRETS_DIR"]
@@ -179,7 +181,7 @@ READ_SECRETS = """
             "same": os.environ["secret_mount_path"] == folder,
             "dir_mode": stat.S_IMODE(os.stat(folder).st_mode),
             "files": {
-                name: [open(os.path.join(folder, name)).read(),
+                name: [hashlib.sha256(open(os.path.join(folder, name), "rb").read()).hexdigest(),
                        stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode)]
                 for name in sorted(os.listdir(folder))
             },
@@ -187,13 +189,20 @@ READ_SECRETS = """
 """
 
 
+def _digest(value: bytes) -> str:
+    return hashlib.sha256(value).hexdigest()
+
+
 async def test_secrets_are_private_files_in_memory(pool: PoolFactory, tmp_path: Path) -> None:
     a = await pool(READ_SECRETS, secrets={"vc-password": b"hunter2", "token": b"t0k"})
     b = await pool(READ_SECRETS, secrets={"other": b"b-only"})
     seen_a = json.loads((await a.invoke(Invocation(b""), timeout=10)).body)
     seen_b = json.loads((await b.invoke(Invocation(b""), timeout=10)).body)
-    assert seen_a["files"] == {"token": ["t0k", 0o600], "vc-password": ["hunter2", 0o600]}
-    assert seen_b["files"] == {"other": ["b-only", 0o600]}
+    assert seen_a["files"] == {
+        "token": [_digest(b"t0k"), 0o600],
+        "vc-password": [_digest(b"hunter2"), 0o600],
+    }
+    assert seen_b["files"] == {"other": [_digest(b"b-only"), 0o600]}
     assert seen_a["same"] and seen_a["dir_mode"] == 0o700
     folder = Path(seen_a["dir"])
     if Path("/dev/shm").is_dir():

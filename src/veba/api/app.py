@@ -12,8 +12,10 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from veba import __version__
-from veba.api.auth import require_token
+from veba.api.auth import CredentialsFirst, require_token
 from veba.api.catalog import catalog_router
+from veba.api.errors import error_response, install_error_handling
+from veba.api.limits import BodyLimit, body_limits
 from veba.api.store import store_router
 from veba.api.system import function_router, system_router
 from veba.api.v1 import metrics_router, v1_router
@@ -44,6 +46,11 @@ def create_app(appliance: Appliance, *, own_lifetime: bool = True) -> FastAPI:
         title="veba", version=__version__, lifespan=lifespan, docs_url=None, openapi_url=None
     )
     app.state.appliance = appliance
+    # Outermost last: which address (ApiOnlyOn), who (CredentialsFirst), how much
+    # (BodyLimit), then the routes under the error handling's safety net.
+    install_error_handling(app)
+    app.add_middleware(BodyLimit, limits=body_limits(appliance.settings))
+    app.add_middleware(CredentialsFirst, appliance=appliance)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -94,7 +101,7 @@ class ApiOnlyOn:
             if kind == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
             else:
-                await JSONResponse({"detail": "Not Found"}, status_code=404)(scope, receive, send)
+                await error_response(404, "Not Found")(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

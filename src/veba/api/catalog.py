@@ -15,19 +15,22 @@ with `seen`: how many events of it the log holds.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
-from veba import catalog
+from veba import catalog, strictjson
 from veba.api.auth import require_token
+from veba.api.errors import StrictRoute
 from veba.appliance import Appliance
 
 __all__ = ["catalog_router"]
 
 catalog_router = APIRouter(
-    prefix="/api/v1/catalog", dependencies=[Depends(require_token)], tags=["catalog"]
+    prefix="/api/v1/catalog",
+    dependencies=[Depends(require_token)],
+    tags=["catalog"],
+    route_class=StrictRoute,
 )
 
 _VCENTER_TIMEOUT = 30.0  # seconds to wait for a vCenter's descriptions (a login and a read)
@@ -92,16 +95,20 @@ async def list_types(
     return merged.to_dict(fields=fields)
 
 
-def _overrides(settings: list[str]) -> dict[str, Any]:
+def _overrides(settings: list[str], param: str = "set") -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for item in settings:
         path, sep, raw = item.partition("=")
         if not sep or not path.strip():
-            raise HTTPException(422, f"set {item!r}: expected PATH=VALUE, like data.Vm.Name=web-01")
+            raise HTTPException(
+                422, f"{param} {item!r}: expected PATH=VALUE, like data.Vm.Name=web-01"
+            )
         try:
-            value: Any = json.loads(raw)
-        except ValueError:
-            value = raw
+            value: Any = strictjson.loads(raw, f"query.{param} {path.strip()}")
+        except strictjson.NotJSON:
+            value = raw  # a plain word: the text itself
+        except strictjson.JSONRefused as exc:  # NaN, a 65-bit integer, ...
+            raise HTTPException(400, str(exc)) from None
         overrides[path.strip()] = value
     return overrides
 
@@ -110,8 +117,8 @@ def _overrides(settings: list[str]) -> dict[str, Any]:
 async def show_type(
     name: str,
     request: Request,
-    settings: Annotated[list[str] | None, Query(alias="set")] = None,
-    additions: Annotated[list[str] | None, Query(alias="add")] = None,
+    settings: Annotated[list[str] | None, Query(alias="set", max_length=100)] = None,
+    additions: Annotated[list[str] | None, Query(alias="add", max_length=100)] = None,
 ) -> dict[str, Any]:
     """One event type with a sample event of it."""
     merged = await _catalog(request)
@@ -120,7 +127,7 @@ async def show_type(
     except catalog.UnknownEventType as exc:
         raise HTTPException(404, str(exc)) from None
     overrides = _overrides(settings or [])
-    added = _overrides(additions or [])
+    added = _overrides(additions or [], "add")
     if entry.vmomi_class is None and entry.seen:
         # Not a vSphere type (a webhook's): the newest logged event is the sample.
         records = await _appliance(request).log.events(

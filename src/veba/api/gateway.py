@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, HTTPException, Request
 
+from veba.api.errors import install_error_handling
+from veba.api.limits import BodyLimit, body_limits
 from veba.api.system import function_routes
 
 if TYPE_CHECKING:
@@ -117,6 +119,8 @@ def gateway_app(appliance: Appliance, address: tuple[str, int]) -> FastAPI:
 
     app = FastAPI(title="veba gateway for functions", openapi_url=None, docs_url=None)
     app.state.appliance = appliance
+    install_error_handling(app)
+    app.add_middleware(BodyLimit, limits=body_limits(appliance.settings))
     app.include_router(function_routes(from_a_worker))
     return app
 

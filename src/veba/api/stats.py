@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -35,7 +34,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from veba.api.auth import check_basic
+from veba.api.auth import CredentialsFirst, check_basic
+from veba.api.errors import install_error_handling
 
 if TYPE_CHECKING:
     from veba.appliance import Appliance
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["SideServer", "side_servers", "stats", "stats_app"]
 
 MAP_NAME = "vmware.event.router.stats"
+_PROGRAM = "veba"
 
 
 def _iso(when: float) -> str:
@@ -143,12 +144,14 @@ def stats(appliance: Appliance, *, started: float, listen: str) -> dict[str, Any
         (kind if kinds[kind] == 1 else f"{kind}:{name}"): entry for kind, name, entry in entries
     }
     load = _load()
+    # VEBA's expvar shows the whole command line; veba's may hold a webhook
+    # password or token (--webhook-password), so only the program's name is shown.
     return {
-        "cmdline": list(sys.argv),
+        "cmdline": [_PROGRAM],
         "system.allLoad": load,
         "system.lastLoad": load["Load1"],
         "system.numberOfSeconds": int(uptime),
-        "system.programName": sys.argv[0] if sys.argv else "veba",
+        "system.programName": _PROGRAM,
         MAP_NAME: router,
     }
 
@@ -157,6 +160,7 @@ def stats_app(
     appliance: Appliance, *, auth: tuple[str, str] | None, started: float, listen: str
 ) -> FastAPI:
     app = FastAPI(title="veba metrics", openapi_url=None, docs_url=None, redoc_url=None)
+    install_error_handling(app)
 
     @app.get("/stats")
     async def get_stats(request: Request) -> Response:
@@ -172,10 +176,14 @@ def stats_app(
 
 
 def webhook_app(appliance: Appliance) -> FastAPI:
+    from veba.api.limits import BodyLimit, body_limits
     from veba.api.webhook import webhook_router
 
     app = FastAPI(title="veba webhook", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.appliance = appliance
+    install_error_handling(app)
+    app.add_middleware(BodyLimit, limits=body_limits(appliance.settings))
+    app.add_middleware(CredentialsFirst, appliance=appliance, webhook_only=True)
     app.include_router(webhook_router(appliance.settings.webhook_path))
     return app
 

@@ -14,21 +14,16 @@ is a 403. The appliance's API token opens every namespace, for operators.
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 
 from veba.api.auth import check_bearer
+from veba.api.errors import StrictRoute
+from veba.api.models import MAX_INT64, Limit, StorePutRequest
 from veba.appliance import Appliance
-from veba.store import (
-    MAX_VALUE_BYTES,
-    InvalidStoreRequest,
-    RevisionMismatch,
-    Store,
-    ValueTooLarge,
-)
+from veba.store import InvalidStoreRequest, RevisionMismatch, Store, ValueTooLarge
 
 __all__ = ["require_store_access", "store_router"]
 
@@ -65,6 +60,7 @@ store_router = APIRouter(
     prefix="/api/v1/store/{namespace}",
     dependencies=[Depends(require_store_access)],
     tags=["store"],
+    route_class=StrictRoute,
 )
 
 
@@ -86,10 +82,10 @@ def _conflict(exc: RevisionMismatch) -> JSONResponse:
 @store_router.get("")
 @store_router.get("/")
 async def list_entries(
-    namespace: str, request: Request, prefix: str = "", limit: int = 1000
+    namespace: str, request: Request, prefix: str = "", limit: Limit = 1000
 ) -> JSONResponse:
     try:
-        entries = await _store(request).list(namespace, prefix=prefix, limit=min(limit, 10_000))
+        entries = await _store(request).list(namespace, prefix=prefix, limit=limit)
     except InvalidStoreRequest as exc:
         return _bad(exc)
     return JSONResponse({"namespace": namespace, "entries": [entry.to_dict() for entry in entries]})
@@ -106,39 +102,14 @@ async def get_entry(namespace: str, key: str, request: Request) -> JSONResponse:
     return JSONResponse(entry.to_dict())
 
 
-def _optional_int(body: dict[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidStoreRequest(f"{name} {value!r}: expected a revision number (0 or more)")
-    return value
-
-
 @store_router.put("/{key:path}")
-async def put_entry(namespace: str, key: str, request: Request) -> JSONResponse:
-    raw = await request.body()
-    if len(raw) > MAX_VALUE_BYTES + 4096:
-        return JSONResponse(
-            {"error": f"request body is {len(raw)} bytes; values are {MAX_VALUE_BYTES} at most"},
-            status_code=413,
-        )
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return JSONResponse({"error": "request body is not JSON"}, status_code=400)
-    if not isinstance(body, dict) or "value" not in body:
-        return JSONResponse(
-            {"error": 'expected {"value": ..., "ttl": seconds, "expect_revision": n}'},
-            status_code=400,
-        )
+async def put_entry(
+    namespace: str, key: str, body: StorePutRequest, request: Request
+) -> JSONResponse:
+    """Write an entry; its body is at most a store value's size (veba.api.limits)."""
     try:
         entry = await _store(request).put(
-            namespace,
-            key,
-            body["value"],
-            ttl=body.get("ttl"),
-            expect_revision=_optional_int(body, "expect_revision"),
+            namespace, key, body.value, ttl=body.ttl, expect_revision=body.expect_revision
         )
     except InvalidStoreRequest as exc:
         return _bad(exc)
@@ -149,7 +120,10 @@ async def put_entry(namespace: str, key: str, request: Request) -> JSONResponse:
 
 @store_router.delete("/{key:path}")
 async def delete_entry(
-    namespace: str, key: str, request: Request, expect_revision: int | None = None
+    namespace: str,
+    key: str,
+    request: Request,
+    expect_revision: Annotated[int | None, Query(ge=0, le=MAX_INT64)] = None,
 ) -> JSONResponse:
     try:
         deleted = await _store(request).delete(namespace, key, expect_revision=expect_revision)

@@ -7,13 +7,20 @@ import base64
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from veba import __version__
 from veba.api.auth import require_token
+from veba.api.errors import StrictRoute, error_response
+from veba.api.models import (
+    DeployRequest,
+    RemoveFunctionRequest,
+    RemoveSecretRequest,
+    SecretRequest,
+)
 from veba.appliance import Appliance
 from veba.deployments import DeployError
 from veba.eventlog import LogFull
@@ -23,7 +30,12 @@ from veba.secrets import SecretError
 
 __all__ = ["function_router", "function_routes", "system_router"]
 
-system_router = APIRouter(prefix="/system", dependencies=[Depends(require_token)], tags=["system"])
+system_router = APIRouter(
+    prefix="/system",
+    dependencies=[Depends(require_token)],
+    tags=["system"],
+    route_class=StrictRoute,
+)
 
 
 def _appliance(request: Request) -> Appliance:
@@ -55,16 +67,11 @@ async def get_function(name: str, request: Request) -> dict[str, Any]:
 
 @system_router.post("/functions")
 @system_router.put("/functions")
-async def deploy(request: Request, stream: bool = False) -> Response:
+async def deploy(body: DeployRequest, request: Request, stream: bool = False) -> Response:
     """Deploy or update a function. With `?stream=true` the answer is NDJSON:
     build progress lines, then one `result` or `error` line."""
     appliance = _appliance(request)
-    try:
-        payload = await request.json()
-    except ValueError:
-        return JSONResponse({"error": "request body is not JSON"}, status_code=400)
-    if not isinstance(payload, dict):
-        return JSONResponse({"error": "request body must be a JSON object"}, status_code=400)
+    payload = body.payload()
     if not stream:
         try:
             deployment = await appliance.functions.deploy(payload, progress=lambda _: None)
@@ -98,10 +105,9 @@ async def deploy(request: Request, stream: bool = False) -> Response:
 
 
 @system_router.delete("/functions")
-async def remove_function(request: Request) -> Response:
-    body = await request.json()
-    name = body.get("functionName") if isinstance(body, dict) else None
-    if not isinstance(name, str) or not await _appliance(request).functions.remove(name):
+async def remove_function(body: RemoveFunctionRequest, request: Request) -> Response:
+    name = body.functionName
+    if not await _appliance(request).functions.remove(name):
         raise HTTPException(404, f"function {name!r} is not deployed")
     return Response(status_code=202)
 
@@ -129,52 +135,40 @@ class _BadSecret(ValueError):
 _SECRET_SHAPE = "expected {name, value}, {name, rawValue (base64)} or {name, keys: {KEY: base64}}"
 
 
-def _base64(text: object, where: str) -> bytes:
-    if not isinstance(text, str):
-        raise _BadSecret(f"{where}: expected a base64 string")
+def _base64(text: str, where: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except ValueError:
         raise _BadSecret(f"{where}: not valid base64") from None
 
 
-def _secret_request(body: object) -> tuple[str, bytes | dict[str, bytes], bool]:
-    """(name, value or keys, replace) from OpenFaaS's body or veba's `keys` form."""
-    if not isinstance(body, dict):
-        raise _BadSecret(f"the body must be a JSON object: {_SECRET_SHAPE}")
-    name = body.get("name")
-    if not isinstance(name, str) or not name:
-        raise _BadSecret(f"name: expected the secret's name; {_SECRET_SHAPE}")
-    given = [f for f in ("value", "rawValue", "keys") if body.get(f) is not None]
+def _secret_content(body: SecretRequest) -> bytes | dict[str, bytes]:
+    """The value or keys of OpenFaaS's body or veba's `keys` form."""
+    if not body.name:
+        raise _BadSecret(f"body.name: expected the secret's name; {_SECRET_SHAPE}")
+    given = [f for f in ("value", "rawValue", "keys") if getattr(body, f) is not None]
     if len(given) != 1:
-        raise _BadSecret(f"give exactly one of value, rawValue or keys; {_SECRET_SHAPE}")
-    replace = body.get("replace", False)
-    if not isinstance(replace, bool):
-        raise _BadSecret("replace: expected true or false")
-    if given == ["value"]:
-        if not isinstance(body["value"], str):
-            raise _BadSecret("value: expected a string (binary values go in rawValue, base64)")
-        return name, body["value"].encode(), replace
-    if given == ["rawValue"]:
-        return name, _base64(body["rawValue"], "rawValue"), replace
-    keys = body["keys"]
-    if not isinstance(keys, dict) or not keys:
-        raise _BadSecret("keys: expected an object of KEY: base64 value, with at least one key")
-    return name, {str(k): _base64(v, f"keys.{k}") for k, v in keys.items()}, replace
+        raise _BadSecret(f"body: give exactly one of value, rawValue or keys; {_SECRET_SHAPE}")
+    if body.value is not None:
+        return body.value.encode()
+    if body.rawValue is not None:
+        return _base64(body.rawValue, "body.rawValue")
+    keys = body.keys or {}
+    if not keys:
+        raise _BadSecret(
+            "body.keys: expected an object of KEY: base64 value, with at least one key"
+        )
+    return {k: _base64(v, f"body.keys.{k}") for k, v in keys.items()}
 
 
 @system_router.post("/secrets")
 @system_router.put("/secrets")
-async def put_secret(request: Request) -> Response:
+async def put_secret(body: SecretRequest, request: Request) -> Response:
     try:
-        body = await request.json()
-    except ValueError:
-        return JSONResponse({"error": f"the body is not JSON: {_SECRET_SHAPE}"}, status_code=400)
-    try:
-        name, content, replace = _secret_request(body)
+        content = _secret_content(body)
     except _BadSecret as exc:
-        return JSONResponse({"error": str(exc)}, status_code=400)
-    replace = replace or request.method == "PUT"
+        return error_response(400, str(exc))
+    name, replace = body.name, body.replace or request.method == "PUT"
     appliance = _appliance(request)
     try:
         if isinstance(content, bytes):
@@ -182,7 +176,7 @@ async def put_secret(request: Request) -> Response:
         else:
             replaced = appliance.secrets.put_keys(name, content, replace=replace)
     except SecretError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=409 if "exists" in str(exc) else 400)
+        return error_response(409 if "exists" in str(exc) else 400, str(exc))
     restarted = await appliance.functions.restart_using(name) if replaced else []
     return JSONResponse(
         {"name": name, "restarted": restarted},
@@ -191,14 +185,8 @@ async def put_secret(request: Request) -> Response:
 
 
 @system_router.delete("/secrets")
-async def remove_secret(request: Request) -> Response:
-    try:
-        body = await request.json()
-    except ValueError:
-        body = None
-    name = body.get("name") if isinstance(body, dict) else None
-    if not isinstance(name, str):
-        return JSONResponse({"error": "expected {name}"}, status_code=400)
+async def remove_secret(body: RemoveSecretRequest, request: Request) -> Response:
+    name = body.name
     appliance = _appliance(request)
     users = [d.definition.name for d in appliance.functions.all() if name in d.definition.secrets]
     if users:
@@ -214,8 +202,16 @@ async def remove_secret(request: Request) -> Response:
 
 
 @system_router.get("/logs")
-async def logs(request: Request, name: str, follow: bool = False, tail: int = 100) -> Response:
-    hub = _appliance(request).logs
+async def logs(
+    request: Request,
+    name: str,
+    follow: bool = False,
+    tail: Annotated[int, Query(ge=0, le=10_000, description="0: every line kept")] = 100,
+) -> Response:
+    appliance = _appliance(request)
+    hub = appliance.logs
+    if appliance.functions.get(name) is None and not hub.tail(name, 1):
+        raise HTTPException(404, f"function {name!r} is not deployed and has no log lines")
 
     async def lines() -> AsyncIterator[bytes]:
         for line in hub.tail(name, tail):

@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from fastapi.responses import Response
 
 from veba.api.auth import require_token
+from veba.api.errors import StrictRoute
+from veba.api.models import (
+    MAX_INT64,
+    MAX_REPLAY,
+    DeliveryId,
+    Limit,
+    RedriveRequest,
+    ReplayRequest,
+    Seq,
+    TriggerRequest,
+)
 from veba.appliance import Appliance
-from veba.eventlog import Status
+from veba.eventlog import ReplayTooLarge, Status
 
 __all__ = ["v1_router"]
 
-v1_router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)], tags=["veba"])
+v1_router = APIRouter(
+    prefix="/api/v1",
+    dependencies=[Depends(require_token)],
+    tags=["veba"],
+    route_class=StrictRoute,
+)
 
 
 def _appliance(request: Request) -> Appliance:
@@ -24,13 +41,13 @@ def _appliance(request: Request) -> Appliance:
 @v1_router.get("/events")
 async def list_events(
     request: Request,
-    after: int = 0,
-    limit: int = 100,
+    after: Seq = 0,
+    limit: Limit = 100,
     subject: str | None = None,
     newest_first: bool = False,
 ) -> list[dict[str, Any]]:
     records = await _appliance(request).log.events(
-        after_seq=after, limit=min(limit, 10_000), subject=subject, newest_first=newest_first
+        after_seq=after, limit=limit, subject=subject, newest_first=newest_first
     )
     return [r.to_dict() for r in records]
 
@@ -40,11 +57,15 @@ async def show_event(event_id: str, request: Request) -> dict[str, Any]:
     """One event by its id, else (all digits) by its seq, as `events list` shows it."""
     log = _appliance(request).log
     record = await log.event(event_id)
-    if record is None and event_id.isdigit():
-        after = await log.events(after_seq=int(event_id) - 1, limit=1)
-        record = after[0] if after and after[0].seq == int(event_id) else None
+    # A seq is ASCII digits within SQLite's integers ("²" is a digit to isdigit()).
+    seq = int(event_id) if re.fullmatch(r"[0-9]{1,19}", event_id) else None
+    if seq is not None and not 1 <= seq <= MAX_INT64:
+        seq = None
+    if record is None and seq is not None:
+        after = await log.events(after_seq=seq - 1, limit=1)
+        record = after[0] if after and after[0].seq == seq else None
     if record is None:
-        what = "id or seq" if event_id.isdigit() else "id"
+        what = "id or seq" if seq is not None else "id"
         raise HTTPException(404, f"no event with {what} {event_id!r}")
     deliveries = await log.deliveries(event_id=record.event.id, with_history=True)
     return {**record.to_dict(), "deliveries": [d.to_dict() for d in deliveries]}
@@ -70,26 +91,26 @@ async def list_deliveries(
     request: Request,
     function: str | None = None,
     status: Status | None = None,
-    limit: int = 100,
+    limit: Limit = 100,
 ) -> list[dict[str, Any]]:
     infos = await _appliance(request).log.deliveries(
-        subscription=function, status=status, limit=min(limit, 10_000)
+        subscription=function, status=status, limit=limit
     )
     return [i.to_dict() for i in infos]
 
 
 @v1_router.get("/dlq")
 async def dead_letters(
-    request: Request, function: str | None = None, limit: int = 100
+    request: Request, function: str | None = None, limit: Limit = 100
 ) -> list[dict[str, Any]]:
     infos = await _appliance(request).log.deliveries(
-        subscription=function, status="dead", limit=min(limit, 10_000)
+        subscription=function, status="dead", limit=limit
     )
     return [i.to_dict() for i in infos]
 
 
 @v1_router.get("/dlq/{delivery_id}")
-async def dead_letter(delivery_id: int, request: Request) -> dict[str, Any]:
+async def dead_letter(delivery_id: DeliveryId, request: Request) -> dict[str, Any]:
     log = _appliance(request).log
     info = await log.delivery(delivery_id)
     if info is None or info.status != "dead":
@@ -99,36 +120,40 @@ async def dead_letter(delivery_id: int, request: Request) -> dict[str, Any]:
 
 
 @v1_router.post("/dlq/redrive")
-async def redrive(request: Request) -> dict[str, int]:
-    body = await request.json()
-    if not isinstance(body, dict):
-        raise HTTPException(400, "expected {ids: [...]}, {function: NAME} or {all: true}")
+async def redrive(body: RedriveRequest, request: Request) -> dict[str, int]:
+    """Dead letters back to pending with a fresh attempt count: by `ids`, all of
+    one `function`'s, or `all: true` (run in steps, off the event loop)."""
     appliance = _appliance(request)
-    ids, function = body.get("ids"), body.get("function")
-    if ids:
-        n = await appliance.log.redrive(delivery_ids=[int(i) for i in ids])
-    elif function:
-        n = await appliance.log.redrive(subscription=str(function))
-    elif body.get("all") is True:
+    if body.ids:
+        n = await appliance.log.redrive(delivery_ids=body.ids)
+    elif body.function:
+        n = await appliance.log.redrive(subscription=body.function)
+    elif body.all:
         n = await appliance.log.redrive()
     else:
-        raise HTTPException(400, "say what to redrive: ids, function, or all: true")
+        raise HTTPException(400, "body: say what to redrive: ids, function, or all: true")
     appliance.functions.wake({d.definition.name: 1 for d in appliance.functions.all()})
     return {"redriven": n}
 
 
 @v1_router.post("/replay")
-async def replay(request: Request) -> dict[str, int]:
-    body = await request.json()
+async def replay(body: ReplayRequest, request: Request) -> dict[str, int]:
+    """Deliver logged events again to a function, by time received and subject;
+    at most MAX_REPLAY events per request."""
     appliance = _appliance(request)
-    function = body.get("function") if isinstance(body, dict) else None
-    if not isinstance(function, str) or appliance.functions.get(function) is None:
-        raise HTTPException(404, f"function {function!r} is not deployed")
-    types = body.get("types") or None
-    n = await appliance.log.replay(
-        function, since=body.get("since"), until=body.get("until"), subjects=types
-    )
-    appliance.functions.wake({function: n})
+    if appliance.functions.get(body.function) is None:
+        raise HTTPException(404, f"function {body.function!r} is not deployed")
+    try:
+        n = await appliance.log.replay(
+            body.function,
+            since=body.since,
+            until=body.until,
+            subjects=body.types or None,
+            at_most=MAX_REPLAY,
+        )
+    except ReplayTooLarge as exc:
+        raise HTTPException(400, f"body: {exc}") from None
+    appliance.functions.wake({body.function: n})
     return {"replayed": n}
 
 
@@ -139,17 +164,20 @@ async def status(request: Request) -> dict[str, Any]:
     return {**appliance.status(), "deliveries": await appliance.log.counts()}
 
 
+_ONE_RANDOM = TriggerRequest.model_validate({})  # what an empty body asks for
+
+
 @v1_router.post("/providers/{name}/trigger")
-async def trigger(name: str, request: Request) -> dict[str, Any]:
-    """Ask the simulator for events now (tests, demos)."""
+async def trigger(
+    name: str, request: Request, body: Annotated[TriggerRequest, Body()] = _ONE_RANDOM
+) -> dict[str, Any]:
+    """Ask the simulator for events now (tests, demos): `count` operations, at
+    most MAX_TRIGGER per request."""
     provider = _appliance(request).provider(name)
     if provider is None or not hasattr(provider, "trigger"):
         raise HTTPException(404, f"no provider {name!r} that can be triggered")
-    body = await request.json() if await request.body() else {}
     try:
-        events = await provider.trigger(
-            body.get("event_class"), count=int(body.get("count", 1)), **body.get("overrides", {})
-        )
+        events = await provider.trigger(body.event_class, count=body.count, **body.overrides)
     except ValueError as exc:  # SimulationError: unknown class, nothing eligible, bad path
         raise HTTPException(422, str(exc)) from None
     except RuntimeError as exc:  # the provider is not running

@@ -16,7 +16,8 @@ class's properties in VEBA's shape.
 Where each part lives: the entries in `_model`, pyVmomi's classes in `_pyvmomi`,
 the merging of the sources in `_merge` (with veba's own descriptions of the
 common types, `described.tsv`), samples in `_samples`, which `--set` paths a type
-has in `_paths`, the log's counts in `_seen`. Import from `veba.catalog`, not from those.
+has in `_paths`, the log's counts in `_seen`, topics checked against it in
+`_topics`. Import from `veba.catalog`, not from those.
 """
 
 from veba.catalog._merge import Catalog, build, describe_event_info, extensible, search
@@ -27,6 +28,7 @@ from veba.catalog._pyvmomi import pyvmomi_types
 from veba.catalog._pyvmomi import pyvmomi_version as pyvmomi_version  # likewise
 from veba.catalog._samples import sample
 from veba.catalog._seen import SeenCounter
+from veba.catalog._topics import unknown_topics
 
 __all__ = [
     "BASE_FIELDS",
@@ -42,4 +44,5 @@ __all__ = [
     "pyvmomi_types",
     "sample",
     "search",
+    "unknown_topics",
 ]

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import typer
 
+from veba import __version__
 from veba.cli import catalog, events, functions, login, secrets, serve, templates
+from veba.cli.client import (
+    Client,
+    DataDirOption,
+    GatewayOption,
+    TlsNoVerifyOption,
+    TokenOption,
+    err,
+)
 
 __all__ = ["app", "main"]
 
@@ -13,6 +25,47 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"veba {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        is_eager=True,
+        callback=_print_version,
+        help="Print veba's version and exit",
+    ),
+) -> None:
+    """veba: vCenter events to Python functions, at least once."""
+
+
+def version(
+    gateway: str | None = GatewayOption,
+    data_dir: Path | None = DataDirOption,
+    token: str | None = TokenOption,
+    tls_no_verify: bool = TlsNoVerifyOption,
+) -> None:
+    """Print this CLI's version, and the appliance's if one answers (as faas-cli version)."""
+    sys.stdout.write(f"veba {__version__}\n")
+    client = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify)
+    try:
+        response = client.http.get("/system/info", timeout=3.0)
+        release = response.json()["version"]["release"] if response.status_code == 200 else None
+    except Exception:  # no appliance, or not a veba: the CLI's version is still the answer
+        release = None
+    if release:
+        sys.stdout.write(f"appliance at {client.url}: veba {release}\n")
+    else:
+        err.print(f"(no appliance answered at {client.url})", highlight=False)
+
+
 app.command()(serve.serve)
 functions.register(app)
 login.register(app)
@@ -23,6 +76,7 @@ app.add_typer(events.dlq_app, name="dlq")
 app.command()(events.replay)
 app.command()(events.status)
 app.command()(catalog.catalog)
+app.command()(version)
 
 
 def main() -> None:

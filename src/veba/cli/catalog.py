@@ -18,11 +18,13 @@ from typing import Any
 
 import httpx
 import typer
+from rich.markup import escape
 
 from veba.cli.client import (
     Client,
     DataDirOption,
     GatewayOption,
+    Output,
     OutputOption,
     TlsNoVerifyOption,
     TokenOption,
@@ -30,13 +32,14 @@ from veba.cli.client import (
     error_text,
     fail,
     parse_overrides,
+    print_data,
     refusal,
     transport_error,
     untrusted_certificate,
 )
 from veba.cli.client import console as out
 
-__all__ = ["catalog", "complete_topic"]
+__all__ = ["catalog", "complete_topic", "warn_unknown_topics"]
 
 Connect = Callable[[], Client]  # the gateway the command's options name
 
@@ -94,8 +97,8 @@ def _list(search: str | None, offline: bool, connect: Connect, output: str) -> N
     if answer is None:
         answer = _offline_list(search)
     types: list[dict[str, Any]] = answer["types"]
-    if output == "json":
-        sys.stdout.write(json.dumps(types, indent=2) + "\n")
+    if output != Output.table:
+        print_data(types, output)
     else:
         _table(types, online=why is None)
     _footer(answer, why, search)
@@ -177,8 +180,8 @@ def _show(
         answer, why = _ask(f"/api/v1/catalog/{name}", params, connect)
     if answer is None:
         answer = _offline_show(name, parse_overrides(settings), parse_overrides(adds, "--add"))
-    if output == "json":
-        sys.stdout.write(json.dumps(answer, indent=2) + "\n")
+    if output != Output.table:
+        print_data(answer, output)
     else:
         sys.stdout.write(json.dumps(answer["sample"], indent=2) + "\n")
         _summary(answer)
@@ -247,7 +250,7 @@ def catalog(
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,
     tls_no_verify: bool = TlsNoVerifyOption,
-    output: str = OutputOption,
+    output: Output = OutputOption,
 ) -> None:
     """Event types to subscribe to, with their data fields.
 
@@ -267,16 +270,18 @@ def catalog(
     _list(" ".join(words) or None, offline, connect, output)
 
 
-# -- `veba new --topic` completion ----------------------------------------------------------
+# -- the known types: `veba new --topic` completion, topic warnings -------------------------
 
 
-def _known_types() -> list[tuple[str, str]]:
-    """(type, description) pairs: the appliance's if it answers quickly, else offline."""
+def _known_types(
+    client: Client | None = None, timeout: float = _COMPLETION_TIMEOUT
+) -> list[tuple[str, str]]:
+    """(type, description) pairs: the appliance's if it answers in time (it knows
+    its vCenters' EventEx ids and what it has seen), else pyVmomi's and the
+    simulator's, offline."""
     try:
-        client = Client(None, None)
-        response = client.http.get(
-            "/api/v1/catalog", params={"fields": "false"}, timeout=_COMPLETION_TIMEOUT
-        )
+        client = client or Client(None, None)
+        response = client.http.get("/api/v1/catalog", params={"fields": "false"}, timeout=timeout)
         if response.status_code == 200:
             return [(t["type"], t["description"] or t["kind"]) for t in response.json()["types"]]
     except Exception:
@@ -284,6 +289,22 @@ def _known_types() -> list[tuple[str, str]]:
     from veba import catalog as cat
 
     return [(t.type, t.description or t.kind) for t in cat.build()]
+
+
+def warn_unknown_topics(
+    file: Path, topics: dict[str, str | None], client: Client | None = None
+) -> None:
+    """A warning on stderr for each topic name that is no known event type (see
+    `veba.catalog.unknown_topics`); `topics` maps function names to their topic."""
+    from veba.catalog import unknown_topics
+
+    if not any(topics.values()):
+        return
+    known = {name for name, _ in _known_types(client, timeout=10.0)}
+    for function, topic in topics.items():
+        for message in unknown_topics(topic or "", known):
+            where = escape(f"{file}: functions.{function}.annotations.topic: {message}")
+            err.print(f"[yellow]warning:[/yellow] {where}", highlight=False, emoji=False)
 
 
 def complete_topic(incomplete: str) -> list[tuple[str, str]]:

@@ -6,13 +6,15 @@ import json
 import os
 import ssl
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
 import httpx
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -29,10 +31,13 @@ __all__ = [
     "Client",
     "ConnectionClosed",
     "Gateway",
+    "Output",
     "choose_gateway",
     "console",
     "err",
     "fail",
+    "print_data",
+    "print_item",
     "print_rows",
     "stack_file_gateway",
 ]
@@ -44,7 +49,20 @@ GatewayOption = typer.Option(
     None, "--gateway", "-g", help="Appliance URL (else VEBA_URL, OPENFAAS_URL, the stack's)"
 )
 DataDirOption = typer.Option(None, "--data-dir", help="Data directory (else VEBA_DATA_DIR)")
-OutputOption = typer.Option("table", "--output", "-o", help="table or json")
+
+
+class Output(StrEnum):
+    """What `-o` may ask for: a table for people, json or yaml for programs."""
+
+    table = "table"
+    json = "json"
+    yaml = "yaml"
+
+
+# An Enum, so a typo (`-o xml`) is refused listing the choices; `-o JSON` is json.
+OutputOption = typer.Option(
+    Output.table, "--output", "-o", case_sensitive=False, help="Output format"
+)
 TokenOption = typer.Option(
     None,
     "--token",
@@ -78,14 +96,15 @@ class Gateway:
 def stack_file_gateway(path: Path) -> tuple[str | None, str] | None:
     """A stack file's provider.gateway (None in the pair if it names none) and
     where it was read; None if there is no such file. Read leniently: a
-    command that needs the stack itself says what is wrong with it."""
-    import yaml
+    command that needs the stack itself says what is wrong with it. `${VAR}`s
+    are expanded first, as faas-cli (and `veba up`) do."""
+    from veba.functions.stack import substitute
 
     if not path.is_file():
         return None
     where = f"{path} provider.gateway"
     try:
-        document = yaml.safe_load(path.read_text())
+        document = yaml.safe_load(substitute(path.read_text(), os.environ))
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return None, where
     provider = document.get("provider") if isinstance(document, dict) else None
@@ -164,11 +183,17 @@ class Client:
             base_url=self.url, headers=headers, timeout=60.0, verify=not tls_no_verify
         )
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def request(
+        self, method: str, path: str, *, allow: Collection[int] = (), **kwargs: Any
+    ) -> httpx.Response:
+        """The answer; fails with one line on an error status but those in `allow`,
+        which the caller handles."""
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             fail(transport_error(self.url, exc, self.gateway, self.data_dir))
+        if response.status_code in allow:
+            return response
         if response.status_code == 401:
             fail(refusal(self.url, self.credential, self.data_dir))
         if response.status_code >= 400:
@@ -283,9 +308,29 @@ def error_text(response: httpx.Response) -> str:
     return str(body)
 
 
+def print_data(value: Any, output: str) -> None:
+    """`value` as one JSON or YAML document on stdout (`-o json|yaml`)."""
+    if output == Output.yaml:
+        sys.stdout.write(yaml.safe_dump(value, sort_keys=False, allow_unicode=True))
+    else:
+        sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def print_item(value: Any, output: str) -> None:
+    """One item of a stream (`logs --follow`, `events tail`): a JSON line, or a YAML
+    document of a multi-document stream, flushed at once."""
+    if output == Output.yaml:
+        sys.stdout.write(
+            yaml.safe_dump(value, sort_keys=False, allow_unicode=True, explicit_start=True)
+        )
+    else:
+        sys.stdout.write(json.dumps(value, default=str) + "\n")
+    sys.stdout.flush()
+
+
 def print_rows(rows: list[dict[str, Any]], columns: list[str], output: str) -> None:
-    if output == "json":
-        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+    if output != Output.table:
+        print_data(rows, output)
         return
     table = Table(*columns)
     for row in rows:

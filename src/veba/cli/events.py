@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from datetime import datetime
@@ -16,11 +15,14 @@ from veba.cli.client import (
     Client,
     DataDirOption,
     GatewayOption,
+    Output,
     OutputOption,
     TlsNoVerifyOption,
     TokenOption,
     console,
     fail,
+    print_data,
+    print_item,
     print_rows,
 )
 from veba.cli.completion import complete_function
@@ -45,21 +47,21 @@ def _event_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @events_app.command("list")
 def events_list(
-    subject: str | None = typer.Option(None, "--subject"),
-    limit: int = typer.Option(20, "--limit"),
+    subject: str | None = typer.Option(None, "--subject", help="Only events of this type"),
+    limit: int = typer.Option(20, "--limit", help="At most this many events, newest first"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,
     tls_no_verify: bool = TlsNoVerifyOption,
-    output: str = OutputOption,
+    output: Output = OutputOption,
 ) -> None:
     """The newest events in the log."""
     params = {"limit": limit, "newest_first": "true", **({"subject": subject} if subject else {})}
     records = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
         "GET", "/api/v1/events", params=params
     )
-    if output == "json":
-        print_rows(records, [], "json")
+    if output != Output.table:
+        print_data(records, output)
     else:
         print_rows(_event_rows(records), ["seq", "id", "subject", "source", "time"], output)
 
@@ -71,7 +73,7 @@ def events_show(
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,
     tls_no_verify: bool = TlsNoVerifyOption,
-    output: str | None = ShowOutputOption,
+    output: Output | None = ShowOutputOption,
 ) -> None:
     """One event with its deliveries and their attempts."""
     record = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
@@ -82,12 +84,12 @@ def events_show(
 
 @events_app.command("tail")
 def events_tail(
-    subject: str | None = typer.Option(None, "--subject"),
+    subject: str | None = typer.Option(None, "--subject", help="Only events of this type"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,
     tls_no_verify: bool = TlsNoVerifyOption,
-    output: str = OutputOption,
+    output: Output = OutputOption,
 ) -> None:
     """Follow new events as they are logged."""
     client = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify)
@@ -100,13 +102,13 @@ def events_tail(
             for r in records:
                 after = max(after, r["seq"])
                 e = r["event"]
-                if output == "json":
-                    sys.stdout.write(json.dumps(r) + "\n")
+                if output != Output.table:
+                    print_item(r, output)
                 else:
                     sys.stdout.write(
                         f"{r['seq']:>8} {e.get('time', '')} {e.get('subject', '')} {e['id']}\n"
                     )
-                sys.stdout.flush()
+                    sys.stdout.flush()
             if not records:
                 time.sleep(0.5)
     except KeyboardInterrupt:
@@ -115,13 +117,15 @@ def events_tail(
 
 @dlq_app.command("list")
 def dlq_list(
-    function: str | None = typer.Option(None, "--function", autocompletion=complete_function),
-    limit: int = typer.Option(100, "--limit"),
+    function: str | None = typer.Option(
+        None, "--function", help="Only this function's", autocompletion=complete_function
+    ),
+    limit: int = typer.Option(100, "--limit", help="At most this many dead letters"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,
     tls_no_verify: bool = TlsNoVerifyOption,
-    output: str = OutputOption,
+    output: Output = OutputOption,
 ) -> None:
     """Dead-lettered deliveries."""
     params = {"limit": limit, **({"function": function} if function else {})}
@@ -141,12 +145,12 @@ def dlq_list(
 
 @dlq_app.command("show")
 def dlq_show(
-    delivery_id: int,
+    delivery_id: int = typer.Argument(help="Dead-letter id (the id column of `veba dlq list`)"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,
     tls_no_verify: bool = TlsNoVerifyOption,
-    output: str | None = ShowOutputOption,
+    output: Output | None = ShowOutputOption,
 ) -> None:
     """A dead letter: its event, every attempt, and the last error with its traceback."""
     record = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
@@ -158,8 +162,13 @@ def dlq_show(
 @dlq_app.command("redrive")
 def dlq_redrive(
     ids: list[int] = typer.Argument(None, help="Dead-letter ids"),
-    function: str | None = typer.Option(None, "--function", autocompletion=complete_function),
-    all_: bool = typer.Option(False, "--all"),
+    function: str | None = typer.Option(
+        None,
+        "--function",
+        help="Every dead letter of this function",
+        autocompletion=complete_function,
+    ),
+    all_: bool = typer.Option(False, "--all", help="Every dead letter"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,
@@ -194,9 +203,13 @@ def _when(value: str | None) -> float | None:
 
 
 def replay(
-    function: str = typer.Argument(..., autocompletion=complete_function),
+    function: str = typer.Argument(
+        ..., help="Function to deliver the events to", autocompletion=complete_function
+    ),
     since: str | None = typer.Option(None, "--since", help="ISO-8601 time or epoch seconds"),
-    until: str | None = typer.Option(None, "--until"),
+    until: str | None = typer.Option(
+        None, "--until", help="ISO-8601 time or epoch seconds (default: now)"
+    ),
     types: list[str] = typer.Option(None, "--type", help="Only these subjects (repeatable)"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
@@ -221,7 +234,7 @@ def status(
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,
     tls_no_verify: bool = TlsNoVerifyOption,
-    output: str | None = ShowOutputOption,
+    output: Output | None = ShowOutputOption,
 ) -> None:
     """Providers and functions at a glance."""
     answer = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(

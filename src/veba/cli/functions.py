@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
+from urllib.parse import quote
 
 import httpx
 import typer
 
-from veba.cli.catalog import complete_topic
+from veba.cli.catalog import complete_topic, warn_unknown_topics
 from veba.cli.client import (
     Client,
     ConnectionClosed,
     DataDirOption,
     GatewayOption,
+    Output,
     OutputOption,
     TlsNoVerifyOption,
     TokenOption,
@@ -23,6 +26,7 @@ from veba.cli.client import (
     fail,
     gateway_url,
     parse_overrides,
+    print_item,
     print_rows,
     stack_file_gateway,
 )
@@ -30,7 +34,7 @@ from veba.cli.completion import complete_function
 from veba.deployments import pack_code
 from veba.events import Event
 from veba.functions.build import BuildError, ensure_venv
-from veba.functions.knative import load_functions
+from veba.functions.knative import function_names, load_functions
 from veba.functions.stack import KNATIVE_LANG, FunctionSpec, Stack, StackError, check_handler_syntax
 from veba.settings import resolve_data_dir
 from veba.shapes import DEFAULT_SHAPE, V08, Shape, parse_shape, to_shape
@@ -85,7 +89,9 @@ def _payload(spec: FunctionSpec) -> dict[str, object]:
 
 
 def new(
-    name: str | None = typer.Argument(None, help="Function name (a DNS label)"),
+    name: str | None = typer.Argument(
+        None, help="Function name: lower case letters, digits and '-' (a DNS-1123 label)"
+    ),
     lang: str = typer.Option("python3-http", "--lang", help="Template (see `veba template list`)"),
     append: Path = typer.Option(Path("stack.yml"), "--append", "-a", help="stack.yml to add it to"),
     topic: str = typer.Option(
@@ -123,6 +129,7 @@ def new(
         fail(str(exc))
     files = "handler.py, test_handler.py" if test else "handler.py"
     err.print(f"created {folder}/ ({files}) and added {name} to {append}", highlight=False)
+    warn_unknown_topics(append, {name: topic}, Client(gateway, data_dir, stack_file_gateway(append)))
 
 
 def build(
@@ -155,6 +162,7 @@ def deploy(
     client = Client(
         gateway, data_dir, _stack_gateway(file, stack), token=token, tls_no_verify=tls_no_verify
     )
+    warn_unknown_topics(file, {s.name: s.topic for s in specs if s.lang != KNATIVE_LANG}, client)
     failed = False
     for spec in specs:
         err.print(
@@ -202,21 +210,38 @@ def remove(
     token: str | None = TokenOption,
     tls_no_verify: bool = TlsNoVerifyOption,
 ) -> None:
-    """Remove deployed functions."""
-    stack = None if name else _stack(file, None)[0]
-    names = [name] if stack is None else list(stack.functions)
+    """Remove deployed functions: NAME, or every function the stack file names."""
+    if name:
+        names = [name]
+    else:
+        # Only the names are read: a stack whose code is gone or broken can be removed.
+        try:
+            names = function_names(file)
+        except StackError as exc:
+            fail(str(exc))
+    # The file's gateway, read as leniently as its names.
     client = Client(
-        gateway,
-        data_dir,
-        stack_file_gateway(file) if stack is None else _stack_gateway(file, stack),
-        token=token,
-        tls_no_verify=tls_no_verify,
+        gateway, data_dir, stack_file_gateway(file), token=token, tls_no_verify=tls_no_verify
     )
-    if stack is not None:
+    if not name:
         err.print(f"removing from {client.gateway.described()}", highlight=False)
     for n in names:
-        client.request("DELETE", "/system/functions", json={"functionName": n})
-        err.print(f"removed {n}", highlight=False)
+        response = client.request(
+            "DELETE", "/system/functions", json={"functionName": n}, allow=(404,)
+        )
+        if response.status_code != 404:
+            err.print(f"removed {n}", highlight=False)
+        elif name:
+            not_deployed(client, n)
+        else:  # the stack's goal, no such function, holds already
+            err.print(f"{n}: not deployed", highlight=False)
+
+
+def not_deployed(client: Client, name: str) -> NoReturn:
+    """Fail saying that `name` is not deployed, and which functions are."""
+    names = sorted(str(f.get("name")) for f in client.json("GET", "/system/functions"))
+    deployed = f"deployed: {', '.join(names)}" if names else "no function is deployed"
+    fail(f"function {name!r} is not deployed at {client.url} ({deployed})")
 
 
 def list_functions(
@@ -224,7 +249,7 @@ def list_functions(
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,
     tls_no_verify: bool = TlsNoVerifyOption,
-    output: str = OutputOption,
+    output: Output = OutputOption,
 ) -> None:
     """List deployed functions."""
     rows = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
@@ -238,7 +263,9 @@ def list_functions(
 
 
 def invoke(
-    name: str = typer.Argument(..., autocompletion=complete_function),
+    name: str = typer.Argument(
+        ..., help="Function name (see `veba list`)", autocompletion=complete_function
+    ),
     data: str | None = typer.Option(None, "--data", "-d", help="Request body (else stdin)"),
     event: str | None = typer.Option(
         None,
@@ -257,9 +284,13 @@ def invoke(
         [], "--add", help="With --event: PATH=VALUE, a field the event type does not have"
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="With --event: print it, send nothing"),
-    content_type: str = typer.Option("application/json", "--content-type"),
+    content_type: str = typer.Option(
+        "application/json", "--content-type", help="Content-Type of the --data or stdin body"
+    ),
     asynchronous: bool = typer.Option(False, "--async", help="Queue the call, answer 202"),
-    callback: str | None = typer.Option(None, "--callback-url"),
+    callback: str | None = typer.Option(
+        None, "--callback-url", help="With --async: where to POST the function's answer"
+    ),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,
@@ -337,28 +368,35 @@ def _sample_event(event_class: str, settings: list[str], adds: list[str], shape:
 
 
 def logs(
-    name: str = typer.Argument(..., autocompletion=complete_function),
-    follow: bool = typer.Option(False, "--follow", "-f"),
-    tail: int = typer.Option(100, "--tail"),
+    name: str = typer.Argument(
+        ..., help="Function name (see `veba list`)", autocompletion=complete_function
+    ),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines"),
+    tail: int = typer.Option(100, "--tail", help="Start with at most this many past lines"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,
     tls_no_verify: bool = TlsNoVerifyOption,
-    output: str = OutputOption,
+    output: Output = OutputOption,
 ) -> None:
     """Show a function's log lines (stdout, stderr and system)."""
     client = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify)
+    if (
+        client.request("GET", f"/system/function/{quote(name, safe='')}", allow=(404,)).status_code
+        == 404
+    ):
+        not_deployed(client, name)
     params = f"name={name}&tail={tail}&follow={'true' if follow else 'false'}"
     try:
         for line in client.stream_lines("GET", f"/system/logs?{params}", follow=follow):
             if not line.strip():
                 continue
-            if output == "json":
-                sys.stdout.write(line + "\n")
+            item = json.loads(line)
+            if output != Output.table:
+                print_item(item, output)
             else:
-                item = json.loads(line)
                 sys.stdout.write(f"{item['timestamp']} {item['instance']:6} {item['text']}\n")
-            sys.stdout.flush()
+                sys.stdout.flush()
     except KeyboardInterrupt:
         return
     except ConnectionClosed:

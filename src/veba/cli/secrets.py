@@ -23,6 +23,7 @@ from veba.cli.client import (
     Client,
     DataDirOption,
     GatewayOption,
+    Output,
     OutputOption,
     TlsNoVerifyOption,
     TokenOption,
@@ -117,7 +118,7 @@ def collect(literals: list[str], files: list[str]) -> SecretInput:
 
 @secret_app.command("create")
 def create(
-    name: str,
+    name: str = typer.Argument(help="Secret name, as functions declare it under `secrets`"),
     from_literal: list[str] = typer.Option(
         [],
         "--from-literal",
@@ -170,12 +171,12 @@ def list_secrets(
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,
     tls_no_verify: bool = TlsNoVerifyOption,
-    output: str = OutputOption,
+    output: Output = OutputOption,
 ) -> None:
     """Secret names and their keys (never their values)."""
     client = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify)
     rows: list[dict[str, Any]] = client.json("GET", "/system/secrets")
-    if output != "json":
+    if output == Output.table:
         for row in rows:
             keys = row.get("keys")
             row["keys"] = "(one value)" if keys is None else ", ".join(keys)
@@ -184,7 +185,7 @@ def list_secrets(
 
 @secret_app.command("remove")
 def remove(
-    name: str,
+    name: str = typer.Argument(help="Secret name (see `veba secret list`)"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,

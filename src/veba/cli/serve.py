@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +18,9 @@ if TYPE_CHECKING:
 
 
 def serve(
-    listen: str = typer.Option(DEFAULT_LISTEN, "--listen", help="HOST:PORT to serve on"),
+    listen: str = typer.Option(
+        DEFAULT_LISTEN, "--listen", envvar="VEBA_LISTEN", help="HOST:PORT to serve the API on"
+    ),
     data_dir: Path | None = DataDirOption,
     simulator: bool | None = typer.Option(
         None,
@@ -27,14 +31,38 @@ def serve(
     simulator_rate: float = typer.Option(
         1.0, "--simulator-rate", help="Simulated events per second (0 = paused)"
     ),
-    simulator_seed: int = typer.Option(0, "--simulator-seed"),
-    webhook_path: str = typer.Option("/webhook", "--webhook-path"),
-    webhook_user: str | None = typer.Option(None, "--webhook-user", envvar="VEBA_WEBHOOK_USER"),
+    simulator_seed: int = typer.Option(
+        0, "--simulator-seed", help="Seed of the simulator's inventory and event stream"
+    ),
+    webhook_path: str = typer.Option(
+        "/webhook", "--webhook-path", help="Path of the CloudEvents webhook"
+    ),
+    webhook_user: str | None = typer.Option(
+        None, "--webhook-user", envvar="VEBA_WEBHOOK_USER", help="Require HTTP basic auth: user"
+    ),
     webhook_password: str | None = typer.Option(
-        None, "--webhook-password", envvar="VEBA_WEBHOOK_PASSWORD"
+        None,
+        "--webhook-password",
+        envvar="VEBA_WEBHOOK_PASSWORD",
+        help="Require HTTP basic auth: password (prefer the environment variable)",
     ),
     webhook_token: str | None = typer.Option(
-        None, "--webhook-token", envvar="VEBA_WEBHOOK_TOKEN", help="Require this bearer token"
+        None,
+        "--webhook-token",
+        envvar="VEBA_WEBHOOK_TOKEN",
+        help="Also take this bearer token on the webhook (the API token always works)",
+    ),
+    webhook_open: bool = typer.Option(
+        False,
+        "--webhook-open",
+        help="Take events without credentials on the webhook (default: the API token,"
+        " or --webhook-token / --webhook-user, is needed)",
+    ),
+    webhook_max_event: str = typer.Option(
+        "1MiB", "--webhook-max-event", help="Largest event the webhook takes (413 beyond)"
+    ),
+    webhook_max_batch: str = typer.Option(
+        "16MiB", "--webhook-max-batch", help="Largest batch request the webhook takes"
     ),
     config_files: list[Path] = typer.Option(
         [], "--config", help="VEBA RouterConfig (event-router.vmware.com/v1alpha1); repeatable"
@@ -42,7 +70,9 @@ def serve(
     vcenters: list[str] = typer.Option(
         [], "--vcenter", help="vCenter SDK URL to stream from, https://USER@HOST/sdk; repeatable"
     ),
-    vcenter_user: str | None = typer.Option(None, "--vcenter-user"),
+    vcenter_user: str | None = typer.Option(
+        None, "--vcenter-user", help="vCenter user, if not in the --vcenter URL"
+    ),
     vcenter_password_env: str | None = typer.Option(
         None, "--vcenter-password-env", help="Environment variable holding the vCenter password"
     ),
@@ -62,7 +92,15 @@ def serve(
     tls_key: Path | None = typer.Option(
         None, "--tls-key", help="The PEM private key of --tls-cert"
     ),
-    log_level: str = typer.Option("info", "--log-level"),
+    function_log_size: str = typer.Option(
+        "10M", "--function-log-size", help="Rotate a function's log file past this size (10M, 512K)"
+    ),
+    function_log_files: int = typer.Option(
+        3, "--function-log-files", min=0, help="Rotated log files kept per function"
+    ),
+    log_level: str = typer.Option(
+        "info", "--log-level", help="debug, info, warning or error (the appliance's own log)"
+    ),
     verbose: bool = typer.Option(
         False, "--verbose", help="Also a line per event logged and per failed attempt"
     ),
@@ -93,6 +131,23 @@ def serve(
         _check_tls(tls_cert, tls_key)
     if bool(webhook_user) != bool(webhook_password):
         fail("--webhook-user and --webhook-password go together")
+    if webhook_open and (webhook_user or webhook_token):
+        fail(
+            "--webhook-open takes events without credentials: drop it, or drop"
+            " --webhook-user/--webhook-token"
+        )
+    from veba.api.limits import parse_size
+
+    try:
+        max_event = parse_size(webhook_max_event, "--webhook-max-event")
+        max_batch = parse_size(webhook_max_batch, "--webhook-max-batch")
+    except ValueError as exc:
+        fail(str(exc))
+    if max_batch < max_event:
+        fail(
+            f"--webhook-max-batch {webhook_max_batch} is smaller than"
+            f" --webhook-max-event {webhook_max_event}"
+        )
     from veba.config import ApplianceConfig, ConfigError, load_config, vcenter_from_url
 
     config = ApplianceConfig()
@@ -120,6 +175,12 @@ def serve(
         else None,
     }
     fields.update(config.settings(listen))  # a RouterConfig's webhook section wins
+    # Open on purpose only: credentials given on the command line close a
+    # RouterConfig webhook that has no auth section.
+    open_by = "--webhook-open" if webhook_open else None
+    if fields.get("webhook_open") and not (webhook_token or fields.get("webhook_basic_auth")):
+        open_by = "the RouterConfig's eventProvider.webhook has no auth section, as VEBA reads it"
+    fields["webhook_open"] = open_by is not None
     settings = ApplianceSettings(
         data_dir=resolve_data_dir(data_dir),
         listen=listen,
@@ -127,9 +188,13 @@ def serve(
         simulator_rate=simulator_rate,
         simulator_seed=simulator_seed,
         webhook_bearer_token=webhook_token,
+        webhook_max_event=max_event,
+        webhook_max_batch=max_batch,
         retention=_retention(retention),
         tls_cert=tls_cert,
         tls_key=tls_key,
+        function_log_size=_size(function_log_size, "--function-log-size"),
+        function_log_files=function_log_files,
         **fields,
     )
     from veba.cli.preflight import vcenter_problems
@@ -146,17 +211,30 @@ def serve(
         sockets = plan.bind()
     except ListenError as exc:
         fail(str(exc))
+    from veba.private import DataDirError, check_data_dir
+
+    try:  # a folder it could not make private (/tmp, the home directory)
+        check_data_dir(settings.data_dir)
+    except DataDirError as exc:
+        fail(str(exc))
+    # Everything the appliance creates is its own: the log, function logs, code,
+    # venvs, and what workers write (they run as this user and inherit it).
+    os.umask(0o077)
     url = local_api_url(listen, tls=tls_cert is not None)
     lock = _lock_data_dir(settings.log_path, url)  # the first write into the data dir
     configure_logging(log_level)
     activity = Activity()
     activity.subscribe(printer(err), verbose=verbose)
     # Writes its token and URL (the CLI's way to it) into the data directory.
-    appliance = Appliance(settings, sockets=sockets, lock=lock, activity=activity)
+    try:
+        appliance = Appliance(settings, sockets=sockets, lock=lock, activity=activity)
+    except DataDirError as exc:
+        fail(str(exc))
     scheme = "https" if tls_cert else "http"
     ready = [
         f"veba serving on {scheme}://{host}:{port}  data: {settings.data_dir}  "
         f"token: {settings.data_dir / 'token'}",
+        _webhook_line(settings, open_by),
         *(why for _, why in config.own_processors(listen)),
         *plan.notes,
         "a line per deploy, provider change and dead letter follows"
@@ -220,3 +298,29 @@ def _retention(value: str) -> float:
         return parse_duration(text, "--retention")
     except PolicyError as exc:
         fail(str(exc))
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _size(value: str, flag: str) -> int:
+    """Bytes from ``10M``, ``512KiB``, ``1g`` or a plain number (binary units)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmg]?)(?:i?b)?\s*", value, re.IGNORECASE)
+    if match is None or int(match[1]) == 0:
+        fail(f"{flag} {value!r}: expected a size like 10M, 512K or 1048576 (bytes)")
+    return int(match[1]) * _UNITS[match[2].lower()]
+
+
+def _webhook_line(settings: ApplianceSettings, open_by: str | None) -> str:
+    """Who may post to the webhook, in one line at start."""
+    from veba.api.auth import webhook_credentials
+    from veba.api.limits import format_size
+
+    where = f"webhook {settings.webhook_listen or settings.listen}{settings.webhook_path}"
+    limits = (
+        f"events up to {format_size(settings.webhook_max_event)},"
+        f" batches up to {format_size(settings.webhook_max_batch)}"
+    )
+    if open_by is not None:
+        return f"{where}: OPEN, takes events without credentials ({open_by}); {limits}"
+    return f"{where}: needs {' or '.join(webhook_credentials(settings))}; {limits}"

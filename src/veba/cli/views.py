@@ -1,15 +1,13 @@
 """Human views of what the API answers: `events show`, `dlq show`, `status`.
 
 Times in the reader's local zone with how long ago, tracebacks as the
-multi-line text they are, tables for lists. `-o json` prints the API's answer
-as it is; without `-o`, a terminal gets these views and a pipe gets JSON, so
-scripts that read the JSON keep working.
+multi-line text they are, tables for lists. `-o json` (or `-o yaml`) prints the
+API's answer as it is; without `-o`, a terminal gets these views and a pipe gets
+JSON, so scripts that read the JSON keep working.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -22,7 +20,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from veba.cli.client import console, fail
+from veba.cli.client import Output, console, print_data
 
 __all__ = [
     "ShowOutputOption",
@@ -33,21 +31,24 @@ __all__ = [
     "status_view",
 ]
 
+# `-o` as every command has it (cli/client.py's `Output`), but with no default:
+# a terminal gets the view, a pipe gets JSON.
 ShowOutputOption = typer.Option(
     None,
     "--output",
     "-o",
-    help="table (readable; the default on a terminal) or json (the default when piped)",
+    case_sensitive=False,
+    help="Output format (default: table on a terminal, json when piped)",
 )
 
 
-def print_view(answer: Any, view: Any, output: str | None) -> None:
-    """`answer` as JSON, or `view(answer)` for a human, as `output` (or the
-    terminal) says."""
-    if output not in (None, "table", "json"):
-        fail(f"--output {output!r}: expected table or json")
-    if output == "json" or (output is None and not console.is_terminal):
-        sys.stdout.write(json.dumps(answer, indent=2) + "\n")
+def print_view(answer: Any, view: Any, output: Output | None) -> None:
+    """`answer` as JSON or YAML, or `view(answer)` for a human, as `output` (or
+    the terminal) says."""
+    if output is None:
+        output = Output.table if console.is_terminal else Output.json
+    if output != Output.table:
+        print_data(answer, output)
         return
     console.print(view(answer))
 

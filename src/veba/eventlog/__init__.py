@@ -8,6 +8,7 @@ from veba.eventlog.base import (
     EventLog,
     EventRecord,
     LogFull,
+    ReplayTooLarge,
     Route,
     Status,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "LogFull",
     "LogInUse",
     "OwnerLock",
+    "ReplayTooLarge",
     "Route",
     "SQLiteLog",
     "Status",

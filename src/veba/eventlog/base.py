@@ -34,6 +34,18 @@ class LogFull(OSError):
     """The log could not commit (disk full, read-only); nothing of that call was kept."""
 
 
+class ReplayTooLarge(ValueError):
+    """A replay that would deliver more events again than its caller allows."""
+
+    def __init__(self, count: int, at_most: int) -> None:
+        super().__init__(
+            f"the replay would deliver {count} events again; at most {at_most} per"
+            " request: narrow it with since, until or types"
+        )
+        self.count = count
+        self.at_most = at_most
+
+
 @dataclass(frozen=True, slots=True)
 class AppendResult:
     accepted: int
@@ -171,8 +183,10 @@ class EventLog(Protocol):
         since: float | None = None,
         until: float | None = None,
         subjects: Sequence[str] | None = None,
+        at_most: int | None = None,
     ) -> int:
-        """Create new deliveries to `subscription` for logged events received in a range."""
+        """Create new deliveries to `subscription` for logged events received in a
+        range; `ReplayTooLarge`, and nothing done, if that is more than `at_most`."""
         ...
 
     async def events(

@@ -9,6 +9,8 @@ second connection on their own thread, so the API never waits behind writes.
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import sqlite3
 import time
 from collections import Counter, OrderedDict
@@ -24,6 +26,7 @@ from veba.eventlog.base import (
     Delivery,
     DeliveryInfo,
     EventRecord,
+    ReplayTooLarge,
     Route,
     Status,
 )
@@ -41,7 +44,14 @@ _DELIVERY_INFO = (
     " d.created, d.available_at, d.finished, d.last_status, d.last_error"
     " FROM deliveries d JOIN events e ON e.seq = d.seq"
 )
-_RECENT = 20_000  # events kept in memory after append, for leasing
+# Events kept in memory after append, for leasing: bounded in bytes as well as
+# in number, so a few large events cannot hold the memory that many small ones
+# would. An event's cost is taken as 4 times its JSON: the JSON itself and its
+# parsed data (Python objects; a vSphere event's take about 4 KB per 850 bytes).
+_RECENT = 20_000
+_RECENT_BYTES = 64 << 20
+_COST = 4
+_STEP = 5_000  # rows one write transaction of a replay or redrive touches
 
 
 class SQLiteLog:
@@ -66,13 +76,16 @@ class SQLiteLog:
         self._lock = lock
         self._own_lock = False
         self._checkpointer: Checkpointer | None = None
-        self._recent: OrderedDict[int, Event] = OrderedDict()
+        self._recent: OrderedDict[int, tuple[Event, int]] = OrderedDict()  # seq -> (event, bytes)
+        self._recent_bytes = 0
 
     # -- lifecycle ------------------------------------------------------------
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_owner()
+        # Created private: SQLite gives the -wal and -shm files the database's mode.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         conn = connect(self.path, self._synchronous)
         migrate(conn)
         # One appliance owns this file (see _lock_owner), so whatever was leased
@@ -183,9 +196,12 @@ class SQLiteLog:
         # no read and no parse of what is already in memory.
         recent = self._recent
         for seq, index in new:
-            recent[seq] = events[index]
-        while len(recent) > _RECENT:
-            recent.popitem(last=False)
+            size = len(rows[index][5]) * _COST
+            if size <= _RECENT_BYTES // 16:  # a huge one is read back when leased
+                recent[seq] = (events[index], size)
+                self._recent_bytes += size
+        while recent and (len(recent) > _RECENT or self._recent_bytes > _RECENT_BYTES):
+            self._recent_bytes -= recent.popitem(last=False)[1][1]
         return result
 
     async def get_checkpoint(self, name: str) -> str | None:
@@ -220,11 +236,11 @@ class SQLiteLog:
             found: dict[int, Event] = {}
             missing = []
             for seq in seqs:
-                event = self._recent.get(seq)
-                if event is None:
+                cached = self._recent.get(seq)
+                if cached is None:
                     missing.append(seq)
                 else:
-                    found[seq] = event
+                    found[seq] = cached[0]
             for chunk in range(0, len(missing), 500):
                 part = missing[chunk : chunk + 500]
                 marks = ",".join("?" * len(part))
@@ -339,19 +355,33 @@ class SQLiteLog:
     ) -> int:
         now = self._clock()
         ids = list(delivery_ids or [])
+        sql = (
+            "UPDATE deliveries SET status='pending', attempts=0, available_at=?,"
+            " finished=NULL, leased_until=NULL WHERE status='dead'"
+        )
+        if ids:
 
-        def op(conn: sqlite3.Connection) -> int:
-            sql = (
-                "UPDATE deliveries SET status='pending', attempts=0, available_at=?,"
-                " finished=NULL, leased_until=NULL WHERE status='dead'"
-            )
-            if ids:
+            def by_id(conn: sqlite3.Connection) -> int:
                 return sum(conn.execute(sql + " AND id=?", (now, i)).rowcount for i in ids)
-            if subscription is not None:
-                return conn.execute(sql + " AND subscription=?", (now, subscription)).rowcount
-            return conn.execute(sql, (now,)).rowcount
 
-        return await self._write(op)
+            return await self._write(by_id)
+        # A whole dead-letter queue goes back in steps, so other writes (appends,
+        # acks) get their turn between them rather than waiting for all of it.
+        where, params = (
+            ("subscription=?", [subscription]) if subscription is not None else ("1=1", [])
+        )
+
+        def step(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                f"{sql} AND id IN (SELECT id FROM deliveries WHERE status='dead' AND {where}"
+                " LIMIT ?)",
+                [now, *params, _STEP],
+            ).rowcount
+
+        total = 0
+        while (done := await self._write(step)) > 0:
+            total += done
+        return total
 
     async def replay(
         self,
@@ -360,6 +390,7 @@ class SQLiteLog:
         since: float | None = None,
         until: float | None = None,
         subjects: Sequence[str] | None = None,
+        at_most: int | None = None,
     ) -> int:
         now = self._clock()
         # Async calls live in the log too, but belong to the function they named.
@@ -371,16 +402,36 @@ class SQLiteLog:
         if subjects:
             where.append(f"subject IN ({','.join('?' * len(subjects))})")
             params.extend(subjects)
+        matching = " AND ".join(where)
+        if at_most is not None:
 
-        def op(conn: sqlite3.Connection) -> int:
-            return conn.execute(
+            def count(conn: sqlite3.Connection) -> int:
+                return int(
+                    conn.execute(
+                        f"SELECT count(*) FROM events WHERE {matching}", params
+                    ).fetchone()[0]
+                )
+
+            found = await self._read(count)
+            if found > at_most:
+                raise ReplayTooLarge(found, at_most)
+
+        # In steps of _STEP events in log order, so other writes interleave.
+        def step(conn: sqlite3.Connection, after: int) -> tuple[int, int]:
+            seqs = conn.execute(
                 "INSERT INTO deliveries(seq, subscription, status, attempts, available_at,"
                 " created, origin) SELECT seq, ?, 'pending', 0, ?, ?, 'replay' FROM events"
-                f" WHERE {' AND '.join(where)} ORDER BY seq",
-                [subscription, now, now, *params],
-            ).rowcount
+                f" WHERE seq > ? AND {matching} ORDER BY seq LIMIT ? RETURNING seq",
+                [subscription, now, now, after, *params, _STEP],
+            ).fetchall()
+            return len(seqs), max((seq for (seq,) in seqs), default=after)
 
-        return await self._write(op)
+        total, after = 0, 0
+        while True:
+            done, after = await self._write(functools.partial(step, after=after))
+            total += done
+            if done < _STEP:
+                return total
 
     async def forget(self, subscription: str) -> int:
         def op(conn: sqlite3.Connection) -> int:

@@ -42,6 +42,7 @@ __all__ = [
     "isolation_problem",
     "read_frame",
     "sdk_cache",
+    "sweep_secrets",
     "worker_env",
     "write_secrets",
 ]
@@ -332,11 +333,25 @@ def sdk_cache(python: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"veba-sdk-{os.getuid()}"
 
 
-def write_secrets(name: str, secrets: Mapping[str, bytes]) -> Path:
-    """A fresh 0700 directory in memory-backed storage with one 0600 file per secret."""
+# Secrets folders of workers without isolation: ``veba-secrets.<pid>.<function>.<random>``,
+# the pid of the process that wrote them, so a later one can tell whose they are
+# (dots: a function's name has none).
+_SECRETS_PREFIX = "veba-secrets."
+
+
+def _secrets_base() -> Path:
+    """Memory-backed storage when there is some we may write to, else the temp folder."""
     shm = Path("/dev/shm")
-    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-    folder = Path(tempfile.mkdtemp(prefix=f"veba-secrets-{name}-", dir=base))
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
+def write_secrets(name: str, secrets: Mapping[str, bytes]) -> Path:
+    """A fresh 0700 directory in memory-backed storage with one 0600 file per secret.
+
+    The pool removes it when it stops; what a killed process leaves behind,
+    `sweep_secrets` removes at the next start."""
+    prefix = f"{_SECRETS_PREFIX}{os.getpid()}.{name}."
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=_secrets_base()))
     try:
         for key, value in secrets.items():
             if not key or "/" in key or key in (".", ".."):
@@ -348,3 +363,36 @@ def write_secrets(name: str, secrets: Mapping[str, bytes]) -> Path:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return folder
+
+
+def sweep_secrets(base: Path | None = None) -> list[Path]:
+    """Remove the secrets folders (`write_secrets`) that processes now dead left
+    behind, after a crash or a SIGKILL; only this user's. Returns what it removed."""
+    removed: list[Path] = []
+    folder = base if base is not None else _secrets_base()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(_SECRETS_PREFIX):
+            continue
+        pid = entry.name[len(_SECRETS_PREFIX) :].partition(".")[0]
+        try:
+            mine = entry.is_dir(follow_symlinks=False) and entry.stat().st_uid == os.getuid()
+        except OSError:
+            continue
+        if mine and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

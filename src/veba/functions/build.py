@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import venv
@@ -39,12 +40,12 @@ def readable_by_workers(root: Path) -> None:
     when the appliance runs as root. The data dir around them stays 0700; workers
     reach these folders only through their private view (veba.functions.isolate)."""
     for folder, dirs, files in os.walk(root):
-        os.chmod(folder, os.stat(folder).st_mode | 0o755)
+        os.chmod(folder, (stat.S_IMODE(os.stat(folder).st_mode) & ~0o022) | 0o755)
         for name in files:
             path = os.path.join(folder, name)
             if os.path.islink(path):
                 continue
-            mode = os.stat(path).st_mode
+            mode = stat.S_IMODE(os.stat(path).st_mode) & ~0o022  # nobody else writes
             os.chmod(path, mode | 0o444 | (0o111 if mode & 0o100 else 0))
         dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(folder, d))]
 
@@ -239,8 +240,13 @@ _SDK_SOURCE = Path(__file__).resolve().parent.parent  # the veba package
 
 
 def _sdk_files() -> list[tuple[str, bytes]]:
-    """veba/__init__.py and veba/sdk/**.py (stdlib only), as (relative path, content)."""
-    files = [_SDK_SOURCE / "__init__.py", *sorted((_SDK_SOURCE / "sdk").rglob("*.py"))]
+    """veba/__init__.py, veba/scrub.py (the SDK's logger redacts with it) and
+    veba/sdk/**.py, all stdlib only, as (relative path, content)."""
+    files = [
+        _SDK_SOURCE / "__init__.py",
+        _SDK_SOURCE / "scrub.py",
+        *sorted((_SDK_SOURCE / "sdk").rglob("*.py")),
+    ]
     return [
         (str(path.relative_to(_SDK_SOURCE.parent)), path.read_bytes())
         for path in files

@@ -315,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
             return 3
         return 0
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    # The appliance runs with umask 077; what is made here (mount points, the
+    # function's own files later) is made as in a container: 022.
+    os.umask(0o022)
     sock = None if args.fd is None else socket.socket(fileno=args.fd)
     try:
         if not command:

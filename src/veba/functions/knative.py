@@ -20,6 +20,7 @@ What each part becomes:
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,11 +38,12 @@ from veba.functions.stack import (
     Stack,
     StackError,
     load_stack,
+    substitute,
 )
 from veba.routing import SubscriptionError, compile_subscription
 from veba.shapes import KNATIVE_SHAPE, SHAPE_ANNOTATION, parse_shape
 
-__all__ = ["is_knative", "load_functions", "load_knative"]
+__all__ = ["function_names", "is_knative", "load_functions", "load_knative"]
 
 SERVING = "serving.knative.dev/v1"
 EVENTING = "eventing.knative.dev/v1"
@@ -120,6 +122,36 @@ def load_functions(path: Path, env: Mapping[str, str] | None = None) -> Stack:
     if is_knative(documents):
         return load_knative(path)
     return load_stack(path, env)
+
+
+def function_names(path: Path, env: Mapping[str, str] | None = None) -> list[str]:
+    """The names of the functions a stack.yml or function.yaml defines, and nothing
+    else checked: enough to remove them, even when their code is gone or broken."""
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise StackError(file, "file", f"cannot read: {exc.strerror}") from None
+    try:
+        documents = list(yaml.safe_load_all(text))
+    except yaml.YAMLError:
+        documents = []
+    if is_knative(documents):
+        reader = _Reader(file)
+        return [
+            reader.name(doc, f"documents[{i}]")
+            for i, doc in enumerate(documents)
+            if isinstance(doc, dict)
+            and (doc.get("apiVersion"), doc.get("kind")) == (SERVING, "Service")
+        ]
+    stack = _documents(substitute(text, os.environ if env is None else env), file)
+    functions = (
+        stack[0].get("functions") if len(stack) == 1 and isinstance(stack[0], dict) else None
+    )
+    if not isinstance(functions, dict) or not functions:
+        raise StackError(file, "functions", "expected a mapping of function names")
+    return [str(name) for name in functions]
 
 
 def load_knative(path: Path) -> Stack:

@@ -16,11 +16,21 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TEMPLATES", "ScaffoldError", "Template", "new_function"]
+from veba.functions.stack import StackError, function_name_problem, load_yaml
+
+__all__ = [
+    "TEMPLATES",
+    "ScaffoldError",
+    "Template",
+    "append_function",
+    "name_problem",
+    "new_function",
+]
 
 
 class ScaffoldError(ValueError):
-    """Refused: the name is taken or the template unknown."""
+    """Refused, before anything is written: a bad or taken name, an unknown
+    template, a stack file that cannot take the function."""
 
 
 @dataclass(frozen=True)
@@ -158,26 +168,26 @@ def new_function(
     with_test: bool = True,
     gateway: str = "http://127.0.0.1:8080",
 ) -> Path:
-    """Write `<directory>/<name>/` and add the function to `stack` (created if absent)."""
+    """Write `<directory>/<name>/` and add the function to `stack` (created if absent).
+
+    Everything is checked before anything is written: the name (as `veba up` will
+    check it), the template, the folder, and that the stack can take the entry.
+    """
+    problem = name_problem(name)
+    if problem:
+        raise ScaffoldError(problem)
     template = TEMPLATES.get(lang)
     if template is None:
         raise ScaffoldError(f"unknown lang {lang!r}; expected one of {', '.join(TEMPLATES)}")
     folder = directory / name
     if folder.exists():
         raise ScaffoldError(f"{folder} already exists; refusing to overwrite it")
-    document: dict[str, Any] = {
-        "version": 1.0,
-        "provider": {"name": "openfaas", "gateway": gateway},
-    }
+    handler = "./" + os.path.relpath(folder, stack.parent)
+    entry = {"lang": lang, "handler": handler, "annotations": {"topic": topic}}
     if stack.exists():
-        loaded = yaml.safe_load(stack.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ScaffoldError(f"{stack}: not a stack file")
-        document = loaded
-    functions: dict[str, Any] = document.get("functions") or {}
-    document["functions"] = functions
-    if name in functions:
-        raise ScaffoldError(f"{stack}: functions.{name} already exists")
+        text = append_function(stack, stack.read_text(), name, entry)
+    else:
+        text = _NEW_STACK.format(gateway=_scalar(gateway)) + _entry_text(name, entry, "  ")
     folder.mkdir(parents=True)
     (folder / "handler.py").write_text(template.handler.replace("{name}", name))
     (folder / "requirements.txt").write_text("")
@@ -189,7 +199,123 @@ def new_function(
         )
         if not configured:
             ini.write_text(_PYTEST_INI)
-    handler = "./" + os.path.relpath(folder, stack.parent)
-    functions[name] = {"lang": lang, "handler": handler, "annotations": {"topic": topic}}
-    stack.write_text(yaml.safe_dump(document, sort_keys=False))
+    stack.write_text(text)
     return folder
+
+
+def name_problem(name: str) -> str | None:
+    """Why `veba new` cannot make a function of this name (None if it can)."""
+    if "/" in name or "\\" in name or name in (".", ".."):
+        return (
+            f"{name!r} is a path; NAME is the function's name, and its folder is made"
+            " beside the stack file (choose that with --append DIR/stack.yml)"
+        )
+    problem = function_name_problem(name)
+    return f"{name!r}: {problem}" if problem else None
+
+
+# -- stack.yml, edited as text: its comments, order and quoting stay as they were ------
+
+_NEW_STACK = """version: 1.0
+provider:
+  name: openfaas
+  gateway: {gateway}
+functions:
+"""
+
+
+def _scalar(value: str) -> str:
+    """`value` as a YAML scalar: plain when YAML reads it back as that string."""
+    dumped = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return dumped.removesuffix("\n...").removesuffix("...").strip()
+
+
+def _entry_text(name: str, entry: dict[str, Any], indent: str, step: str = "  ") -> str:
+    """`name: entry` as block YAML, every line indented by `indent`."""
+    body = yaml.safe_dump(
+        {name: entry}, sort_keys=False, default_flow_style=False, indent=len(step)
+    )
+    return "".join(f"{indent}{line}\n" for line in body.splitlines())
+
+
+def append_function(stack: Path, text: str, name: str, entry: dict[str, Any]) -> str:
+    """`text` (a stack.yml) with `name: entry` added at the end of its `functions`.
+
+    The entry is inserted as text after the last function, indented as the others,
+    so everything else in the file (comments, ${VAR}s, blank lines, key order) is
+    kept byte for byte. The result is parsed again and must hold the old functions
+    unchanged plus the new one, else nothing is written.
+    """
+    try:
+        before = load_yaml(text, str(stack))
+    except StackError as exc:
+        raise ScaffoldError(f"{exc}; fix it first") from None
+    root = yaml.compose(text)
+    if before is None:
+        before, root = {}, None
+    if not isinstance(before, dict) or not isinstance(root, yaml.MappingNode | None):
+        raise ScaffoldError(f"{stack}: not a stack file (expected a mapping at the top)")
+    functions = before.get("functions")
+    if functions is not None and not isinstance(functions, dict):
+        raise ScaffoldError(f"{stack}: functions: expected a mapping of function names")
+    if name in (functions or {}):
+        raise ScaffoldError(f"{stack}: functions.{name} already exists")
+    after = _insert(text, root, name, entry)
+    check = yaml.safe_load(after)
+    expected = {**(functions or {}), name: entry}
+    if not isinstance(check, dict) or check.get("functions") != expected:
+        raise ScaffoldError(
+            f"{stack}: cannot add {name} to it as text (an unusual layout); add it by hand:\n"
+            + _entry_text(name, entry, "  ")
+        )
+    return after
+
+
+def _insert(text: str, root: yaml.MappingNode | None, name: str, entry: dict[str, Any]) -> str:
+    if not text.endswith("\n") and text:
+        text += "\n"
+    pairs = root.value if root is not None else []
+    found = [(k, v) for k, v in pairs if isinstance(k, yaml.ScalarNode) and k.value == "functions"]
+    if not found:
+        return text + "functions:\n" + _entry_text(name, entry, "  ")
+    key, value = found[0]
+    if isinstance(value, yaml.MappingNode) and value.value and not value.flow_style:
+        first_key, first_value = value.value[0]
+        indent = " " * first_key.start_mark.column
+        step = "  "
+        if isinstance(first_value, yaml.MappingNode) and first_value.value:
+            nested = first_value.value[0][0].start_mark.column - first_key.start_mark.column
+            step = " " * max(nested, 1)
+        at = _line_end(text, _last_leaf(value).end_mark.index)
+        return text[:at] + _entry_text(name, entry, indent, step) + text[at:]
+    # `functions:` with nothing, or `functions: {}`: the entry goes on the lines after.
+    empty = (isinstance(value, yaml.ScalarNode) and value.value in ("", "~", "null")) or (
+        isinstance(value, yaml.MappingNode) and not value.value
+    )
+    if not empty:
+        return text  # a layout not handled: the caller's check refuses it
+    start, end = value.start_mark.index, value.end_mark.index
+    if start == end:  # nothing written after `functions:`
+        start = end = key.end_mark.index + 1  # after the colon
+    at = _line_end(text, end)
+    head = text[:start].rstrip(" ")
+    return head + text[end:at] + _entry_text(name, entry, "  ") + text[at:]
+
+
+def _last_leaf(node: yaml.Node) -> yaml.Node:
+    """The node written last inside `node` (a block collection ends where it does)."""
+    while isinstance(node, yaml.MappingNode | yaml.SequenceNode) and not node.flow_style:
+        if not node.value:
+            break
+        last = node.value[-1]
+        node = last[1] if isinstance(node, yaml.MappingNode) else last
+    return node
+
+
+def _line_end(text: str, index: int) -> int:
+    """The index just after the newline that ends the line holding `index`."""
+    # A scalar's end mark may already sit at the start of the next line.
+    if index > 0 and text[index - 1] == "\n":
+        return index
+    newline = text.find("\n", index)
+    return len(text) if newline < 0 else newline + 1

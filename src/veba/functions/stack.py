@@ -9,18 +9,20 @@ user can go straight to the line; see `StackError`.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from veba.delivery import PolicyError, parse_duration
+from veba.delivery import DeliveryPolicy, PolicyError, parse_duration
 from veba.functions.build import not_code
+from veba.routing import SubscriptionError, compile_subscription
 from veba.shapes import SHAPE_ANNOTATION, parse_shape
 
 __all__ = [
@@ -31,7 +33,9 @@ __all__ = [
     "Stack",
     "StackError",
     "check_handler_syntax",
+    "function_name_problem",
     "load_stack",
+    "load_yaml",
 ]
 
 LANGS = ("python3", "python3-flask", "python3-http", "veba-cloudevent")
@@ -51,6 +55,31 @@ DEFAULT_TIMEOUT = 30.0
 SCALE_MIN_LABEL = "com.openfaas.scale.min"
 FILTERS_ANNOTATION = "veba.filters"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_LABEL_RULE = (
+    "a function name must be a DNS-1123 label: lower case letters, digits and '-',"
+    " starting and ending with a letter or digit, at most 63 characters"
+)
+
+# Every field faas-cli's stack.yml schema has (openfaas/go-sdk stack/schema.go, and the
+# older registry_auth / provider.network / templates[].path), plus veba's own. A
+# misspelt one fails with a suggestion: an `anotations:` would silently leave the
+# function without a topic. Fields in the *_UNUSED sets only matter when building
+# images; they are accepted, as faas-cli would, and ignored without a word.
+_TOP = {"version", "provider", "functions", "configuration"}
+_PROVIDER = {"name", "gateway", "network"}
+_CONFIGURATION = {"templates", "copy"}
+_TEMPLATE_SOURCE = {"name", "source", "path"}
+_RESOURCES = {"memory", "cpu"}
+_FUNCTION_USED = (
+    "lang", "handler", "image", "environment", "environment_file", "secrets",
+    "labels", "annotations", "limits", "delivery", "filters",
+)  # fmt: skip
+_FUNCTION_UNUSED = {
+    "fprocess", "skip_build", "constraints", "requests", "readonly_root_filesystem",
+    "build_options", "build_args", "build_secrets", "platforms", "namespace",
+    "registry_auth",
+}  # fmt: skip
+_FUNCTION_SHOWN = ", ".join(_FUNCTION_USED) + "; and faas-cli's image build fields"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -120,14 +149,17 @@ def load_stack(path: Path, env: Mapping[str, str] | None = None) -> Stack:
         text = path.read_text()
     except OSError as exc:
         raise StackError(file, "file", f"cannot read: {exc.strerror}") from None
-    doc = _load_yaml(substitute(text, os.environ if env is None else env), file)
+    doc = load_yaml(substitute(text, os.environ if env is None else env), file)
     if not isinstance(doc, dict):
         raise StackError(file, "(top level)", f"expected a mapping, got {_kind(doc)}")
     checker = _Checker(file, path.resolve().parent, path)
+    checker.known(doc, _TOP, "")
     version = doc.get("version", "1.0")
     if not isinstance(version, str | int | float) or isinstance(version, bool):
         raise StackError(file, "version", f"expected a string, got {_kind(version)}")
     provider = checker.mapping(doc.get("provider"), "provider")
+    checker.known(provider, _PROVIDER, "provider")
+    checker.configuration(doc.get("configuration"))
     provider_name = checker.string(provider.get("name", "openfaas"), "provider.name")
     gateway = checker.optional_string(provider.get("gateway"), "provider.gateway")
     if "functions" not in doc:
@@ -141,7 +173,7 @@ def load_stack(path: Path, env: Mapping[str, str] | None = None) -> Stack:
     return Stack(str(version), provider_name, gateway, specs, path)
 
 
-def _load_yaml(text: str, file: str) -> Any:
+def load_yaml(text: str, file: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
@@ -170,6 +202,34 @@ class _Checker:
 
     def fail(self, where: str, reason: str) -> StackError:
         return StackError(self.file, where, reason)
+
+    def known(
+        self,
+        value: Mapping[Any, Any],
+        allowed: Collection[str],
+        where: str,
+        shown: str | None = None,
+    ) -> None:
+        """Refuse a field the schema does not have, suggesting the one meant;
+        `shown` is what the message lists as known (default: `allowed`)."""
+        for key in value:
+            if str(key) not in allowed:
+                raise self.fail(
+                    f"{where}.{key}" if where else str(key),
+                    unknown_field(str(key), allowed, shown),
+                )
+
+    def configuration(self, value: Any) -> None:
+        """faas-cli's `configuration` (template sources, extra paths): checked, not used."""
+        config = self.mapping(value, "configuration")
+        self.known(config, _CONFIGURATION, "configuration")
+        templates = config.get("templates")
+        if templates is not None and not isinstance(templates, list):
+            raise self.fail("configuration.templates", f"expected a list, got {_kind(templates)}")
+        for i, item in enumerate(templates or []):
+            where = f"configuration.templates[{i}]"
+            self.known(self.mapping(item, where), _TEMPLATE_SOURCE, where)
+        self.strings(config.get("copy"), "configuration.copy")
 
     def mapping(self, value: Any, where: str) -> dict[str, Any]:
         if value is None:
@@ -212,13 +272,17 @@ class _Checker:
 
     def function(self, name: str, body: Any) -> FunctionSpec:
         where = f"functions.{name}"
-        if len(name) > 63 or not _DNS_LABEL.match(name):
-            raise self.fail(
-                where,
-                "function name must be a DNS-1123 label: lower case letters, digits and '-', "
-                "starting and ending with a letter or digit, at most 63 characters",
-            )
+        problem = function_name_problem(name)
+        if problem:
+            raise self.fail(where, problem)
         fn = self.mapping(body, where)
+        self.known(fn, {*_FUNCTION_USED, *_FUNCTION_UNUSED}, where, _FUNCTION_SHOWN)
+        for resources in ("limits", "requests"):
+            self.known(
+                self.mapping(fn.get(resources), f"{where}.{resources}"),
+                _RESOURCES,
+                f"{where}.{resources}",
+            )
         lang = self.lang(fn.get("lang"), f"{where}.lang")
         handler = self.handler(fn.get("handler"), f"{where}.handler")
         environment = self.environment_files(fn.get("environment_file"), where)
@@ -232,6 +296,9 @@ class _Checker:
                 parse_shape(shape)
             except ValueError as exc:
                 raise self.fail(f"{where}.annotations.{SHAPE_ANNOTATION}", str(exc)) from None
+        filters = self.filters(fn, annotations, where)
+        timeout = self.timeout(delivery, environment, where)
+        self.subscription(name, annotations.get("topic"), filters, fn, where, delivery, timeout)
         return FunctionSpec(
             name=name,
             lang=lang,
@@ -243,10 +310,10 @@ class _Checker:
             annotations=annotations,
             limits=self.mapping(fn.get("limits"), f"{where}.limits"),
             topic=annotations.get("topic"),
-            filters=self.filters(fn, annotations, where),
+            filters=filters,
             delivery=delivery,
             workers=self.workers(labels, f"{where}.labels.{SCALE_MIN_LABEL}"),
-            timeout=self.timeout(delivery, environment, where),
+            timeout=timeout,
             stack_file=self.path,
             shape=shape,
         )
@@ -282,7 +349,7 @@ class _Checker:
             except OSError as exc:
                 raise self.fail(at, f"cannot read {name}: {exc.strerror}") from None
             try:
-                doc = _load_yaml(text, name)
+                doc = load_yaml(text, name)
             except StackError as exc:
                 raise self.fail(at, f"{name} {exc.field}: {exc.reason}") from None
             # faas-cli's format is {"environment": {...}}; a bare mapping is accepted too.
@@ -303,6 +370,28 @@ class _Checker:
             raise self.fail(
                 f"{where}.annotations.{FILTERS_ANNOTATION}", f"invalid JSON: {exc}"
             ) from None
+
+    def subscription(
+        self,
+        name: str,
+        topic: str | None,
+        filters: Any,
+        fn: dict[str, Any],
+        where: str,
+        delivery: dict[str, Any],
+        timeout: float,
+    ) -> None:
+        """Compile the subscription and the delivery policy as a deploy will, so a
+        mistake in either is reported here, with the file, not by the appliance."""
+        # Filters name their own path: `filters[0]` under the function, or under the
+        # `veba.filters` annotation they were read from.
+        filters_at = where if fn.get("filters") is not None else f"{where}.annotations.veba"
+        try:
+            compile_subscription(name, topic, filters, where=filters_at)
+            DeliveryPolicy.parse(delivery, where=f"{where}.delivery", default_timeout=timeout)
+        except (SubscriptionError, PolicyError) as exc:
+            field, _, reason = str(exc).partition(": ")
+            raise self.fail(field, reason) from None
 
     def workers(self, labels: dict[str, str], where: str) -> int:
         raw = labels.get(SCALE_MIN_LABEL)
@@ -330,6 +419,21 @@ class _Checker:
         if seconds <= 0:
             raise self.fail(at, f"must be greater than zero, got {value!r}")
         return seconds
+
+
+def function_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a function (None if it can): faas-cli's and
+    Kubernetes' rule, since VEBA's functions were Kubernetes objects."""
+    if len(name) > 63 or not _DNS_LABEL.match(name):
+        return DNS_LABEL_RULE
+    return None
+
+
+def unknown_field(key: str, known: Collection[str], shown: str | None = None) -> str:
+    """`unknown field 'anotations'; did you mean 'annotations'? (known here: ...)`."""
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown field {key!r}{hint} (known here: {shown or ', '.join(known)})"
 
 
 def check_handler_syntax(spec: FunctionSpec) -> None:

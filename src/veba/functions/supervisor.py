@@ -8,6 +8,10 @@ while the requests queued behind it are sent again to a live worker.
 
 The worker processes themselves (how they are started, framed, signalled, ended)
 are `veba.functions._workerproc`; this module decides what they run and when.
+
+Whatever a worker says back (errors, tracebacks, bodies, headers, load errors) is
+scrubbed of the function's secret values (`veba.scrub`) as it becomes an
+`Outcome` or a `FunctionLoadError`, before anyone stores, logs or returns it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,7 @@ from veba.functions._workerproc import (
 )
 from veba.functions.build import ensure_sdk
 from veba.functions.isolate import SECRETS_PATH
+from veba.scrub import Scrubber
 
 __all__ = [
     "WORKER_PATH",
@@ -81,6 +86,19 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.kind == "ok"
+
+    def scrubbed(self, scrubber: Scrubber) -> Outcome:
+        """This outcome with the function's secret values taken out of everything
+        the function wrote: error, traceback, body and header values."""
+        if not scrubber:
+            return self
+        return replace(
+            self,
+            body=scrubber.data(self.body),
+            headers={k: scrubber.text(v) for k, v in self.headers.items()},
+            error=None if self.error is None else scrubber.text(self.error),
+            traceback=None if self.traceback is None else scrubber.text(self.traceback),
+        )
 
 
 def _log_to_logging(function: str, stream: str, line: str) -> None:
@@ -127,6 +145,7 @@ class FunctionPool:
         stop_grace: float = 3.0,
         sdk_dir: Path | None = None,
         isolation: Isolation | None = None,
+        scrubber: Scrubber | None = None,
     ) -> None:
         if workers < 1 or pipeline < 1:
             raise ValueError("workers and pipeline must be at least 1")
@@ -137,6 +156,9 @@ class FunctionPool:
         self.size = workers
         self.environment = dict(environment or {})
         self.secrets = dict(secrets or {})
+        # What comes back from the workers is scrubbed of these values: by default
+        # the secrets; the appliance adds the pool's store token.
+        self.scrubber = scrubber if scrubber is not None else Scrubber(self.secrets.values())
         self.log_sink = log_sink
         self.pipeline = pipeline
         self.start_timeout = start_timeout
@@ -358,7 +380,7 @@ class FunctionPool:
                 code = describe_exit(worker.proc.returncode)
                 tail = "\n".join(worker.stderr_tail)
                 message = f"{handler}: worker of {self.name!r} {why} ({code}):\n{tail}"
-            raise FunctionLoadError(message.rstrip())
+            raise FunctionLoadError(self.scrubber.text(message.rstrip()))
         worker.tasks.append(asyncio.create_task(self._read_responses(worker)))
         self._system(f"worker {worker.proc.pid} ready")
         return worker
@@ -482,10 +504,11 @@ class FunctionPool:
     # --- outcomes --------------------------------------------------------------------
 
     def _resolve(self, call: _Call, outcome: Outcome) -> None:
+        """Every outcome passes here: the one place it is scrubbed."""
         if outcome.kind == "error":
             self._counts["errors"] += 1
         if not call.future.done():
-            call.future.set_result(outcome)
+            call.future.set_result(outcome.scrubbed(self.scrubber))
 
     def _fail(self, call: _Call, kind: str, error: str) -> None:
         self._resolve(call, Outcome(0, b"", {}, error, None, kind, None, 0.0))
@@ -495,7 +518,7 @@ class FunctionPool:
 
     def _emit(self, stream: str, line: str) -> None:
         try:
-            self.log_sink(self.name, stream, line)
+            self.log_sink(self.name, stream, self.scrubber.text(line))
         except Exception:  # a broken sink must not stall the worker's pipe
             logging.getLogger(__name__).exception("log sink failed")
 

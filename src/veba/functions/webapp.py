@@ -33,6 +33,7 @@ from veba.functions._webproc import (
 )
 from veba.functions._workerproc import FunctionLoadError, Isolation, describe_exit
 from veba.functions.supervisor import Invocation, LogSink, Outcome
+from veba.scrub import Scrubber
 
 __all__ = ["WebAppPool"]
 
@@ -84,6 +85,7 @@ class WebAppPool:
         start_timeout: float = 60.0,
         stop_grace: float = 3.0,
         isolation: Isolation | None = None,
+        scrubber: Scrubber | None = None,
     ) -> None:
         if instances < 1 or concurrency < 0:
             raise ValueError("instances must be at least 1 and concurrency not negative")
@@ -98,6 +100,8 @@ class WebAppPool:
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
         self.isolation = isolation
+        # Its secrets are variables: their values must leave in no answer or log line.
+        self.scrubber = scrubber if scrubber is not None else Scrubber(())
         self._slots: list[_Instance | None] = [None] * instances
         self._live: set[_Instance] = set()  # every instance not yet ended, ready or not
         self._restarts: dict[int, asyncio.Task[None]] = {}
@@ -157,6 +161,10 @@ class WebAppPool:
     # --- invoking --------------------------------------------------------------------
 
     async def invoke(self, inv: Invocation, timeout: float) -> Outcome:
+        """Run one call; what comes back is scrubbed of the function's secret values."""
+        return (await self._invoke(inv, timeout)).scrubbed(self.scrubber)
+
+    async def _invoke(self, inv: Invocation, timeout: float) -> Outcome:
         """One HTTP request to an instance; the app's faults come back as an `Outcome`.
 
         ``timeout`` bounds the request, not the wait for a live instance.
@@ -370,7 +378,7 @@ class WebAppPool:
 
     def _emit(self, stream: str, line: str) -> None:
         try:
-            self.log_sink(self.name, stream, line)
+            self.log_sink(self.name, stream, self.scrubber.text(line))
         except Exception:  # a broken sink must not stall the app's pipes
             logging.getLogger(__name__).exception("log sink failed")
 

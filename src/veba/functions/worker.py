@@ -516,7 +516,12 @@ def _read_frame(stream: _Reader) -> tuple[bytes, bytes] | None:
 def _truncated(text: str) -> str:
     if len(text) <= TRACEBACK_LIMIT:
         return text
-    return "... (truncated)\n" + text[-TRACEBACK_LIMIT:]
+    # Whole lines only: a secret cut in half here is a fragment the appliance's
+    # scrubbing cannot recognise.
+    tail = text[-TRACEBACK_LIMIT:]
+    if "\n" not in tail:
+        return "... (truncated)"
+    return "... (truncated)\n" + tail[tail.index("\n") + 1 :]
 
 
 def _exception_status(exc: BaseException) -> int:

@@ -20,8 +20,6 @@ def handle(req):
 
 from __future__ import annotations
 
-from typing import Any
-
 from veba.sdk._call import attempt, deadline, remaining
 from veba.sdk.backoff import retry
 from veba.sdk.event import Event, MissingField, MoRef, NotACloudEvent
@@ -36,6 +34,7 @@ from veba.sdk.secrets import (
     secret_toml,
     secrets_dir,
 )
+from veba.sdk.state import idempotent, latest_only, store
 from veba.sdk.vcenter import VCenterConfig, VCenterConfigError, vcenter_config, vcenter_session
 
 __all__ = [
@@ -66,22 +65,3 @@ __all__ = [
     "vcenter_config",
     "vcenter_session",
 ]
-
-# --- state helpers (veba/sdk/state.py, owned by the state/idempotency work) ----------
-# Exported lazily so that this package imports whether or not state.py is there; any
-# other name of state.__all__ (StoreError...) is there as veba.sdk.state.NAME.
-_STATE_NAMES = ("idempotent", "latest_only", "store")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _STATE_NAMES:
-        try:
-            from veba.sdk import state
-        except ModuleNotFoundError as exc:
-            if exc.name != "veba.sdk.state":
-                raise
-            raise AttributeError(
-                f"veba.sdk.{name} is not available: this veba has no veba.sdk.state"
-            ) from None
-        return getattr(state, name)
-    raise AttributeError(f"module 'veba.sdk' has no attribute {name!r}")

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from veba.sdk._handler_call import (
     HandlerCall,
@@ -46,7 +46,9 @@ __all__ = [
     "idempotent",
 ]
 
-F = TypeVar("F", bound=Callable[..., Any])
+# The decorated handler keeps its signature: a duplicate gets what the first call returned.
+P = ParamSpec("P")
+R = TypeVar("R")
 
 DEFAULT_EXPIRES_AFTER = 3600.0  # how long a COMPLETED record answers duplicates
 # Added to the in-progress expiry: the pool kills a call at its timeout counted
@@ -136,7 +138,7 @@ def _failed(result: Any) -> bool:
 
 
 @overload
-def idempotent(fn: F, /) -> F: ...
+def idempotent(fn: Callable[P, R], /) -> Callable[P, R]: ...
 
 
 @overload
@@ -149,11 +151,11 @@ def idempotent(
     payload: str | Callable[[Event], Any] | None = "data",
     name: str | None = None,
     store: StoreClient | None = None,
-) -> Callable[[F], F]: ...
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
 def idempotent(
-    fn: F | None = None,
+    fn: Callable[P, R] | None = None,
     /,
     *,
     key: str | Callable[[Event], Any] | None = None,
@@ -161,7 +163,7 @@ def idempotent(
     payload: str | Callable[[Event], Any] | None = "data",
     name: str | None = None,
     store: StoreClient | None = None,
-) -> F | Callable[[F], F]:
+) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Run the handler once per idempotency key; a duplicate gets the stored result.
 
     ``key``: a dotted path into the event (``"data.Key"``, ``"id"``) or a function
@@ -177,11 +179,11 @@ def idempotent(
     an error status, leaves no record, so the retry runs again.
     """
 
-    def decorate(func: F) -> F:
+    def decorate(func: Callable[P, R]) -> Callable[P, R]:
         scope = scope_name(func, name)
 
         @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             call = find_call("idempotent", func, args, kwargs)
             event = call.event
             if key is None:
@@ -202,9 +204,10 @@ def idempotent(
                 call=call,
                 expires_after=expires_after,
             )
-            return record.run(lambda: func(*args, **kwargs))
+            result: R = record.run(lambda: func(*args, **kwargs))
+            return result
 
-        return cast(F, wrapper)
+        return wrapper
 
     return decorate(fn) if fn is not None else decorate
 

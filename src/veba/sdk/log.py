@@ -9,8 +9,9 @@ log.info("tagged", vm="web-01", tag="prod")
 
 ``VEBA_LOG_FORMAT=kv`` writes ``key=value`` lines instead; ``VEBA_LOG_LEVEL``
 sets the level (``info``). The value of every secret in the function's secrets
-folder (and, for TOML/JSON secrets, each string in it) is replaced by
-``[REDACTED]``.
+folder (and, for TOML/JSON secrets, each string in it), also as ``repr`` and
+JSON show it, base64- or URL-encoded, is replaced by ``[REDACTED]`` (values
+under 4 bytes excepted: see `veba.scrub`).
 """
 
 from __future__ import annotations
@@ -20,31 +21,27 @@ import logging
 import os
 import sys
 import time
-import tomllib
 import traceback
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from veba.scrub import Scrubber
 from veba.sdk._call import attempt as _attempt
 from veba.sdk._call import call_event_ids, current_call
 from veba.sdk.secrets import secrets_dir
 
 __all__ = ["Logger", "get_logger", "redact"]
 
-REDACTED = "[REDACTED]"
-_MIN_SECRET = 3  # shorter values would redact ordinary words
-
 
 # --- redaction ---------------------------------------------------------------------
 
-_cache: dict[str, tuple[tuple[Any, ...], list[str]]] = {}
+_cache: dict[str, tuple[tuple[Any, ...], Scrubber]] = {}
 
 
-def _secret_values(directory: Path | None) -> list[str]:
-    """The strings to redact for the secrets in ``directory``, longest first."""
+def _scrubber(directory: Path | None) -> Scrubber:
+    """What to redact for the secrets in ``directory``; rebuilt when a file changes."""
     if directory is None:
-        return []
+        return _NOTHING
     try:
         entries = sorted(
             (e.name, e.stat().st_mtime_ns, e.stat().st_size)
@@ -52,58 +49,30 @@ def _secret_values(directory: Path | None) -> list[str]:
             if e.is_file()
         )
     except OSError:
-        return []
+        return _NOTHING
     key = str(directory)
     signature = tuple(entries)
     hit = _cache.get(key)
     if hit is not None and hit[0] == signature:
         return hit[1]
-    values: set[str] = set()
+    values: list[bytes] = []
     for name, _, _ in entries:
         try:
-            text = (directory / name).read_bytes().decode("utf-8", "replace")
+            values.append((directory / name).read_bytes())
         except OSError:
             continue
-        values.update(_candidates(text))
-    found = sorted((v for v in values if len(v) >= _MIN_SECRET), key=len, reverse=True)
-    _cache[key] = (signature, found)
-    return found
+    scrubber = Scrubber(values)
+    _cache[key] = (signature, scrubber)
+    return scrubber
 
 
-def _candidates(text: str) -> set[str]:
-    whole = text.strip()
-    out = {whole}
-    parsed: Any = None
-    for parse in (tomllib.loads, json.loads):
-        try:
-            parsed = parse(whole)
-            break
-        except ValueError:  # TOMLDecodeError and JSONDecodeError are ValueErrors
-            continue
-    if isinstance(parsed, dict | list):
-        out.update(_strings(parsed))
-    elif "\n" in whole:  # a PEM key, a token per line...
-        out.update(line.strip() for line in whole.splitlines())
-    return out
-
-
-def _strings(value: Any) -> Iterable[str]:
-    if isinstance(value, str):
-        yield value.strip()
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
+_NOTHING = Scrubber()
 
 
 def redact(text: str, directory: Path | None = None) -> str:
-    """``text`` with the function's secret values replaced by ``[REDACTED]``."""
-    for value in _secret_values(directory if directory is not None else secrets_dir()):
-        if value in text:
-            text = text.replace(value, REDACTED)
-    return text
+    """``text`` with the function's secret values (and their escaped and encoded
+    forms, see `veba.scrub`) replaced by ``[REDACTED]``."""
+    return _scrubber(directory if directory is not None else secrets_dir()).text(text)
 
 
 # --- the logger ----------------------------------------------------------------------
@@ -133,27 +102,25 @@ class _Formatter(logging.Formatter):
         line.update(fields)
         if record.exc_info:
             line["exc"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
-        directory = secrets_dir()
-        values = _secret_values(directory)
-        clean = _redact_all(line, values) if values else line
+        scrubber = _scrubber(secrets_dir())
+        clean = _redact_all(line, scrubber) if scrubber else line
         if os.environ.get("VEBA_LOG_FORMAT", "json").lower() in ("kv", "logfmt", "text"):
             return " ".join(f"{k}={_kv(v)}" for k, v in clean.items() if v is not None)
         return json.dumps(clean, default=str, ensure_ascii=False)
 
 
-def _redact_all(value: Any, secrets: list[str]) -> Any:
+def _redact_all(value: Any, scrubber: Scrubber) -> Any:
+    # Field by field, before the line is serialised: the line stays valid JSON
+    # whatever a secret holds, and each string's repr/JSON forms are found too.
     if isinstance(value, str):
-        for secret in secrets:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
-        return value
+        return scrubber.text(value)
     if isinstance(value, dict):
-        return {k: _redact_all(v, secrets) for k, v in value.items()}
+        return {k: _redact_all(v, scrubber) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_redact_all(v, secrets) for v in value]
+        return [_redact_all(v, scrubber) for v in value]
     if isinstance(value, int | float | bool) or value is None:
         return value
-    return _redact_all(str(value), secrets)
+    return _redact_all(str(value), scrubber)
 
 
 def _kv(value: Any) -> str:

@@ -144,8 +144,10 @@ class SimulatorProvider:
         events: list[Event] = []
         async with self._lock:
             try:
-                for _ in range(count):
+                for done in range(count):
                     events += self.simulator.next_events(event_class, **overrides)
+                    if done % 50 == 49:  # let requests and deliveries through meanwhile
+                        await asyncio.sleep(0)
             finally:
                 self._pending += events
             await self._flush()
