@@ -100,8 +100,13 @@ def test_the_simulators_eventex_types_are_listed_offline() -> None:
 
 def test_search_matches_every_word_in_type_description_or_category() -> None:
     types = catalog.build(descriptions={"vcenter:vc": catalog.describe_event_info(EVENT_INFO)})
-    found = [t.type for t in catalog.search(types, "vm powered")]
-    assert found == ["DrsVmPoweredOnEvent", "VmPoweredOffEvent", "VmPoweredOnEvent"]
+    found = catalog.search(types, "vm powered")
+    assert {"DrsVmPoweredOnEvent", "VmPoweredOffEvent", "VmPoweredOnEvent"} <= {
+        t.type for t in found
+    }
+    for t in found:  # veba's descriptions count too ("A powered-on virtual machine ...")
+        text = f"{t.type} {t.description}".casefold()
+        assert "vm" in text and "powered" in text
     assert [t.type for t in catalog.search(types, "POWEREDON")] == [
         "DrsVmPoweredOnEvent",
         "VmPoweredOnEvent",
@@ -404,15 +409,13 @@ def _run(*args: str, env: dict[str, str] | None = None) -> Any:
 
 def test_cli_lists_offline_and_says_so(tmp_path: Path) -> None:
     env = {"VEBA_URL": f"http://127.0.0.1:{free_port()}", "VEBA_DATA_DIR": str(tmp_path)}
-    result = _run("catalog", "vm", "powered", env=env)
+    result = _run("catalog", "poweredon", env=env)
     assert result.exit_code == 0
     lines = result.stdout.splitlines()  # not a terminal: a line per type, tab-separated
-    assert [line.split("\t")[0] for line in lines] == [
-        "DrsVmPoweredOnEvent",
-        "VmPoweredOffEvent",
-        "VmPoweredOnEvent",
-    ]
-    assert "Template: boolean" in lines[2]
+    assert [line.split("\t")[0] for line in lines] == ["DrsVmPoweredOnEvent", "VmPoweredOnEvent"]
+    # veba's own description of it, without a vCenter; then its fields.
+    assert lines[1].split("\t")[1:3] == ["event", "A virtual machine was powered on"]
+    assert "Template: boolean" in lines[1]
     assert "offline (no appliance at" in result.stderr
     assert "pyVmomi" in result.stderr
 
@@ -473,7 +476,7 @@ def test_topic_completion_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     monkeypatch.setenv("VEBA_DATA_DIR", str(tmp_path))
     got = complete_topic("VmPoweredOnEvent,vmpowered")
     assert [name for name, _ in got] == ["VmPoweredOnEvent,VmPoweredOffEvent"]
-    assert ("VmPoweredOnEvent", "event") in complete_topic("VmPoweredOn")
+    assert ("VmPoweredOnEvent", "A virtual machine was powered on") in complete_topic("VmPoweredOn")
     assert complete_topic("NoSuch") == []
 
 
@@ -483,6 +486,55 @@ def test_the_shape_walk_and_the_catalogue_agree() -> None:
 
     on = catalog.Catalog(catalog.build()).get("VmPoweredOnEvent")
     assert list(to_govmomi(vim.event.VmPoweredOnEvent())) == [f.name for f in on.fields]
+
+
+def test_set_paths_must_exist_in_the_type_and_say_the_nearest() -> None:
+    merged = catalog.Catalog(catalog.build())
+    on, failed = merged.get("VmPoweredOnEvent"), merged.get("VmFailedToPowerOnEvent")
+    with pytest.raises(catalog.UnknownPath, match=r"did you mean data\.Vm\.Name\?"):
+        catalog.sample(on, **{"data.Vm.Nmae": "x"})
+    with pytest.raises(catalog.UnknownPath, match=r"did you mean Vm\.Name\?"):
+        catalog.sample(on, **{"Vm.Nmae": "x"})  # the simulator's spelling, without data.
+    with pytest.raises(catalog.UnknownPath, match=r"data\.Vm\.Name is text"):
+        catalog.sample(on, **{"data.Vm.Name.First": "x"})
+    with pytest.raises(catalog.UnknownPath, match=r"has no data\.Reason"):
+        catalog.sample(on, **{"data.Reason.Msg": "x"})
+    # An optional field the sample leaves unset is still the type's; attributes are fine.
+    event, _ = catalog.sample(failed, **{"data.Reason.Msg": "no host", "subject": "Custom"})
+    assert event.data["Reason"]["Msg"] == "no host" and event.subject == "Custom"
+    # A list is indexed within its length (an EventEx's Arguments).
+    tagged = merged.get("com.vmware.cis.tagging.attach")
+    event, _ = catalog.sample(tagged, **{"data.Arguments.0.Value": "prod"})
+    assert event.data["Arguments"][0]["Value"] == "prod"
+    with pytest.raises(catalog.UnknownPath, match=r"is a list of"):
+        catalog.sample(tagged, **{"data.Arguments.9.Value": "prod"})
+    # --add: a field the type does not have, on purpose.
+    event, _ = catalog.sample(on, added={"data.Vm.Nmae": "x"})
+    assert event.data["Vm"]["Nmae"] == "x"
+
+
+def test_common_types_are_described_without_a_vcenter() -> None:
+    types = by_type(catalog.build())
+    assert types["VmPoweredOnEvent"].description == "A virtual machine was powered on"
+    assert types["HostConnectionLostEvent"].category == "error"
+    # VEBA's examples' EventEx ids, with the EventEx fields.
+    sso = types["com.vmware.sso.LoginFailure"]
+    assert (sso.kind, sso.vmomi_class, sso.sources) == ("eventex", "EventEx", ("veba",))
+    # A connected vCenter's own words come first.
+    info = [{"key": "VmPoweredOnEvent", "category": "info", "description": "VM powered on"}]
+    described = catalog.build({"vcenter:vc": catalog.describe_event_info(info)})
+    assert by_type(described)["VmPoweredOnEvent"].description == "VM powered on"
+
+
+def test_generic_samples_are_plausible() -> None:
+    merged = catalog.Catalog(catalog.build())
+    _, origin = catalog.sample(merged.get("UserLoginSessionEvent"))
+    assert origin == "simulator"  # the simulator's own, where it makes the type
+    renamed, origin = catalog.sample(merged.get("DatastoreRenamedEvent"))
+    assert origin == "generic"
+    assert "<" not in json.dumps(renamed.data)  # no placeholders for fields it knows
+    assert (renamed.data["OldName"], renamed.data["NewName"]) == ("web-01-old", "web-01")
+    assert renamed.data["FullFormattedMessage"].startswith("A datastore was renamed: vsan")
 
 
 # -- topics checked against the catalogue ------------------------------------------------
@@ -497,6 +549,7 @@ def test_the_shape_walk_and_the_catalogue_agree() -> None:
         ("vm.powered.on,drs.vm.powered.on", []),  # VEBA's legacy dotted topics
         ("com.vmware.vsphere.VmPoweredOnEvent.v0", []),  # VEBA v0.8's type names
         ("com.vmware.cis.tagging.attach", []),  # an EventEx id the catalogue knows
+        ("com.vmware.vc.HA.ClusterFailoverActionCompletedEvent", []),  # described.tsv's
         ("com.vmware.vsphere.com.vmware.cis.tagging.attach.v0", []),
         # Typos: the nearest known type, in the naming used.
         ("VmPowerdOnEvent", ["'VmPowerdOnEvent' is not a known event type; did you mean 'VmPoweredOnEvent'?"]),
@@ -509,8 +562,8 @@ def test_the_shape_walk_and_the_catalogue_agree() -> None:
         ),
         # No near one: an EventEx id of the user's vCenter, maybe.
         (
-            "com.vmware.vc.HA.ClusterFailoverActionCompletedEvent",
-            ["'com.vmware.vc.HA.ClusterFailoverActionCompletedEvent' is not a known event type"
+            "com.vmware.vc.vsan.ChecksumNotOkEvent",
+            ["'com.vmware.vc.vsan.ChecksumNotOkEvent' is not a known event type"
              " (fine if it is an EventEx id your vCenter sends)"],
         ),
         ("Nonsense", ["'Nonsense' is not a known event type: the function will get no event for it"]),

@@ -213,7 +213,7 @@ async def test_failed_attempts_are_retried_with_backoff_then_dead_lettered(
     dispatcher = start(
         target,
         policy(retry=3, backoffPolicy=backoff, backoffDelay="PT0.1S", jitter=0),
-        observer=lambda name, outcome, result: outcomes.append(outcome),
+        observer=lambda name, outcome, result, delivery: outcomes.append(outcome),
     )
 
     info = await until(lambda: finished(log), what="the delivery to be dead")

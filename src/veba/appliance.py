@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from veba.activity import Activity, provider_changes
 from veba.deployments import Functions
 from veba.dispatch import DeadLetterSink
-from veba.eventlog import AppendResult, LogFull, SQLiteLog
+from veba.eventlog import AppendResult, Delivery, LogFull, SQLiteLog
+from veba.eventlog.ownerlock import OwnerLock
 from veba.eventlog.sqlite_store import SQLiteStore
 from veba.events import INVOCATION_TYPE, Event, InvalidEvent
 from veba.functionlogs import LogHub
@@ -32,6 +34,7 @@ from veba.routing import Subscription
 from veba.secrets import SecretStore
 from veba.settings import ApplianceSettings, ensure_token, record_url
 from veba.store import Store, StoreTokens, local_api_url
+from veba.targets.base import Result
 from veba.targets.http import Processors
 
 if TYPE_CHECKING:
@@ -49,8 +52,12 @@ class Appliance:
         *,
         providers: Sequence[Provider] | None = None,
         sockets: Mapping[str, socket.socket] | None = None,
+        lock: OwnerLock | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self.settings = settings
+        # What an operator is told as it happens (`veba serve` prints it).
+        self.activity = activity or Activity()
         # Where it listens (veba.listeners); `sockets` are those `veba serve` bound
         # before start, by purpose; a listener without one binds its own address.
         self.listeners = settings.listeners()
@@ -66,7 +73,8 @@ class Appliance:
         tls = settings.tls_cert is not None
         self.url = local_api_url(settings.listen, tls=tls)
         record_url(settings.data_dir, self.url)
-        self.log = SQLiteLog(settings.log_path)
+        # `lock`: the log's, if the caller took it before writing anything.
+        self.log = SQLiteLog(settings.log_path, lock=lock)
         # The functions' key-value store, on the log's file; functions reach it
         # over this appliance's API with a token per pool.
         self.store: Store = SQLiteStore(self.log)
@@ -87,13 +95,14 @@ class Appliance:
             secrets=self.secrets,
             logs=self.logs,
             dead_letter_sink=self.dead_letters,
-            observer=self.metrics.observe_delivery,
+            observer=self._observe,
             store=self.store,
             store_tokens=self.store_tokens,
             api_url=self.url,
             api_certificate=_leaf_certificate(settings.tls_cert) if settings.tls_cert else None,
             callbacks=self.http,
             private_dir=settings.data_dir,
+            activity=self.activity,
         )
         self.providers: list[Provider] = list(
             providers if providers is not None else _default_providers(settings, self.secrets)
@@ -102,6 +111,7 @@ class Appliance:
         # RouterConfig processors that point outside (Knative sinks, OpenFaaS gateways).
         self.processors = Processors.from_config(settings.processors, client=self.http)
         self._side_servers: list[Any] = []  # /stats, a webhook on its own bindAddress
+        self._dlq_report: asyncio.Task[None] | None = None
         self.gateway: WorkerGateway | None = None
 
     async def start(self) -> None:
@@ -115,7 +125,7 @@ class Appliance:
         self.processors.start(
             log=self.log,
             dead_letter_sink=self.dead_letters,
-            observer=self.metrics.observe_delivery,
+            observer=self._observe,
         )
         from veba.api.stats import side_servers
 
@@ -129,6 +139,8 @@ class Appliance:
                 self._run_provider(provider), name=f"provider:{provider.name}"
             )
             self._tasks.append(task)
+        if self.providers:
+            self._tasks.append(asyncio.create_task(self._watch_providers(), name="providers"))
 
     async def _prune(self, every: float = 60.0) -> None:
         """Retention: drop old events that need nothing more, a batch at a time."""
@@ -154,7 +166,61 @@ class Appliance:
                 log.exception("provider %s failed; restarting in 5 s", provider.name)
                 await asyncio.sleep(5)
 
+    async def _watch_providers(self, every: float = 1.0) -> None:
+        """Tell each provider's connects, drops and new errors (from its status)."""
+        seen: dict[str, dict[str, Any]] = {}
+        while True:
+            for provider in self.providers:
+                try:
+                    current = provider.status()
+                except Exception:  # a status is for telling; never fatal
+                    continue
+                for level, text in provider_changes(seen.get(provider.name), current):
+                    self.activity.report(level, text)
+                seen[provider.name] = current
+            await asyncio.sleep(every)
+
+    def _observe(self, function: str, outcome: str, result: Result, delivery: Delivery) -> None:
+        """Every settled attempt: counted; a dead letter told, with the DLQ's size."""
+        self.metrics.observe_delivery(function, outcome, result, delivery)
+        if outcome == "dead":
+            error = (result.error or "").strip().splitlines()
+            why = f"{result.kind} {result.status or ''}".strip()
+            if error:
+                why += f": {error[-1][:200]}"  # a traceback's last line says what
+            self.activity.report(
+                "error",
+                f"{function}: {_event_name(delivery.event)} failed after {delivery.attempt}"
+                f" attempt(s) ({why}); dead letter {delivery.id}: veba dlq show {delivery.id}",
+            )
+            if self._dlq_report is None or self._dlq_report.done():
+                self._dlq_report = asyncio.create_task(self._report_dlq())
+        elif outcome == "retried" and self.activity.verbose:
+            self.activity.report(
+                "event",
+                f"{function}: attempt {delivery.attempt} of {_event_name(delivery.event)}"
+                f" failed ({result.kind} {result.status or ''}), will retry",
+            )
+
+    async def _report_dlq(self) -> None:
+        await asyncio.sleep(0.2)  # one line for a burst of dead letters
+        try:
+            counts = await self.log.counts()
+        except (LogFull, OSError, RuntimeError):
+            return
+        dead = {name: c["dead"] for name, c in counts.items() if c.get("dead")}
+        if dead:
+            each = ", ".join(f"{name} {n}" for name, n in sorted(dead.items()))
+            self.activity.report("warning", f"dead-letter queue: {sum(dead.values())} ({each})")
+
+    def begin_shutdown(self) -> None:
+        """The server stops taking requests: end what streams forever (`logs
+        --follow`), so its shutdown waits for nobody."""
+        self.logs.end_follows()
+
     async def stop(self) -> None:
+        if self._dlq_report is not None:
+            self._dlq_report.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -189,11 +255,28 @@ class Appliance:
         route = self._route if self.processors else self.functions.router.route
         result = await self.log.append(events, route=route, checkpoint=checkpoint)
         self.wake(result.deliveries)
+        if self.activity.verbose:
+            self._tell_events(events, result, via)
         if result.accepted:
             self.metrics.events.labels(via).inc(result.accepted)
         if result.duplicates:
             self.metrics.duplicates.labels(via).inc(result.duplicates)
         return result
+
+    def _tell_events(self, events: Sequence[Event], result: AppendResult, via: str) -> None:
+        """--verbose: a line per event logged, with the functions it goes to."""
+        if result.accepted == len(events):
+            for event in events:
+                targets = ", ".join(self._route(event)) or "no function subscribes"
+                self.activity.report(
+                    "event", f"{via}: {_event_name(event)} from {event.source} -> {targets}"
+                )
+        else:
+            self.activity.report(
+                "event",
+                f"{via}: {len(events)} event(s), {result.accepted} new,"
+                f" {result.duplicates} already logged",
+            )
 
     def _route(self, event: Event) -> list[str]:
         return [*self.functions.router.route(event), *self.processors.route(event)]
@@ -231,6 +314,11 @@ class Appliance:
             "functions": {d.definition.name: d.status for d in self.functions.all()},
             "processors": self.processors.status(),
         }
+
+
+def _event_name(event: Event) -> str:
+    """An event as a line names it: its subject (or type) and id."""
+    return f"{event.attributes.get('subject') or event.type} {event.id}"
 
 
 def _default_providers(settings: ApplianceSettings, secrets: SecretStore) -> list[Provider]:

@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from veba.activity import Activity
 from veba.delivery import DeliveryPolicy, PolicyError
 from veba.dispatch import DeadLetterSink, Dispatcher, Observer
 from veba.eventlog.base import EventLog
@@ -304,8 +305,10 @@ class Functions:
         api_certificate: str | None = None,
         callbacks: httpx.AsyncClient | None = None,
         private_dir: Path | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self._dir = functions_dir
+        self._activity = activity or Activity()  # deploys, removals, failures to start
         self._callbacks = callbacks  # for the X-Callback-Url of async calls
         self._venvs = venv_cache
         self._log = log
@@ -388,8 +391,10 @@ class Functions:
         except DeployError as exc:
             deployment.status, deployment.error = "error", str(exc)
             self._logs.write(name, "system", f"could not start: {exc}")
+            self._activity.report("error", f"{name}: could not start: {exc}")
             return
         self._attach(deployment, pool)
+        self._activity.report("info", f"started {name} ({_summary(deployment.definition)})")
 
     async def stop(self) -> None:
         for task in list(self._starting):
@@ -412,6 +417,22 @@ class Functions:
     # -- deploy / remove ---------------------------------------------------------
 
     async def deploy(self, payload: Mapping[str, Any], progress: Progress = print) -> Deployment:
+        try:
+            deployment = await self._deploy(payload, progress)
+        except DeployError as exc:
+            self._activity.report("error", f"deploy of {payload.get('name')} refused: {exc}")
+            raise
+        except Exception as exc:
+            self._activity.report(
+                "error", f"deploy of {payload.get('name')} failed: {type(exc).__name__}: {exc}"
+            )
+            raise
+        self._activity.report(
+            "info", f"deployed {deployment.definition.name} ({_summary(deployment.definition)})"
+        )
+        return deployment
+
+    async def _deploy(self, payload: Mapping[str, Any], progress: Progress) -> Deployment:
         code = payload.get("code")
         if not isinstance(code, str):
             raise DeployError(f"functions.{payload.get('name')}.handler: no code was sent")
@@ -474,6 +495,9 @@ class Functions:
                 self._deployments[definition.name] = fresh
                 self._attach(fresh, pool)
                 self._logs.write(definition.name, "system", f"restarted: secret {secret!r} changed")
+                self._activity.report(
+                    "info", f"restarted {definition.name}: secret {secret!r} changed"
+                )
                 restarted.append(definition.name)
         return restarted
 
@@ -489,6 +513,7 @@ class Functions:
                 await self._store.drop(name)
             shutil.rmtree(self._dir / name, ignore_errors=True)
             self._logs.write(name, "system", f"removed; {dropped} undelivered event(s) dropped")
+            self._activity.report("info", f"removed {name}; {dropped} undelivered event(s) dropped")
             self._logs.forget(name)
             return True
 
@@ -681,6 +706,13 @@ def function_user(name: str) -> tuple[int, int]:
     index = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % _FUNCTION_UIDS
     uid = _FUNCTION_UID_BASE + index
     return uid, uid
+
+
+def _summary(definition: FunctionDefinition) -> str:
+    """What a deploy line says of a function: language, what it gets, workers."""
+    topic = definition.topic or ("Trigger filters" if definition.filters else "no topic")
+    kind = "instance(s)" if definition.knative else "worker(s)"
+    return f"{definition.lang}, {topic}, {definition.workers} {kind}"
 
 
 def _quiet(_: str) -> None:

@@ -18,7 +18,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -33,8 +33,8 @@ __all__ = ["DeadLetterSink", "Dispatcher", "ordering_key"]
 
 log = logging.getLogger("veba.dispatch")
 
-# (function, outcome: "delivered" | "retried" | "dead", result of the attempt)
-Observer = Callable[[str, str, Result], None]
+# (function, outcome: "delivered" | "retried" | "dead", result of the attempt, its delivery)
+Observer = Callable[[str, str, Result, Delivery], None]
 
 _LEASE_MARGIN = 30.0
 _IDLE_POLL = 1.0
@@ -274,19 +274,20 @@ class Dispatcher:
                 if result.ok:
                     self._done(delivery)
                     self.counts.delivered += 1
-                    self._observe("delivered", result)
+                    self._observe("delivered", result, delivery)
                     self._queue_ack(delivery.id, attempt)
                     return True
                 self.last_error = result.error
                 if self.policy.gives_up(attempt_no, result.kind, result.status):
                     self._done(delivery)
                     self.counts.dead += 1
-                    self._observe("dead", result)
                     await self._log.dead(delivery.id, attempt)
+                    # Told once it is in the DLQ, so what observers count there includes it.
+                    self._observe("dead", result, replace(delivery, attempt=attempt_no))
                     self._forward_dead(delivery, result)
                     return True
                 self.counts.retried += 1
-                self._observe("retried", result)
+                self._observe("retried", result, replace(delivery, attempt=attempt_no))
                 due = self._clock() + self.policy.backoff(attempt_no, self._rng)
                 if in_place:
                     await self._log.retry(delivery.id, attempt, due, lease_ttl=self._ttl)
@@ -347,9 +348,9 @@ class Dispatcher:
     def _shaped(self, event: Event) -> Event:
         return event if self.shape is None else to_shape(event, self.shape)
 
-    def _observe(self, outcome: str, result: Result) -> None:
+    def _observe(self, outcome: str, result: Result, delivery: Delivery) -> None:
         if self._observer is not None:
-            self._observer(self.name, outcome, result)
+            self._observer(self.name, outcome, result, delivery)
 
     def _forward_dead(self, delivery: Delivery, result: Result) -> None:
         if self._dls is not None and self.policy.dead_letter_sink:

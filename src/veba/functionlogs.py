@@ -97,7 +97,8 @@ class LogHub:
         self._keep = keep
         self._lines: dict[str, deque[LogLine]] = {}
         self._files: dict[str, _File] = {}
-        self._followers: dict[str, set[asyncio.Queue[LogLine]]] = {}
+        self._followers: dict[str, set[asyncio.Queue[LogLine | None]]] = {}
+        self._ended = False
         self._scrubbers: dict[str, Scrubber] = {}
 
     def set_scrubber(self, name: str, scrubber: Scrubber) -> None:
@@ -123,13 +124,24 @@ class LogHub:
         return list(lines)[-n:] if n > 0 else list(lines)
 
     async def follow(self, name: str) -> AsyncIterator[LogLine]:
-        queue: asyncio.Queue[LogLine] = asyncio.Queue()
+        """New lines of `name` as they come, until `end_follows`."""
+        if self._ended:
+            return
+        queue: asyncio.Queue[LogLine | None] = asyncio.Queue()
         self._followers.setdefault(name, set()).add(queue)
         try:
-            while True:
-                yield await queue.get()
+            while (line := await queue.get()) is not None:
+                yield line
         finally:
             self._followers[name].discard(queue)
+
+    def end_follows(self) -> None:
+        """End every `follow` (the appliance is stopping): its streamed response
+        finishes at once instead of holding the server's shutdown."""
+        self._ended = True
+        for queues in self._followers.values():
+            for queue in queues:
+                queue.put_nowait(None)
 
     def forget(self, name: str) -> None:
         file = self._files.pop(name, None)

@@ -8,6 +8,7 @@ import sys
 import structlog
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
+from veba.eventlog.base import Delivery
 from veba.targets.base import Result
 
 __all__ = ["Metrics", "configure_logging"]
@@ -35,7 +36,9 @@ class Metrics:
         )
         self._children: dict[tuple[str, str], Counter] = {}
 
-    def observe_delivery(self, function: str, outcome: str, result: Result) -> None:
+    def observe_delivery(
+        self, function: str, outcome: str, result: Result, delivery: Delivery | None = None
+    ) -> None:
         key = (function, outcome)
         child = self._children.get(key)
         if child is None:

@@ -20,7 +20,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["DataDirError", "make_private", "make_private_tree"]
+__all__ = ["DataDirError", "check_data_dir", "make_private", "make_private_tree"]
 
 log = logging.getLogger("veba.private")
 
@@ -38,14 +38,26 @@ def make_private(data_dir: Path) -> None:
     venvs' scripts). Symbolic links are left as they are (a venv's python links
     to the system's). Refuses a folder others share or rely on, which would break."""
     data_dir = Path(data_dir)
-    mode = data_dir.stat().st_mode
+    check_data_dir(data_dir)
+    _chmod(data_dir, 0o700)
+    make_private_tree(data_dir, except_for=WORKER_READABLE)
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Refuse (`DataDirError`) a data directory that others share or rely on (a
+    sticky folder such as /tmp, /, the home directory), which `make_private`
+    would break; one that does not exist yet is fine. `veba serve` asks before it
+    writes anything."""
+    data_dir = Path(data_dir)
+    try:
+        mode = data_dir.stat().st_mode
+    except FileNotFoundError:
+        return
     if mode & stat.S_ISVTX or data_dir.resolve() in (Path("/"), Path.home().resolve()):
         raise DataDirError(
             f"data directory {data_dir}: a shared folder; veba makes its data directory"
             f" private (0700), so give it one of its own, e.g. {data_dir / 'veba'}"
         )
-    _chmod(data_dir, 0o700)
-    make_private_tree(data_dir, except_for=WORKER_READABLE)
 
 
 def make_private_tree(top: Path, except_for: tuple[str, ...] = ()) -> None:

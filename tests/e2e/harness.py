@@ -99,16 +99,8 @@ class ApplianceProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
 
-    def cli(
-        self,
-        *args: str,
-        check: bool = True,
-        cwd: Path | None = None,
-        input: str | None = None,
-        env: dict[str, str | None] | None = None,
-    ) -> subprocess.CompletedProcess[str]:
-        """`veba ARGS` with this appliance's data dir and URL; `env` changes the
-        environment (None removes a variable)."""
+    def cli_environment(self, env: dict[str, str | None] | None = None) -> dict[str, str]:
+        """What `cli` runs `veba` with (for a test that starts it itself)."""
         environment = {**os.environ, "VEBA_DATA_DIR": str(self.data_dir), "VEBA_URL": self.url}
         environment.pop("VEBA_TOKEN", None)
         environment.pop("OPENFAAS_URL", None)
@@ -119,10 +111,22 @@ class ApplianceProcess:
                 environment.pop(name, None)
             else:
                 environment[name] = value
+        return environment
+
+    def cli(
+        self,
+        *args: str,
+        check: bool = True,
+        cwd: Path | None = None,
+        input: str | None = None,
+        env: dict[str, str | None] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """`veba ARGS` with this appliance's data dir and URL; `env` changes the
+        environment (None removes a variable)."""
         result = subprocess.run(
             [VEBA, *args],
             cwd=cwd,
-            env=environment,
+            env=self.cli_environment(env),
             capture_output=True,
             text=True,
             timeout=600,

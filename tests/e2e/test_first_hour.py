@@ -90,7 +90,12 @@ def test_remove_a_stack_whose_code_is_gone_or_broken(
     with stack.open("a") as more:  # and one that was never deployed
         more.write("  three: {lang: python3, handler: ./three}\n")
     removed = app.cli("remove", "-f", str(stack))
-    assert removed.stderr.splitlines() == ["removed one", "removed two", "three: not deployed"]
+    assert removed.stderr.splitlines() == [
+        f"removing from {app.url} (from $VEBA_URL)",  # the one gateway rule, said
+        "removed one",
+        "removed two",
+        "three: not deployed",
+    ]
     assert _deployed(app) == []
 
 

@@ -119,7 +119,7 @@ def test_sdk_function_up_and_invoke_with_a_sample_event(
 
     # A sample the simulator cannot make is refused before anything is sent.
     bad = app.cli("invoke", "tagger", "--event", "NoSuchEvent", check=False)
-    assert bad.returncode != 0 and "unknown event class 'NoSuchEvent'" in bad.stderr
+    assert bad.returncode != 0 and "unknown event type 'NoSuchEvent'" in bad.stderr
 
 
 def test_bad_input_gives_clear_errors_and_never_crashes_the_worker(

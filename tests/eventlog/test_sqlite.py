@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.eventlog.conformance import EventLogConformance, failed, make_event, to
-from veba.eventlog import LogFull, ReplayTooLarge, SQLiteLog
+from veba.eventlog import LogFull, LogInUse, OwnerLock, ReplayTooLarge, SQLiteLog
 from veba.eventlog import sqlite as sqlite_log
 from veba.eventlog.schema import MIGRATIONS, SchemaTooNew
 from veba.events import vsphere_event
@@ -101,6 +102,26 @@ async def test_two_appliances_cannot_share_one_log(tmp_path: Path) -> None:
             await SQLiteLog(tmp_path / "events.db").open()
     finally:
         await first.close()
+
+
+async def test_a_lock_taken_first_is_the_logs_and_names_its_holder(tmp_path: Path) -> None:
+    # `veba serve` locks before it writes anything, then hands the lock to the log.
+    path = tmp_path / "data" / "events.db"
+    lock = OwnerLock.acquire(path, url="http://127.0.0.1:8080")
+    log = SQLiteLog(path, lock=lock)
+    await log.open()
+    try:
+        with pytest.raises(
+            LogInUse, match=rf"pid {os.getpid()}, serving on http://127\.0\.0\.1:8080"
+        ):
+            OwnerLock.acquire(path)
+        await log.append([], route=lambda _: ())
+    finally:
+        await log.close()
+    with pytest.raises(LogInUse):  # the log leaves a lock it was given to its owner
+        OwnerLock.acquire(path)
+    lock.release()
+    OwnerLock.acquire(path).release()
 
 
 async def test_recent_events_held_in_memory_are_bounded_in_bytes(log: SQLiteLog) -> None:

@@ -36,9 +36,15 @@ def operation_id(route: APIRoute) -> str:
     return f"{methods}_{slug}"
 
 
-def create_app(appliance: Appliance) -> FastAPI:
+def create_app(appliance: Appliance, *, own_lifetime: bool = True) -> FastAPI:
+    """The app; it starts and stops the appliance with its lifespan unless the
+    server around it does (`veba serve`, which reports a failed start in a line)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not own_lifetime:
+            yield
+            return
         await appliance.start()
         try:
             yield

@@ -2,7 +2,7 @@
 
     GET /api/v1/catalog?search=WORDS&fields=true
         {"count", "types": [...], "vcenters": [{"name", "types", "error"}], "pyvmomi", "offline"}
-    GET /api/v1/catalog/{type}?set=PATH=VALUE
+    GET /api/v1/catalog/{type}?set=PATH=VALUE&add=PATH=VALUE
         the type's entry, with "sample" (a CloudEvent) and "sample_origin"
         (simulator, generic, or log: the latest logged event of a type that is
         not vSphere's)
@@ -95,14 +95,16 @@ async def list_types(
     return merged.to_dict(fields=fields)
 
 
-def _overrides(settings: list[str]) -> dict[str, Any]:
+def _overrides(settings: list[str], param: str = "set") -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for item in settings:
         path, sep, raw = item.partition("=")
         if not sep or not path.strip():
-            raise HTTPException(422, f"set {item!r}: expected PATH=VALUE, like data.Vm.Name=web-01")
+            raise HTTPException(
+                422, f"{param} {item!r}: expected PATH=VALUE, like data.Vm.Name=web-01"
+            )
         try:
-            value: Any = strictjson.loads(raw, f"query.set {path.strip()}")
+            value: Any = strictjson.loads(raw, f"query.{param} {path.strip()}")
         except strictjson.NotJSON:
             value = raw  # a plain word: the text itself
         except strictjson.JSONRefused as exc:  # NaN, a 65-bit integer, ...
@@ -116,6 +118,7 @@ async def show_type(
     name: str,
     request: Request,
     settings: Annotated[list[str] | None, Query(alias="set", max_length=100)] = None,
+    additions: Annotated[list[str] | None, Query(alias="add", max_length=100)] = None,
 ) -> dict[str, Any]:
     """One event type with a sample event of it."""
     merged = await _catalog(request)
@@ -124,15 +127,18 @@ async def show_type(
     except catalog.UnknownEventType as exc:
         raise HTTPException(404, str(exc)) from None
     overrides = _overrides(settings or [])
+    added = _overrides(additions or [], "add")
     if entry.vmomi_class is None and entry.seen:
         # Not a vSphere type (a webhook's): the newest logged event is the sample.
         records = await _appliance(request).log.events(
             subject=entry.type, limit=1, newest_first=True
         )
-        if records and not overrides:
+        if records and not overrides and not added:
             return {**entry.to_dict(), "sample": records[0].event.to_dict(), "sample_origin": "log"}
     try:
-        event, origin = await asyncio.to_thread(lambda: catalog.sample(entry, **overrides))
+        event, origin = await asyncio.to_thread(
+            lambda: catalog.sample(entry, added=added, **overrides)
+        )
     except (ValueError, TypeError, KeyError, IndexError) as exc:  # SimulationError, bad path
         raise HTTPException(422, f"{entry.type}: {exc}") from None
     return {**entry.to_dict(), "sample": event.to_dict(), "sample_origin": origin}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Annotated, Any
 
@@ -11,6 +12,7 @@ from fastapi.responses import Response
 from veba.api.auth import require_token
 from veba.api.errors import StrictRoute
 from veba.api.models import (
+    MAX_INT64,
     MAX_REPLAY,
     DeliveryId,
     Limit,
@@ -53,11 +55,20 @@ async def list_events(
 
 @v1_router.get("/events/{event_id}")
 async def show_event(event_id: str, request: Request) -> dict[str, Any]:
+    """One event by its id, else (all digits) by its seq, as `events list` shows it."""
     log = _appliance(request).log
     record = await log.event(event_id)
+    # A seq is ASCII digits within SQLite's integers ("²" is a digit to isdigit()).
+    seq = int(event_id) if re.fullmatch(r"[0-9]{1,19}", event_id) else None
+    if seq is not None and not 1 <= seq <= MAX_INT64:
+        seq = None
+    if record is None and seq is not None:
+        after = await log.events(after_seq=seq - 1, limit=1)
+        record = after[0] if after and after[0].seq == seq else None
     if record is None:
-        raise HTTPException(404, f"no event with id {event_id!r}")
-    deliveries = await log.deliveries(event_id=event_id, with_history=True)
+        what = "id or seq" if seq is not None else "id"
+        raise HTTPException(404, f"no event with {what} {event_id!r}")
+    deliveries = await log.deliveries(event_id=record.event.id, with_history=True)
     return {**record.to_dict(), "deliveries": [d.to_dict() for d in deliveries]}
 
 
@@ -186,7 +197,9 @@ async def replay(body: ReplayRequest, request: Request) -> dict[str, Any]:
 
 @v1_router.get("/status")
 async def status(request: Request) -> dict[str, Any]:
-    return _appliance(request).status()
+    appliance = _appliance(request)
+    # Deliveries by function and state (pending, leased, delivered, dead).
+    return {**appliance.status(), "deliveries": await appliance.log.counts()}
 
 
 _ONE_RANDOM = TriggerRequest.model_validate({})  # what an empty body asks for

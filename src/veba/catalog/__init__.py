@@ -14,13 +14,16 @@ one (realistic and consistent), else a generic one built from the pyVmomi
 class's properties in VEBA's shape.
 
 Where each part lives: the entries in `_model`, pyVmomi's classes in `_pyvmomi`,
-the merging of the sources in `_merge`, samples in `_samples`, the log's counts
-in `_seen`, topics checked against it in `_topics`. Import from `veba.catalog`, not from those.
+the merging of the sources in `_merge` (with veba's own descriptions of the
+common types, `described.tsv`), samples in `_samples`, which `--set` paths a type
+has in `_paths`, the log's counts in `_seen`, topics checked against it in
+`_topics`. Import from `veba.catalog`, not from those.
 """
 
 from veba.catalog._merge import Catalog, build, describe_event_info, extensible, search
 from veba.catalog._model import BASE_FIELDS, EventType, Field, UnknownEventType
 from veba.catalog._model import Source as Source  # offered here, though not in __all__
+from veba.catalog._paths import UnknownPath
 from veba.catalog._pyvmomi import pyvmomi_types
 from veba.catalog._pyvmomi import pyvmomi_version as pyvmomi_version  # likewise
 from veba.catalog._samples import sample
@@ -34,6 +37,7 @@ __all__ = [
     "Field",
     "SeenCounter",
     "UnknownEventType",
+    "UnknownPath",
     "build",
     "describe_event_info",
     "extensible",

@@ -7,6 +7,7 @@ import difflib
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from typing import Any
 
 from veba.catalog._model import EventType, UnknownEventType
@@ -19,7 +20,7 @@ from veba.catalog._pyvmomi import (
 )
 from veba.events import EVENT_TYPE_PREFIX
 
-__all__ = ["Catalog", "build", "describe_event_info", "extensible", "search"]
+__all__ = ["Catalog", "build", "describe_event_info", "described", "extensible", "search"]
 
 
 # -- the simulator ----------------------------------------------------------------------
@@ -38,6 +39,23 @@ def _simulated() -> dict[str, str]:
         else:
             kind = VCenterSimulator().sample(subject).type.removeprefix(EVENT_TYPE_PREFIX)
             out[subject] = kind
+    return out
+
+
+# -- veba's own descriptions ------------------------------------------------------------
+
+
+@functools.cache
+def described() -> dict[str, tuple[str, str, str]]:
+    """The types veba describes itself (`described.tsv`): type -> (kind,
+    category, description), so the common ones are explained without a vCenter."""
+    text = resources.files("veba.catalog").joinpath("described.tsv").read_text("utf-8")
+    out: dict[str, tuple[str, str, str]] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, kind, category, description = line.split("\t")
+        out[name] = (kind, category, description)
     return out
 
 
@@ -148,6 +166,15 @@ def build(
                 ),
                 vcenter,
             )
+    for name, (kind, category, description) in described().items():
+        current = entries.get(name)
+        if current is None:  # an EventEx / ExtendedEvent id no other source has offline
+            current = add_source(extensible(name, kind), "veba")
+        entries[name] = replace(  # a vCenter's own words, where it gave some, come first
+            current,
+            category=current.category or category,
+            description=current.description or description,
+        )
     for subject, (count, cloudevent_type) in (seen or {}).items():
         if not subject:
             continue

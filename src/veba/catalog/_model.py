@@ -10,7 +10,7 @@ from veba.events import Kind
 
 __all__ = ["BASE_FIELDS", "EventType", "Field", "Source", "UnknownEventType"]
 
-Source = Literal["pyvmomi", "simulator", "vcenter", "log"]
+Source = Literal["pyvmomi", "simulator", "vcenter", "log", "veba"]
 
 
 class UnknownEventType(LookupError):
@@ -53,7 +53,7 @@ class EventType:
     category: str | None = None  # info | warning | error | user (vCenter's EventManager)
     description: str | None = None
     long_description: str | None = None
-    sources: tuple[str, ...] = ()  # pyvmomi, simulator, vcenter:<host>, log
+    sources: tuple[str, ...] = ()  # pyvmomi, simulator, vcenter:<host>, log, veba (described)
     seen: int = 0
 
     @property

@@ -5,11 +5,14 @@ properties in VEBA's shape."""
 from __future__ import annotations
 
 import functools
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from veba.catalog._model import EventType
+from veba.catalog._paths import check_paths
 from veba.catalog._pyvmomi import EXTENSIBLE, event_classes, vmomi
 from veba.events import DEFAULT_API_VERSION, Event, Kind, vsphere_event
 
@@ -19,12 +22,25 @@ __all__ = ["sample"]
 _SEVERITIES = ("info", "warning", "error", "user")
 
 
-def sample(entry: EventType, **overrides: Any) -> tuple[Event, str]:
+def sample(
+    entry: EventType, *, added: Mapping[str, Any] | None = None, **overrides: Any
+) -> tuple[Event, str]:
     """An event of `entry`'s type and how it was made: "simulator" or "generic".
 
     Overrides are as for `VCenterSimulator.sample`: dotted data paths
-    (`Vm.Name`, `data.Vm.Name`) or CloudEvent attribute names.
+    (`Vm.Name`, `data.Vm.Name`) or CloudEvent attribute names. Each must be a
+    path the type has (`UnknownPath` otherwise, with the nearest one);
+    `added` paths are set as they are, existing or not.
     """
+    from veba.providers.simulator._core import _ATTRIBUTES
+
+    if overrides:
+        plain, _ = _make(entry, {})
+        check_paths(entry, plain.data, overrides, _ATTRIBUTES)
+    return _make(entry, {**overrides, **(added or {})})
+
+
+def _make(entry: EventType, overrides: Mapping[str, Any]) -> tuple[Event, str]:
     from veba.providers.simulator import VCenterSimulator
     from veba.providers.simulator._core import _split_attributes, set_path
 
@@ -153,8 +169,75 @@ def _value(prop: Any, depth: int) -> Any:
     if kind is type:
         return vim.VirtualMachine
     if issubclass(kind, str):
-        return f"<{prop.name}>"
+        return _text(prop.name)
     return None  # binary, AnyType, method names: left unset
+
+
+# Text fields by name (lower case): what such a field holds in a real event.
+_TEXTS = {
+    "ipaddress": "10.0.8.23",
+    "ip": "10.0.8.23",
+    "useragent": "govc/0.37.0",
+    "locale": "en",
+    "macaddress": "00:50:56:8a:1c:2f",
+    "mac": "00:50:56:8a:1c:2f",
+    "version": "8.0.2",
+    "build": "22617221",
+    "url": "https://vc01.lab.local/sdk",
+    "from": "green",
+    "to": "yellow",
+    "portkey": "12",
+    "key": "12",
+    "oldname": "web-01-old",
+    "newname": "web-01",
+    "name": "web-01",
+    "path": "[vsanDatastore] web-01/web-01.vmx",
+    "file": "[vsanDatastore] web-01/web-01.vmx",
+    "sourcefile": "[vsanDatastore] web-01/web-01.vmx",
+    "targetfile": "[vsanDatastore] web-01-copy/web-01.vmx",
+    "group": "LAB\\vm-admins",
+    "principal": "LAB\\bob",
+    "role": "VirtualMachineUser",
+    "privilegelist": "VirtualMachine.Interact.PowerOn",
+    "reason": "The operation was cancelled by the user",
+    "message": "",
+    "msg": "",
+}
+
+
+def _text(name: str) -> str:
+    """A plausible value for a text field, by its name; ids and UUIDs made up
+    from the name, so samples stay the same run to run."""
+    low = name.casefold()
+    world = _world()
+    if low in _TEXTS:
+        return _TEXTS[low]
+    if low.endswith("uuid") or low.endswith("sessionid") or low == "id":
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"veba-sample:{name}"))
+    if low in ("username", "user", "login", "userlogin"):
+        return str(world["user"])
+    if low in ("host", "hostname"):
+        return str(world["host"]["Name"])
+    if low.endswith("datastore") or low.endswith("datastorename"):
+        return str(world["ds"]["Name"])
+    return f"<{name}>"  # no idea: visibly a placeholder
+
+
+def _where(event: Any) -> str:
+    """What an event is about, as vCenter's messages say it: `web-01 on esx01 in DC01`."""
+    names = {
+        arg: getattr(getattr(event, arg, None), "name", None)
+        for arg in ("vm", "ds", "dvs", "host", "computeResource", "datacenter")
+    }
+    subject = next(
+        (names[a] for a in ("vm", "ds", "dvs", "host", "computeResource") if names[a]), None
+    )
+    parts = [subject] if subject else []
+    if names["vm"] and names["host"]:
+        parts.append(f"on {names['host']}")
+    if names["datacenter"] and names["datacenter"] != subject:
+        parts.append(f"in {names['datacenter']}")
+    return " ".join(str(p) for p in parts)
 
 
 @dataclass(frozen=True)
@@ -215,7 +298,9 @@ def _generic(entry: EventType) -> Event:
         value = _value(prop, 0)
         if value is not None:
             setattr(event, prop.name, value)
+    about = _where(event)
     message = entry.description or f"A {entry.type} (a generic sample)"
+    message += f": {about}" if about else ""
     event.fullFormattedMessage = message
     kind: Kind = "event"
     if entry.kind in ("eventex", "extendedevent") and name in EXTENSIBLE:

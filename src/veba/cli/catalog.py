@@ -108,12 +108,13 @@ def _table(types: list[dict[str, Any]], *, online: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    columns = ["type", "kind", "seen", "description"] if online else ["type", "kind", "extends"]
+    columns = ["type", "kind", "seen", "description"] if online else ["type", "kind", "description"]
     rows = [
         [
             t["type"],
             t["kind"],
-            *([str(t["seen"] or ""), t["description"] or ""] if online else [t["extends"] or ""]),
+            *([str(t["seen"] or "")] if online else []),
+            t["description"] or "",
             _field_text(t),
         ]
         for t in types
@@ -144,9 +145,10 @@ def _footer(answer: dict[str, Any], why: str | None, search: str | None) -> None
     )
     if why is not None:
         _note(
-            f"offline ({why}): pyVmomi {answer['pyvmomi']}'s event classes and the built-in"
-            " simulator's types only. A running appliance (`veba serve`) adds the EventEx and"
-            " ExtendedEvent ids its vCenters describe, and how often it has seen each type."
+            f"offline ({why}): pyVmomi {answer['pyvmomi']}'s event classes, the built-in"
+            " simulator's types and veba's descriptions of the common ones. A running appliance"
+            " (`veba serve`) adds the EventEx and ExtendedEvent ids its vCenters describe,"
+            " and how often it has seen each type."
         )
         return
     seen = sum(1 for t in answer["types"] if t["seen"])
@@ -166,6 +168,7 @@ def _footer(answer: dict[str, Any], why: str | None, search: str | None) -> None
 def _show(
     name: str,
     settings: list[str],
+    adds: list[str],
     offline: bool,
     connect: Connect,
     output: str,
@@ -173,11 +176,10 @@ def _show(
     answer: Any = None
     why: str | None = "--offline"
     if not offline:
-        answer, why = _ask(
-            f"/api/v1/catalog/{name}", {"set": settings} if settings else {}, connect
-        )
+        params = {k: v for k, v in (("set", settings), ("add", adds)) if v}
+        answer, why = _ask(f"/api/v1/catalog/{name}", params, connect)
     if answer is None:
-        answer = _offline_show(name, parse_overrides(settings))
+        answer = _offline_show(name, parse_overrides(settings), parse_overrides(adds, "--add"))
     if output != Output.table:
         print_data(answer, output)
     else:
@@ -187,7 +189,7 @@ def _show(
         _note(f"offline ({why}): sample made here, not by the appliance")
 
 
-def _offline_show(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+def _offline_show(name: str, overrides: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
     from veba import catalog as cat
     from veba.providers.simulator import SimulationError
 
@@ -201,7 +203,9 @@ def _offline_show(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
         entry = cat.extensible(name, "eventex")
         _note(f"{name} is not in the offline catalogue; showing it as an EventEx", "yellow")
     try:
-        event, origin = cat.sample(entry, **overrides)
+        event, origin = cat.sample(entry, added=added, **overrides)
+    except cat.UnknownPath as exc:
+        fail(f"--set {exc}")
     except (SimulationError, TypeError, ValueError, KeyError, IndexError) as exc:
         fail(f"{entry.type}: {exc}")
     return {**entry.to_dict(), "sample": event.to_dict(), "sample_origin": origin}
@@ -221,7 +225,7 @@ def _summary(entry: dict[str, Any]) -> None:
         lines.append(f"  seen {entry['seen']} times by the appliance")
     origins = {
         "simulator": "made by the built-in simulator",
-        "generic": "generic: built from the pyVmomi class, values are placeholders",
+        "generic": "built from the pyVmomi class; values are plausible, not real",
         "log": "the newest logged event of this type",
     }
     lines.append(f"  sample: {origins.get(entry.get('sample_origin', ''), '')}")
@@ -235,6 +239,9 @@ def catalog(
     ),
     settings: list[str] = typer.Option(
         [], "--set", help="With show: PATH=VALUE on the sample (data.Vm.Name=web-01); repeatable"
+    ),
+    adds: list[str] = typer.Option(
+        [], "--add", help="With show: PATH=VALUE, a field the type does not have; repeatable"
     ),
     offline: bool = typer.Option(
         False, "--offline", help="Do not ask the appliance: pyVmomi's classes only"
@@ -256,10 +263,10 @@ def catalog(
     if words and words[0] == "show":
         if len(words) != 2:
             fail("usage: veba catalog show TYPE")
-        _show(words[1], settings, offline, connect, output)
+        _show(words[1], settings, adds, offline, connect, output)
         return
-    if settings:
-        fail("--set goes with `veba catalog show TYPE`")
+    if settings or adds:
+        fail("--set and --add go with `veba catalog show TYPE`")
     _list(" ".join(words) or None, offline, connect, output)
 
 

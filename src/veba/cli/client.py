@@ -7,6 +7,7 @@ import os
 import ssl
 import sys
 from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
@@ -17,10 +18,29 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from veba.cli.credentials import Credential, GatewayURLError, choose_credential, gateway_key
-from veba.settings import DEFAULT_LISTEN, read_recorded_url, resolve_data_dir
+from veba.cli.credentials import (
+    Credential,
+    GatewayURLError,
+    choose_credential,
+    gateway_key,
+    same_appliance,
+)
+from veba.settings import DEFAULT_LISTEN, URL_FILE, read_recorded_url, resolve_data_dir
 
-__all__ = ["Client", "Output", "console", "err", "fail", "print_data", "print_item", "print_rows"]
+__all__ = [
+    "Client",
+    "ConnectionClosed",
+    "Gateway",
+    "Output",
+    "choose_gateway",
+    "console",
+    "err",
+    "fail",
+    "print_data",
+    "print_item",
+    "print_rows",
+    "stack_file_gateway",
+]
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -59,19 +79,80 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def gateway_url(option: str | None, data_dir: Path, stack_gateway: str | None = None) -> str:
-    """--gateway, VEBA_URL, OPENFAAS_URL (as VEBA's guides export it for
-    faas-cli), the stack's provider.gateway, the address a local `veba serve`
+STACK_FILES = ("stack.yml", "stack.yaml")  # faas-cli's default files, in its order
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """The appliance a command talks to, and why that one (for messages)."""
+
+    url: str
+    source: str  # "--gateway", "$VEBA_URL", "stack.yml provider.gateway", ...
+
+    def described(self) -> str:
+        return f"{self.url} (from {self.source})"
+
+
+def stack_file_gateway(path: Path) -> tuple[str | None, str] | None:
+    """A stack file's provider.gateway (None in the pair if it names none) and
+    where it was read; None if there is no such file. Read leniently: a
+    command that needs the stack itself says what is wrong with it. `${VAR}`s
+    are expanded first, as faas-cli (and `veba up`) do."""
+    from veba.functions.stack import substitute
+
+    if not path.is_file():
+        return None
+    where = f"{path} provider.gateway"
+    try:
+        document = yaml.safe_load(substitute(path.read_text(), os.environ))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None, where
+    provider = document.get("provider") if isinstance(document, dict) else None
+    url = provider.get("gateway") if isinstance(provider, dict) else None
+    return (url if isinstance(url, str) and url else None), where
+
+
+def implicit_stack_gateway() -> tuple[str | None, str] | None:
+    """./stack.yml's provider.gateway, as faas-cli uses it for every command run
+    beside a stack.yml."""
+    for name in STACK_FILES:
+        found = stack_file_gateway(Path(name))
+        if found is not None:
+            return found
+    return None
+
+
+def choose_gateway(
+    option: str | None,
+    data_dir: Path,
+    stack: tuple[str | None, str] | None = None,
+) -> Gateway:
+    """The gateway of a command, the same rule for every command (faas-cli's):
+    --gateway, VEBA_URL, OPENFAAS_URL (as VEBA's guides export it for faas-cli),
+    the stack's provider.gateway (`stack`: the gateway of the -f file and its
+    name; None: ./stack.yml if there is one), the address a local `veba serve`
     recorded in the data directory, then the default."""
-    url = (
-        option
-        or os.environ.get("VEBA_URL")
-        or os.environ.get("OPENFAAS_URL")
-        or stack_gateway
-        or read_recorded_url(data_dir)
-        or f"http://{DEFAULT_LISTEN}"
+    if stack is None:
+        stack = implicit_stack_gateway()
+    stack_url, stack_name = stack if stack else (None, "")
+    recorded = read_recorded_url(data_dir)
+    candidates = (
+        (option, "--gateway"),
+        (os.environ.get("VEBA_URL"), "$VEBA_URL"),
+        (os.environ.get("OPENFAAS_URL"), "$OPENFAAS_URL"),
+        (stack_url, stack_name),
+        (recorded, f"the appliance recorded in {data_dir / URL_FILE}"),
     )
-    return url.rstrip("/")
+    for url, source in candidates:
+        if url:
+            return Gateway(url.rstrip("/"), source)
+    return Gateway(f"http://{DEFAULT_LISTEN}", f"the default; no appliance recorded in {data_dir}")
+
+
+def gateway_url(option: str | None, data_dir: Path, stack_gateway: str | None = None) -> str:
+    """The URL `choose_gateway` picks (a `stack_gateway` as the -f file's)."""
+    stack = (stack_gateway, "stack provider.gateway") if stack_gateway else None
+    return choose_gateway(option, data_dir, stack).url
 
 
 class Client:
@@ -81,17 +162,18 @@ class Client:
         self,
         gateway: str | None,
         data_dir: Path | None,
-        stack_gateway: str | None = None,
+        stack: tuple[str | None, str] | None = None,
         *,
         token: str | None = None,
         tls_no_verify: bool = False,
     ):
         directory = resolve_data_dir(data_dir)
-        self.url = gateway_url(gateway, directory, stack_gateway)
+        self.gateway = choose_gateway(gateway, directory, stack)
+        self.url = self.gateway.url
         try:
             gateway_key(self.url)
         except GatewayURLError as exc:
-            fail(str(exc))
+            fail(f"{exc} (from {self.gateway.source})")
         self.data_dir = directory
         self.credential = choose_credential(self.url, directory, token)
         headers = {}
@@ -109,7 +191,7 @@ class Client:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            fail(transport_error(self.url, exc))
+            fail(transport_error(self.url, exc, self.gateway, self.data_dir))
         if response.status_code in allow:
             return response
         if response.status_code == 401:
@@ -121,7 +203,13 @@ class Client:
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.request(method, path, **kwargs).json()
 
-    def stream_lines(self, method: str, path: str, **kwargs: Any) -> Iterator[str]:
+    def stream_lines(
+        self, method: str, path: str, *, follow: bool = False, **kwargs: Any
+    ) -> Iterator[str]:
+        """The response's lines until the appliance ends it. If the connection
+        breaks after the response began (the appliance stopped): `ConnectionClosed`
+        when following (an endless stream's normal end), else one line and exit 1."""
+        began = False
         try:
             with self.http.stream(method, path, timeout=None, **kwargs) as response:
                 if response.status_code == 401:
@@ -129,9 +217,22 @@ class Client:
                 if response.status_code >= 400:
                     response.read()
                     fail(error_text(response))
+                began = True
                 yield from response.iter_lines()
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            if began and follow:
+                raise ConnectionClosed(self.url) from exc
+            if began:
+                fail(
+                    f"the appliance at {self.url} closed the connection before it answered in full"
+                )
+            fail(transport_error(self.url, exc, self.gateway, self.data_dir))
         except httpx.HTTPError as exc:
-            fail(transport_error(self.url, exc))
+            fail(transport_error(self.url, exc, self.gateway, self.data_dir))
+
+
+class ConnectionClosed(Exception):
+    """The appliance closed a streamed response before its end (it stopped)."""
 
 
 def untrusted_certificate(exc: BaseException) -> str | None:
@@ -144,17 +245,33 @@ def untrusted_certificate(exc: BaseException) -> str | None:
     return "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in str(exc) else None
 
 
-def transport_error(url: str, exc: httpx.HTTPError) -> str:
-    """One line on why the gateway could not be talked to."""
+def transport_error(
+    url: str,
+    exc: httpx.HTTPError,
+    gateway: Gateway | None = None,
+    data_dir: Path | None = None,
+) -> str:
+    """One line on why the gateway could not be talked to, and where its address
+    came from when that is known."""
     reason = untrusted_certificate(exc)
     if reason:
         return (
             f"{url}: its TLS certificate is not trusted ({reason}); pass --tls-no-verify"
             " to skip the check for this call, or trust its CA with SSL_CERT_FILE"
         )
-    if isinstance(exc, httpx.ConnectError):
-        return f"cannot reach the appliance at {url}; is `veba serve` running?"
-    return f"{url}: {exc}"
+    where = gateway.described() if gateway is not None else url
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        message = f"cannot reach the appliance at {where}; is `veba serve` running?"
+        recorded = read_recorded_url(data_dir) if data_dir is not None else None
+        if recorded and gateway is not None and not same_appliance(recorded, url):
+            message += (
+                f" The appliance of data dir {data_dir} serves on {recorded}:"
+                f" pass --gateway {recorded}"
+            )
+            if "provider.gateway" in gateway.source:
+                message += " or change the stack's provider.gateway"
+        return message
+    return f"{where}: {exc}"
 
 
 def refusal(url: str, credential: Credential, data_dir: Path) -> str:
@@ -221,14 +338,14 @@ def print_rows(rows: list[dict[str, Any]], columns: list[str], output: str) -> N
     console.print(table)
 
 
-def parse_overrides(settings: list[str]) -> dict[str, Any]:
+def parse_overrides(settings: list[str], flag: str = "--set") -> dict[str, Any]:
     """`--set PATH=VALUE` options: numbers, true/false/null and JSON objects as
     such; anything else is text."""
     overrides: dict[str, Any] = {}
     for item in settings:
         path, sep, raw = item.partition("=")
         if not sep or not path.strip():
-            fail(f"--set {item!r}: expected PATH=VALUE, like data.Vm.Name=web-01")
+            fail(f"{flag} {item!r}: expected PATH=VALUE, like data.Vm.Name=web-01")
         try:
             value: Any = json.loads(raw)
         except ValueError:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import typer
 
@@ -25,6 +25,8 @@ from veba.cli.client import (
     print_item,
     print_rows,
 )
+from veba.cli.completion import complete_function
+from veba.cli.views import ShowOutputOption, dead_letter_view, event_view, print_view, status_view
 
 events_app = typer.Typer(help="Events in the log", no_args_is_help=True)
 dlq_app = typer.Typer(help="The dead-letter queue", no_args_is_help=True)
@@ -66,17 +68,18 @@ def events_list(
 
 @events_app.command("show")
 def events_show(
-    event_id: str = typer.Argument(help="Event id (the id column of `veba events list`)"),
+    event: str = typer.Argument(..., help="Its seq (as `events list` shows) or its id"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,
     tls_no_verify: bool = TlsNoVerifyOption,
+    output: Output | None = ShowOutputOption,
 ) -> None:
     """One event with its deliveries and their attempts."""
     record = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
-        "GET", f"/api/v1/events/{event_id}"
+        "GET", f"/api/v1/events/{quote(event, safe='')}"
     )
-    sys.stdout.write(json.dumps(record, indent=2) + "\n")
+    print_view(record, event_view, output)
 
 
 @events_app.command("tail")
@@ -114,7 +117,9 @@ def events_tail(
 
 @dlq_app.command("list")
 def dlq_list(
-    function: str | None = typer.Option(None, "--function", help="Only this function's"),
+    function: str | None = typer.Option(
+        None, "--function", help="Only this function's", autocompletion=complete_function
+    ),
     limit: int = typer.Option(100, "--limit", help="At most this many dead letters"),
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
@@ -145,19 +150,23 @@ def dlq_show(
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,
     tls_no_verify: bool = TlsNoVerifyOption,
+    output: Output | None = ShowOutputOption,
 ) -> None:
     """A dead letter: its event, every attempt, and the last error with its traceback."""
     record = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
         "GET", f"/api/v1/dlq/{delivery_id}"
     )
-    sys.stdout.write(json.dumps(record, indent=2) + "\n")
+    print_view(record, dead_letter_view, output)
 
 
 @dlq_app.command("redrive")
 def dlq_redrive(
     ids: list[int] = typer.Argument(None, help="Dead-letter ids"),
     function: str | None = typer.Option(
-        None, "--function", help="Every dead letter of this function"
+        None,
+        "--function",
+        help="Every dead letter of this function",
+        autocompletion=complete_function,
     ),
     all_: bool = typer.Option(False, "--all", help="Every dead letter"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be redriven"),
@@ -201,7 +210,9 @@ def _when(value: str | None) -> float | None:
 
 
 def replay(
-    function: str = typer.Argument(help="Function to deliver the events to"),
+    function: str = typer.Argument(
+        ..., help="Function to deliver the events to", autocompletion=complete_function
+    ),
     since: str | None = typer.Option(None, "--since", help="ISO-8601 time or epoch seconds"),
     until: str | None = typer.Option(
         None, "--until", help="ISO-8601 time or epoch seconds (default: now)"
@@ -254,14 +265,10 @@ def status(
     data_dir: Path | None = DataDirOption,
     token: str | None = TokenOption,
     tls_no_verify: bool = TlsNoVerifyOption,
+    output: Output | None = ShowOutputOption,
 ) -> None:
     """Providers and functions at a glance."""
-    sys.stdout.write(
-        json.dumps(
-            Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
-                "GET", "/api/v1/status"
-            ),
-            indent=2,
-        )
-        + "\n"
+    answer = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
+        "GET", "/api/v1/status"
     )
+    print_view(answer, status_view, output)

@@ -14,6 +14,7 @@ import typer
 from veba.cli.catalog import complete_topic, warn_unknown_topics
 from veba.cli.client import (
     Client,
+    ConnectionClosed,
     DataDirOption,
     GatewayOption,
     Output,
@@ -27,7 +28,9 @@ from veba.cli.client import (
     parse_overrides,
     print_item,
     print_rows,
+    stack_file_gateway,
 )
+from veba.cli.completion import complete_function
 from veba.deployments import pack_code
 from veba.events import Event
 from veba.functions.build import BuildError, ensure_venv
@@ -54,6 +57,11 @@ def _stack(path: Path, only: str | None) -> tuple[Stack, list[FunctionSpec]]:
     except StackError as exc:
         fail(str(exc))
     return stack, specs
+
+
+def _stack_gateway(file: Path, stack: Stack) -> tuple[str | None, str]:
+    """The -f file's provider.gateway, named for messages (None: it names none)."""
+    return stack.gateway, f"{file} provider.gateway"
 
 
 def _payload(spec: FunctionSpec) -> dict[str, object]:
@@ -121,7 +129,7 @@ def new(
         fail(str(exc))
     files = "handler.py, test_handler.py" if test else "handler.py"
     err.print(f"created {folder}/ ({files}) and added {name} to {append}", highlight=False)
-    warn_unknown_topics(append, {name: topic}, Client(gateway, data_dir))
+    warn_unknown_topics(append, {name: topic}, Client(gateway, data_dir, stack_file_gateway(append)))
 
 
 def build(
@@ -151,11 +159,16 @@ def deploy(
 ) -> None:
     """Deploy the stack's functions to the appliance (builds there, with progress)."""
     stack, specs = _stack(file, filter)
-    client = Client(gateway, data_dir, stack.gateway, token=token, tls_no_verify=tls_no_verify)
+    client = Client(
+        gateway, data_dir, _stack_gateway(file, stack), token=token, tls_no_verify=tls_no_verify
+    )
     warn_unknown_topics(file, {s.name: s.topic for s in specs if s.lang != KNATIVE_LANG}, client)
     failed = False
     for spec in specs:
-        err.print(f"[bold]{spec.name}[/bold]: deploying to {client.url}", highlight=False)
+        err.print(
+            f"[bold]{spec.name}[/bold]: deploying to {client.gateway.described()}",
+            highlight=False,
+        )
         for line in client.stream_lines(
             "POST", "/system/functions?stream=true", json=_payload(spec)
         ):
@@ -186,7 +199,11 @@ def up(
 
 
 def remove(
-    name: str | None = typer.Argument(None, help="Function name (else every function in --file)"),
+    name: str | None = typer.Argument(
+        None,
+        help="Function name (else every function in --file)",
+        autocompletion=complete_function,
+    ),
     file: Path = StackOption,
     gateway: str | None = GatewayOption,
     data_dir: Path | None = DataDirOption,
@@ -202,7 +219,12 @@ def remove(
             names = function_names(file)
         except StackError as exc:
             fail(str(exc))
-    client = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify)
+    # The file's gateway, read as leniently as its names.
+    client = Client(
+        gateway, data_dir, stack_file_gateway(file), token=token, tls_no_verify=tls_no_verify
+    )
+    if not name:
+        err.print(f"removing from {client.gateway.described()}", highlight=False)
     for n in names:
         response = client.request(
             "DELETE", "/system/functions", json={"functionName": n}, allow=(404,)
@@ -241,13 +263,25 @@ def list_functions(
 
 
 def invoke(
-    name: str = typer.Argument(help="Function name (see `veba list`)"),
+    name: str = typer.Argument(
+        ..., help="Function name (see `veba list`)", autocompletion=complete_function
+    ),
     data: str | None = typer.Option(None, "--data", "-d", help="Request body (else stdin)"),
     event: str | None = typer.Option(
-        None, "--event", "-e", help="Send a sample event of this class (VmPoweredOnEvent, ...)"
+        None,
+        "--event",
+        "-e",
+        help="Send a sample event of this type: any of `veba catalog` (VmPoweredOnEvent, ...)",
+        autocompletion=complete_topic,
     ),
     set_: list[str] = typer.Option(
-        [], "--set", help="With --event: PATH=VALUE (data.Vm.Name=web-01); repeatable"
+        [],
+        "--set",
+        help="With --event: PATH=VALUE (data.Vm.Name=web-01), a path the event type has;"
+        " repeatable",
+    ),
+    add: list[str] = typer.Option(
+        [], "--add", help="With --event: PATH=VALUE, a field the event type does not have"
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="With --event: print it, send nothing"),
     content_type: str = typer.Option(
@@ -268,14 +302,14 @@ def invoke(
         if data is not None:
             fail("--event and --data are exclusive")
         shape = _event_shape(Client(gateway, data_dir), name)
-        sample = _sample_event(event, set_, shape)
+        sample = _sample_event(event, set_, add, shape)
         if dry_run:
             sys.stdout.write(json.dumps(sample.to_dict(), indent=2) + "\n")
             return
         # As a delivery to this function posts it: v0.7 structured, v0.8 binary.
         headers, body = delivery_request(sample, attempt=1, deadline=None, binary=shape == V08)
-    elif set_ or dry_run:
-        fail("--set and --dry-run go with --event")
+    elif set_ or add or dry_run:
+        fail("--set, --add and --dry-run go with --event")
     else:
         body = (
             data.encode()
@@ -306,22 +340,37 @@ def _event_shape(client: Client, name: str) -> Shape:
     return DEFAULT_SHAPE
 
 
-def _sample_event(event_class: str, settings: list[str], shape: Shape) -> Event:
-    """A sample event from the simulator, in the shape the function gets."""
-    from veba.providers.simulator import SimulationError, VCenterSimulator
+def _sample_event(event_class: str, settings: list[str], adds: list[str], shape: Shape) -> Event:
+    """A sample event of any catalogue type (`veba catalog`), in the shape the
+    function gets: the simulator's where it makes that type, else one built
+    from the type's pyVmomi class."""
+    from veba import catalog as cat
+    from veba.providers.simulator import SimulationError
 
     overrides = parse_overrides(settings)
+    added = parse_overrides(adds, "--add")
     try:
-        sample = VCenterSimulator().sample(event_class, **overrides)
+        entry = cat.Catalog(cat.build(), offline=True).get(event_class)
+    except cat.UnknownEventType as exc:
+        if "." not in event_class:
+            fail(f"--event {event_class}: {exc} (see `veba catalog`)")
+        # A dotted EventEx id that only a vCenter's EventManager knows.
+        entry = cat.extensible(event_class, "eventex")
+    try:
+        sample, _ = cat.sample(entry, added=added, **overrides)
+    except cat.UnknownPath as exc:
+        fail(f"--set {exc}")
     except SimulationError as exc:
-        fail(f"--event {event_class}: {exc}")
+        fail(f"--event {entry.type}: {exc}")
     except (TypeError, ValueError, KeyError, IndexError) as exc:
-        fail(f"--set: cannot apply {', '.join(settings)} to a {event_class}: {exc}")
+        fail(f"--set/--add: cannot apply {', '.join([*settings, *adds])} to a {entry.type}: {exc}")
     return to_shape(sample, shape)
 
 
 def logs(
-    name: str = typer.Argument(help="Function name (see `veba list`)"),
+    name: str = typer.Argument(
+        ..., help="Function name (see `veba list`)", autocompletion=complete_function
+    ),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines"),
     tail: int = typer.Option(100, "--tail", help="Start with at most this many past lines"),
     gateway: str | None = GatewayOption,
@@ -339,7 +388,7 @@ def logs(
         not_deployed(client, name)
     params = f"name={name}&tail={tail}&follow={'true' if follow else 'false'}"
     try:
-        for line in client.stream_lines("GET", f"/system/logs?{params}"):
+        for line in client.stream_lines("GET", f"/system/logs?{params}", follow=follow):
             if not line.strip():
                 continue
             item = json.loads(line)
@@ -349,7 +398,15 @@ def logs(
                 sys.stdout.write(f"{item['timestamp']} {item['instance']:6} {item['text']}\n")
                 sys.stdout.flush()
     except KeyboardInterrupt:
+        return
+    except ConnectionClosed:
         pass
+    else:
+        if not follow:
+            return
+    # Following ends only when the appliance ends it (it stops), as `kubectl logs
+    # -f` ends with its pod: said in one line, and not an error.
+    err.print(f"the appliance at {client.url} closed the connection", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

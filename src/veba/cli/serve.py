@@ -6,12 +6,15 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from veba.cli.client import DataDirOption, err, fail
 from veba.settings import DEFAULT_LISTEN, ApplianceSettings, parse_listen, resolve_data_dir
+
+if TYPE_CHECKING:
+    from veba.eventlog import OwnerLock
 
 
 def serve(
@@ -98,13 +101,25 @@ def serve(
     log_level: str = typer.Option(
         "info", "--log-level", help="debug, info, warning or error (the appliance's own log)"
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Also a line per event logged and per failed attempt"
+    ),
 ) -> None:
-    """Run the appliance: event log, functions, providers, API and webhook."""
+    """Run the appliance: event log, functions, providers, API and webhook.
+
+    Everything is checked before anything is written into the data directory
+    (addresses free, data directory not in use, vCenter passwords readable,
+    config valid); a refusal is one line. While it runs, it prints a line per
+    deploy, provider change and dead letter (--verbose: per event too).
+    """
     import uvicorn
 
+    from veba.activity import Activity
     from veba.api import create_app
     from veba.appliance import Appliance
+    from veba.cli.serving import Server, printer
     from veba.observability import configure_logging
+    from veba.store import local_api_url
 
     try:
         host, port = parse_listen(listen)
@@ -182,6 +197,13 @@ def serve(
         function_log_files=function_log_files,
         **fields,
     )
+    from veba.cli.preflight import vcenter_problems
+
+    problems = vcenter_problems(settings.vcenters, settings.data_dir)
+    if problems:
+        for line in problems[:-1]:
+            err.print(f"[red]error:[/red] {line}", highlight=False)
+        fail(problems[-1])
     from veba.listeners import ListenError
 
     try:  # every socket bound before anything starts: a refusal loses nothing
@@ -189,31 +211,40 @@ def serve(
         sockets = plan.bind()
     except ListenError as exc:
         fail(str(exc))
-    configure_logging(log_level)
+    from veba.private import DataDirError, check_data_dir
+
+    try:  # a folder it could not make private (/tmp, the home directory)
+        check_data_dir(settings.data_dir)
+    except DataDirError as exc:
+        fail(str(exc))
     # Everything the appliance creates is its own: the log, function logs, code,
     # venvs, and what workers write (they run as this user and inherit it).
     os.umask(0o077)
-    from veba.private import DataDirError
-
+    url = local_api_url(listen, tls=tls_cert is not None)
+    lock = _lock_data_dir(settings.log_path, url)  # the first write into the data dir
+    configure_logging(log_level)
+    activity = Activity()
+    activity.subscribe(printer(err), verbose=verbose)
+    # Writes its token and URL (the CLI's way to it) into the data directory.
     try:
-        appliance = Appliance(settings, sockets=sockets)  # records its URL beside its token
+        appliance = Appliance(settings, sockets=sockets, lock=lock, activity=activity)
     except DataDirError as exc:
         fail(str(exc))
     scheme = "https" if tls_cert else "http"
-    err.print(
+    ready = [
         f"veba serving on {scheme}://{host}:{port}  data: {settings.data_dir}  "
         f"token: {settings.data_dir / 'token'}",
-        highlight=False,
-    )
-    for line in [
         _webhook_line(settings, open_by),
         *(why for _, why in config.own_processors(listen)),
         *plan.notes,
-    ]:
-        err.print(line, highlight=False)
-    server = uvicorn.Server(
+        "a line per deploy, provider change and dead letter follows"
+        + ("; and per event (--verbose)" if verbose else " (--verbose: per event too)"),
+    ]
+    server = Server(
+        appliance,
+        ready,
         uvicorn.Config(
-            create_app(appliance),
+            create_app(appliance, own_lifetime=False),
             host=host,
             port=port,
             log_level="warning" if log_level == "info" else log_level,
@@ -221,12 +252,24 @@ def serve(
             timeout_graceful_shutdown=10,
             ssl_certfile=str(tls_cert) if tls_cert else None,
             ssl_keyfile=str(tls_key) if tls_key else None,
-        )
+        ),
+        err,
     )
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sockets["api"]])
     if not server.started:
-        raise typer.Exit(3)  # uvicorn said why
+        raise typer.Exit(3)  # said why in one line
+
+
+def _lock_data_dir(log_path: Path, url: str) -> OwnerLock:
+    from veba.eventlog import LogInUse, OwnerLock
+
+    try:
+        return OwnerLock.acquire(log_path, url=url)
+    except LogInUse as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"data directory {log_path.parent}: {exc.strerror or exc}")
 
 
 def _check_tls(cert: Path, key: Path) -> None:

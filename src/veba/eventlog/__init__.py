@@ -12,6 +12,7 @@ from veba.eventlog.base import (
     Route,
     Status,
 )
+from veba.eventlog.ownerlock import LogInUse, OwnerLock
 from veba.eventlog.sqlite import SQLiteLog
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "EventLog",
     "EventRecord",
     "LogFull",
+    "LogInUse",
+    "OwnerLock",
     "ReplayTooLarge",
     "Route",
     "SQLiteLog",

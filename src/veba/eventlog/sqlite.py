@@ -9,7 +9,6 @@ second connection on their own thread, so the API never waits behind writes.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import functools
 import os
 import sqlite3
@@ -31,6 +30,7 @@ from veba.eventlog.base import (
     Route,
     Status,
 )
+from veba.eventlog.ownerlock import OwnerLock
 from veba.eventlog.schema import migrate
 from veba.events import INVOCATION_TYPE, Event
 
@@ -63,6 +63,7 @@ class SQLiteLog:
         *,
         synchronous: str = "NORMAL",
         clock: Callable[[], float] = time.time,
+        lock: OwnerLock | None = None,
     ) -> None:
         self.path = Path(path)
         self._synchronous = synchronous
@@ -70,7 +71,10 @@ class SQLiteLog:
         self._writer: Writer | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._read_conn: sqlite3.Connection | None = None
-        self._lock_fd: int | None = None
+        # One appliance per file: a lock it was given (`veba serve` takes it before
+        # anything else), else one it takes at open.
+        self._lock = lock
+        self._own_lock = False
         self._checkpointer: Checkpointer | None = None
         self._recent: OrderedDict[int, tuple[Event, int]] = OrderedDict()  # seq -> (event, bytes)
         self._recent_bytes = 0
@@ -103,16 +107,9 @@ class SQLiteLog:
         self._read_conn = connect(self.path, self._synchronous)
 
     def _lock_owner(self) -> None:
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RuntimeError(
-                f"{self.path} is in use by another veba appliance; give each its own --data-dir"
-            ) from None
-        self._lock_fd = fd
+        if self._lock is None:  # LogInUse (a RuntimeError) if another appliance has it
+            self._lock = OwnerLock.acquire(self.path)
+            self._own_lock = True
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -129,9 +126,9 @@ class SQLiteLog:
         if self._read_conn is not None:
             self._read_conn.close()
             self._read_conn = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None and self._own_lock:
+            self._lock.release()
+            self._lock = None
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         if self._writer is None:
