@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import os
-import re
 import shutil
 import tarfile
 import time
@@ -39,7 +38,14 @@ from veba.functions.isolate import SECRETS_PATH
 from veba.functions.procfile import PROCFILE, web_command
 from veba.functions.runtime import FunctionRuntime
 from veba.functions.secretenv import SecretEnvError, required_secrets, secret_environment
-from veba.functions.stack import ALL_LANGS, KNATIVE_LANG, LANG_ALIASES, LANGS, StackError
+from veba.functions.stack import (
+    ALL_LANGS,
+    KNATIVE_LANG,
+    LANG_ALIASES,
+    LANGS,
+    StackError,
+    function_name_problem,
+)
 from veba.functions.supervisor import (
     FunctionLoadError,
     FunctionPool,
@@ -58,7 +64,6 @@ from veba.targets.functions import FunctionTarget
 __all__ = ["DeployError", "Deployment", "FunctionDefinition", "Functions", "pack_code"]
 
 log = logging.getLogger("veba.deployments")
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 Progress = Callable[[str], None]
 
 
@@ -129,7 +134,7 @@ class FunctionDefinition:
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any], code_hash: str) -> FunctionDefinition:
         name = payload.get("name") or payload.get("service")
-        if not isinstance(name, str) or not _NAME.match(name) or len(name) > 63:
+        if not isinstance(name, str) or function_name_problem(name):
             raise DeployError(
                 f"functions.{name}: name must be a DNS-1123 label (lower-case letters,"
                 " digits and '-', starting and ending with a letter or digit, at most 63)"

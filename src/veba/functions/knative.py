@@ -37,6 +37,7 @@ from veba.functions.stack import (
     FunctionSpec,
     Stack,
     StackError,
+    function_name_problem,
     load_stack,
     load_yaml,
     substitute,
@@ -50,7 +51,6 @@ SERVING = "serving.knative.dev/v1"
 EVENTING = "eventing.knative.dev/v1"
 MIN_SCALE = ("autoscaling.knative.dev/minScale", "autoscaling.knative.dev/min-scale")
 MAX_SCALE = ("autoscaling.knative.dev/maxScale", "autoscaling.knative.dev/max-scale")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _RESERVED_ENV = ("PORT",)  # veba sets it, as Knative does
@@ -261,7 +261,7 @@ class _Reader:
         at = f"{where}.metadata.name"
         if name is None:
             raise self.fail(at, "missing; the function's name")
-        if not isinstance(name, str) or len(name) > 63 or not _DNS_LABEL.match(name):
+        if not isinstance(name, str) or function_name_problem(name):
             raise self.fail(
                 at,
                 "must be a DNS-1123 label: lower case letters, digits and '-', "

@@ -447,7 +447,7 @@ class _Checker:
 def function_name_problem(name: str) -> str | None:
     """Why `name` cannot name a function (None if it can): faas-cli's and
     Kubernetes' rule, since VEBA's functions were Kubernetes objects."""
-    if len(name) > 63 or not _DNS_LABEL.match(name):
+    if len(name) > 63 or not _DNS_LABEL.fullmatch(name):
         return DNS_LABEL_RULE
     return None
 

@@ -101,7 +101,8 @@ class Outcome:
         )
 
 
-def _log_to_logging(function: str, stream: str, line: str) -> None:
+def log_to_logging(function: str, stream: str, line: str) -> None:
+    """The log sink of a pool given none: the appliance's own logging."""
     logging.getLogger(f"veba.functions.{function}").info("[%s] %s", stream, line)
 
 
@@ -139,7 +140,7 @@ class FunctionPool:
         workers: int = 1,
         environment: Mapping[str, str] | None = None,
         secrets: Mapping[str, bytes] | None = None,
-        log_sink: LogSink = _log_to_logging,
+        log_sink: LogSink = log_to_logging,
         pipeline: int = 8,
         start_timeout: float = 60.0,
         stop_grace: float = 3.0,

@@ -33,7 +33,7 @@ from veba.functions._webproc import (
     web_env,
 )
 from veba.functions._workerproc import FunctionLoadError, Isolation, describe_exit
-from veba.functions.supervisor import Invocation, LogSink, Outcome
+from veba.functions.supervisor import Invocation, LogSink, Outcome, log_to_logging
 from veba.scrub import Scrubber
 
 __all__ = ["WebAppPool"]
@@ -47,10 +47,6 @@ _HOP_HEADERS = frozenset(
 )  # fmt: skip
 # httpx has already decoded the body, so the encoding no longer applies.
 _RESPONSE_DROP = _HOP_HEADERS | {"content-encoding"}
-
-
-def _log_to_logging(function: str, stream: str, line: str) -> None:
-    logging.getLogger(f"veba.functions.{function}").info("[%s] %s", stream, line)
 
 
 @dataclass(eq=False)
@@ -80,7 +76,7 @@ class WebAppPool:
         command: str,
         instances: int = 1,
         environment: Mapping[str, str] | None = None,
-        log_sink: LogSink = _log_to_logging,
+        log_sink: LogSink = log_to_logging,
         concurrency: int = 0,
         start_timeout: float = 60.0,
         stop_grace: float = 3.0,
