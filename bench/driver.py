@@ -54,6 +54,10 @@ class Driver(abc.ABC):
         self.work_dir = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
         self.out_dir = self.work_dir / "starts"
         self.out_dir.mkdir()
+        # Under a root appliance veba's function runs as a user of its own: it must
+        # reach this folder and write its start files in it.
+        self.work_dir.chmod(0o755)
+        self.out_dir.chmod(0o777)
         self.starts = StartLog(self.out_dir)
         self.notes: list[str] = []  # caveats for the report
         self._next_key = 0

@@ -120,7 +120,9 @@ def render(setup: Setup, results: list[SystemResult]) -> str:
         "",
         f"## Results (median of {setup.runs} runs)",
         "",
-        f"Throughput: {setup.events:,} events, first send to the last handler start. "
+        f"Throughput: {setup.events:,} events, first send to the last handler start; "
+        "**veba's figure is batch** (100 events per POST), the peers send one message per "
+        "event, so it is not a per-event comparison (issue 11 adds that). "
         f"Latency: {setup.rate:g} events/s offered for {setup.seconds:g} s "
         f"({round(setup.rate * setup.seconds):,} events), send to handler start.",
         "",

@@ -298,7 +298,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     work = Path(tempfile.mkdtemp(prefix="veba-soak-"))
+    work.chmod(0o755)  # the function, a user of its own under a root appliance, appends here
     data_dir, out = work / "data", work / "received.txt"
+    out.touch()
+    out.chmod(0o666)
     (work / "soak").mkdir()
     (work / "soak" / "handler.py").write_text(HANDLER)
     (work / "soak" / "requirements.txt").write_text("")
