@@ -36,6 +36,7 @@ from veba.settings import ApplianceSettings, ensure_token, record_url
 from veba.store import Store, StoreTokens, local_api_url
 from veba.targets.base import Result
 from veba.targets.http import Processors
+from veba.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from veba.api.gateway import WorkerGateway
@@ -86,6 +87,8 @@ class Appliance:
             keep=settings.function_log_files,
         )
         self.metrics = Metrics()
+        self.telemetry = Telemetry()  # what the dashboard shows (/api/v1/overview)
+        self.started = time.time()
         self.http = httpx.AsyncClient(timeout=10.0)
         self.dead_letters = DeadLetterSink(self.http)
         self.functions = Functions(
@@ -129,7 +132,7 @@ class Appliance:
         )
         from veba.api.stats import side_servers
 
-        for server in side_servers(self):
+        for server in side_servers(self, started=self.started):
             await server.start()
             self._side_servers.append(server)
         if self.settings.retention > 0:
@@ -182,7 +185,9 @@ class Appliance:
 
     def _observe(self, function: str, outcome: str, result: Result, delivery: Delivery) -> None:
         """Every settled attempt: counted; a dead letter told, with the DLQ's size."""
-        self.metrics.observe_delivery(function, outcome, result, delivery)
+        took = max(0.0, time.time() - result.started) if result.started else 0.0
+        self.metrics.observe_delivery(function, outcome, took)
+        self.telemetry.attempt(function, outcome, took, result, delivery)
         if outcome == "dead":
             error = (result.error or "").strip().splitlines()
             why = f"{result.kind} {result.status or ''}".strip()
@@ -257,11 +262,17 @@ class Appliance:
         self.wake(result.deliveries)
         if self.activity.verbose:
             self._tell_events(events, result, via)
+        self._count(events, result, via)
+        return result
+
+    def _count(self, events: Sequence[Event], result: AppendResult, via: str) -> None:
         if result.accepted:
             self.metrics.events.labels(via).inc(result.accepted)
+            for _, index in result.logged:
+                self.metrics.event_accepted(events[index].source, events[index].type)
+            self.telemetry.logged(result.accepted)
         if result.duplicates:
             self.metrics.duplicates.labels(via).inc(result.duplicates)
-        return result
 
     def _tell_events(self, events: Sequence[Event], result: AppendResult, via: str) -> None:
         """--verbose: a line per event logged, with the functions it goes to."""
@@ -284,6 +295,7 @@ class Appliance:
     async def enqueue(self, event: Event, function: str) -> AppendResult:
         """Log `event` with a delivery to `function` only (an async call)."""
         result = await self.log.append([event], route=lambda _: (function,))
+        self._count([event], result, "async")
         self.wake(result.deliveries)
         return result
 
