@@ -4,7 +4,7 @@ Counters and the attempt-duration histogram are kept as things happen
 (`Metrics`); what the log and the providers know now (backlog, lag, dead
 letters, sizes, connection state) is read at scrape time into a `Live` and
 rendered with them, so a gauge equals what the log says at that moment.
-Every family, its labels and meaning: docs/operations.md, "Metrics".
+Every family, its labels and meaning: README.md, "Metrics".
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ class Metrics:
         ProcessCollector(registry=r)  # process_cpu_seconds_total, memory, open fds
         self._live = _LiveCollector()
         r.register(self._live)
-        self._pairs: set[tuple[str, str]] = set()
+        self._pairs: dict[tuple[str, str], Any] = {}  # (source, type) -> its counter
+        self._other: Any = None  # the counter of what comes past the cap
         self._children: dict[tuple[str, str], Any] = {}
 
     def observe_delivery(self, function: str, outcome: str, seconds: float) -> None:
@@ -131,11 +132,15 @@ class Metrics:
 
     def event_accepted(self, source: str, type_: str) -> None:
         pair = (source[:_LABEL_CHARS], type_[:_LABEL_CHARS])
-        if pair not in self._pairs:
-            if len(self._pairs) >= EVENT_LABEL_SETS:
-                pair = ("other", "other")
-            self._pairs.add(pair)
-        self.accepted.labels(*pair).inc()
+        child = self._pairs.get(pair)
+        if child is None:
+            if len(self._pairs) < EVENT_LABEL_SETS:
+                child = self._pairs[pair] = self.accepted.labels(*pair)
+            else:
+                if self._other is None:
+                    self._other = self.accepted.labels("other", "other")
+                child = self._other
+        child.inc()
 
     def render(self, live: Live | None = None) -> bytes:
         """The exposition text: the counters, and the gauges of `live`."""
