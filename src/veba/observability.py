@@ -117,7 +117,8 @@ class Metrics:
         r.register(self._live)
         self._pairs: dict[tuple[str, str], Any] = {}  # (source, type) -> its counter
         self._other: Any = None  # the counter of what comes past the cap
-        self._children: dict[tuple[str, str], Any] = {}
+        self._children: dict[tuple[str, str], Any] = {}  # (function, outcome) -> counter
+        self._timers: dict[str, Any] = {}  # function -> its histogram
 
     def observe_delivery(self, function: str, outcome: str, seconds: float) -> None:
         key = (function, outcome)
@@ -125,9 +126,9 @@ class Metrics:
         if child is None:
             child = self._children[key] = self.deliveries.labels(function, outcome)
         child.inc()
-        timer = self._children.get((function, ""))
+        timer = self._timers.get(function)
         if timer is None:
-            timer = self._children[(function, "")] = self.durations.labels(function)
+            timer = self._timers[function] = self.durations.labels(function)
         timer.observe(seconds)
 
     def event_accepted(self, source: str, type_: str) -> None:

@@ -266,6 +266,11 @@ def test_webhook_answers_are_counted_by_status_on_both_listeners(tmp_path: Path)
             assert stats.json()["vmware.event.router.stats"]["webhook"]["events_total"] == 2
         assert httpx.get(f"{served.url}/stats").status_code == 401
         assert httpx.get(f"{served.url}/api/v1/overview").status_code == 401
+        # The dashboard's page asks with the session cookie of /login.
+        with httpx.Client(base_url=served.url) as browser:
+            signed_in = browser.post("/login", data={"token": served.token, "next": "/docs"})
+            assert signed_in.status_code == 303
+            assert browser.get("/api/v1/overview").status_code == 200
     finally:
         served.stop()
     for code, n in (("200", 2), ("400", 1), ("401", 2), ("413", 1)):
