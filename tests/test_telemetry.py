@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from veba.eventlog.base import Backlog, Delivery, LogSize
@@ -33,10 +34,10 @@ def test_series_put_events_and_outcomes_in_ten_second_buckets_over_an_hour() -> 
     clock = Clock()
     telemetry = Telemetry(clock)
     telemetry.logged(3)
-    telemetry.attempt("fn", "delivered", 0.01, OK, delivery(1))
+    telemetry.attempt("fn", "delivered", OK, delivery(1))
     clock.now += STEP  # the next bucket
     telemetry.logged(2)
-    telemetry.attempt("fn", "retried", 0.02, Result("error", 500, "boom"), delivery(2))
+    telemetry.attempt("fn", "retried", Result("error", 500, "boom"), delivery(2))
     series = telemetry.series(clock.now)
     assert series["step"] == STEP and series["end"] == T0 + 2 * STEP
     assert len(series["events"]) == BUCKETS and series["events"][-2:] == [3, 2]
@@ -56,11 +57,16 @@ def test_a_function_keeps_percentiles_rate_totals_and_its_last_error() -> None:
     assert telemetry.function("fn").percentile(0.5) is None
     for n in range(1, 101):  # 1..100 ms, one attempt every 0.5 s
         outcome = "dead" if n % 10 == 0 else "delivered"
-        result = Result("error", 500, f"boom {n}") if outcome == "dead" else OK
-        telemetry.attempt("fn", outcome, n / 1000, result, delivery(n))
+        started = clock.now - n / 1000  # it took n ms
+        result = (
+            Result("error", 500, f"boom {n}", started)
+            if outcome == "dead"
+            else Result("ok", 200, None, started)
+        )
+        telemetry.attempt("fn", outcome, result, delivery(n))
         clock.now += 0.5
     fn = telemetry.function("fn")
-    assert fn.percentile(0.5) == 0.05 and fn.percentile(0.99) == 0.099
+    assert fn.percentile(0.5) == pytest.approx(0.05) and fn.percentile(0.99) == pytest.approx(0.099)
     assert (fn.attempts, fn.errors, fn.delivered, fn.dead) == (100, 10, 90, 10)
     assert fn.rate(clock.now) == 100 / 60  # all 100 came within the last minute
     assert fn.last_error is not None

@@ -185,9 +185,7 @@ class Appliance:
 
     def _observe(self, function: str, outcome: str, result: Result, delivery: Delivery) -> None:
         """Every settled attempt: counted; a dead letter told, with the DLQ's size."""
-        took = max(0.0, time.time() - result.started) if result.started else 0.0
-        self.metrics.observe_delivery(function, outcome, took)
-        self.telemetry.attempt(function, outcome, took, result, delivery)
+        self.metrics.observe_delivery(function, outcome, result, delivery)
         if outcome == "dead":
             error = (result.error or "").strip().splitlines()
             why = f"{result.kind} {result.status or ''}".strip()
@@ -206,6 +204,7 @@ class Appliance:
                 f"{function}: attempt {delivery.attempt} of {_event_name(delivery.event)}"
                 f" failed ({result.kind} {result.status or ''}), will retry",
             )
+        self.telemetry.attempt(function, outcome, result, delivery)
 
     async def _report_dlq(self) -> None:
         await asyncio.sleep(0.2)  # one line for a burst of dead letters

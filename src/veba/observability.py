@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,9 +29,17 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from veba import __version__
-from veba.eventlog.base import Backlog, LogSize
+from veba.eventlog.base import Backlog, Delivery, LogSize
+from veba.targets.base import Result
 
-__all__ = ["EVENT_LABEL_SETS", "Live", "Metrics", "Subscriber", "configure_logging"]
+__all__ = [
+    "EVENT_LABEL_SETS",
+    "Live",
+    "Metrics",
+    "Subscriber",
+    "attempt_seconds",
+    "configure_logging",
+]
 
 # No `_created` series beside every counter: the start time says as much.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -65,6 +74,11 @@ class Live:
     size: LogSize = field(default_factory=lambda: LogSize(0, 0))
     checkpoints: Mapping[str, float] = field(default_factory=dict)  # provider -> last written
     providers: Sequence[Mapping[str, Any]] = ()  # each provider's status()
+
+
+def attempt_seconds(result: Result) -> float:
+    """How long the attempt took until now (when its outcome is told)."""
+    return max(0.0, time.time() - result.started) if result.started else 0.0
 
 
 class Metrics:
@@ -120,7 +134,10 @@ class Metrics:
         self._children: dict[tuple[str, str], Any] = {}  # (function, outcome) -> counter
         self._timers: dict[str, Any] = {}  # function -> its histogram
 
-    def observe_delivery(self, function: str, outcome: str, seconds: float) -> None:
+    def observe_delivery(
+        self, function: str, outcome: str, result: Result, delivery: Delivery | None = None
+    ) -> None:
+        """A settled attempt: counted by outcome, and timed from when it started."""
         key = (function, outcome)
         child = self._children.get(key)
         if child is None:
@@ -129,7 +146,7 @@ class Metrics:
         timer = self._timers.get(function)
         if timer is None:
             timer = self._timers[function] = self.durations.labels(function)
-        timer.observe(seconds)
+        timer.observe(attempt_seconds(result))
 
     def event_accepted(self, source: str, type_: str) -> None:
         pair = (source[:_LABEL_CHARS], type_[:_LABEL_CHARS])

@@ -114,11 +114,10 @@ class Telemetry:
             self.events.add(self.clock(), count)
             self.events_total += count
 
-    def attempt(
-        self, function: str, outcome: str, seconds: float, result: Result, delivery: Delivery
-    ) -> None:
+    def attempt(self, function: str, outcome: str, result: Result, delivery: Delivery) -> None:
         """A settled attempt: outcome is delivered, retried or dead."""
         now = self.clock()
+        seconds = max(0.0, now - result.started) if result.started else 0.0
         if outcome in self.outcomes:
             self.outcomes[outcome].add(now)
         fn = self._functions.get(function)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from veba import telemetry
 from veba.api.auth import require_token
 from veba.api.errors import StrictRoute
 from veba.api.models import (
@@ -25,7 +26,6 @@ from veba.api.models import (
 from veba.api.stats import stats
 from veba.appliance import Appliance
 from veba.eventlog import DeliveryInfo, ReplayTooLarge, Status
-from veba.telemetry import read_live
 
 __all__ = ["v1_router"]
 
@@ -233,7 +233,7 @@ metrics_router = APIRouter(dependencies=[Depends(require_token)], tags=["metrics
 async def metrics(request: Request) -> Response:
     """Prometheus exposition: counters as kept, gauges read from the log now."""
     appliance = _appliance(request)
-    live = await read_live(appliance)
+    live = await telemetry.read_live(appliance)
     return Response(appliance.metrics.render(live), media_type=CONTENT_TYPE_LATEST)
 
 
