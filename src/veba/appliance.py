@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from veba import telemetry
 from veba.activity import Activity, provider_changes
 from veba.deployments import Functions
 from veba.dispatch import DeadLetterSink
@@ -36,7 +37,6 @@ from veba.settings import ApplianceSettings, ensure_token, record_url
 from veba.store import Store, StoreTokens, local_api_url
 from veba.targets.base import Result
 from veba.targets.http import Processors
-from veba.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from veba.api.gateway import WorkerGateway
@@ -86,9 +86,9 @@ class Appliance:
             max_bytes=settings.function_log_size,
             keep=settings.function_log_files,
         )
-        self.metrics = Metrics()
-        self.telemetry = Telemetry()  # what the dashboard shows (/api/v1/overview)
+        self.telemetry = telemetry.Telemetry()  # what the dashboard shows (/api/v1/overview)
         self.started = time.time()
+        self.metrics = Metrics()
         self.http = httpx.AsyncClient(timeout=10.0)
         self.dead_letters = DeadLetterSink(self.http)
         self.functions = Functions(
