@@ -82,9 +82,7 @@ async def tell(log: EventLog, logs: LogHub, record: EventRecord) -> Story:
     event = record.event
     deliveries = [
         d
-        for d in await log.deliveries(
-            event_id=event.id, with_history=True, limit=_MAX_DELIVERIES
-        )
+        for d in await log.deliveries(event_id=event.id, with_history=True, limit=_MAX_DELIVERIES)
         if d.seq == record.seq  # the same id from another source is another event
     ]
     deliveries.sort(key=lambda d: d.id)
