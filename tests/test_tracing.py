@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,42 @@ def test_function_lines_filed_under_an_event_are_found_again_after_a_restart(
     assert again.event_lines("fn", "id with spaces") == []
     untagged = (tmp_path / "fn.log").read_text().splitlines()[-1]
     assert untagged.endswith(" stdout not about any event")
+
+
+def test_opentelemetry_is_imported_only_for_otlp_export() -> None:
+    # (FastAPI imports opentelemetry's API by itself when it is installed.)
+    code = (
+        "import sys, veba.appliance, veba.api, veba.cli, veba.dispatch;"
+        " sys.exit(any(name.startswith(('opentelemetry.sdk', 'opentelemetry.exporter'))"
+        " for name in sys.modules))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_otlp_export_without_the_extra_is_refused_saying_what_to_install(tmp_path: Path) -> None:
+    # As if `pip install 'pyveba[otel]'` had not been run: the SDK cannot be found.
+    code = """
+import sys
+from importlib.abc import MetaPathFinder
+
+class NoOtel(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith(("opentelemetry.sdk", "opentelemetry.exporter")):
+            raise ModuleNotFoundError(name)
+        return None
+
+sys.meta_path.insert(0, NoOtel())
+sys.argv = ["veba", "serve", "--otlp-endpoint", "http://127.0.0.1:4318", "--data-dir", sys.argv[1]]
+from veba.cli import main
+main()
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "--otlp-endpoint needs the OpenTelemetry SDK" in done.stderr
+    assert "pip install 'pyveba[otel]'" in done.stderr
+    assert not (tmp_path / "data").exists()  # refused before anything was written

@@ -115,7 +115,7 @@ def serve(
         "--otlp-endpoint",
         envvar="VEBA_OTLP_ENDPOINT",
         help="Export a span per delivery attempt to this OTLP/HTTP collector"
-        " (http://HOST:4318; needs pip install 'pyveba[otel]')",
+        " (http://HOST:4318; needs veba's extra 'otel' installed)",
     ),
 ) -> None:
     """Run the appliance: event log, functions, providers, API and webhook.
@@ -287,9 +287,11 @@ def _check_otlp(endpoint: str) -> None:
     except ModuleNotFoundError:
         found = False
     if not found:
+        from rich.markup import escape
+
         fail(
-            "--otlp-endpoint needs the OpenTelemetry SDK and its OTLP/HTTP exporter:"
-            " pip install 'pyveba[otel]'"
+            "--otlp-endpoint needs the OpenTelemetry SDK and its OTLP/HTTP exporter: "
+            + escape("pip install 'pyveba[otel]'")
         )
     from veba.otlp import traces_url
 
