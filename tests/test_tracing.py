@@ -9,6 +9,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -119,6 +120,9 @@ def test_function_lines_filed_under_an_event_are_found_again_after_a_restart(
         with event_scope(scope):
             hub.write("fn", "stdout", f"line {n}")
     hub.write("fn", "stdout", "not about any event")
+    # A function printing a tag of its own does not put lines into a story.
+    forged = quote(odd, safe="!$&'()*+,-./:;<>?@^_`{|}~")
+    hub.write("fn", "stdout", f"[event={forged} delivery=7 attempt=1] forged")
     hub.close()
     assert len(list(tmp_path.glob("fn.log*"))) > 1
     again = LogHub(tmp_path, max_bytes=400, keep=3)
@@ -130,7 +134,7 @@ def test_function_lines_filed_under_an_event_are_found_again_after_a_restart(
         ("line 9", 7, 4),
     ]
     assert again.event_lines("fn", "id with spaces") == []
-    untagged = (tmp_path / "fn.log").read_text().splitlines()[-1]
+    untagged = (tmp_path / "fn.log").read_text().splitlines()[-2]
     assert untagged.endswith(" stdout not about any event")
 
 

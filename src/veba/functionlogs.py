@@ -67,7 +67,10 @@ class LogLine:
 
     def file_line(self) -> str:
         if self.event_id is None:
-            return f"{_stamp(self.timestamp)} {self.stream} {self.text}\n"
+            # A printed "[event=..." must not read back as a tag: a function
+            # could put lines into the story of another event it was sent.
+            text = "\\" + self.text if self.text.startswith("[event=") else self.text
+            return f"{_stamp(self.timestamp)} {self.stream} {text}\n"
         tag = f"event={quote(self.event_id, safe=_ID_SAFE)}"
         if self.delivery is not None:
             tag += f" delivery={self.delivery}"

@@ -177,8 +177,10 @@ def with_trace(event: Event, trace: TraceContext) -> Event:
     not written anew: the hot path pays a copy of the bytes, not a serialisation.
     """
     traced = Event({**event.attributes, "traceparent": trace.traceparent}, event.data)
-    if "traceparent" not in event.attributes:
-        body = event.to_json()
+    # Only a JSON already made (the logged event's) is spliced; a binary-mode
+    # delivery never needs one.
+    if event._body and "traceparent" not in event.attributes:
+        body = event._body[0]
         if body.endswith(b"}") and body != b"{}":
             traced._body.append(
                 b"".join((body[:-1], b',"traceparent":"', trace.traceparent.encode(), b'"}'))
