@@ -78,6 +78,7 @@ def test_a_delivery_carries_the_traceparent_in_every_mode_and_the_log_keeps_none
     assert "traceparent" not in logged.attributes  # what the log keeps is unchanged
     headers, body = delivery_request(sent, attempt=1, deadline=None)
     assert headers["traceparent"] == trace.traceparent == json.loads(body)["traceparent"]
+    assert json.loads(body) == sent.to_dict()  # the logged JSON, the attribute spliced in
     assert headers["tracestate"] == "vendor=abc"
     headers, _ = delivery_request(sent, attempt=1, deadline=None, binary=True)
     assert headers["ce-traceparent"] == headers["traceparent"] == trace.traceparent
