@@ -37,9 +37,11 @@ from veba.settings import ApplianceSettings, ensure_token, record_url
 from veba.store import Store, StoreTokens, local_api_url
 from veba.targets.base import Result
 from veba.targets.http import Processors
+from veba.tracing import EventScope, current_scope, event_scope
 
 if TYPE_CHECKING:
     from veba.api.gateway import WorkerGateway
+    from veba.otlp import SpanExport
 
 __all__ = ["Appliance"]
 
@@ -116,6 +118,12 @@ class Appliance:
         self._side_servers: list[Any] = []  # /stats, a webhook on its own bindAddress
         self._dlq_report: asyncio.Task[None] | None = None
         self.gateway: WorkerGateway | None = None
+        # A span per attempt to an OTLP collector; OpenTelemetry is imported only then.
+        self.spans: SpanExport | None = None
+        if settings.otlp_endpoint:
+            from veba.otlp import SpanExport
+
+            self.spans = SpanExport(settings.otlp_endpoint)
 
     async def start(self) -> None:
         await self.log.open()
@@ -184,8 +192,11 @@ class Appliance:
             await asyncio.sleep(every)
 
     def _observe(self, function: str, outcome: str, result: Result, delivery: Delivery) -> None:
-        """Every settled attempt: counted; a dead letter told, with the DLQ's size."""
+        """Every settled attempt: counted (and exported as a span, in the attempt's
+        scope); a dead letter told, with the DLQ's size."""
         self.metrics.observe_delivery(function, outcome, result, delivery)
+        if self.spans is not None and (scope := current_scope()) is not None:
+            self.spans.attempt(function, outcome, result, delivery, scope)
         if outcome == "dead":
             error = (result.error or "").strip().splitlines()
             why = f"{result.kind} {result.status or ''}".strip()
@@ -236,6 +247,8 @@ class Appliance:
             await self.gateway.stop()
         await self.log.close()
         self.logs.close()
+        if self.spans is not None:
+            await asyncio.to_thread(self.spans.close)
         with contextlib.suppress(Exception):
             await self.http.aclose()
 
@@ -257,7 +270,14 @@ class Appliance:
                     " async function calls; use /async-function/NAME"
                 )
         route = self._route if self.processors else self.functions.router.route
-        result = await self.log.append(events, route=route, checkpoint=checkpoint)
+        # Lines said meanwhile (the log full, a bad route) name the events.
+        with event_scope(EventScope.of([e.id for e in events])):
+            result = await self.log.append(events, route=route, checkpoint=checkpoint)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s: %d event(s) logged, %d already; deliveries %s",
+                    via, result.accepted, result.duplicates, result.deliveries or "none",
+                )  # fmt: skip
         self.wake(result.deliveries)
         if self.activity.verbose:
             self._tell_events(events, result, via)

@@ -28,6 +28,7 @@ from veba.eventlog.base import Attempt, Delivery, EventLog, LogFull
 from veba.events import Event
 from veba.shapes import Shape, to_shape
 from veba.targets.base import Result, Target
+from veba.tracing import EventScope, event_scope, set_scope, trace_for, with_trace
 
 __all__ = ["DeadLetterSink", "Dispatcher", "ordering_key"]
 
@@ -262,7 +263,13 @@ class Dispatcher:
                 self._chains.pop(key, None)
 
     async def _deliver(self, delivery: Delivery, *, in_place: bool = False) -> bool:
-        """Attempt until settled; False if the outcome could not be recorded."""
+        """Attempt until settled; False if the outcome could not be recorded. Under
+        the delivery's `EventScope`, so whatever is said meanwhile names the event."""
+        scope = EventScope(delivery.event.id, function=self.name, delivery=delivery.id)
+        with event_scope(scope):
+            return await self._attempts(delivery, in_place=in_place)
+
+    async def _attempts(self, delivery: Delivery, *, in_place: bool) -> bool:
         attempt_no = delivery.attempt
         due = delivery.available_at
         while True:
@@ -270,6 +277,11 @@ class Dispatcher:
             if wait > 0:
                 await asyncio.sleep(wait)
             result, attempt = await self._attempt(delivery, attempt_no)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s: attempt %d %s %s%s", self.name, attempt_no, result.kind, result.status,
+                    f" ({(result.error or '').strip().splitlines()[-1][:200]})" if result.error else "",
+                )  # fmt: skip
             try:
                 if result.ok:
                     self._done(delivery)
@@ -322,12 +334,26 @@ class Dispatcher:
                 log.error("%s: %s", self.name, self.last_error)
 
     async def _attempt(self, delivery: Delivery, attempt_no: int) -> tuple[Result, Attempt]:
+        trace = trace_for(delivery.event)
         async with self._running:
             self.counts.in_flight += 1
             started = self._clock()
+            # The attempt's scope stays bound (in this delivery's task, inside
+            # `_deliver`'s) until the next attempt: the observer told of its
+            # outcome reads its span there.
+            set_scope(
+                EventScope(
+                    delivery.event.id,
+                    function=self.name,
+                    delivery=delivery.id,
+                    attempt=attempt_no,
+                    trace=trace,
+                    started=started,
+                )
+            )
             try:
                 result = await self._target.deliver(
-                    self._shaped(delivery.event),
+                    with_trace(self._shaped(delivery.event), trace),
                     attempt=attempt_no,
                     deadline=started + self.policy.timeout,
                 )

@@ -5,21 +5,30 @@ Files are ``<logs dir>/<function>.log``, private (0600), rotated by size: past
 ``max_bytes`` the file becomes ``.log.1`` (and ``.1`` becomes ``.2``...), and only
 ``keep`` rotated files stay. `veba logs` reads the lines kept in memory (the
 last 5000 per function), so a rotation does not cut what it shows.
+
+A line written under an event's scope (`veba.tracing`: the pool hands over a
+call's output so) names it in the file, ``<time> <stream> [event=<id>
+delivery=<n> attempt=<n>] <text>`` (the id percent-encoded where it has spaces
+or brackets), so `event_lines` finds an event's output again, after a restart too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import os
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote, unquote
 
 from veba.scrub import Scrubber
+from veba.tracing import current_scope
 
 __all__ = ["DEFAULT_KEEP", "DEFAULT_MAX_BYTES", "LogHub", "LogLine"]
 
@@ -27,6 +36,11 @@ _KEEP = 5000
 DEFAULT_MAX_BYTES = 10 << 20
 DEFAULT_KEEP = 3
 _NOTHING = Scrubber()
+# An event id as a file line names it: no space, bracket or `=` left as is.
+_ID_SAFE = "!$&'()*+,-./:;<>?@^_`{|}~"
+_TAGGED = re.compile(
+    r"(\S+) (\S+) \[event=(\S+)(?: delivery=(\d+))?(?: attempt=(\d+))?\] (.*)", re.DOTALL
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,17 +49,44 @@ class LogLine:
     stream: str
     timestamp: float
     text: str
+    event_id: str | None = None  # the event whose delivery printed it, when known
+    delivery: int | None = None
+    attempt: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        # The shape of OpenFaaS's /system/logs lines, plus the stream.
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.timestamp))
-        millis = int((self.timestamp % 1) * 1000)
-        return {
+        # The shape of OpenFaaS's /system/logs lines, plus the stream (and the event).
+        out = {
             "name": self.name,
             "instance": self.stream,
-            "timestamp": f"{stamp}.{millis:03d}Z",
+            "timestamp": _stamp(self.timestamp),
             "text": self.text,
         }
+        if self.event_id is not None:
+            out["event"] = self.event_id
+        return out
+
+    def file_line(self) -> str:
+        if self.event_id is None:
+            # A printed "[event=..." must not read back as a tag: a function
+            # could put lines into the story of another event it was sent.
+            text = "\\" + self.text if self.text.startswith("[event=") else self.text
+            return f"{_stamp(self.timestamp)} {self.stream} {text}\n"
+        tag = f"event={quote(self.event_id, safe=_ID_SAFE)}"
+        if self.delivery is not None:
+            tag += f" delivery={self.delivery}"
+        if self.attempt is not None:
+            tag += f" attempt={self.attempt}"
+        return f"{_stamp(self.timestamp)} {self.stream} [{tag}] {self.text}\n"
+
+
+def _stamp(timestamp: float) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp))
+    return f"{stamp}.{int((timestamp % 1) * 1000):03d}Z"
+
+
+def _parse_stamp(text: str) -> float:
+    whole, _, millis = text.rstrip("Z").partition(".")
+    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + int(millis or 0) / 1000
 
 
 class _File:
@@ -107,17 +148,74 @@ class LogHub:
         lines other parts of veba write about the function)."""
         self._scrubbers[name] = scrubber
 
+    def scrub(self, name: str, text: str) -> str:
+        """`text` without `name`'s secret values (for what others tell of it)."""
+        return self._scrubbers.get(name, _NOTHING).text(text)
+
     def write(self, name: str, stream: str, text: str) -> None:
+        """One line of `name`'s log; under an event's scope, filed under that event."""
         text = self._scrubbers.get(name, _NOTHING).text(text)
-        line = LogLine(name, stream, time.time(), text.rstrip("\n"))
+        scope = current_scope()
+        if scope is not None and scope.event_id is not None:
+            line = LogLine(
+                name, stream, time.time(), text.rstrip("\n"),
+                scope.event_id, scope.delivery, scope.attempt,
+            )  # fmt: skip
+        else:
+            line = LogLine(name, stream, time.time(), text.rstrip("\n"))
         self._lines.setdefault(name, deque(maxlen=_KEEP)).append(line)
         file = self._files.get(name)
         if file is None:
             self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             file = self._files[name] = _File(self._dir / f"{name}.log", self._max_bytes, self._keep)
-        file.write(f"{line.to_dict()['timestamp']} {stream} {line.text}\n")
+        file.write(line.file_line())
         for queue in self._followers.get(name, ()):
             queue.put_nowait(line)
+
+    def event_lines(self, name: str, event_id: str, since: float = 0.0) -> list[LogLine]:
+        """`name`'s lines filed under `event_id`, oldest first, read from its files
+        (rotated ones too, skipping those last written before `since`): what
+        survives a restart. Blocking; scrubbed again with today's secrets."""
+        needle = f" [event={quote(event_id, safe=_ID_SAFE)}".encode()
+        base = self._dir / f"{name}.log"
+        paths = [base.with_name(f"{base.name}.{n}") for n in range(self._keep, 0, -1)]
+        found: list[LogLine] = []
+        for path in [*paths, base]:
+            try:
+                if path.stat().st_mtime < since:
+                    continue
+                data = path.read_bytes()
+            except OSError:
+                continue
+            at = data.find(needle)
+            while at >= 0:
+                start = data.rfind(b"\n", 0, at) + 1
+                end = data.find(b"\n", at)
+                end = len(data) if end < 0 else end
+                line = self._parse(name, data[start:end].decode("utf-8", "replace"))
+                if line is not None and line.event_id == event_id:
+                    found.append(line)
+                at = data.find(needle, end)
+        return found
+
+    def _parse(self, name: str, raw: str) -> LogLine | None:
+        match = _TAGGED.fullmatch(raw)
+        if match is None:
+            return None
+        stamp, stream, event_id, delivery, attempt, text = match.groups()
+        try:
+            when = _parse_stamp(stamp)
+        except ValueError:
+            return None
+        return LogLine(
+            name,
+            stream,
+            when,
+            self._scrubbers.get(name, _NOTHING).text(text),
+            unquote(event_id),
+            None if delivery is None else int(delivery),
+            None if attempt is None else int(attempt),
+        )
 
     def tail(self, name: str, n: int = 100) -> list[LogLine]:
         lines = self._lines.get(name, deque())

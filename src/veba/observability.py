@@ -265,20 +265,53 @@ def _provider_metrics(live: Live) -> Iterator[Metric]:
 
 
 def configure_logging(level: str = "INFO", *, json_logs: bool = False) -> None:
-    """structlog for the appliance's own lines; stdlib loggers go the same way."""
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer()
+    """structlog for the appliance's own lines; stdlib loggers go the same way.
+
+    Either kind of line about an event carries its `veba.tracing.EventScope`
+    (``event_id``, ``function``, ``delivery_id``, ``attempt``): as keys of the
+    JSON object with `json_logs`, else as ``key=value`` after the message.
+    """
+    from veba.tracing import ScopeFilter, add_event_scope
+
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    # JSON says "message", not structlog's "event": here an event is a CloudEvent.
+    renderers: list[structlog.types.Processor] = (
+        [structlog.processors.EventRenamer("message"), structlog.processors.JSONRenderer()]
+        if json_logs
+        else [structlog.dev.ConsoleRenderer()]
     )
     structlog.configure(
         processors=[
+            structlog.contextvars.merge_contextvars,
+            add_event_scope,
             structlog.stdlib.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
+            stamp,
+            *renderers,
         ],
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ScopeFilter())
+    if json_logs:
+        handler.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,
+                    *renderers,
+                ],
+                foreign_pre_chain=[
+                    structlog.stdlib.add_logger_name,
+                    structlog.stdlib.add_log_level,
+                    stamp,
+                    add_event_scope,
+                ],
+            )
+        )
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s%(scope_text)s")
+        )
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True
     )

@@ -136,6 +136,8 @@ class ApplianceSettings:
     # Function log files rotate past this size; this many rotated files are kept.
     function_log_size: int = DEFAULT_MAX_BYTES
     function_log_files: int = DEFAULT_KEEP
+    # An OTLP/HTTP collector to export a span per delivery attempt to (veba.otlp).
+    otlp_endpoint: str | None = None
 
     def listeners(self) -> ListenerPlan:
         """Where the appliance listens; raises `ListenError` for settings that clash."""

@@ -330,3 +330,52 @@ async def test_restart_keeps_trying_until_the_handler_loads_again(
     out = await asyncio.wait_for(waiting, 30)
     assert (out.kind, out.body) == ("ok", b"fine\n")
     assert fn.stats["alive"] == 1
+
+
+PRINTS = """
+    import sys
+
+    def handle(req):
+        print(f"{req} one")
+        print(f"{req} two", file=sys.stderr)
+        sys.stdout.write(f"{req} left open")  # no newline: it ends with its call
+        return "ok"
+"""
+
+
+async def test_what_a_call_prints_is_handed_over_under_its_events_scope(
+    python: Path, make_handler: Callable[..., Path]
+) -> None:
+    from veba.tracing import EventScope, current_scope, event_scope
+
+    seen: list[tuple[str, str, str | None, int | None]] = []
+
+    def sink(function: str, stream: str, line: str) -> None:
+        scope = current_scope()
+        seen.append((stream, line, scope and scope.event_id, scope and scope.attempt))
+
+    fn = FunctionPool(
+        "tagged", python=python, handler_dir=make_handler(PRINTS), lang="python3", log_sink=sink
+    )
+    await fn.start()
+    try:
+
+        async def call(n: int) -> None:
+            with event_scope(EventScope(f"e{n}", function="tagged", delivery=n, attempt=n)):
+                assert (await fn.invoke(Invocation(b"c%d" % n), timeout=10)).ok
+
+        await asyncio.gather(*(call(n) for n in range(1, 5)))  # pipelined on one worker
+        await fn.invoke(Invocation(b"bare"), timeout=10)
+        await wait_until(lambda: sum("bare" in line for _, line, _, _ in seen) == 3)
+    finally:
+        await fn.stop()
+    printed = [entry for entry in seen if entry[0] != "system"]
+    for n in range(1, 5):
+        mine = sorted((s, line) for s, line, event, attempt in printed if event == f"e{n}")
+        assert mine == [
+            ("stderr", f"c{n} two"),
+            ("stdout", f"c{n} left open"),
+            ("stdout", f"c{n} one"),
+        ]
+        assert all(attempt == n for _, _, event, attempt in printed if event == f"e{n}")
+    assert [event for _, line, event, _ in printed if "bare" in line] == [None] * 3

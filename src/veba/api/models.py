@@ -11,7 +11,7 @@ bodies refuse unknown fields, so a typo is not silently ignored.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
@@ -23,6 +23,7 @@ __all__ = [
     "MAX_TRIGGER",
     "DeliveryId",
     "DeployRequest",
+    "EventStory",
     "Limit",
     "RedriveRequest",
     "RemoveFunctionRequest",
@@ -31,6 +32,7 @@ __all__ = [
     "SecretRequest",
     "Seq",
     "StorePutRequest",
+    "StoryChapter",
     "TriggerRequest",
 ]
 
@@ -142,3 +144,34 @@ class StorePutRequest(_Strict):
     value: JsonValue
     ttl: float | None = Field(None, gt=0, allow_inf_nan=False)
     expect_revision: int | None = Field(None, ge=0, le=MAX_INT64)
+
+
+# -- answers ---------------------------------------------------------------------
+
+
+class StoryChapter(BaseModel):
+    """One thing that happened to an event (`veba.story.Chapter`)."""
+
+    at: float = Field(description="Unix time")
+    kind: Literal["received", "logged", "delivery", "attempt", "outcome", "output", "next", "dead"]
+    text: str
+    function: str | None = Field(None, description="the function or RouterConfig processor")
+    delivery: int | None = None
+    attempt: int | None = None
+    stream: str | None = Field(None, description="output: stdout, stderr or system")
+    outcome: str | None = Field(None, description="outcome: ok, error, timeout, crash, transport")
+    status: int | None = None
+    duration: float | None = Field(None, description="outcome: seconds the attempt took")
+    error: str | None = Field(None, description="outcome: the error, scrubbed of secrets")
+
+
+class EventStory(BaseModel):
+    """One event's story in time order: `GET /api/v1/events/{ref}/story`."""
+
+    event_id: str
+    seq: int
+    source: str
+    type: str
+    subject: str
+    trace_id: str = Field(description="the W3C trace id every delivery of it carries")
+    chapters: list[StoryChapter]

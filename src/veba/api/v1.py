@@ -17,6 +17,7 @@ from veba.api.models import (
     MAX_INT64,
     MAX_REPLAY,
     DeliveryId,
+    EventStory,
     Limit,
     RedriveRequest,
     ReplayRequest,
@@ -25,7 +26,7 @@ from veba.api.models import (
 )
 from veba.api.stats import stats
 from veba.appliance import Appliance
-from veba.eventlog import DeliveryInfo, ReplayTooLarge, Status
+from veba.eventlog import DeliveryInfo, EventLog, EventRecord, ReplayTooLarge, Status
 
 __all__ = ["v1_router"]
 
@@ -60,6 +61,24 @@ async def list_events(
 async def show_event(event_id: str, request: Request) -> dict[str, Any]:
     """One event by its id, else (all digits) by its seq, as `events list` shows it."""
     log = _appliance(request).log
+    record = await _find_event(log, event_id)
+    deliveries = await log.deliveries(event_id=record.event.id, with_history=True)
+    return {**record.to_dict(), "deliveries": [d.to_dict() for d in deliveries]}
+
+
+@v1_router.get("/events/{event_id}/story", response_model=EventStory)
+async def event_story(event_id: str, request: Request) -> dict[str, Any]:
+    """One event's story in time order (by id, else seq): received, logged, each
+    delivery and attempt with its outcome, and what the function printed then."""
+    from veba.story import tell
+
+    appliance = _appliance(request)
+    record = await _find_event(appliance.log, event_id)
+    return (await tell(appliance.log, appliance.logs, record)).to_dict()
+
+
+async def _find_event(log: EventLog, event_id: str) -> EventRecord:
+    """The event with this id, else (all digits) this seq; 404 if none."""
     record = await log.event(event_id)
     # A seq is ASCII digits within SQLite's integers ("²" is a digit to isdigit()).
     seq = int(event_id) if re.fullmatch(r"[0-9]{1,19}", event_id) else None
@@ -71,8 +90,7 @@ async def show_event(event_id: str, request: Request) -> dict[str, Any]:
     if record is None:
         what = "id or seq" if seq is not None else "id"
         raise HTTPException(404, f"no event with {what} {event_id!r}")
-    deliveries = await log.deliveries(event_id=record.event.id, with_history=True)
-    return {**record.to_dict(), "deliveries": [d.to_dict() for d in deliveries]}
+    return record
 
 
 @v1_router.get("/functions/{name}")

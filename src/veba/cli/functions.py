@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 import httpx
@@ -26,6 +27,7 @@ from veba.cli.client import (
     fail,
     gateway_url,
     parse_overrides,
+    print_data,
     print_item,
     print_rows,
     stack_file_gateway,
@@ -368,8 +370,14 @@ def _sample_event(event_class: str, settings: list[str], adds: list[str], shape:
 
 
 def logs(
-    name: str = typer.Argument(
-        ..., help="Function name (see `veba list`)", autocompletion=complete_function
+    name: str | None = typer.Argument(
+        None, help="Function name (see `veba list`)", autocompletion=complete_function
+    ),
+    event: str | None = typer.Option(
+        None,
+        "--event",
+        help="Instead: one event's story (its id, or the seq `veba events list` shows),"
+        " across every function it went to",
     ),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines"),
     tail: int = typer.Option(100, "--tail", help="Start with at most this many past lines"),
@@ -379,7 +387,21 @@ def logs(
     tls_no_verify: bool = TlsNoVerifyOption,
     output: Output = OutputOption,
 ) -> None:
-    """Show a function's log lines (stdout, stderr and system)."""
+    """Show a function's log lines (stdout, stderr and system), or with --event ID
+    one event's story: received, logged, each delivery and attempt, and what each
+    function printed while handling it, in time order."""
+    if event is not None:
+        if name is not None or follow:
+            fail("--event shows one event across functions: give no NAME and no --follow")
+        client = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify)
+        story = client.json("GET", f"/api/v1/events/{quote(event, safe='')}/story")
+        if output != Output.table:
+            print_data(story, output)
+        else:
+            _print_story(story)
+        return
+    if name is None:
+        fail("which function? `veba logs NAME` (see `veba list`), or `veba logs --event ID`")
     client = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify)
     if (
         client.request("GET", f"/system/function/{quote(name, safe='')}", allow=(404,)).status_code
@@ -407,6 +429,20 @@ def logs(
     # Following ends only when the appliance ends it (it stops), as `kubectl logs
     # -f` ends with its pod: said in one line, and not an error.
     err.print(f"the appliance at {client.url} closed the connection", highlight=False)
+
+
+def _print_story(story: dict[str, Any]) -> None:
+    """A story as lines: local time, who (veba or the function), what."""
+    head = f"event {story['event_id']} (seq {story['seq']}), trace {story['trace_id']}"
+    sys.stdout.write(head + "\n")
+    for chapter in story["chapters"]:
+        at = chapter["at"]
+        stamp = time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 1000):03d}"
+        who = chapter.get("function") or "veba"
+        text = chapter["text"]
+        if chapter["kind"] == "output":
+            text = f"{chapter.get('stream') or 'stdout'} | {text}"
+        sys.stdout.write(f"{stamp} {who:<16} {text}\n")
 
 
 def register(app: typer.Typer) -> None:

@@ -104,6 +104,19 @@ def serve(
     verbose: bool = typer.Option(
         False, "--verbose", help="Also a line per event logged and per failed attempt"
     ),
+    log_json: bool = typer.Option(
+        False,
+        "--log-json",
+        help="The appliance's own log as JSON lines (with event_id, function, attempt"
+        " on lines about an event)",
+    ),
+    otlp_endpoint: str | None = typer.Option(
+        None,
+        "--otlp-endpoint",
+        envvar="VEBA_OTLP_ENDPOINT",
+        help="Export a span per delivery attempt to this OTLP/HTTP collector"
+        " (http://HOST:4318; needs veba's extra 'otel' installed)",
+    ),
 ) -> None:
     """Run the appliance: event log, functions, providers, API and webhook.
 
@@ -129,6 +142,8 @@ def serve(
         fail("--tls-cert and --tls-key go together")
     if tls_cert is not None and tls_key is not None:
         _check_tls(tls_cert, tls_key)
+    if otlp_endpoint is not None:
+        _check_otlp(otlp_endpoint)
     if bool(webhook_user) != bool(webhook_password):
         fail("--webhook-user and --webhook-password go together")
     if webhook_open and (webhook_user or webhook_token):
@@ -195,6 +210,7 @@ def serve(
         tls_key=tls_key,
         function_log_size=_size(function_log_size, "--function-log-size"),
         function_log_files=function_log_files,
+        otlp_endpoint=otlp_endpoint,
         **fields,
     )
     from veba.cli.preflight import vcenter_problems
@@ -222,7 +238,7 @@ def serve(
     os.umask(0o077)
     url = local_api_url(listen, tls=tls_cert is not None)
     lock = _lock_data_dir(settings.log_path, url)  # the first write into the data dir
-    configure_logging(log_level)
+    configure_logging(log_level, json_logs=log_json)
     activity = Activity()
     activity.subscribe(printer(err), verbose=verbose)
     # Writes its token and URL (the CLI's way to it) into the data directory.
@@ -259,6 +275,30 @@ def serve(
         server.run(sockets=[sockets["api"]])
     if not server.started:
         raise typer.Exit(3)  # said why in one line
+
+
+def _check_otlp(endpoint: str) -> None:
+    """The OpenTelemetry packages are there and the endpoint is a URL, before anything."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is not None
+        found = found and importlib.util.find_spec("opentelemetry.sdk") is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        from rich.markup import escape
+
+        fail(
+            "--otlp-endpoint needs the OpenTelemetry SDK and its OTLP/HTTP exporter: "
+            + escape("pip install 'pyveba[otel]'")
+        )
+    from veba.otlp import traces_url
+
+    try:
+        traces_url(endpoint)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def _lock_data_dir(log_path: Path, url: str) -> OwnerLock:

@@ -272,8 +272,18 @@ class WorkerProcess:
                 return
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             if name == "stderr":
-                self.stderr_tail.append(line)
+                self.stderr_tail.append(split_call_tag(line)[1])
             emit(name, line)
+
+
+def split_call_tag(line: str) -> tuple[int | None, str]:
+    """(the id of the call that printed it, the text) of a worker's output line;
+    worker.py starts each line printed during a call with ``\x1e<id>\x1f``."""
+    if line.startswith("\x1e"):
+        tag, mark, text = line[1:].partition("\x1f")
+        if mark and tag.isdigit():
+            return int(tag), text
+    return None, line
 
 
 # --- frames: a length-prefixed JSON header, then a length-prefixed body -------------------

@@ -39,12 +39,14 @@ from veba.functions._workerproc import (
     frame,
     read_frame,
     sdk_cache,
+    split_call_tag,
     worker_env,
     write_secrets,
 )
 from veba.functions.build import ensure_sdk
 from veba.functions.isolate import SECRETS_PATH
 from veba.scrub import Scrubber
+from veba.tracing import EventScope, current_scope, event_scope
 
 __all__ = [
     "WORKER_PATH",
@@ -56,7 +58,11 @@ __all__ = [
 ]
 
 
+# (function, stream, line). A line about an event is handed over under that
+# event's `EventScope` (`veba.tracing.current_scope()`), so a sink can file it.
 LogSink = Callable[[str, str, str], None]
+# Calls whose scope is kept for the lines their worker prints, a few behind.
+_SCOPES_KEPT = 1024
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,9 @@ class FunctionPool:
         self._counts = dict.fromkeys(("invocations", "errors", "timeouts", "crashes"), 0)
         self._tasks: set[asyncio.Task[None]] = set()
         self._processes: set[_Worker] = set()  # every worker not yet closed, live or dying
+        # The event each recent call delivered (its id -> scope), for its output lines:
+        # they may be read after the call's answer.
+        self._scopes: dict[int, EventScope] = {}
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -252,6 +261,11 @@ class FunctionPool:
             "headers": dict(inv.headers),
             "timeout": timeout,  # the worker tells veba.sdk the call's deadline
         }
+        scope = current_scope()
+        if scope is not None:
+            self._scopes[call_id] = scope
+            if len(self._scopes) > _SCOPES_KEPT:
+                del self._scopes[next(iter(self._scopes))]
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         call = _Call(call_id, frame(head, inv.body), timeout, future)
         self._queue.append(call)
@@ -308,8 +322,10 @@ class FunctionPool:
         if worker.dead or not worker.pending or worker.pending[0] is not call:
             return
         self._counts["timeouts"] += 1
-        self._system(
-            f"worker {worker.proc.pid} killed: call ran over its {call.timeout:g}s timeout"
+        self._emit(
+            "system",
+            f"worker {worker.proc.pid} killed: call ran over its {call.timeout:g}s timeout",
+            call.id,
         )
         worker.send_signal(signal.SIGKILL)
         self._retire(worker)
@@ -491,11 +507,16 @@ class FunctionPool:
     def _system(self, line: str) -> None:
         self._emit("system", line)
 
-    def _emit(self, stream: str, line: str) -> None:
-        try:
-            self.log_sink(self.name, stream, self.scrubber.text(line))
-        except Exception:  # a broken sink must not stall the worker's pipe
-            logging.getLogger(__name__).exception("log sink failed")
+    def _emit(self, stream: str, line: str, call_id: int | None = None) -> None:
+        tagged, text = split_call_tag(line)
+        if tagged is not None:
+            call_id = tagged
+        # Always set: a pump task may have been started inside some delivery's scope.
+        with event_scope(None if call_id is None else self._scopes.get(call_id)):
+            try:
+                self.log_sink(self.name, stream, self.scrubber.text(text))
+            except Exception:  # a broken sink must not stall the worker's pipe
+                logging.getLogger(__name__).exception("log sink failed")
 
 
 def _outcome(head: dict[str, Any], body: bytes) -> Outcome:

@@ -35,6 +35,7 @@ from veba.functions._webproc import (
 from veba.functions._workerproc import FunctionLoadError, Isolation, describe_exit
 from veba.functions.supervisor import Invocation, LogSink, Outcome, log_to_logging
 from veba.scrub import Scrubber
+from veba.tracing import EventScope, current_scope, event_scope
 
 __all__ = ["WebAppPool"]
 
@@ -106,6 +107,9 @@ class WebAppPool:
         self._changed = asyncio.Event()  # replaced after each set: a broadcast
         self._waiting = 0
         self._counts = dict.fromkeys(("invocations", "errors", "timeouts", "crashes"), 0)
+        # The events of the calls in flight: a web app's output names no call, so a
+        # line is filed under an event only while that event's call runs alone.
+        self._open: list[EventScope | None] = []
         # Keep-alive connections to the instances; never a proxy from the environment.
         self._client = httpx.AsyncClient(
             timeout=None, trust_env=False, limits=httpx.Limits(max_connections=None)
@@ -154,7 +158,12 @@ class WebAppPool:
 
     async def invoke(self, inv: Invocation, timeout: float) -> Outcome:
         """Run one call; what comes back is scrubbed of the function's secret values."""
-        return (await self._invoke(inv, timeout)).scrubbed(self.scrubber)
+        scope = current_scope()
+        self._open.append(scope)
+        try:
+            return (await self._invoke(inv, timeout)).scrubbed(self.scrubber)
+        finally:
+            self._open.remove(scope)
 
     async def _invoke(self, inv: Invocation, timeout: float) -> Outcome:
         """One HTTP request to an instance; the app's faults come back as an `Outcome`.
@@ -345,10 +354,12 @@ class WebAppPool:
         self._emit("system", line)
 
     def _emit(self, stream: str, line: str) -> None:
-        try:
-            self.log_sink(self.name, stream, self.scrubber.text(line))
-        except Exception:  # a broken sink must not stall the app's pipes
-            logging.getLogger(__name__).exception("log sink failed")
+        alone = self._open[0] if len(self._open) == 1 else None
+        with event_scope(alone):
+            try:
+                self.log_sink(self.name, stream, self.scrubber.text(line))
+            except Exception:  # a broken sink must not stall the app's pipes
+                logging.getLogger(__name__).exception("log sink failed")
 
 
 def _failed(

@@ -12,7 +12,9 @@ The first frame the worker sends is ``{"ready": true, "pid": ...}`` or
 ``{"load_error": "...", "traceback": "..."}``. After that each request frame
 ``{"id", "method", "path", "query", "headers"}`` gets exactly one response frame
 ``{"id", "status", "headers", "error", "traceback", "started", "duration"}``, in
-arrival order, one request at a time. stdout and stderr are the function's log.
+arrival order, one request at a time. stdout and stderr are the function's log;
+each line printed while a request runs starts with ``\x1e<id>\x1f`` (its request's
+id), so the appliance files it under the event that request delivered.
 
 ``--sdk-path D`` appends D (a copy of the stdlib-only ``veba.sdk``) to sys.path, and
 `current_call()` tells that SDK about the call being run (deadline, attempt, event
@@ -586,19 +588,83 @@ def dispatch(
     return head, out, failure
 
 
-def serve(sock: socket.socket, call: Call, write_debug: bool) -> None:
+def serve(
+    sock: socket.socket, call: Call, write_debug: bool, tagged: tuple[_CallTagged, ...] = ()
+) -> None:
     stream = io.BufferedReader(socket.SocketIO(sock, "rb"), 1 << 16)
     while True:
         frame = _read_frame(stream)
         if frame is None:
             return
-        head, out, _ = dispatch(call, json.loads(frame[0]), frame[1])
+        req = json.loads(frame[0])
+        for output in tagged:
+            output.begin(req.get("id"))
+        head, out, _ = dispatch(call, req, frame[1])
         if write_debug:
             sys.stderr.write(out.decode("utf-8", "replace") + "\n")
+        for output in tagged:
+            output.end()
         # Lines without a trailing newline would otherwise wait for the next request.
         sys.stdout.flush()
         sys.stderr.flush()
         sock.sendall(_frame(head, out))
+
+
+# --- which call a line of output belongs to ----------------------------------------
+
+CALL_MARK, CALL_END = "\x1e", "\x1f"
+
+
+class _CallTagged(io.TextIOBase):
+    """stdout or stderr with each line written during a call prefixed by its id.
+
+    Only what goes through Python's ``sys.stdout``/``sys.stderr`` is tagged (print,
+    logging, tracebacks); a child process writing to the descriptor is not.
+    """
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self._tag = ""  # "\x1e<id>\x1f" while a call runs
+        self._line_start = True
+
+    def begin(self, call_id: Any) -> None:
+        self._tag = f"{CALL_MARK}{call_id}{CALL_END}"
+
+    def end(self) -> None:
+        """The call is over: a line it left open ends with it."""
+        if not self._line_start and self._tag:
+            self.write("\n")
+        self._tag = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if not text:
+            return 0
+        if self._tag:
+            out = text.replace("\n", "\n" + self._tag)
+            if out.endswith(self._tag):  # no tag before a line not yet begun
+                out = out[: -len(self._tag)]
+            if self._line_start:
+                out = self._tag + out
+        else:
+            out = text
+        self._line_start = text.endswith("\n")
+        self._real.write(out)
+        return len(text)
+
+    def flush(self) -> None:
+        self._real.flush()
+
+    def fileno(self) -> int:
+        return int(self._real.fileno())
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:  # encoding, buffer, errors, reconfigure...
+        return getattr(self._real, name)
 
 
 def _check_arity(handle: Callable[..., Any], lang: str) -> None:
@@ -655,6 +721,8 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(line_buffering=True, errors="backslashreplace")
+    tagged = (_CallTagged(sys.stdout), _CallTagged(sys.stderr))
+    sys.stdout, sys.stderr = tagged
 
     sock = socket.socket(fileno=args.fd)
     handler_dir = os.path.abspath(args.handler_dir)
@@ -674,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
     sock.sendall(_frame({"ready": True, "pid": os.getpid()}))
     debug = os.environ.get("write_debug", "")  # noqa: SIM112 (OpenFaaS's name)
     write_debug = debug.lower() in ("1", "true")
-    serve(sock, _make_call(handle, args.lang), write_debug)
+    serve(sock, _make_call(handle, args.lang), write_debug, tagged)
     return 0
 
 

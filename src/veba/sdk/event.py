@@ -118,6 +118,17 @@ class Event:
         return self._attr("time")
 
     @property
+    def traceparent(self) -> str | None:
+        """The W3C trace context veba sent with this attempt (CloudEvents'
+        distributed-tracing extension): pass it on in outbound calls as the
+        ``traceparent`` header, so they join the event's trace."""
+        return self._attr("traceparent")
+
+    @property
+    def tracestate(self) -> str | None:
+        return self._attr("tracestate")
+
+    @property
     def attributes(self) -> dict[str, Any]:
         return dict(self._attrs)
 

@@ -18,6 +18,7 @@ from veba.events import STRUCTURED_CONTENT_TYPE, Event
 from veba.functions.runtime import FunctionRuntime, Invocation, Outcome
 from veba.invocations import INVOCATION_TYPE, AsyncCall, read_invocation
 from veba.targets.base import Result
+from veba.tracing import trace_headers
 
 __all__ = ["FunctionTarget", "delivery_headers", "delivery_request"]
 
@@ -29,6 +30,7 @@ def delivery_request(
     if not binary:
         return delivery_headers(event, attempt=attempt, deadline=deadline), event.to_json()
     headers, body = event.to_binary()
+    headers.update(trace_headers(event))  # ce-traceparent too; HTTP templates read this one
     headers["X-Veba-Attempt"] = str(attempt)
     if deadline is not None:
         headers["X-Veba-Deadline"] = f"{deadline:.6f}"
@@ -44,6 +46,7 @@ def delivery_headers(event: Event, *, attempt: int, deadline: float | None) -> d
         "Ce-Type": event.type,
         "Ce-Subject": event.subject,
         "X-Veba-Attempt": str(attempt),
+        **trace_headers(event),
     }
     if deadline is not None:
         headers["X-Veba-Deadline"] = f"{deadline:.6f}"
@@ -66,7 +69,8 @@ class FunctionTarget:
 
     async def deliver(self, event: Event, *, attempt: int, deadline: float) -> Result:
         if event.type == INVOCATION_TYPE:
-            return await self._async_call(read_invocation(event), attempt, deadline)
+            call = read_invocation(event)
+            return await self._async_call(call, attempt, deadline, trace_headers(event))
         headers, body = delivery_request(
             event, attempt=attempt, deadline=deadline, binary=self.binary
         )
@@ -76,9 +80,13 @@ class FunctionTarget:
         )
         return _result(outcome)
 
-    async def _async_call(self, call: AsyncCall, attempt: int, deadline: float) -> Result:
+    async def _async_call(
+        self, call: AsyncCall, attempt: int, deadline: float, trace: dict[str, str]
+    ) -> Result:
         inv = call.invocation
-        headers = {**inv.headers, "X-Call-Id": call.call_id, "X-Veba-Attempt": str(attempt)}
+        headers = {k: v for k, v in inv.headers.items() if k.lower() not in trace}
+        headers.update(trace)
+        headers.update({"X-Call-Id": call.call_id, "X-Veba-Attempt": str(attempt)})
         headers["X-Veba-Deadline"] = f"{deadline:.6f}"
         outcome = await self.pool.invoke(
             Invocation(inv.body, headers, inv.method, inv.path, inv.query),

@@ -31,6 +31,7 @@ from veba.delivery import DeliveryPolicy
 from veba.events import STRUCTURED_CONTENT_TYPE, Event
 from veba.routing import Subscription, compile_subscription
 from veba.targets.base import Result
+from veba.tracing import trace_headers
 
 __all__ = ["KnativeTarget", "OpenFaaSTarget", "Processor", "Processors"]
 
@@ -103,6 +104,7 @@ class KnativeTarget:
             headers, body = event.to_binary()
         else:
             headers, body = {"Content-Type": STRUCTURED_CONTENT_TYPE}, event.to_json()
+        headers.update(trace_headers(event))
         result = await _post(
             self._client, self.uri, headers=headers, body=body, deadline=deadline, auth=self._auth
         )
@@ -168,6 +170,7 @@ class OpenFaaSTarget:
             return found
         kind = "async-function" if self.async_ else "function"
         headers = {"Content-Type": "application/json", "Ce-Id": event.id, "Ce-Type": event.type}
+        headers.update(trace_headers(event))
         results = await asyncio.gather(
             *(
                 _post(
