@@ -299,8 +299,8 @@ class Stream:
         if items:
             # The newest key seen so far belongs to the old numbering: measured
             # against the new keys it would show a lag that is not there.
-            newest = _newest(items)
-            self.latest_key, self.latest_time = newest.key, newest.time
+            seen = _newest(items)
+            self.latest_key, self.latest_time = seen.key, seen.time
         log.warning(
             "%s: keys restarted; %d event(s) newer than the checkpoint", self.source, len(ordered)
         )
