@@ -12,7 +12,10 @@ The first frame the worker sends is ``{"ready": true, "pid": ...}`` or
 ``{"load_error": "...", "traceback": "..."}``. After that each request frame
 ``{"id", "method", "path", "query", "headers"}`` gets exactly one response frame
 ``{"id", "status", "headers", "error", "traceback", "started", "duration"}``, in
-arrival order, one request at a time. stdout and stderr are the function's log.
+arrival order, one request at a time. With ``--overlap N`` (an I/O-bound handler
+that says so) it runs up to N at once, in threads (an ``async def handle`` runs
+on one event loop), starting them in arrival order and answering each as it
+ends. stdout and stderr are the function's log.
 
 ``--sdk-path D`` appends D (a copy of the stdlib-only ``veba.sdk``) to sys.path, and
 `current_call()` tells that SDK about the call being run (deadline, attempt, event
@@ -22,9 +25,13 @@ id): it finds this module as ``sys.modules["_veba_worker"]``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
+import concurrent.futures
+import contextvars
 import importlib
 import importlib.util
+import inspect
 import io
 import json
 import logging
@@ -32,6 +39,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 import types
@@ -225,12 +233,15 @@ class CallInfo:
         return self._ids
 
 
-_current: CallInfo | None = None
+# Per call, not per worker: calls may overlap in threads or on an event loop.
+_current: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar(
+    "veba_current_call", default=None
+)
 
 
 def current_call() -> CallInfo | None:
-    """The call being run (one at a time per worker), or None between calls."""
-    return _current
+    """The call this thread or task is running, or None between calls."""
+    return _current.get()
 
 
 # veba.sdk looks for this module under one name, whether it runs as __main__ or is
@@ -385,7 +396,7 @@ def _make_call(handle: Callable[..., Any], lang: str) -> Call:
     def call_event(req: dict[str, Any], body: bytes) -> Response:
         headers = Headers(req.get("headers") or {})
         event = _cloudevent(headers, body)
-        info = _current
+        info = _current.get()
         if info is None:  # called without dispatch()
             attempt = _float_header(headers, "x-veba-attempt")
             info = CallInfo(
@@ -544,7 +555,6 @@ def dispatch(
     A handler's fault never escapes; it becomes an error response (and is written
     to stderr, the function's log). ``veba.testing`` runs handlers through this too.
     """
-    global _current
     headers = Headers(req.get("headers") or {})
     started = time.time()
     deadline = _float_header(headers, "x-veba-deadline")
@@ -552,7 +562,7 @@ def dispatch(
     if isinstance(timeout, int | float) and not isinstance(timeout, bool):
         deadline = started + timeout if deadline is None else min(deadline, started + timeout)
     attempt = _float_header(headers, "x-veba-attempt")
-    _current = CallInfo(headers, body, deadline, int(attempt) if attempt else 1)
+    token = _current.set(CallInfo(headers, body, deadline, int(attempt) if attempt else 1))
     t0 = time.perf_counter()
     error = tb = None
     failure: BaseException | None = None
@@ -570,7 +580,7 @@ def dispatch(
         tb = _truncated(traceback.format_exc())
         sys.stderr.write(tb)
     finally:
-        _current = None
+        _current.reset(token)
     duration = time.perf_counter() - t0
     if error and tb is None:
         sys.stderr.write(f"error: {error}\n")
@@ -586,19 +596,60 @@ def dispatch(
     return head, out, failure
 
 
-def serve(sock: socket.socket, call: Call, write_debug: bool) -> None:
+def serve(sock: socket.socket, call: Call, write_debug: bool, overlap: int = 1) -> None:
     stream = io.BufferedReader(socket.SocketIO(sock, "rb"), 1 << 16)
-    while True:
-        frame = _read_frame(stream)
-        if frame is None:
-            return
-        head, out, _ = dispatch(call, json.loads(frame[0]), frame[1])
+    sending = threading.Lock()
+
+    def run(req: dict[str, Any], body: bytes) -> None:
+        head, out, _ = dispatch(call, req, body)
         if write_debug:
             sys.stderr.write(out.decode("utf-8", "replace") + "\n")
         # Lines without a trailing newline would otherwise wait for the next request.
         sys.stdout.flush()
         sys.stderr.flush()
-        sock.sendall(_frame(head, out))
+        with sending:
+            sock.sendall(_frame(head, out))
+
+    # The pool starts calls in arrival order: the executor's queue is first in, first out.
+    pool = concurrent.futures.ThreadPoolExecutor(overlap) if overlap > 1 else None
+    while True:
+        frame = _read_frame(stream)
+        if frame is None:
+            return
+        if pool is None:
+            run(json.loads(frame[0]), frame[1])
+        else:
+            pool.submit(run, json.loads(frame[0]), frame[1])
+
+
+def _on_event_loop(handle: Callable[..., Any]) -> Callable[..., Any]:
+    """``async def handle`` as a plain callable: each call a task on one event loop
+    (in a thread of its own), so overlapping calls share the loop as an ASGI app's do.
+    The task runs in the caller's context, so `current_call()` is its own call's."""
+
+    def call(*args: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(handle(*args), _handler_loop()).result()
+
+    return call
+
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def _handler_loop() -> asyncio.AbstractEventLoop:
+    """The one event loop async handlers run on, started at first use."""
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="handler-loop", daemon=True).start()
+        return _loop
+
+
+def as_callable(handle: Callable[..., Any]) -> Callable[..., Any]:
+    """The handler as the templates call it: an ``async def`` runs on the handler loop."""
+    return _on_event_loop(handle) if inspect.iscoroutinefunction(handle) else handle
 
 
 def _check_arity(handle: Callable[..., Any], lang: str) -> None:
@@ -643,6 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", required=True, type=int)
     parser.add_argument("--parent-pid", type=int, help="die with this process (Linux)")
     parser.add_argument("--sdk-path", help="a folder holding veba/sdk, appended to sys.path")
+    parser.add_argument("--overlap", type=int, default=1, help="calls run at once (I/O-bound)")
     args = parser.parse_args(argv)
     if args.sdk_path:
         sys.path.append(args.sdk_path)  # after the venv: the function's own packages win
@@ -674,7 +726,8 @@ def main(argv: list[str] | None = None) -> int:
     sock.sendall(_frame({"ready": True, "pid": os.getpid()}))
     debug = os.environ.get("write_debug", "")  # noqa: SIM112 (OpenFaaS's name)
     write_debug = debug.lower() in ("1", "true")
-    serve(sock, _make_call(handle, args.lang), write_debug)
+    call = _make_call(as_callable(handle), args.lang)
+    serve(sock, call, write_debug, max(args.overlap, 1))
     return 0
 
 
