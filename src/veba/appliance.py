@@ -103,6 +103,7 @@ class Appliance:
             callbacks=self.http,
             private_dir=settings.data_dir,
             activity=self.activity,
+            max_workers=settings.max_workers,
         )
         self.providers: list[Provider] = list(
             providers if providers is not None else _default_providers(settings, self.secrets)

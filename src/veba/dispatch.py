@@ -25,6 +25,7 @@ import httpx
 
 from veba.delivery import DeliveryPolicy
 from veba.eventlog.base import Attempt, Delivery, EventLog, LogFull
+from veba.functions._scaling import CallLimit
 from veba.events import Event
 from veba.shapes import Shape, to_shape
 from veba.targets.base import Result, Target
@@ -108,6 +109,7 @@ class Dispatcher:
         observer: Observer | None = None,
         clock: Callable[[], float] = time.time,
         shape: Shape | None = None,
+        limit: CallLimit | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -124,7 +126,10 @@ class Dispatcher:
         self._ordered = policy.ordering_key is not None
         # Ordered subscriptions lease ahead so other keys can run while one waits.
         self._capacity = policy.max_inflight * (4 if self._ordered else 1)
-        self._running = asyncio.Semaphore(policy.max_inflight)
+        # Calls in flight, shared with the function's other callers (sync calls):
+        # deliveries lease only what it has room for, so the rest wait in the log.
+        self._limit = limit if limit is not None else CallLimit(policy.max_inflight)
+        self._limit.on_free(self.wake)
         self._in_hand: dict[int, Delivery] = {}
         self._chains: dict[str, _KeyChain] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -180,6 +185,9 @@ class Dispatcher:
         while True:
             self._wakeup.clear()
             room = self._capacity - len(self._in_hand)
+            if not self._ordered:
+                waiting = len(self._in_hand) - self.counts.in_flight  # ours, not yet running
+                room = min(room, self._limit.limit - self._limit.in_use - waiting)
             if room > 0:
                 try:
                     batch = await self._log.lease(
@@ -322,19 +330,20 @@ class Dispatcher:
                 log.error("%s: %s", self.name, self.last_error)
 
     async def _attempt(self, delivery: Delivery, attempt_no: int) -> tuple[Result, Attempt]:
-        async with self._running:
-            self.counts.in_flight += 1
-            started = self._clock()
-            try:
-                result = await self._target.deliver(
-                    self._shaped(delivery.event),
-                    attempt=attempt_no,
-                    deadline=started + self.policy.timeout,
-                )
-            except Exception as exc:  # a target must not raise; if one does, it is a crash
-                result = Result("crash", 0, f"{type(exc).__name__}: {exc}")
-            finally:
-                self.counts.in_flight -= 1
+        await self._limit.take()
+        self.counts.in_flight += 1
+        started = self._clock()
+        try:
+            result = await self._target.deliver(
+                self._shaped(delivery.event),
+                attempt=attempt_no,
+                deadline=started + self.policy.timeout,
+            )
+        except Exception as exc:  # a target must not raise; if one does, it is a crash
+            result = Result("crash", 0, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.counts.in_flight -= 1
+            self._limit.give()
         attempt = Attempt(
             attempt_no,
             result.started or started,

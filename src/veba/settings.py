@@ -136,6 +136,9 @@ class ApplianceSettings:
     # Function log files rotate past this size; this many rotated files are kept.
     function_log_size: int = DEFAULT_MAX_BYTES
     function_log_files: int = DEFAULT_KEEP
+    # Workers of every function together that autoscaling may start (a function's
+    # minimum always starts): a burst must not exhaust memory (~16 MB a worker).
+    max_workers: int = 64
 
     def listeners(self) -> ListenerPlan:
         """Where the appliance listens; raises `ListenError` for settings that clash."""
