@@ -313,6 +313,7 @@ class Appliance:
         return {
             "providers": [p.status() for p in self.providers],
             "functions": {d.definition.name: d.status for d in self.functions.all()},
+            "workers": {d.definition.name: d.scaling() for d in self.functions.all()},
             "processors": self.processors.status(),
         }
 

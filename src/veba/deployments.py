@@ -336,8 +336,9 @@ def _scale(
             return None
         text = raw.strip()
         if not text.isdigit() or not least <= int(text) <= most:
-            raise DeployError(f"{where}.{at}.{key}: expected a whole number from {least} to"
-                              f" {most}, got {raw!r}")
+            raise DeployError(
+                f"{where}.{at}.{key}: expected a whole number from {least} to {most}, got {raw!r}"
+            )
         return int(text)
 
     def seconds(source: Mapping[str, str], key: str, at: str) -> float | None:
@@ -385,6 +386,17 @@ class Deployment:
     # The one limit of calls in flight: events, async and sync calls alike.
     limit: CallLimit = field(default_factory=lambda: CallLimit(16))
 
+    def scaling(self) -> dict[str, Any]:
+        """Workers now, their bounds and the last scaling decision (`veba status`)."""
+        stats = self.pool.stats if self.pool else {}
+        return {
+            "workers": stats.get("workers", 0),
+            "alive": stats.get("alive", 0),
+            "min": self.definition.workers,
+            "max": self.definition.most_workers,
+            "last_scale": stats.get("last_scale"),
+        }
+
     def info(self) -> dict[str, Any]:
         d = self.definition
         counts = self.dispatcher.counts if self.dispatcher else None
@@ -401,6 +413,7 @@ class Deployment:
             "availableReplicas": stats.get("alive", 0),
             "minReplicas": d.workers,
             "maxReplicas": d.most_workers,
+            "scale": f"{d.workers}-{d.most_workers}",
             "overlap": d.overlap,
             "lastScale": stats.get("last_scale"),
             "limit": self.limit.stats(),

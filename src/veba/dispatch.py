@@ -25,8 +25,8 @@ import httpx
 
 from veba.delivery import DeliveryPolicy
 from veba.eventlog.base import Attempt, Delivery, EventLog, LogFull
-from veba.functions._scaling import CallLimit
 from veba.events import Event
+from veba.functions._scaling import CallLimit
 from veba.shapes import Shape, to_shape
 from veba.targets.base import Result, Target
 

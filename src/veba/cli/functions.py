@@ -257,7 +257,10 @@ def list_functions(
     )
     print_rows(
         rows,
-        ["name", "lang", "topic", "status", "replicas", "availableReplicas", "last_error"],
+        [
+            "name", "lang", "topic", "status", "replicas", "availableReplicas", "scale",
+            "last_error",
+        ],  # fmt: skip
         output,
     )
 

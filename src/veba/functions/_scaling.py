@@ -67,9 +67,8 @@ class CallLimit:
             await asyncio.wait_for(asyncio.shield(waiter), timeout)
             return True
         except TimeoutError:
-            if waiter.done() and not waiter.cancelled():
-                return True  # handed over just as the wait ran out: keep it
-            return False
+            # Handed over just as the wait ran out: keep it.
+            return waiter.done() and not waiter.cancelled()
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.give()  # handed over, but the caller is gone: pass it on

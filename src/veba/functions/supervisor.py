@@ -375,8 +375,12 @@ class FunctionPool:
         for other in running:
             worker.pending.remove(other)
             if other is not call:  # overlapping in the killed worker: retried as a crash
-                self._fail(other, "crash", f"function {self.name!r} worker killed: a call"
-                           f" beside this one ran over its {call.timeout:g}s timeout")
+                self._fail(
+                    other,
+                    "crash",
+                    f"function {self.name!r} worker killed: a call"
+                    f" beside this one ran over its {call.timeout:g}s timeout",
+                )
         self._resolve(
             call,
             Outcome(
@@ -582,9 +586,7 @@ class FunctionPool:
                 self.scaling.budget.give()
                 self._background(self._terminate(worker))
             if len(self._active) < old:
-                self.scaling.decided(
-                    old, len(self._active), f"idle for {self.scaling.idle:g}s"
-                )
+                self.scaling.decided(old, len(self._active), f"idle for {self.scaling.idle:g}s")
 
     def _scaled(self, line: str) -> None:
         self._system(line)
