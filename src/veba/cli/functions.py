@@ -255,14 +255,8 @@ def list_functions(
     rows = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
         "GET", "/system/functions"
     )
-    print_rows(
-        rows,
-        [
-            "name", "lang", "topic", "status", "replicas", "availableReplicas", "scale",
-            "last_error",
-        ],  # fmt: skip
-        output,
-    )
+    columns = ["name", "lang", "topic", "status", "replicas", "availableReplicas", "scale"]
+    print_rows(rows, [*columns, "last_error"], output)
 
 
 def invoke(
