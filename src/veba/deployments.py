@@ -149,6 +149,7 @@ class FunctionDefinition:
     max_workers: int = 0  # 0: as many as `workers`
     idle: float = DEFAULT_IDLE
     overlap: int = 1
+    target: int = 0  # Knative: requests one instance is meant for (0: Knative's 100)
 
     @property
     def knative(self) -> bool:
@@ -188,8 +189,8 @@ class FunctionDefinition:
         if concurrency < 0:
             raise DeployError(f"{where}.concurrency: expected 0 (no limit) or more")
         workers = _field(payload, "workers", int, 1, where)
-        if workers < 1 or workers > 64:
-            raise DeployError(f"{where}.workers: expected 1 to 64 worker processes")
+        if workers < 0 or workers > 64:
+            raise DeployError(f"{where}.workers: expected 0 to 64 worker processes")
         timeout = payload.get("timeout", 30.0)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise DeployError(f"{where}.timeout: expected seconds greater than zero")
@@ -204,6 +205,18 @@ class FunctionDefinition:
                 )
         labels = {str(k): str(v) for k, v in _field(payload, "labels", dict, {}, where).items()}
         scale = _scale(lang, labels, {str(k): str(v) for k, v in annotations.items()}, where)
+        # A function.yaml's bounds come as fields (its annotations are the template's).
+        most = _field(payload, "max_workers", int, scale["max_workers"], where)
+        if not 0 <= most <= 64:
+            raise DeployError(f"{where}.max_workers: expected 0 to 64")
+        scale["max_workers"] = most
+        idle = payload.get("idle", scale["idle"])
+        if isinstance(idle, bool) or not isinstance(idle, int | float) or idle < 0:
+            raise DeployError(f"{where}.idle: expected seconds, 0 or more")
+        scale["idle"] = float(idle)
+        scale["target"] = _field(payload, "target", int, 0, where)
+        if scale["target"] < 0:
+            raise DeployError(f"{where}.target: expected 0 (Knative's default) or more")
         least = scale.pop("workers")
         if scale.pop("zero"):
             workers = 0  # OpenFaaS's scale.zero: idle, no worker at all
@@ -807,6 +820,11 @@ class Functions:
             app_dir=code_dir,
             command=command,
             instances=definition.workers,
+            max_instances=definition.most_workers,
+            idle=definition.idle,
+            target=definition.target or 100,
+            budget=self.budget,
+            on_scale=lambda line: self._scaled(definition.name, line),
             environment=environment,
             log_sink=self._logs.write,
             concurrency=definition.concurrency,

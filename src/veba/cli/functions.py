@@ -83,8 +83,14 @@ def _payload(spec: FunctionSpec) -> dict[str, object]:
         payload["shape"] = spec.shape
     if spec.lang == KNATIVE_LANG:
         payload.update(
-            secret_env=spec.secret_env, env_from=spec.env_from, concurrency=spec.concurrency
+            secret_env=spec.secret_env,
+            env_from=spec.env_from,
+            concurrency=spec.concurrency,
+            max_workers=spec.max_workers,
+            target=spec.target,
         )
+        if spec.idle is not None:
+            payload["idle"] = spec.idle
     return payload
 
 
