@@ -25,13 +25,10 @@ id): it finds this module as ``sys.modules["_veba_worker"]``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
-import concurrent.futures
 import contextvars
 import importlib
 import importlib.util
-import inspect
 import io
 import json
 import logging
@@ -610,8 +607,12 @@ def serve(sock: socket.socket, call: Call, write_debug: bool, overlap: int = 1) 
         with sending:
             sock.sendall(_frame(head, out))
 
-    # The pool starts calls in arrival order: the executor's queue is first in, first out.
-    pool = concurrent.futures.ThreadPoolExecutor(overlap) if overlap > 1 else None
+    pool = None
+    if overlap > 1:  # imported only here: a worker's memory is what it imports (~16 MB)
+        from concurrent.futures import ThreadPoolExecutor
+
+        # The pool starts calls in arrival order: the executor's queue is first in, first out.
+        pool = ThreadPoolExecutor(overlap)
     while True:
         frame = _read_frame(stream)
         if frame is None:
@@ -627,18 +628,21 @@ def _on_event_loop(handle: Callable[..., Any]) -> Callable[..., Any]:
     (in a thread of its own), so overlapping calls share the loop as an ASGI app's do.
     The task runs in the caller's context, so `current_call()` is its own call's."""
 
+    import asyncio  # only for async handlers: it is a few MB of a worker's memory
+
     def call(*args: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(handle(*args), _handler_loop()).result()
 
     return call
 
 
-_loop: asyncio.AbstractEventLoop | None = None
+_loop: Any = None  # the one event loop of async handlers, once one needs it
 _loop_lock = threading.Lock()
 
 
-def _handler_loop() -> asyncio.AbstractEventLoop:
-    """The one event loop async handlers run on, started at first use."""
+def _handler_loop() -> Any:
+    import asyncio
+
     global _loop
     with _loop_lock:
         if _loop is None:
@@ -647,9 +651,14 @@ def _handler_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
+
+
 def as_callable(handle: Callable[..., Any]) -> Callable[..., Any]:
-    """The handler as the templates call it: an ``async def`` runs on the handler loop."""
-    return _on_event_loop(handle) if inspect.iscoroutinefunction(handle) else handle
+    """The handler as the templates call it: an ``async def`` runs on an event loop."""
+    if isinstance(handle, types.FunctionType) and handle.__code__.co_flags & _CO_COROUTINE:
+        return _on_event_loop(handle)
+    return handle
 
 
 def _check_arity(handle: Callable[..., Any], lang: str) -> None:
