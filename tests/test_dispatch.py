@@ -27,6 +27,7 @@ from veba.delivery import DeliveryPolicy
 from veba.dispatch import DeadLetterSink, Dispatcher, ordering_key
 from veba.eventlog import DeliveryInfo, SQLiteLog
 from veba.events import Event, parse_http, vsphere_event
+from veba.functions._scaling import CallLimit
 from veba.targets.base import Result
 
 SUB = "fn"
@@ -187,6 +188,22 @@ async def test_max_inflight_bounds_concurrent_attempts(
 
     await until(lambda: all_delivered(log, 150), what="150 deliveries")
     assert target.peak == 4
+
+
+async def test_events_over_a_limit_held_by_sync_calls_wait_in_the_log_not_in_memory(
+    log: SQLiteLog, start: Any
+) -> None:
+    limit = CallLimit(2)
+    assert limit.try_take() and limit.try_take()  # two sync calls running
+    await log.append([make_event(k) for k in range(5)], route=route)
+    target = FakeTarget()
+    dispatcher = start(target, policy(maxInflight=2), limit=limit)
+    await asyncio.sleep(0.3)
+    assert dispatcher.in_hand == 0 and target.calls == []
+    assert await status_counts(log) == {"pending": 5}
+    limit.give()  # one sync call ends: the dispatcher is told, and leases one
+    await until(lambda: all_delivered(log, 5), timeout=10, what="5 deliveries in one slot")
+    assert target.peak == 1 and limit.in_use == 1
 
 
 async def test_new_events_are_picked_up_after_wake(log: SQLiteLog, start: Any) -> None:

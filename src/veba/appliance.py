@@ -108,6 +108,7 @@ class Appliance:
             callbacks=self.http,
             private_dir=settings.data_dir,
             activity=self.activity,
+            max_workers=settings.max_workers,
         )
         self.providers: list[Provider] = list(
             providers if providers is not None else _default_providers(settings, self.secrets)
@@ -343,6 +344,7 @@ class Appliance:
         return {
             "providers": [p.status() for p in self.providers],
             "functions": {d.definition.name: d.status for d in self.functions.all()},
+            "workers": {d.definition.name: d.scaling() for d in self.functions.all()},
             "processors": self.processors.status(),
         }
 

@@ -2,7 +2,10 @@
 
 `retry`, `backoffPolicy` (exponential | linear), `backoffDelay` (ISO-8601),
 `timeout`, `deadLetterSink` come from Knative's DeliverySpec; `backoffCap`,
-`jitter`, `maxInflight` and `orderingKey` are veba's own.
+`jitter`, `maxInflight`, `queueTimeout` and `orderingKey` are veba's own.
+`maxInflight` bounds a function's calls in flight on every path (events, async
+and sync calls); a sync call over it waits up to `queueTimeout` (default 0:
+refused at once with 429, as OpenFaaS's watchdog does over its `max_inflight`).
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ _KNOWN = {
     "timeout",
     "deadLetterSink",
     "maxInflight",
+    "queueTimeout",
     "orderingKey",
 }
 
@@ -96,6 +100,7 @@ class DeliveryPolicy:
     timeout: float = 30.0
     dead_letter_sink: str | None = None
     max_inflight: int = 16
+    queue_timeout: float = 0.0  # how long a sync call over max_inflight waits; 0: 429 at once
     ordering_key: str | None = None
 
     @property
@@ -146,7 +151,11 @@ class DeliveryPolicy:
                     f"{where}.backoffPolicy: {raw['backoffPolicy']!r} is not exponential or linear"
                 )
             kwargs["backoff_policy"] = policy
-        for key, attr in (("backoffDelay", "backoff_delay"), ("backoffCap", "backoff_cap")):
+        for key, attr in (
+            ("backoffDelay", "backoff_delay"),
+            ("backoffCap", "backoff_cap"),
+            ("queueTimeout", "queue_timeout"),
+        ):
             if key in raw:
                 kwargs[attr] = parse_duration(raw[key], f"{where}.{key}")
         if "timeout" in raw:

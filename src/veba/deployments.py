@@ -21,17 +21,18 @@ import shutil
 import tarfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx
 
 from veba.activity import Activity
-from veba.delivery import DeliveryPolicy, PolicyError
+from veba.delivery import DeliveryPolicy, PolicyError, parse_duration
 from veba.dispatch import DeadLetterSink, Dispatcher, Observer
 from veba.eventlog.base import EventLog
 from veba.functionlogs import LogHub
+from veba.functions._scaling import DEFAULT_IDLE, DEFAULT_MAX_WORKERS, CallLimit, WorkerBudget
 from veba.functions._workerproc import isolation_problem
 from veba.functions.build import BuildError, ensure_venv, not_code, readable_by_workers
 from veba.functions.isolate import SECRETS_PATH
@@ -61,7 +62,14 @@ from veba.shapes import DEFAULT_SHAPE, KNATIVE_SHAPE, SHAPE_ANNOTATION, V08, Sha
 from veba.store import Store, StoreTokens
 from veba.targets.functions import FunctionTarget
 
-__all__ = ["DeployError", "Deployment", "FunctionDefinition", "Functions", "pack_code"]
+__all__ = [
+    "DeployError",
+    "Deployment",
+    "FunctionBusy",
+    "FunctionDefinition",
+    "Functions",
+    "pack_code",
+]
 
 log = logging.getLogger("veba.deployments")
 Progress = Callable[[str], None]
@@ -69,6 +77,20 @@ Progress = Callable[[str], None]
 
 class DeployError(ValueError):
     """A deploy that cannot go ahead; the message starts with the field path."""
+
+
+class FunctionBusy(RuntimeError):
+    """A sync call over the function's call limit (maxInflight): OpenFaaS answers 429."""
+
+
+# Scaling settings, by OpenFaaS's names (labels) and veba's own (annotations).
+SCALE_MIN = "com.openfaas.scale.min"
+SCALE_MAX = "com.openfaas.scale.max"
+SCALE_ZERO = "com.openfaas.scale.zero"
+SCALE_ZERO_DURATION = "com.openfaas.scale.zero-duration"
+SCALE_IDLE = "veba.scale.idle"  # idle time before a worker is retired (min and zero too)
+OVERLAP = "veba.overlap"  # calls one worker runs at once: for I/O-bound handlers
+MAX_INFLIGHT_ENV = "max_inflight"  # OpenFaaS's watchdog setting
 
 
 def pack_code(handler_dir: Path) -> str:
@@ -121,6 +143,13 @@ class FunctionDefinition:
     secret_env: dict[str, dict[str, Any]] = field(default_factory=dict)
     env_from: list[dict[str, Any]] = field(default_factory=list)
     concurrency: int = 0
+    # Scaling (stack.yml functions): `workers` is the minimum (0: scales to zero,
+    # one worker at deploy), up to `max_workers`, each worker idle for `idle`
+    # seconds retired; `overlap` calls run at once in one worker.
+    max_workers: int = 0  # 0: as many as `workers`
+    idle: float = DEFAULT_IDLE
+    overlap: int = 1
+    target: int = 0  # Knative: requests one instance is meant for (0: Knative's 100)
 
     @property
     def knative(self) -> bool:
@@ -160,8 +189,8 @@ class FunctionDefinition:
         if concurrency < 0:
             raise DeployError(f"{where}.concurrency: expected 0 (no limit) or more")
         workers = _field(payload, "workers", int, 1, where)
-        if workers < 1 or workers > 64:
-            raise DeployError(f"{where}.workers: expected 1 to 64 worker processes")
+        if workers < 0 or workers > 64:
+            raise DeployError(f"{where}.workers: expected 0 to 64 worker processes")
         timeout = payload.get("timeout", 30.0)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise DeployError(f"{where}.timeout: expected seconds greater than zero")
@@ -174,6 +203,38 @@ class FunctionDefinition:
                     f"{where}.secrets: {secret!r} is not a secret name (letters, digits,"
                     " '-', '.', '_')"
                 )
+        labels = {str(k): str(v) for k, v in _field(payload, "labels", dict, {}, where).items()}
+        scale = _scale(lang, labels, {str(k): str(v) for k, v in annotations.items()}, where)
+        # A function.yaml's bounds come as fields (its annotations are the template's).
+        most = _field(payload, "max_workers", int, scale["max_workers"], where)
+        if not 0 <= most <= 64:
+            raise DeployError(f"{where}.max_workers: expected 0 to 64")
+        scale["max_workers"] = most
+        idle = payload.get("idle", scale["idle"])
+        if isinstance(idle, bool) or not isinstance(idle, int | float) or idle < 0:
+            raise DeployError(f"{where}.idle: expected seconds, 0 or more")
+        scale["idle"] = float(idle)
+        scale["target"] = _field(payload, "target", int, 0, where)
+        if scale["target"] < 0:
+            raise DeployError(f"{where}.target: expected 0 (Knative's default) or more")
+        least = scale.pop("workers")
+        if scale.pop("zero"):
+            workers = 0  # OpenFaaS's scale.zero: idle, no worker at all
+        elif least is not None:
+            workers = least
+        if scale["max_workers"] and scale["max_workers"] < max(workers, 1):
+            raise DeployError(
+                f"{where}.labels.{SCALE_MAX}: {scale['max_workers']} is below"
+                f" {SCALE_MIN} {max(workers, 1)}"
+            )
+        raw_inflight = _field(payload, "environment", dict, {}, where).get(MAX_INFLIGHT_ENV)
+        if raw_inflight is not None and not (
+            str(raw_inflight).strip().isdigit() and int(str(raw_inflight)) >= 1
+        ):
+            raise DeployError(
+                f"{where}.environment.{MAX_INFLIGHT_ENV}: expected a whole number >= 1,"
+                f" got {raw_inflight!r}"
+            )
         for key, value in _field(payload, "environment", dict, {}, where).items():
             # What execve cannot carry would fail every worker start.
             if not str(key) or "=" in str(key) or "\0" in f"{key}{value}":
@@ -191,7 +252,7 @@ class FunctionDefinition:
                 str(k): str(v) for k, v in _field(payload, "environment", dict, {}, where).items()
             },
             secrets=list(secrets),
-            labels={str(k): str(v) for k, v in _field(payload, "labels", dict, {}, where).items()},
+            labels=labels,
             annotations={str(k): str(v) for k, v in annotations.items()},
             topic=payload.get("topic") or annotations.get("topic"),
             filters=payload.get("filters"),
@@ -204,7 +265,16 @@ class FunctionDefinition:
             secret_env=secret_env,
             env_from=env_from,
             concurrency=concurrency,
+            **scale,
         )
+
+    @property
+    def min_workers(self) -> int:
+        return self.workers
+
+    @property
+    def most_workers(self) -> int:
+        return max(self.max_workers, self.workers, 1)
 
     def required_secrets(self) -> list[tuple[str, str]]:
         """(field path, name) of the secrets a deploy needs to exist (a Knative
@@ -228,7 +298,19 @@ class FunctionDefinition:
             )
         except (SubscriptionError, PolicyError) as exc:
             raise DeployError(str(exc)) from None
-        return subscription, policy
+        return subscription, replace(policy, max_inflight=self.call_limit(policy))
+
+    def call_limit(self, policy: DeliveryPolicy) -> int:
+        """Calls in flight at once, on every path: `delivery.maxInflight`, OpenFaaS's
+        `max_inflight` variable, a Knative function's `containerConcurrency` per
+        instance; the smallest given, else maxInflight's default."""
+        given = [policy.max_inflight] if "maxInflight" in self.delivery else []
+        raw = self.environment.get(MAX_INFLIGHT_ENV, "").strip()
+        if raw.isdigit() and int(raw) >= 1:
+            given.append(int(raw))
+        if self.knative and self.concurrency:
+            given.append(self.concurrency * self.most_workers)
+        return min(given) if given else policy.max_inflight
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -256,6 +338,54 @@ def _secret_refs(
     )
 
 
+def _scale(
+    lang: str, labels: Mapping[str, str], annotations: Mapping[str, str], where: str
+) -> dict[str, Any]:
+    """Scaling fields from OpenFaaS's labels and veba's annotations, checked."""
+
+    def whole(source: Mapping[str, str], key: str, at: str, least: int, most: int) -> int | None:
+        raw = source.get(key)
+        if raw is None:
+            return None
+        text = raw.strip()
+        if not text.isdigit() or not least <= int(text) <= most:
+            raise DeployError(
+                f"{where}.{at}.{key}: expected a whole number from {least} to {most}, got {raw!r}"
+            )
+        return int(text)
+
+    def seconds(source: Mapping[str, str], key: str, at: str) -> float | None:
+        if key not in source:
+            return None
+        try:
+            return parse_duration(source[key], f"{where}.{at}.{key}")
+        except PolicyError as exc:
+            raise DeployError(str(exc)) from None
+
+    zero = labels.get(SCALE_ZERO, "false").strip().lower()
+    if zero not in ("true", "false", "1", "0"):
+        raise DeployError(f"{where}.labels.{SCALE_ZERO}: expected true or false, got {zero!r}")
+    overlap = whole(annotations, OVERLAP, "annotations", 1, 256) or 1
+    if overlap > 1 and lang == "python3":
+        raise DeployError(
+            f"{where}.annotations.{OVERLAP}: lang python3 answers with what the handler"
+            " prints, so its calls cannot overlap; use python3-http, python3-flask or"
+            " veba-cloudevent"
+        )
+    idle = seconds(annotations, SCALE_IDLE, "annotations")
+    if idle is None:
+        idle = seconds(labels, SCALE_IDLE, "labels")
+    if idle is None:
+        idle = seconds(labels, SCALE_ZERO_DURATION, "labels")
+    return {
+        "workers": whole(labels, SCALE_MIN, "labels", 1, 64),
+        "max_workers": whole(labels, SCALE_MAX, "labels", 1, 64) or 0,
+        "zero": zero in ("true", "1"),
+        "idle": DEFAULT_IDLE if idle is None else idle,
+        "overlap": overlap,
+    }
+
+
 @dataclass
 class Deployment:
     definition: FunctionDefinition
@@ -266,10 +396,24 @@ class Deployment:
     dispatcher: Dispatcher | None = None
     status: str = "starting"  # starting | ready | error
     error: str | None = None
+    # The one limit of calls in flight: events, async and sync calls alike.
+    limit: CallLimit = field(default_factory=lambda: CallLimit(16))
+
+    def scaling(self) -> dict[str, Any]:
+        """Workers now, their bounds and the last scaling decision (`veba status`)."""
+        stats = self.pool.stats if self.pool else {}
+        return {
+            "workers": stats.get("workers", 0),
+            "alive": stats.get("alive", 0),
+            "min": self.definition.workers,
+            "max": self.definition.most_workers,
+            "last_scale": stats.get("last_scale"),
+        }
 
     def info(self) -> dict[str, Any]:
         d = self.definition
         counts = self.dispatcher.counts if self.dispatcher else None
+        stats = self.pool.stats if self.pool else {}
         return {
             "name": d.name,
             "lang": d.lang,
@@ -278,8 +422,14 @@ class Deployment:
             "eventShape": d.shape,
             "status": self.status,
             "error": self.error,
-            "replicas": d.workers,
-            "availableReplicas": (self.pool.stats.get("alive", 0) if self.pool else 0),
+            "replicas": stats.get("workers", d.workers),
+            "availableReplicas": stats.get("alive", 0),
+            "minReplicas": d.workers,
+            "maxReplicas": d.most_workers,
+            "scale": f"{d.workers}-{d.most_workers}",
+            "overlap": d.overlap,
+            "lastScale": stats.get("last_scale"),
+            "limit": self.limit.stats(),
             "environment": d.environment,
             "secrets": d.secrets,
             "labels": d.labels,
@@ -312,8 +462,11 @@ class Functions:
         callbacks: httpx.AsyncClient | None = None,
         private_dir: Path | None = None,
         activity: Activity | None = None,
+        max_workers: int = DEFAULT_MAX_WORKERS,
     ) -> None:
         self._dir = functions_dir
+        # Workers of every function together; a pool's minimum is always allowed.
+        self.budget = WorkerBudget(max_workers)
         self._activity = activity or Activity()  # deploys, removals, failures to start
         self._callbacks = callbacks  # for the X-Callback-Url of async calls
         self._venvs = venv_cache
@@ -524,10 +677,23 @@ class Functions:
             return True
 
     async def invoke(self, name: str, invocation: Invocation) -> Outcome:
+        """A sync call, within the function's call limit: over it, `FunctionBusy` at
+        once (OpenFaaS's 429), or after waiting up to the policy's `queueTimeout`."""
         deployment = self._deployments.get(name)
         if deployment is None or deployment.pool is None:
             raise KeyError(name)
-        return await deployment.pool.invoke(invocation, deployment.policy.timeout)
+        pool, limit, policy = deployment.pool, deployment.limit, deployment.policy
+        if not await limit.take(policy.queue_timeout):
+            limit.refused += 1
+            waited = f" within {policy.queue_timeout:g}s" if policy.queue_timeout else ""
+            raise FunctionBusy(
+                f"function {name!r} is running its limit of {limit.limit} call(s)"
+                f" (maxInflight); none ended{waited}"
+            )
+        try:
+            return await pool.invoke(invocation, policy.timeout)
+        finally:
+            limit.give()
 
     # -- internals --------------------------------------------------------------
 
@@ -569,6 +735,11 @@ class Functions:
             handler_dir=code_dir,
             lang=definition.lang,
             workers=definition.workers,
+            max_workers=definition.most_workers,
+            overlap=definition.overlap,
+            idle=definition.idle,
+            budget=self.budget,
+            on_scale=lambda line: self._scaled(definition.name, line),
             environment=environment,
             secrets=secrets,
             log_sink=self._logs.write,
@@ -650,6 +821,11 @@ class Functions:
             app_dir=code_dir,
             command=command,
             instances=definition.workers,
+            max_instances=definition.most_workers,
+            idle=definition.idle,
+            target=definition.target or 100,
+            budget=self.budget,
+            on_scale=lambda line: self._scaled(definition.name, line),
             environment=environment,
             log_sink=self._logs.write,
             concurrency=definition.concurrency,
@@ -682,10 +858,16 @@ class Functions:
                 files[file], owner[file] = value, name
         return files
 
+    def _scaled(self, name: str, line: str) -> None:
+        """A scaling decision: in the function's log and the operator's lines."""
+        self._logs.write(name, "system", line)
+        self._activity.report("info", f"{name}: {line}")
+
     def _attach(self, deployment: Deployment, pool: FunctionRuntime) -> None:
         name = deployment.definition.name
         shape = deployment.definition.shape
         deployment.pool = pool
+        deployment.limit = CallLimit(deployment.policy.max_inflight)
         deployment.dispatcher = Dispatcher(
             name,
             log=self._log,
@@ -695,6 +877,7 @@ class Functions:
             dead_letter_sink=self._dls,
             observer=self._observer,
             shape=shape,
+            limit=deployment.limit,
         )
         deployment.dispatcher.start()
         deployment.status, deployment.error = "ready", None
@@ -718,7 +901,10 @@ def _summary(definition: FunctionDefinition) -> str:
     """What a deploy line says of a function: language, what it gets, workers."""
     topic = definition.topic or ("Trigger filters" if definition.filters else "no topic")
     kind = "instance(s)" if definition.knative else "worker(s)"
-    return f"{definition.lang}, {topic}, {definition.workers} {kind}"
+    count = f"{definition.workers}"
+    if definition.most_workers != definition.workers:
+        count = f"{definition.workers}-{definition.most_workers}"
+    return f"{definition.lang}, {topic}, {count} {kind}"
 
 
 def _quiet(_: str) -> None:

@@ -26,6 +26,7 @@ import httpx
 from veba.delivery import DeliveryPolicy
 from veba.eventlog.base import Attempt, Delivery, EventLog, LogFull
 from veba.events import Event
+from veba.functions._scaling import CallLimit
 from veba.shapes import Shape, to_shape
 from veba.targets.base import Result, Target
 from veba.tracing import EventScope, event_scope, set_scope, trace_for, with_trace
@@ -109,6 +110,7 @@ class Dispatcher:
         observer: Observer | None = None,
         clock: Callable[[], float] = time.time,
         shape: Shape | None = None,
+        limit: CallLimit | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -125,7 +127,10 @@ class Dispatcher:
         self._ordered = policy.ordering_key is not None
         # Ordered subscriptions lease ahead so other keys can run while one waits.
         self._capacity = policy.max_inflight * (4 if self._ordered else 1)
-        self._running = asyncio.Semaphore(policy.max_inflight)
+        # Calls in flight, shared with the function's other callers (sync calls):
+        # deliveries lease only what it has room for, so the rest wait in the log.
+        self._limit = limit if limit is not None else CallLimit(policy.max_inflight)
+        self._limit.on_free(self.wake)
         self._in_hand: dict[int, Delivery] = {}
         self._chains: dict[str, _KeyChain] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -181,6 +186,9 @@ class Dispatcher:
         while True:
             self._wakeup.clear()
             room = self._capacity - len(self._in_hand)
+            if not self._ordered:
+                waiting = len(self._in_hand) - self.counts.in_flight  # ours, not yet running
+                room = min(room, self._limit.limit - self._limit.in_use - waiting)
             if room > 0:
                 try:
                     batch = await self._log.lease(
@@ -335,32 +343,33 @@ class Dispatcher:
 
     async def _attempt(self, delivery: Delivery, attempt_no: int) -> tuple[Result, Attempt]:
         trace = trace_for(delivery.event)
-        async with self._running:
-            self.counts.in_flight += 1
-            started = self._clock()
-            # The attempt's scope stays bound (in this delivery's task, inside
-            # `_deliver`'s) until the next attempt: the observer told of its
-            # outcome reads its span there.
-            set_scope(
-                EventScope(
-                    delivery.event.id,
-                    function=self.name,
-                    delivery=delivery.id,
-                    attempt=attempt_no,
-                    trace=trace,
-                    started=started,
-                )
+        await self._limit.take()
+        self.counts.in_flight += 1
+        started = self._clock()
+        # The attempt's scope stays bound (in this delivery's task, inside
+        # `_deliver`'s) until the next attempt: the observer told of its
+        # outcome reads its span there.
+        set_scope(
+            EventScope(
+                delivery.event.id,
+                function=self.name,
+                delivery=delivery.id,
+                attempt=attempt_no,
+                trace=trace,
+                started=started,
             )
-            try:
-                result = await self._target.deliver(
-                    with_trace(self._shaped(delivery.event), trace),
-                    attempt=attempt_no,
-                    deadline=started + self.policy.timeout,
-                )
-            except Exception as exc:  # a target must not raise; if one does, it is a crash
-                result = Result("crash", 0, f"{type(exc).__name__}: {exc}")
-            finally:
-                self.counts.in_flight -= 1
+        )
+        try:
+            result = await self._target.deliver(
+                with_trace(self._shaped(delivery.event), trace),
+                attempt=attempt_no,
+                deadline=started + self.policy.timeout,
+            )
+        except Exception as exc:  # a target must not raise; if one does, it is a crash
+            result = Result("crash", 0, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.counts.in_flight -= 1
+            self._limit.give()
         attempt = Attempt(
             attempt_no,
             result.started or started,

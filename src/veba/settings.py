@@ -138,6 +138,9 @@ class ApplianceSettings:
     function_log_files: int = DEFAULT_KEEP
     # An OTLP/HTTP collector to export a span per delivery attempt to (veba.otlp).
     otlp_endpoint: str | None = None
+    # Workers of every function together that autoscaling may start (a function's
+    # minimum always starts): a burst must not exhaust memory (~16 MB a worker).
+    max_workers: int = 64
 
     def listeners(self) -> ListenerPlan:
         """Where the appliance listens; raises `ListenError` for settings that clash."""

@@ -359,7 +359,7 @@ def _invoke_inprocess(
             if not callable(handle):
                 raise AttributeError(f"{module.__file__} defines no function 'handle'")
             worker._check_arity(handle, fn.lang)
-            call = worker._make_call(handle, fn.lang)
+            call = worker._make_call(worker.as_callable(handle), fn.lang)
             req = {
                 "id": 1,
                 "method": "POST",

@@ -158,6 +158,12 @@ def test_a_redrive_over_the_api_wakes_a_routerconfig_processor(
                 lambda: len(d := http.get("/api/v1/dlq").json()) == 4 and d, 120, "4 dead letters"
             )
             assert {d["subscription"] for d in dead} == {"knative:sink"}
+            # Each dead letter lists its attempts, as `veba dlq list -o json` shows them.
+            for letter in dead:
+                assert letter["attempts"] >= 1
+                assert [a["attempt"] for a in letter["history"]] == list(
+                    range(1, letter["attempts"] + 1)
+                ), letter
             sink.accepting = True
             for letter in dead:
                 r = http.post("/api/v1/dlq/redrive", json={"ids": [letter["id"]]})

@@ -202,7 +202,8 @@ spec:
       name: kn-py-notify
 """
     spec = only(function_folder(tmp_path, service + "---" + dialect))
-    assert (spec.workers, spec.timeout, spec.concurrency) == (2, 90.0, 4)
+    assert (spec.workers, spec.max_workers, spec.timeout, spec.concurrency) == (2, 3, 90.0, 4)
+    assert (spec.idle, spec.target) == (None, 0)
     assert spec.delivery["retry"] == 3 and spec.delivery["backoffPolicy"] == "linear"
     assert matches(spec, "VmPoweredOffEvent") and not matches(spec, "VmPoweredOnEvent")
     assert not matches(spec, "VmCreatedEvent")
@@ -428,3 +429,11 @@ def test_a_stack_yml_is_still_a_stack(tmp_path: Path) -> None:
     )
     with pytest.raises(StackError, match=r"functions\.fn\.annotations\.veba\.event-shape: unknown"):
         only(tmp_path / "function.yaml")
+
+
+def test_min_scale_zero_scales_to_zero_after_the_scale_down_delay(tmp_path: Path) -> None:
+    service = SERVICE.replace('minScale: "1"', 'minScale: "0"').replace(
+        'maxScale: "1"', 'maxScale: "4"\n        autoscaling.knative.dev/scale-down-delay: "2m"'
+    )
+    spec = only(function_folder(tmp_path, service))
+    assert (spec.workers, spec.max_workers, spec.idle) == (0, 4, 120.0)

@@ -215,3 +215,21 @@ async def test_stop_ends_everything_the_command_started(web: WebFactory, tmp_pat
     assert process_gone(pid) and process_gone(helper)
     with pytest.raises(RuntimeError, match="stopped"):
         await pool.invoke(Invocation(b"late"), timeout=1)
+
+
+async def test_instances_scale_between_min_and_max_scale_and_to_zero_when_idle(
+    web: WebFactory, logs: Logs
+) -> None:
+    pool = await web(instances=0, max_instances=3, concurrency=1, idle=0.3)
+    first = pool.stats["pids"][0]  # one at deploy: the app must start
+    await wait_until(lambda: pool.stats["alive"] == 0 and process_gone(first))
+    outcomes = await asyncio.gather(
+        *(pool.invoke(Invocation(b"sleep 0.3"), timeout=10) for _ in range(6))
+    )
+    assert all(o.ok for o in outcomes)
+    pids = {json.loads(o.body)["pid"] for o in outcomes}
+    assert len(pids) == 3 and pool.stats["scale_ups"] >= 1  # maxScale, not one per request
+    assert any("request(s) waiting or in flight" in line for line in logs.of("system"))
+    await wait_until(lambda: pool.stats["alive"] == 0 and pool.stats["workers"] == 0)
+    for pid in pids:
+        await wait_until(lambda pid=pid: process_gone(pid))

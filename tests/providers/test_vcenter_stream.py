@@ -291,6 +291,21 @@ def test_a_rebuilt_vcenter_is_followed_by_time(run) -> None:
     assert stream.instance_uuid == "vc-new"
 
 
+def test_after_a_key_restart_status_shows_no_lag_that_is_not_there(run) -> None:
+    old_key = 500  # the old vCenter had come far; the rebuilt one counts from 1 again
+    checkpoint = Checkpoint(old_key, T0 + timedelta(milliseconds=49), "vc-old")
+    new = FakeVCenter(uuid="vc-new")
+    new.events = []
+    new.post(60)
+    stream, sink = run(new, checkpoint)
+    assert sink.keys == list(range(51, 61))
+    status = stream.status()
+    assert status["latest_key"] == 60 and status["lag"] == 0
+    new.post(3)
+    until(lambda: sink.keys[-1] == 63)
+    until(lambda: stream.status()["lag"] == 0 and stream.status()["latest_key"] == 63)
+
+
 def test_a_failing_sink_is_retried_without_losing_or_repeating(run) -> None:
     vc = FakeVCenter()
     vc.post(1)

@@ -22,7 +22,7 @@ from veba.api.models import (
     SecretRequest,
 )
 from veba.appliance import Appliance
-from veba.deployments import DeployError
+from veba.deployments import DeployError, FunctionBusy
 from veba.eventlog import LogFull
 from veba.functions.supervisor import Invocation, Outcome
 from veba.invocations import AsyncCall, invocation_event
@@ -251,6 +251,8 @@ async def invoke(name: str, request: Request, path: str = "") -> Response:
         outcome = await _appliance(request).functions.invoke(name, await _invocation(request, path))
     except KeyError:
         raise HTTPException(404, f"function {name!r} is not deployed or not ready") from None
+    except FunctionBusy as exc:  # over maxInflight: OpenFaaS's watchdog answers 429 too
+        return JSONResponse({"error": str(exc)}, status_code=429, headers={"Retry-After": "1"})
     return _response(outcome)
 
 

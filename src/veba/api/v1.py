@@ -126,7 +126,7 @@ async def dead_letters(
     request: Request, function: str | None = None, limit: Limit = 100
 ) -> list[dict[str, Any]]:
     infos = await _appliance(request).log.deliveries(
-        subscription=function, status="dead", limit=limit
+        subscription=function, status="dead", limit=limit, with_history=True
     )
     return [i.to_dict() for i in infos]
 

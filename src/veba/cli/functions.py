@@ -85,8 +85,14 @@ def _payload(spec: FunctionSpec) -> dict[str, object]:
         payload["shape"] = spec.shape
     if spec.lang == KNATIVE_LANG:
         payload.update(
-            secret_env=spec.secret_env, env_from=spec.env_from, concurrency=spec.concurrency
+            secret_env=spec.secret_env,
+            env_from=spec.env_from,
+            concurrency=spec.concurrency,
+            max_workers=spec.max_workers,
+            target=spec.target,
         )
+        if spec.idle is not None:
+            payload["idle"] = spec.idle
     return payload
 
 
@@ -257,11 +263,8 @@ def list_functions(
     rows = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
         "GET", "/system/functions"
     )
-    print_rows(
-        rows,
-        ["name", "lang", "topic", "status", "replicas", "availableReplicas", "last_error"],
-        output,
-    )
+    columns = ["name", "lang", "topic", "status", "replicas", "availableReplicas", "scale"]
+    print_rows(rows, [*columns, "last_error"], output)
 
 
 def invoke(

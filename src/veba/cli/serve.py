@@ -98,6 +98,12 @@ def serve(
     function_log_files: int = typer.Option(
         3, "--function-log-files", min=0, help="Rotated log files kept per function"
     ),
+    max_workers: int = typer.Option(
+        64,
+        "--max-workers",
+        min=1,
+        help="Workers of all functions together that scaling may start (~16 MB each)",
+    ),
     log_level: str = typer.Option(
         "info", "--log-level", help="debug, info, warning or error (the appliance's own log)"
     ),
@@ -211,6 +217,7 @@ def serve(
         function_log_size=_size(function_log_size, "--function-log-size"),
         function_log_files=function_log_files,
         otlp_endpoint=otlp_endpoint,
+        max_workers=max_workers,
         **fields,
     )
     from veba.cli.preflight import vcenter_problems

@@ -221,6 +221,14 @@ def dead_letter_view(letter: Mapping[str, Any]) -> RenderableType:
     return Group(*parts)
 
 
+def _workers(scale: Mapping[str, Any] | None) -> str:
+    """`2 (1-8)`: workers now, and the bounds scaling keeps them in when they differ."""
+    if not scale:
+        return ""
+    now, low, high = scale.get("workers"), scale.get("min"), scale.get("max")
+    return f"{now}" if low == high else f"{now} ({low}-{high})"
+
+
 def status_view(status: Mapping[str, Any]) -> RenderableType:
     """`veba status`: providers, functions (with their deliveries), processors."""
     parts: list[RenderableType] = []
@@ -243,13 +251,17 @@ def status_view(status: Mapping[str, Any]) -> RenderableType:
         )
     parts.append(providers if status.get("providers") else Text("no providers", style="dim"))
     counts: Mapping[str, Mapping[str, int]] = status.get("deliveries") or {}
-    functions = Table("function", "status", "pending", "delivered", "dead", title="functions")
+    workers: Mapping[str, Mapping[str, Any]] = status.get("workers") or {}
+    functions = Table(
+        "function", "status", "workers", "pending", "delivered", "dead", title="functions"
+    )
     for name, state in sorted((status.get("functions") or {}).items()):
         c = counts.get(name, {})
         dead = c.get("dead", 0)
         functions.add_row(
             Text(name),
             Text(str(state), style="green" if state == "ready" else "yellow"),
+            _workers(workers.get(name)),
             str(c.get("pending", 0) + c.get("leased", 0)),
             str(c.get("delivered", 0)),
             Text(str(dead), style="red" if dead else ""),

@@ -55,6 +55,16 @@ class SlotKeeper(Generic[P]):
         self.restarts += 1
         self._tasks[slot] = asyncio.create_task(self._refill(slot, delay))
 
+    def fill(self, slot: int) -> None:
+        """Start a process for an empty ``slot`` now: a scale-up, not a restart."""
+        if self.stopping or slot in self._tasks:
+            return
+        self._tasks[slot] = asyncio.create_task(self._refill(slot, 0.0))
+
+    def filling(self, slot: int) -> bool:
+        """Whether a process for ``slot`` is being started."""
+        return slot in self._tasks
+
     async def stop(self) -> None:
         """No more replacements; those under way are cancelled."""
         self.stopping = True

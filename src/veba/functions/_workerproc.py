@@ -165,6 +165,7 @@ class WorkerProcess:
         emit: Emit,
         isolation: Isolation | None = None,
         secrets: Mapping[str, bytes] | None = None,
+        overlap: int = 1,
     ) -> Self:
         """Start ``worker.py`` with the function's python and pump its output to
         ``emit``; it is not ready until its first frame says so.
@@ -194,6 +195,7 @@ class WorkerProcess:
             "--parent-pid",
             str(os.getpid()),
             *(("--sdk-path", str(sdk_dir)) if sdk_dir else ()),
+            *(("--overlap", str(overlap)) if overlap > 1 else ()),
         ]
         if isolation is not None:
             # What the worker reads: its code, its venv (python's parent's parent), the SDK.

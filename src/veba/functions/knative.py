@@ -8,9 +8,11 @@ What each part becomes:
   `image` stands for the folder holding function.yaml (a `Procfile` with a `web`
   line, `requirements.txt`, the code); `env` (values and `secretKeyRef`s) and
   `envFrom` `secretRef`s become environment variables; the
-  `autoscaling.knative.dev/minScale` annotation is the number of warm
-  instances (at least 1); `timeoutSeconds` the function timeout;
-  `containerConcurrency` the requests in flight per instance.
+  `autoscaling.knative.dev/minScale` and `maxScale` annotations bound its
+  instances (minScale 1 when not given, veba's default; 0 scales to zero),
+  `scale-down-delay` is how long an instance idles before it ends and `target`
+  the requests one instance is meant for; `timeoutSeconds` the function
+  timeout; `containerConcurrency` the requests in flight per instance.
 * each `eventing.knative.dev/v1` **Trigger** subscribes it: `spec.filter.attributes`
   (exact matches, "" matching anything) or the newer `spec.filters` dialect.
   Several Triggers on one Service: the function gets an event once if any of
@@ -29,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from veba.delivery import DeliveryPolicy, PolicyError
+from veba.delivery import DeliveryPolicy, PolicyError, parse_duration
 from veba.functions.procfile import web_command
 from veba.functions.stack import (
     DEFAULT_TIMEOUT,
@@ -51,6 +53,8 @@ SERVING = "serving.knative.dev/v1"
 EVENTING = "eventing.knative.dev/v1"
 MIN_SCALE = ("autoscaling.knative.dev/minScale", "autoscaling.knative.dev/min-scale")
 MAX_SCALE = ("autoscaling.knative.dev/maxScale", "autoscaling.knative.dev/max-scale")
+SCALE_DOWN_DELAY = "autoscaling.knative.dev/scale-down-delay"
+TARGET = "autoscaling.knative.dev/target"
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _RESERVED_ENV = ("PORT",)  # veba sets it, as Knative does
@@ -363,7 +367,7 @@ class _Reader:
         tmeta = self.mapping(template.get("metadata"), f"{where}.metadata")
         self.known(tmeta, _METADATA, f"{where}.metadata")
         scale = self.string_map(tmeta.get("annotations"), f"{where}.metadata.annotations")
-        workers = self.scale(scale, f"{where}.metadata.annotations")
+        workers, most, idle, target = self.scale(scale, f"{where}.metadata.annotations")
         pod = self.mapping(template.get("spec"), f"{where}.spec", required=True)
         self.known(pod, _POD, f"{where}.spec")
         timeout = self.seconds(pod.get("timeoutSeconds"), f"{where}.spec.timeoutSeconds")
@@ -402,6 +406,9 @@ class _Reader:
             filters=filters,
             delivery=delivery,
             workers=workers,
+            max_workers=most,
+            idle=idle,
+            target=target,
             timeout=timeout,
             stack_file=path,
             shape=shape,
@@ -431,17 +438,28 @@ class _Reader:
             return DEFAULT_TIMEOUT
         return float(self.whole(value, where, 1))
 
-    def scale(self, annotations: Mapping[str, str], where: str) -> int:
+    def scale(
+        self, annotations: Mapping[str, str], where: str
+    ) -> tuple[int, int, float | None, int]:
+        """(minScale, maxScale, scale-down-delay, target): the instances' bounds,
+        how long one idles before it ends, the requests one is meant for."""
         low = next((k for k in MIN_SCALE if k in annotations), None)
         high = next((k for k in MAX_SCALE if k in annotations), None)
-        minimum = self.whole(annotations[low], f"{where}.{low}", 0) if low else 0
+        # Not given: one warm instance (veba's default, where Knative's is zero).
+        minimum = self.whole(annotations[low], f"{where}.{low}", 0) if low else 1
         maximum = self.whole(annotations[high], f"{where}.{high}", 0) if high else 0
         if maximum and minimum > maximum:
             raise self.fail(f"{where}.{low}", f"minScale {minimum} is above maxScale {maximum}")
-        if minimum > 64:
-            raise self.fail(f"{where}.{low}", "at most 64 warm instances")
-        # Scale to zero and back is not veba's (yet): at least one warm instance.
-        return max(minimum, 1)
+        if minimum > 64 or maximum > 64:
+            raise self.fail(f"{where}.{high if maximum > 64 else low}", "at most 64 instances")
+        idle = None
+        if SCALE_DOWN_DELAY in annotations:
+            try:
+                idle = parse_duration(annotations[SCALE_DOWN_DELAY], "")
+            except PolicyError as exc:
+                raise self.fail(f"{where}.{SCALE_DOWN_DELAY}", exc.reason) from None
+        target = self.whole(annotations.get(TARGET, 0), f"{where}.{TARGET}", 0)
+        return minimum, maximum or max(minimum, 1), idle, target
 
     def env(self, value: Any, where: str) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
         if value is None:

@@ -35,5 +35,8 @@ class FunctionRuntime(Protocol):
 
     @property
     def stats(self) -> dict[str, Any]:
-        """At least: alive, pids, restarts, in_flight, invocations, errors, timeouts, crashes."""
+        """At least: alive, pids, restarts, in_flight, invocations, errors, timeouts, crashes;
+        and the scaling state (`veba.functions._scaling.Scaling.stats`): workers (running or
+        starting: the scaling target), min_workers, max_workers, calls_per_worker,
+        idle_seconds, scale_ups, scale_downs, last_scale ({at, from, to, why} or None)."""
         ...

@@ -121,6 +121,12 @@ class FunctionSpec:
     secret_env: dict[str, dict[str, Any]] = field(default_factory=dict)
     env_from: list[dict[str, Any]] = field(default_factory=list)
     concurrency: int = 0
+    # Knative only (a stack.yml's are its labels, read at deploy): the most
+    # instances, how long one idles before it ends (None: veba's default), and
+    # the requests one is meant for (0: Knative's default).
+    max_workers: int = 0
+    idle: float | None = None
+    target: int = 0
 
 
 @dataclass(frozen=True)

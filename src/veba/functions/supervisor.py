@@ -1,10 +1,13 @@
 """Warm worker pools: each function's handler stays imported in a few processes.
 
-A `FunctionPool` runs ``workers`` processes of ``worker.py`` inside the function's
-venv, talks to each over a socketpair, and keeps up to ``pipeline`` requests in
-flight per worker. Workers answer in order, so the oldest unanswered request of a
-worker is the one it is running: that is the one a timeout or a crash fails,
-while the requests queued behind it are sent again to a live worker.
+A `FunctionPool` runs ``workers`` to ``max_workers`` processes of ``worker.py``
+inside the function's venv (`veba.functions._scaling` decides how many from the
+calls waiting and running), talks to each over a socketpair, and keeps up to
+``pipeline`` requests in flight per worker. A worker runs ``overlap`` of them at
+once (1 unless its handler is I/O-bound and says so) and the rest in order, so
+its oldest ``overlap`` unanswered requests are the ones it is running: those are
+the ones a timeout or a crash fails, while the requests queued behind them are
+sent again to a live worker. A worker is retired only when it has no call.
 
 The worker processes themselves (how they are started, framed, signalled, ended)
 are `veba.functions._workerproc`; this module decides what they run and when.
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from veba.functions._restarts import SlotKeeper
+from veba.functions._scaling import DEFAULT_IDLE, Scaling, WorkerBudget
 from veba.functions._workerproc import (
     WORKER_PATH,
     FunctionLoadError,
@@ -118,6 +122,8 @@ class _Call:
     frame: bytes
     timeout: float
     future: asyncio.Future[Outcome]
+    since: float = 0.0  # loop time it started running on its worker
+    timer: asyncio.TimerHandle | None = None  # its timeout, while it runs
 
 
 @dataclass(eq=False)
@@ -125,8 +131,7 @@ class _Worker(WorkerProcess):
     """A worker process as the pool uses it: the calls it was sent, its timeout clock."""
 
     pending: deque[_Call] = field(default_factory=deque)  # sent, unanswered, in order
-    head_since: float = 0.0  # monotonic time the oldest pending call became current
-    timer: asyncio.TimerHandle | None = None
+    idle_since: float | None = None  # loop time it last had no call; None: busy
     dead: bool = False
     # Frames sent in one turn of the event loop go out in one write: a send()
     # wakes the worker's process, and one wake-up per batch is much cheaper.
@@ -153,21 +158,36 @@ class FunctionPool:
         sdk_dir: Path | None = None,
         isolation: Isolation | None = None,
         scrubber: Scrubber | None = None,
+        max_workers: int | None = None,
+        overlap: int = 1,
+        idle: float = DEFAULT_IDLE,
+        budget: WorkerBudget | None = None,
+        on_scale: Callable[[str], None] | None = None,
     ) -> None:
-        if workers < 1 or pipeline < 1:
-            raise ValueError("workers and pipeline must be at least 1")
+        maximum = max(workers, 1) if max_workers is None else max_workers
+        if workers < 0 or maximum < max(workers, 1) or pipeline < 1 or overlap < 1:
+            raise ValueError("expected 0 <= workers <= max_workers, and pipeline, overlap >= 1")
         self.name = name
         self.python = Path(python).absolute()  # not resolve(): bin/python is a symlink
         self.handler_dir = Path(handler_dir).resolve()
         self.lang = lang
-        self.size = workers
+        # Calls one worker runs at once (threads or an event loop in the worker).
+        self.overlap = overlap
+        self.scaling = Scaling(
+            minimum=workers,
+            maximum=maximum,
+            per_worker=overlap,
+            idle=idle,
+            budget=budget,
+            report=self._scaled if on_scale is None else on_scale,
+        )
         self.environment = dict(environment or {})
         self.secrets = dict(secrets or {})
         # What comes back from the workers is scrubbed of these values: by default
         # the secrets; the appliance adds the pool's store token.
         self.scrubber = scrubber if scrubber is not None else Scrubber(self.secrets.values())
         self.log_sink = log_sink
-        self.pipeline = pipeline
+        self.pipeline = max(pipeline, overlap)
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
         self.secrets_dir: Path | None = None
@@ -175,7 +195,9 @@ class FunctionPool:
         # Isolated workers get their secrets over their socket, into a private tmpfs;
         # without isolation they read a 0700 folder in /dev/shm.
         self.isolation = isolation
-        self._slots: list[_Worker | None] = [None] * workers
+        self._slots: list[_Worker | None] = [None] * maximum
+        self._active: set[int] = set()  # slots that hold, or are getting, a worker
+        self._scaler: asyncio.Task[None] | None = None
         self._queue: deque[_Call] = deque()  # accepted, not yet sent to a worker
         self._ids = itertools.count(1)
         self._keeper: SlotKeeper[_Worker] = SlotKeeper(
@@ -196,23 +218,37 @@ class FunctionPool:
             self.sdk_dir = await asyncio.to_thread(ensure_sdk, sdk_cache(self.python))
         if self.isolation is None:
             self.secrets_dir = write_secrets(self.name, self.secrets)
+        # At least one, even when it may scale to zero: a deploy proves the handler loads.
+        first = max(self.scaling.minimum, 1)
+        for slot in range(first):
+            self.scaling.budget.take(required=True)
+            self._active.add(slot)
         results = await asyncio.gather(
-            *(self._spawn(slot) for slot in range(self.size)), return_exceptions=True
+            *(self._spawn(slot) for slot in range(first)), return_exceptions=True
         )
         for slot, result in enumerate(results):
             if isinstance(result, _Worker):
                 self._slots[slot] = result
+                result.idle_since = asyncio.get_running_loop().time()
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             await self.stop()
             raise failures[0]
+        if not self.scaling.fixed:
+            self._scaler = asyncio.create_task(self._scale_down_when_idle())
 
     async def stop(self) -> None:
         """Terminate workers (SIGKILL after ``stop_grace``); unanswered calls fail."""
         await self._keeper.stop()
+        if self._scaler is not None:
+            self._scaler.cancel()
+            await asyncio.gather(self._scaler, return_exceptions=True)
         while self._queue:
             self._fail(self._queue.popleft(), "crash", "function pool stopped")
-        self._slots = [None] * self.size
+        self._slots = [None] * len(self._slots)
+        for _ in self._active:
+            self.scaling.budget.give()
+        self._active.clear()
         await asyncio.gather(*(self._terminate(w) for w in list(self._processes)))
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.stop_grace + 2)
@@ -222,7 +258,7 @@ class FunctionPool:
 
     async def _terminate(self, worker: _Worker) -> None:
         worker.dead = True
-        self._cancel_timer(worker)
+        self._cancel_timers(worker)
         worker.send_signal(signal.SIGTERM)
         await worker.wait_or_kill(self.stop_grace)
         await self._close(worker)
@@ -234,14 +270,22 @@ class FunctionPool:
         live = [w for w in self._slots if w is not None and not w.dead]
         return {
             "function": self.name,
-            "workers": self.size,
+            "workers": len(self._active),  # running or starting; the scaling target
             "alive": len(live),
             "pids": [w.proc.pid for w in live],
             "restarts": self._keeper.restarts,
             "in_flight": sum(len(w.pending) for w in live),
+            "running": sum(min(len(w.pending), self.overlap) for w in live),
             "queued": len(self._queue),
+            "overlap": self.overlap,
+            **self.scaling.stats(),
             **self._counts,
         }
+
+    @property
+    def size(self) -> int:
+        """Workers running or starting."""
+        return len(self._active)
 
     # --- invoking --------------------------------------------------------------------
 
@@ -271,6 +315,8 @@ class FunctionPool:
         self._queue.append(call)
         self._counts["invocations"] += 1
         self._pump()
+        if self._queue and len(self._active) < self.scaling.maximum:
+            self._scale_up()
         try:
             return await future
         except asyncio.CancelledError:
@@ -286,18 +332,22 @@ class FunctionPool:
         live = [w for w in self._slots if w is not None and not w.dead]
         if not live:
             return
+        # Below its maximum a pool does not pipeline: what waits here is demand that
+        # new workers take, not a queue behind one busy worker.
+        room = self.pipeline if len(self._active) >= self.scaling.maximum else self.overlap
         while self._queue:
             worker = min(live, key=_load)
-            if len(worker.pending) >= self.pipeline:
+            if len(worker.pending) >= room:
                 return
             call = self._queue.popleft()
             if call.future.done():  # cancelled while queued
                 continue
             worker.pending.append(call)
+            worker.idle_since = None
             if not worker.outbox:
                 asyncio.get_running_loop().call_soon(self._flush, worker)
             worker.outbox.append(call.frame)
-            if len(worker.pending) == 1:
+            if len(worker.pending) <= self.overlap:
                 self._arm(worker)
 
     def _flush(self, worker: _Worker) -> None:
@@ -305,21 +355,27 @@ class FunctionPool:
         if frames and not worker.dead:
             worker.writer.write(b"".join(frames))
 
-    def _arm(self, worker: _Worker) -> None:
-        """Start the timeout clock of the call the worker is now running."""
-        self._cancel_timer(worker)
-        loop = asyncio.get_running_loop()
-        worker.head_since = loop.time()
-        call = worker.pending[0]
-        worker.timer = loop.call_at(worker.head_since + call.timeout, self._expire, worker, call)
+    def _running(self, worker: _Worker) -> list[_Call]:
+        """The calls the worker runs now: its oldest ``overlap`` unanswered ones."""
+        return list(itertools.islice(worker.pending, self.overlap))
 
-    def _cancel_timer(self, worker: _Worker) -> None:
-        if worker.timer is not None:
-            worker.timer.cancel()
-            worker.timer = None
+    def _arm(self, worker: _Worker) -> None:
+        """Start the timeout clock of each call the worker has started running."""
+        loop = asyncio.get_running_loop()
+        for call in self._running(worker):
+            if call.timer is None:
+                call.since = loop.time()
+                call.timer = loop.call_at(call.since + call.timeout, self._expire, worker, call)
+
+    def _cancel_timers(self, worker: _Worker) -> None:
+        for call in worker.pending:
+            if call.timer is not None:
+                call.timer.cancel()
+                call.timer = None
 
     def _expire(self, worker: _Worker, call: _Call) -> None:
-        if worker.dead or not worker.pending or worker.pending[0] is not call:
+        running = [] if worker.dead else self._running(worker)
+        if call not in running:
             return
         self._counts["timeouts"] += 1
         self._emit(
@@ -330,8 +386,17 @@ class FunctionPool:
         worker.send_signal(signal.SIGKILL)
         self._retire(worker)
         self._background(self._reap(worker))
-        ran = asyncio.get_running_loop().time() - worker.head_since
-        worker.pending.popleft()
+        now = asyncio.get_running_loop().time()
+        ran = now - call.since
+        for other in running:
+            worker.pending.remove(other)
+            if other is not call:  # overlapping in the killed worker: retried as a crash
+                self._fail(
+                    other,
+                    "crash",
+                    f"function {self.name!r} worker killed: a call"
+                    f" beside this one ran over its {call.timeout:g}s timeout",
+                )
         self._resolve(
             call,
             Outcome(
@@ -370,6 +435,7 @@ class FunctionPool:
             emit=self._emit,
             isolation=isolation,
             secrets=self.secrets,
+            overlap=self.overlap,
         )
         self._processes.add(worker)
         why = "exited"
@@ -425,15 +491,19 @@ class FunctionPool:
                 head, body = await read_frame(reader)
                 if worker.dead:
                     return
-                if not worker.pending or head.get("id") != worker.pending[0].id:
+                call = next((c for c in self._running(worker) if c.id == head.get("id")), None)
+                if call is None:
                     raise ValueError(f"response out of order: {head.get('id')}")
-                call = worker.pending.popleft()
+                worker.pending.remove(call)
+                if call.timer is not None:
+                    call.timer.cancel()
+                    call.timer = None
                 self._keeper.succeeded()
                 self._resolve(call, _outcome(head, body))
                 if worker.pending:
                     self._arm(worker)
                 else:
-                    self._cancel_timer(worker)
+                    worker.idle_since = asyncio.get_running_loop().time()
                 self._pump()
         # EOF, or ECONNRESET when the worker died with requests unread: it is gone.
         except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
@@ -442,7 +512,7 @@ class FunctionPool:
 
     async def _crashed(self, worker: _Worker, exc: BaseException) -> None:
         self._retire(worker)
-        self._requeue(worker, keep_head=True)
+        self._requeue(worker, keep_running=True)
         if isinstance(exc, ValueError):  # garbled or out-of-order frames: alive, untrusted
             worker.send_signal(signal.SIGKILL)
         await worker.wait_or_kill(2.0)  # it may have closed the channel yet live on: end it
@@ -450,9 +520,10 @@ class FunctionPool:
         code = describe_exit(worker.proc.returncode)
         self._counts["crashes"] += 1
         tail = "\n".join(worker.stderr_tail)
-        if worker.pending:
+        now = asyncio.get_running_loop().time()
+        while worker.pending:  # the calls it was running
             call = worker.pending.popleft()
-            ran = asyncio.get_running_loop().time() - worker.head_since
+            ran = now - call.since if call.since else 0.0
             self._resolve(
                 call,
                 Outcome(
@@ -469,8 +540,72 @@ class FunctionPool:
         self._keeper.crashed(worker.slot, f"worker {worker.proc.pid} crashed ({code})")
 
     def _install(self, slot: int, worker: _Worker) -> None:
+        if slot not in self._active:  # scaled down meanwhile (a pool stopping, say)
+            self._background(self._terminate(worker))
+            return
         self._slots[slot] = worker
+        worker.idle_since = asyncio.get_running_loop().time()
         self._pump()
+
+    # --- scaling ---------------------------------------------------------------------
+
+    def _demand(self) -> int:
+        """Calls waiting in the pool or sent to a worker."""
+        live = (w for w in self._slots if w is not None and not w.dead)
+        return len(self._queue) + sum(len(w.pending) for w in live)
+
+    def _scale_up(self) -> None:
+        """More workers, now, when the calls waiting and running ask for them."""
+        if self._stopping:
+            return
+        old = len(self._active)
+        wanted = self.scaling.wanted(self._demand())
+        while len(self._active) < wanted:
+            slot = next(
+                i
+                for i in range(len(self._slots))
+                if i not in self._active and not self._keeper.filling(i)
+            )
+            if not self.scaling.budget.take():
+                break  # the appliance's cap: the calls wait for the workers there are
+            self._active.add(slot)
+            self._keeper.fill(slot)
+        if len(self._active) > old:
+            waiting = self._demand()
+            self.scaling.decided(old, len(self._active), f"{waiting} call(s) waiting or running")
+
+    async def _scale_down_when_idle(self) -> None:
+        """Retire workers idle for the hysteresis, down to the minimum (zero too)."""
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            await asyncio.sleep(self.scaling.tick())
+            now = loop.time()
+            idle = sorted(
+                (
+                    w
+                    for w in self._slots
+                    if w is not None
+                    and not w.dead
+                    and not w.pending
+                    and w.idle_since is not None
+                    and now - w.idle_since >= self.scaling.idle
+                ),
+                key=lambda w: -w.slot,
+            )
+            floor = self.scaling.wanted(self._demand())
+            old = len(self._active)
+            for worker in idle:
+                if len(self._active) <= floor:
+                    break
+                self._retire(worker)  # before any await: no call is sent to it now
+                self._active.discard(worker.slot)
+                self.scaling.budget.give()
+                self._background(self._terminate(worker))
+            if len(self._active) < old:
+                self.scaling.decided(old, len(self._active), f"idle for {self.scaling.idle:g}s")
+
+    def _scaled(self, line: str) -> None:
+        self._system(line)
 
     @property
     def _stopping(self) -> bool:
@@ -479,17 +614,16 @@ class FunctionPool:
     def _retire(self, worker: _Worker) -> None:
         """Take a worker out of rotation at once (before any await)."""
         worker.dead = True
-        self._cancel_timer(worker)
+        self._cancel_timers(worker)
         if self._slots[worker.slot] is worker:
             self._slots[worker.slot] = None
 
-    def _requeue(self, worker: _Worker, keep_head: bool = False) -> None:
+    def _requeue(self, worker: _Worker, keep_running: bool = False) -> None:
         """Give the calls that never started back to the pool, at the front, in order."""
-        head = worker.pending.popleft() if keep_head and worker.pending else None
-        self._queue.extendleft(reversed(worker.pending))
-        worker.pending.clear()
-        if head is not None:
-            worker.pending.append(head)
+        kept = self._running(worker) if keep_running else []
+        waiting = list(worker.pending)[len(kept) :]
+        self._queue.extendleft(reversed(waiting))
+        worker.pending = deque(kept)
         self._pump()
 
     # --- outcomes --------------------------------------------------------------------

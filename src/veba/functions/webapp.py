@@ -5,8 +5,12 @@ each on its own loopback port (``$PORT``), and sends each invocation to the
 least-busy live one over a keep-alive HTTP connection, as a Knative broker would
 reach a pod. An instance is ready when its port answers; one that dies is
 restarted with backoff, and the requests it held fail as crashes (the dispatcher
-retries them). It has `FunctionPool`'s interface (`veba.functions.runtime`), so
-the dispatcher, `veba invoke` and `veba logs` treat both alike.
+retries them). Between Knative's minScale and maxScale it starts instances when
+the requests waiting and in flight ask for more (``concurrency`` per instance,
+else ``target``) and ends one idle for ``idle`` seconds, to zero with minScale 0
+(`veba.functions._scaling`). It has `FunctionPool`'s interface
+(`veba.functions.runtime`), so the dispatcher, `veba invoke` and `veba logs`
+treat both alike.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from typing import Any
 import httpx
 
 from veba.functions._restarts import SlotKeeper
+from veba.functions._scaling import DEFAULT_IDLE, Scaling, WorkerBudget
 from veba.functions._webproc import (
     LOOPBACK,
     WebProcess,
@@ -59,6 +64,7 @@ class _Instance:
     dead: bool = False  # ended, or ending on purpose
     unreachable: bool = False  # refused a connection: being ended, its watcher restarts it
     watcher: asyncio.Task[None] | None = None
+    idle_since: float | None = None  # loop time it last had no request; None: busy
 
     @property
     def url(self) -> str:
@@ -83,14 +89,28 @@ class WebAppPool:
         stop_grace: float = 3.0,
         isolation: Isolation | None = None,
         scrubber: Scrubber | None = None,
+        max_instances: int | None = None,
+        idle: float = DEFAULT_IDLE,
+        target: int = 100,
+        budget: WorkerBudget | None = None,
+        on_scale: Callable[[str], None] | None = None,
     ) -> None:
-        if instances < 1 or concurrency < 0:
-            raise ValueError("instances must be at least 1 and concurrency not negative")
+        maximum = max(instances, 1) if max_instances is None else max_instances
+        if instances < 0 or maximum < max(instances, 1) or concurrency < 0 or target < 1:
+            raise ValueError("expected 0 <= instances <= max_instances, concurrency >= 0")
         self.name = name
         self.python = Path(python).absolute()  # not resolve(): bin/python is a symlink
         self.app_dir = Path(app_dir).resolve()
         self.command = command
-        self.size = instances
+        # Requests one instance is meant for: its hard limit, else Knative's soft target.
+        self.scaling = Scaling(
+            minimum=instances,
+            maximum=maximum,
+            per_worker=concurrency or target,
+            idle=idle,
+            budget=budget,
+            report=on_scale or self._system,
+        )
         self.environment = dict(environment or {})
         self.log_sink = log_sink
         self.concurrency = concurrency  # requests in flight per instance; 0: no limit
@@ -99,7 +119,10 @@ class WebAppPool:
         self.isolation = isolation
         # Its secrets are variables: their values must leave in no answer or log line.
         self.scrubber = scrubber if scrubber is not None else Scrubber(())
-        self._slots: list[_Instance | None] = [None] * instances
+        self._slots: list[_Instance | None] = [None] * maximum
+        self._active: set[int] = set()  # slots that hold, or are getting, an instance
+        self._scaler: asyncio.Task[None] | None = None
+        self._ending: set[asyncio.Task[None]] = set()  # instances scaled down, ending
         self._live: set[_Instance] = set()  # every instance not yet ended, ready or not
         self._keeper: SlotKeeper[_Instance] = SlotKeeper(
             spawn=self._spawn, install=self._install, discard=self._end, say=self._system
@@ -119,8 +142,12 @@ class WebAppPool:
 
     async def start(self) -> None:
         """Start every instance and wait until each listens on its port."""
+        first = max(self.scaling.minimum, 1)  # one even at minScale 0: the app must start
+        for slot in range(first):
+            self.scaling.budget.take(required=True)
+            self._active.add(slot)
         results = await asyncio.gather(
-            *(self._spawn(slot) for slot in range(self.size)), return_exceptions=True
+            *(self._spawn(slot) for slot in range(first)), return_exceptions=True
         )
         for slot, result in enumerate(results):
             if isinstance(result, _Instance):
@@ -129,13 +156,22 @@ class WebAppPool:
         if failures:
             await self.stop()
             raise failures[0]
+        if not self.scaling.fixed:
+            self._scaler = asyncio.create_task(self._scale_down_when_idle())
 
     async def stop(self) -> None:
         """End every instance (SIGTERM, SIGKILL after ``stop_grace``); waiting calls fail."""
         self._keeper.stopping = True
         self._notify()
         await self._keeper.stop()
-        self._slots = [None] * self.size
+        if self._scaler is not None:
+            self._scaler.cancel()
+            await asyncio.gather(self._scaler, return_exceptions=True)
+        await asyncio.gather(*self._ending, return_exceptions=True)
+        self._slots = [None] * len(self._slots)
+        for _ in self._active:
+            self.scaling.budget.give()
+        self._active.clear()
         await asyncio.gather(*(self._end(i) for i in list(self._live)))
         await self._client.aclose()
 
@@ -144,15 +180,21 @@ class WebAppPool:
         live = [i for i in self._slots if i is not None and not i.dead]
         return {
             "function": self.name,
-            "workers": self.size,
+            "workers": len(self._active),  # running or starting; the scaling target
             "alive": len(live),
             "pids": [i.process.pid for i in live],
             "ports": [i.port for i in live],
             "restarts": self._keeper.restarts,
             "in_flight": sum(i.in_flight for i in live),
             "queued": self._waiting,
+            **self.scaling.stats(),
             **self._counts,
         }
+
+    @property
+    def size(self) -> int:
+        """Instances running or starting."""
+        return len(self._active)
 
     # --- invoking --------------------------------------------------------------------
 
@@ -179,6 +221,7 @@ class WebAppPool:
             if instance is None:
                 return _failed("crash", f"function {self.name!r} stopped", None, 0.0)
             instance.in_flight += 1
+            instance.idle_since = None
             started, clock = time.time(), time.monotonic()
             try:
                 response = await self._client.request(
@@ -201,6 +244,8 @@ class WebAppPool:
                 return self._broken(instance, exc, started, time.monotonic() - clock)
             finally:
                 instance.in_flight -= 1
+                if not instance.in_flight:
+                    instance.idle_since = asyncio.get_running_loop().time()
                 self._notify()
         return self._outcome(response, started, time.monotonic() - clock)
 
@@ -241,6 +286,8 @@ class WebAppPool:
         """The least-busy live instance with room; waits while there is none."""
         self._waiting += 1
         try:
+            if len(self._active) < self.scaling.maximum:
+                self._scale_up()
             while not self._stopping:
                 candidates = [
                     i
@@ -325,9 +372,68 @@ class WebAppPool:
         return self._keeper.stopping
 
     def _install(self, slot: int, instance: _Instance) -> None:
+        if slot not in self._active:  # no longer wanted (the pool is stopping)
+            self._background(self._end(instance))
+            return
         self._slots[slot] = instance
+        instance.idle_since = asyncio.get_running_loop().time()
         instance.watcher = asyncio.create_task(self._watch(instance))
         self._notify()
+
+    # --- scaling ---------------------------------------------------------------------
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    def _demand(self) -> int:
+        """Requests waiting for an instance or in flight."""
+        live = (i for i in self._slots if i is not None and not i.dead)
+        return self._waiting + sum(i.in_flight for i in live)
+
+    def _scale_up(self) -> None:
+        if self._stopping:
+            return
+        old = len(self._active)
+        while len(self._active) < self.scaling.wanted(self._demand()):
+            slot = next(
+                i
+                for i in range(len(self._slots))
+                if i not in self._active and not self._keeper.filling(i)
+            )
+            if not self.scaling.budget.take():
+                break  # the appliance's cap: requests wait for the instances there are
+            self._active.add(slot)
+            self._keeper.fill(slot)
+        if len(self._active) > old:
+            why = f"{self._demand()} request(s) waiting or in flight"
+            self.scaling.decided(old, len(self._active), why)
+
+    async def _scale_down_when_idle(self) -> None:
+        """End instances idle for the hysteresis, down to minScale (zero too)."""
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            await asyncio.sleep(self.scaling.tick())
+            now = loop.time()
+            old = len(self._active)
+            floor = self.scaling.wanted(self._demand())
+            for instance in sorted(
+                (i for i in self._slots if i is not None and not i.dead),
+                key=lambda i: -i.slot,
+            ):
+                if len(self._active) <= floor:
+                    break
+                since = instance.idle_since
+                if instance.in_flight or since is None or now - since < self.scaling.idle:
+                    continue
+                instance.dead = True  # before any await: no request goes to it now
+                self._slots[instance.slot] = None
+                self._active.discard(instance.slot)
+                self.scaling.budget.give()
+                self._background(self._end(instance))
+            if len(self._active) < old:
+                self.scaling.decided(old, len(self._active), f"idle for {self.scaling.idle:g}s")
 
     async def _watch(self, instance: _Instance) -> None:
         code = await instance.process.proc.wait()

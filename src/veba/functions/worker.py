@@ -12,9 +12,12 @@ The first frame the worker sends is ``{"ready": true, "pid": ...}`` or
 ``{"load_error": "...", "traceback": "..."}``. After that each request frame
 ``{"id", "method", "path", "query", "headers"}`` gets exactly one response frame
 ``{"id", "status", "headers", "error", "traceback", "started", "duration"}``, in
-arrival order, one request at a time. stdout and stderr are the function's log;
-each line printed while a request runs starts with ``\x1e<id>\x1f`` (its request's
-id), so the appliance files it under the event that request delivered.
+arrival order, one request at a time. With ``--overlap N`` (an I/O-bound handler
+that says so) it runs up to N at once, in threads (an ``async def handle`` runs
+on one event loop), starting them in arrival order and answering each as it
+ends. stdout and stderr are the function's log; each line printed while a
+request runs starts with ``\x1e<id>\x1f`` (its request's id), so the appliance
+files it under the event that request delivered.
 
 ``--sdk-path D`` appends D (a copy of the stdlib-only ``veba.sdk``) to sys.path, and
 `current_call()` tells that SDK about the call being run (deadline, attempt, event
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextvars
 import importlib
 import importlib.util
 import io
@@ -34,6 +38,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 import types
@@ -227,12 +232,15 @@ class CallInfo:
         return self._ids
 
 
-_current: CallInfo | None = None
+# Per call, not per worker: calls may overlap in threads or on an event loop.
+_current: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar(
+    "veba_current_call", default=None
+)
 
 
 def current_call() -> CallInfo | None:
-    """The call being run (one at a time per worker), or None between calls."""
-    return _current
+    """The call this thread or task is running, or None between calls."""
+    return _current.get()
 
 
 # veba.sdk looks for this module under one name, whether it runs as __main__ or is
@@ -387,7 +395,7 @@ def _make_call(handle: Callable[..., Any], lang: str) -> Call:
     def call_event(req: dict[str, Any], body: bytes) -> Response:
         headers = Headers(req.get("headers") or {})
         event = _cloudevent(headers, body)
-        info = _current
+        info = _current.get()
         if info is None:  # called without dispatch()
             attempt = _float_header(headers, "x-veba-attempt")
             info = CallInfo(
@@ -546,7 +554,6 @@ def dispatch(
     A handler's fault never escapes; it becomes an error response (and is written
     to stderr, the function's log). ``veba.testing`` runs handlers through this too.
     """
-    global _current
     headers = Headers(req.get("headers") or {})
     started = time.time()
     deadline = _float_header(headers, "x-veba-deadline")
@@ -554,7 +561,7 @@ def dispatch(
     if isinstance(timeout, int | float) and not isinstance(timeout, bool):
         deadline = started + timeout if deadline is None else min(deadline, started + timeout)
     attempt = _float_header(headers, "x-veba-attempt")
-    _current = CallInfo(headers, body, deadline, int(attempt) if attempt else 1)
+    token = _current.set(CallInfo(headers, body, deadline, int(attempt) if attempt else 1))
     t0 = time.perf_counter()
     error = tb = None
     failure: BaseException | None = None
@@ -572,7 +579,7 @@ def dispatch(
         tb = _truncated(traceback.format_exc())
         sys.stderr.write(tb)
     finally:
-        _current = None
+        _current.reset(token)
     duration = time.perf_counter() - t0
     if error and tb is None:
         sys.stderr.write(f"error: {error}\n")
@@ -589,25 +596,84 @@ def dispatch(
 
 
 def serve(
-    sock: socket.socket, call: Call, write_debug: bool, tagged: tuple[_CallTagged, ...] = ()
+    sock: socket.socket,
+    call: Call,
+    write_debug: bool,
+    tagged: tuple[_CallTagged, ...] = (),
+    overlap: int = 1,
 ) -> None:
     stream = io.BufferedReader(socket.SocketIO(sock, "rb"), 1 << 16)
+    sending = threading.Lock()
+
+    def run(req: dict[str, Any], body: bytes) -> None:
+        call_id = str(req.get("id"))
+        scope = _CALL_ID.set(call_id)
+        try:
+            head, out, _ = dispatch(call, req, body)
+        finally:
+            _CALL_ID.reset(scope)
+        if write_debug:
+            sys.stderr.write(out.decode("utf-8", "replace") + "\n")
+        for output in tagged:
+            output.end(call_id)
+        # Lines without a trailing newline would otherwise wait for the next request.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with sending:
+            sock.sendall(_frame(head, out))
+
+    pool = None
+    if overlap > 1:  # imported only here: a worker's memory is what it imports (~16 MB)
+        from concurrent.futures import ThreadPoolExecutor
+
+        # The pool starts calls in arrival order: the executor's queue is first in, first out.
+        pool = ThreadPoolExecutor(overlap)
     while True:
         frame = _read_frame(stream)
         if frame is None:
             return
-        req = json.loads(frame[0])
-        for output in tagged:
-            output.begin(req.get("id"))
-        head, out, _ = dispatch(call, req, frame[1])
-        if write_debug:
-            sys.stderr.write(out.decode("utf-8", "replace") + "\n")
-        for output in tagged:
-            output.end()
-        # Lines without a trailing newline would otherwise wait for the next request.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        sock.sendall(_frame(head, out))
+        if pool is None:
+            run(json.loads(frame[0]), frame[1])
+        else:
+            pool.submit(run, json.loads(frame[0]), frame[1])
+
+
+def _on_event_loop(handle: Callable[..., Any]) -> Callable[..., Any]:
+    """``async def handle`` as a plain callable: each call a task on one event loop
+    (in a thread of its own), so overlapping calls share the loop as an ASGI app's do.
+    The task runs in the caller's context, so `current_call()` is its own call's."""
+
+    import asyncio  # only for async handlers: it is a few MB of a worker's memory
+
+    def call(*args: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(handle(*args), _handler_loop()).result()
+
+    return call
+
+
+_loop: Any = None  # the one event loop of async handlers, once one needs it
+_loop_lock = threading.Lock()
+
+
+def _handler_loop() -> Any:
+    import asyncio
+
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="handler-loop", daemon=True).start()
+        return _loop
+
+
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
+
+
+def as_callable(handle: Callable[..., Any]) -> Callable[..., Any]:
+    """The handler as the templates call it: an ``async def`` runs on an event loop."""
+    if isinstance(handle, types.FunctionType) and handle.__code__.co_flags & _CO_COROUTINE:
+        return _on_event_loop(handle)
+    return handle
 
 
 # --- which call a line of output belongs to ----------------------------------------
@@ -615,26 +681,33 @@ def serve(
 CALL_MARK, CALL_END = "\x1e", "\x1f"
 
 
+# The request a thread (or an async handler's task, which runs in a copy of its
+# caller's context) is running: whose lines it prints.
+_CALL_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("veba_call", default=None)
+
+
 class _CallTagged(io.TextIOBase):
     """stdout or stderr with each line written during a call prefixed by its id.
 
-    Only what goes through Python's ``sys.stdout``/``sys.stderr`` is tagged (print,
-    logging, tracebacks); a child process writing to the descriptor is not.
+    A call's text is written a whole line at a time (what is left of a line waits
+    for its newline, or for the call's end), so the lines of overlapping calls
+    (``--overlap``) never interleave within a line: ``print`` writes its text and
+    its newline apart. Only what goes through Python's ``sys.stdout``/``sys.stderr``
+    is tagged (print, logging, tracebacks); a child process writing to the
+    descriptor is not.
     """
 
     def __init__(self, real: Any) -> None:
         self._real = real
-        self._tag = ""  # "\x1e<id>\x1f" while a call runs
-        self._line_start = True
+        self._lock = threading.Lock()
+        self._open: dict[str, str] = {}  # call id -> its line not ended yet
 
-    def begin(self, call_id: Any) -> None:
-        self._tag = f"{CALL_MARK}{call_id}{CALL_END}"
-
-    def end(self) -> None:
+    def end(self, call_id: str) -> None:
         """The call is over: a line it left open ends with it."""
-        if not self._line_start and self._tag:
-            self.write("\n")
-        self._tag = ""
+        with self._lock:
+            rest = self._open.pop(call_id, None)
+            if rest is not None:
+                self._real.write(f"{CALL_MARK}{call_id}{CALL_END}{rest}\n")
 
     def writable(self) -> bool:
         return True
@@ -642,16 +715,17 @@ class _CallTagged(io.TextIOBase):
     def write(self, text: str) -> int:
         if not text:
             return 0
-        if self._tag:
-            out = text.replace("\n", "\n" + self._tag)
-            if out.endswith(self._tag):  # no tag before a line not yet begun
-                out = out[: -len(self._tag)]
-            if self._line_start:
-                out = self._tag + out
-        else:
-            out = text
-        self._line_start = text.endswith("\n")
-        self._real.write(out)
+        call_id = _CALL_ID.get()
+        with self._lock:
+            if call_id is None:
+                self._real.write(text)
+                return len(text)
+            *lines, rest = (self._open.pop(call_id, "") + text).split("\n")
+            if lines:
+                tag = f"{CALL_MARK}{call_id}{CALL_END}"
+                self._real.write("".join(f"{tag}{line}\n" for line in lines))
+            if rest:
+                self._open[call_id] = rest
         return len(text)
 
     def flush(self) -> None:
@@ -709,6 +783,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", required=True, type=int)
     parser.add_argument("--parent-pid", type=int, help="die with this process (Linux)")
     parser.add_argument("--sdk-path", help="a folder holding veba/sdk, appended to sys.path")
+    parser.add_argument("--overlap", type=int, default=1, help="calls run at once (I/O-bound)")
     args = parser.parse_args(argv)
     if args.sdk_path:
         sys.path.append(args.sdk_path)  # after the venv: the function's own packages win
@@ -742,7 +817,8 @@ def main(argv: list[str] | None = None) -> int:
     sock.sendall(_frame({"ready": True, "pid": os.getpid()}))
     debug = os.environ.get("write_debug", "")  # noqa: SIM112 (OpenFaaS's name)
     write_debug = debug.lower() in ("1", "true")
-    serve(sock, _make_call(handle, args.lang), write_debug, tagged)
+    call = _make_call(as_callable(handle), args.lang)
+    serve(sock, call, write_debug, tagged, max(args.overlap, 1))
     return 0
 
 

@@ -296,6 +296,11 @@ class Stream:
         unique = {it.key: it for it in fresh}
         ordered = sorted(unique.values(), key=lambda it: (it.time, it.key))
         self.instance_uuid = self._conn.instance_uuid
+        if items:
+            # The newest key seen so far belongs to the old numbering: measured
+            # against the new keys it would show a lag that is not there.
+            seen = _newest(items)
+            self.latest_key, self.latest_time = seen.key, seen.time
         log.warning(
             "%s: keys restarted; %d event(s) newer than the checkpoint", self.source, len(ordered)
         )
