@@ -62,6 +62,9 @@ class Subscriber:
     name: str
     kind: str  # "function" | "processor"
     in_flight: int  # attempts under way
+    # A function's pool (veba.functions._scaling): workers now, their bounds, and
+    # how often autoscaling has started or retired one; empty for processors.
+    scaling: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -215,8 +218,28 @@ def _subscriber_metrics(live: Live) -> Iterator[Metric]:
     # Removed functions keep their dead letters: they count too, so the gauges
     # add up to the log's totals.
     names = {s.name for s in live.subscribers} | set(live.backlog)
+    workers = GaugeMetricFamily(
+        "veba_function_workers", "A function's workers, running or starting", labels=["function"]
+    )
+    bounds = GaugeMetricFamily(
+        "veba_function_workers_bound",
+        "The fewest and most workers autoscaling keeps a function between",
+        labels=["function", "bound"],
+    )
+    scaled = CounterMetricFamily(
+        "veba_function_scaling",
+        "Autoscaling decisions: up (workers started for demand) or down (idle ones retired)",
+        labels=["function", "direction"],
+    )
     for s in live.subscribers:
         in_flight.add_metric([s.name], s.in_flight)
+        if s.scaling:
+            workers.add_metric([s.name], s.scaling.get("workers", 0))
+            bounds.add_metric([s.name, "min"], s.scaling.get("min_workers", 0))
+            bounds.add_metric([s.name, "max"], s.scaling.get("max_workers", 0))
+            scaled.add_metric([s.name, "up"], s.scaling.get("scale_ups", 0))
+            scaled.add_metric([s.name, "down"], s.scaling.get("scale_downs", 0))
+    yield from (workers, bounds, scaled)
     for name in sorted(names):
         queue = live.backlog.get(name, Backlog())
         backlog.add_metric([name], queue.open)

@@ -18,7 +18,7 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -146,13 +146,23 @@ class Telemetry:
         }
 
 
+_SCALING = ("workers", "min_workers", "max_workers", "scale_ups", "scale_downs")
+
+
+def _scaling(stats: Mapping[str, Any]) -> dict[str, int]:
+    return {key: int(stats[key]) for key in _SCALING if isinstance(stats.get(key), int)}
+
+
 async def read_live(appliance: Appliance) -> Live:
     """What the log and the providers say now; the log's reads run together."""
     log = appliance.log
     backlog, size, checkpoints = await asyncio.gather(log.backlog(), log.size(), log.checkpoints())
     subscribers = [
         Subscriber(
-            d.definition.name, "function", d.dispatcher.counts.in_flight if d.dispatcher else 0
+            d.definition.name,
+            "function",
+            d.dispatcher.counts.in_flight if d.dispatcher else 0,
+            _scaling(d.pool.stats) if d.pool is not None else {},
         )
         for d in appliance.functions.all()
     ]

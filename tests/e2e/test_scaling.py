@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.harness import RECORDER, ApplianceProcess, read_jsonl, wait_for, write_function
 from tests.e2e.harness import write_stack as _write_stack
@@ -174,6 +175,18 @@ def test_workers_scale_with_a_backlog_drain_it_5x_faster_and_return_to_one_when_
     ).items()
     logs = appliance.cli("logs", "scaled").stdout
     assert "scaled from 1 to" in logs and "to 1 worker(s): idle for 1s" in logs
+    with appliance.client() as http:
+        text = http.get("/metrics").text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("veba_function_workers", (("function", "scaled"),))] == 1
+    assert samples[("veba_function_workers_bound", (("bound", "max"), ("function", "scaled")))] == 8
+    ups = samples[("veba_function_scaling_total", (("direction", "up"), ("function", "scaled")))]
+    downs = samples[("veba_function_scaling_total", (("direction", "down"), ("function", "scaled")))]
+    assert ups >= 1 and downs >= 1  # decisions: grew to 8, went back to 1
 
 
 def test_an_idle_function_that_scales_to_zero_has_no_process_and_its_next_event_arrives(
