@@ -25,6 +25,7 @@ from veba.eventlog import AppendResult, Delivery, LogFull, SQLiteLog
 from veba.eventlog.ownerlock import OwnerLock
 from veba.eventlog.sqlite_store import SQLiteStore
 from veba.events import INVOCATION_TYPE, Event, InvalidEvent
+from veba.feed import Feed
 from veba.functionlogs import LogHub
 from veba.functions._workerproc import sweep_secrets
 from veba.observability import Metrics
@@ -86,6 +87,8 @@ class Appliance:
             keep=settings.function_log_files,
         )
         self.metrics = Metrics()
+        # Events as they are logged, to the dashboard's live streams.
+        self.feed = Feed()
         self.http = httpx.AsyncClient(timeout=10.0)
         self.dead_letters = DeadLetterSink(self.http)
         self.functions = Functions(
@@ -215,10 +218,12 @@ class Appliance:
 
     def begin_shutdown(self) -> None:
         """The server stops taking requests: end what streams forever (`logs
-        --follow`), so its shutdown waits for nobody."""
+        --follow`, the dashboard's live streams), so its shutdown waits for nobody."""
         self.logs.end_follows()
+        self.feed.close()
 
     async def stop(self) -> None:
+        self.feed.close()
         if self._dlq_report is not None:
             self._dlq_report.cancel()
         for task in self._tasks:
@@ -255,6 +260,7 @@ class Appliance:
         route = self._route if self.processors else self.functions.router.route
         result = await self.log.append(events, route=route, checkpoint=checkpoint)
         self.wake(result.deliveries)
+        self.feed.publish(events, result)
         if self.activity.verbose:
             self._tell_events(events, result, via)
         if result.accepted:
@@ -285,6 +291,7 @@ class Appliance:
         """Log `event` with a delivery to `function` only (an async call)."""
         result = await self.log.append([event], route=lambda _: (function,))
         self.wake(result.deliveries)
+        self.feed.publish([event], result)
         return result
 
     def wake(self, deliveries: Mapping[str, int]) -> None:
@@ -312,6 +319,7 @@ class Appliance:
         return {
             "providers": [p.status() for p in self.providers],
             "functions": {d.definition.name: d.status for d in self.functions.all()},
+            "paused": [d.definition.name for d in self.functions.all() if d.paused],
             "processors": self.processors.status(),
         }
 

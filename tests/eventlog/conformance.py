@@ -47,6 +47,16 @@ class EventLogConformance:
             make_event(1, source="vc2").id,
         ]
 
+    async def test_append_says_which_events_were_new_with_their_seq(self, log: EventLog) -> None:
+        await log.append([make_event(1)], route=to())
+        result = await log.append([make_event(1), make_event(2), make_event(3)], route=to())
+        records = {r.event.id: r for r in await log.events()}
+        # The duplicate (index 0) is left out; the new ones carry the seq they got.
+        assert [index for _, index in result.logged] == [1, 2]
+        for seq, index in result.logged:
+            record = records[make_event(index + 1).id]
+            assert record.seq == seq and record.received == result.received
+
     async def test_events_round_trip_exactly(self, log: EventLog) -> None:
         event = make_event(7)
         await log.append([event], route=to())
@@ -173,9 +183,7 @@ class EventLogConformance:
         assert [d.event.data["Key"] for d in got] == [1, 3]
         assert await log.replay("late", since=time.time() + 60) == 0
 
-    async def test_replay_takes_what_matches_and_a_dry_run_only_counts(
-        self, log: EventLog
-    ) -> None:
+    async def test_replay_takes_what_matches_and_a_dry_run_only_counts(self, log: EventLog) -> None:
         await log.append(
             [make_event(1), make_event(2, "VmPoweredOffEvent"), make_event(3)], route=to()
         )

@@ -18,7 +18,9 @@ from veba.api.browser import browser_router, install_docs
 from veba.api.catalog import catalog_router
 from veba.api.errors import error_response, install_error_handling
 from veba.api.limits import BodyLimit, body_limits
+from veba.api.operations import operations_router
 from veba.api.store import store_router
+from veba.api.stream import stream_router
 from veba.api.system import function_router, system_router
 from veba.api.v1 import metrics_router, v1_router
 from veba.api.webhook import webhook_router
@@ -81,6 +83,8 @@ def create_app(appliance: Appliance, *, own_lifetime: bool = True) -> FastAPI:
     app.include_router(webhook_router(appliance.settings.webhook_path))
     app.include_router(system_router)
     app.include_router(function_router)
+    app.include_router(stream_router)  # before v1's /events/{event_id}
+    app.include_router(operations_router)
     app.include_router(v1_router)
     app.include_router(catalog_router)
     app.include_router(store_router)

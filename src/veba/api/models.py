@@ -21,8 +21,10 @@ __all__ = [
     "MAX_REDRIVE_IDS",
     "MAX_REPLAY",
     "MAX_TRIGGER",
+    "Backlog",
     "DeliveryId",
     "DeployRequest",
+    "EventReplayRequest",
     "Limit",
     "RedriveRequest",
     "RemoveFunctionRequest",
@@ -31,6 +33,7 @@ __all__ = [
     "SecretRequest",
     "Seq",
     "StorePutRequest",
+    "StreamFilter",
     "TriggerRequest",
 ]
 
@@ -78,6 +81,18 @@ class ReplayRequest(_Strict):
     force: bool = Field(
         False, description="every event of the range, not only those the subscriber takes"
     )
+
+
+class EventReplayRequest(_Strict):
+    """One logged event again to one function or RouterConfig processor."""
+
+    function: Name
+    force: bool = Field(False, description="even if the subscriber's topic or filters refuse it")
+
+
+# A live stream's filters: each a case-insensitive part of the value (veba.feed).
+StreamFilter = Annotated[str, Query(max_length=NAME)]
+Backlog = Annotated[int, Query(ge=0, le=500, description="logged events to send first")]
 
 
 class TriggerRequest(_Strict):

@@ -129,7 +129,9 @@ def new(
         fail(str(exc))
     files = "handler.py, test_handler.py" if test else "handler.py"
     err.print(f"created {folder}/ ({files}) and added {name} to {append}", highlight=False)
-    warn_unknown_topics(append, {name: topic}, Client(gateway, data_dir, stack_file_gateway(append)))
+    warn_unknown_topics(
+        append, {name: topic}, Client(gateway, data_dir, stack_file_gateway(append))
+    )
 
 
 def build(
@@ -257,9 +259,54 @@ def list_functions(
     )
     print_rows(
         rows,
-        ["name", "lang", "topic", "status", "replicas", "availableReplicas", "last_error"],
+        [
+            "name",
+            "lang",
+            "topic",
+            "status",
+            "paused",
+            "replicas",
+            "availableReplicas",
+            "last_error",
+        ],
         output,
     )
+
+
+def _pause(name: str, paused: bool, client: Client) -> None:
+    verb = "pause" if paused else "resume"
+    path = f"/api/v1/functions/{quote(name, safe='')}/{verb}"
+    if client.request("POST", path, allow=(404,)).status_code == 404:
+        not_deployed(client, name)
+    if paused:
+        console.print(
+            f"paused {name}: new events wait in the log; `veba resume {name}` delivers them"
+        )
+    else:
+        console.print(f"resumed {name}")
+
+
+def pause(
+    name: str = typer.Argument(..., help="Function name", autocompletion=complete_function),
+    gateway: str | None = GatewayOption,
+    data_dir: Path | None = DataDirOption,
+    token: str | None = TokenOption,
+    tls_no_verify: bool = TlsNoVerifyOption,
+) -> None:
+    """Stop delivering events to a function: they wait in the log, none lost (the pause
+    outlives a restart of the appliance)."""
+    _pause(name, True, Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify))
+
+
+def resume(
+    name: str = typer.Argument(..., help="Function name", autocompletion=complete_function),
+    gateway: str | None = GatewayOption,
+    data_dir: Path | None = DataDirOption,
+    token: str | None = TokenOption,
+    tls_no_verify: bool = TlsNoVerifyOption,
+) -> None:
+    """Deliver to a paused function again, beginning with what waited."""
+    _pause(name, False, Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify))
 
 
 def invoke(
@@ -417,4 +464,6 @@ def register(app: typer.Typer) -> None:
     app.command()(remove)
     app.command("list")(list_functions)
     app.command()(invoke)
+    app.command()(pause)
+    app.command()(resume)
     app.command()(logs)

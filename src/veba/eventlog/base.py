@@ -52,6 +52,10 @@ class AppendResult:
     duplicates: int
     # subscription name -> number of new deliveries, so dispatchers can be woken.
     deliveries: dict[str, int] = field(default_factory=dict)
+    # (seq, index in the appended sequence) of each event that was new, in log
+    # order, and when they were received: what the live feed (veba.feed) shows.
+    logged: tuple[tuple[int, int], ...] = ()
+    received: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -188,7 +188,7 @@ class SQLiteLog:
                     " updated=excluded.updated",
                     (checkpoint[0], checkpoint[1], now),
                 )
-            return AppendResult(accepted, duplicates, dict(per_sub))
+            return AppendResult(accepted, duplicates, dict(per_sub), tuple(new), now)
 
         new: list[tuple[int, int]] = []
         result = await self._write(op)
