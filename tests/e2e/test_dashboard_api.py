@@ -44,6 +44,8 @@ def _frames(
                 kind = line[7:]
             elif line.startswith("data: ") and kind == "events":
                 got.extend(json.loads(line[6:]))
+            elif line.startswith("data: ") and kind == "gap":
+                got.append(("gap", json.loads(line[6:])["missed"]))
     done.set()
 
 
@@ -77,8 +79,18 @@ def test_the_live_stream_filters_and_ends_when_the_appliance_stops(
     wait_for(lambda: web, 30, "the filtered stream's event")
     assert [row["id"] for row in web] == ["on-web"]  # no backlog asked; filters hold
 
+    # A frame holds at most `rows` rows, the newest; a gap counts the others.
+    few: list[Any] = []
+    ended.append(threading.Event())
+    threading.Thread(target=_frames, args=(app, {"rows": 2}, few, ended[2]), daemon=True).start()
+    time.sleep(0.5)  # watching
+    batch = [dict(SAMPLE, id=f"burst-{i}", subject="VmPoweredOnEvent") for i in range(5)]
     with app.client() as http:
+        headers = {"Content-Type": "application/cloudevents-batch+json"}
+        assert http.post("/webhook", json=batch, headers=headers).status_code == 200
         assert http.get("/api/v1/events/stream", params={"backlog": 501}).status_code == 400
+    wait_for(lambda: len(few) >= 3, 30, "the burst's frame")
+    assert few[0] == ("gap", 3) and [row["id"] for row in few[1:]] == ["burst-3", "burst-4"]
 
     # `veba serve` stops at once with streams open, and they end.
     started = time.monotonic()

@@ -25,6 +25,7 @@ __all__ = [
     "DeliveryId",
     "DeployRequest",
     "EventReplayRequest",
+    "FrameRows",
     "Limit",
     "RedriveRequest",
     "RemoveFunctionRequest",
@@ -93,6 +94,7 @@ class EventReplayRequest(_Strict):
 # A live stream's filters: each a case-insensitive part of the value (veba.feed).
 StreamFilter = Annotated[str, Query(max_length=NAME)]
 Backlog = Annotated[int, Query(ge=0, le=500, description="logged events to send first")]
+FrameRows = Annotated[int, Query(ge=1, le=5_000, description="rows a frame holds at most")]
 
 
 class TriggerRequest(_Strict):

@@ -3,8 +3,9 @@ for the dashboard (or `curl -N`).
 
 Frames: `hello` (the server's clock), `events` (a JSON list of rows, at most
 one frame per BATCH seconds however fast events come, so 500 events/s are a
-few frames a second), `gap` (`{"missed": N}`: this client fell behind and lost
-N events; the feed's queue per client is bounded) and `heartbeat` every
+few frames a second, and at most `rows` rows a frame), `gap` (`{"missed": N}`:
+N events not sent: this client fell behind (the feed's queue per client is
+bounded) or a frame held more than `rows`) and `heartbeat` every
 HEARTBEAT seconds when idle. The stream ends when the appliance begins to shut
 down (`Appliance.begin_shutdown` closes the feed), so `veba serve` stops at once.
 """
@@ -21,7 +22,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from veba.api.auth import require_token
-from veba.api.models import Backlog, StreamFilter
+from veba.api.models import Backlog, FrameRows, StreamFilter
 from veba.appliance import Appliance
 from veba.feed import EventFilter, summary
 
@@ -44,11 +45,15 @@ async def event_stream(
     source: StreamFilter = "",
     name: StreamFilter = "",
     backlog: Backlog = 0,
+    rows: FrameRows = 1000,
 ) -> StreamingResponse:
     """Events as they are logged (text/event-stream), those the filters take:
     `type` (of the type or subject), `source`, `name` (a VM, host, cluster or
     datacenter name in the event), each a case-insensitive part; `backlog`: up
-    to N of the last logged events that match (among the last 4N) first."""
+    to N of the last logged events that match (among the last 4N) first;
+    `rows`: at most this many rows a frame (the newest; a `gap` frame counts the
+    others), for a page that shows only so many."""
+    rows_per_frame = rows
     appliance: Appliance = request.app.state.appliance
     matcher = EventFilter(type, source, name)
     # Watch before reading the backlog, so nothing falls between the two.
@@ -76,9 +81,12 @@ async def event_stream(
                     return
                 await asyncio.sleep(BATCH)  # let a batch gather: few frames when busy
                 items, missed = watcher.take()
+                items = [item for item in items if item[0] > last]
+                # More than a frame shows: the newest `rows` of them, the rest counted.
+                missed += max(0, len(items) - rows_per_frame)
                 if missed:
                     yield _frame("gap", {"missed": missed})
-                rows = [summary(seq, at, event) for seq, at, event in items if seq > last]
+                rows = [summary(seq, at, event) for seq, at, event in items[-rows_per_frame:]]
                 if rows:
                     yield _frame("events", rows)
         finally:

@@ -142,12 +142,6 @@ function drawChart(series) {
     line.setAttribute("data-series", name);
     svg.append(line);
   }
-  const label = document.createElementNS(SVG, "text");
-  label.setAttribute("x", "4");
-  label.setAttribute("y", "12");
-  label.setAttribute("font-size", "11");
-  label.textContent = `${top.toFixed(top < 10 ? 1 : 0)}/s`;
-  svg.append(label);
   const legend = el("div", { class: "legend" },
     ...lines.map(([name, colour, values]) => {
       const now = values.length ? values[values.length - 1] : 0;
@@ -155,7 +149,7 @@ function drawChart(series) {
       item.style.setProperty("--c", colour);
       return item;
     }),
-    el("span", { class: "muted" }, "per second, 10 s steps"));
+    el("span", { class: "muted" }, `per second, 10 s steps; top of the chart ${top.toFixed(top < 10 ? 1 : 0)}/s`));
   box.replaceChildren(svg, legend);
 }
 
@@ -230,6 +224,7 @@ function startLive() {
   if (state.source || state.livePaused) return;
   const query = filters();
   query.set("backlog", "50");
+  query.set("rows", String(MAX_ROWS)); // no more than the list keeps
   $("events").replaceChildren();
   $("gap").hidden = true;
   const source = new EventSource(`/api/v1/events/stream?${query}`);
@@ -239,7 +234,9 @@ function startLive() {
   source.addEventListener("events", (message) => addEvents(JSON.parse(message.data)));
   source.addEventListener("gap", (message) => {
     const gap = $("gap");
-    gap.textContent = `This page fell behind: ${JSON.parse(message.data).missed} event(s) not shown.`;
+    state.lastGap = Date.now();
+    gap.textContent = `${JSON.parse(message.data).missed} event(s) came too fast to list`
+      + " (they are in the log).";
     gap.hidden = false;
   });
 }
@@ -251,6 +248,7 @@ function stopLive() {
 
 function addEvents(rows) {
   const list = $("events");
+  if (Date.now() - (state.lastGap || 0) > 5000) $("gap").hidden = true;
   const fragment = document.createDocumentFragment();
   for (const row of rows.slice(-MAX_ROWS).reverse()) {
     const names = Object.entries(row.names || {}).map(([k, v]) => `${k} ${v}`).join(", ");
@@ -270,6 +268,7 @@ async function showEvent(id) {
   const body = $("event-body");
   $("event-title").textContent = id;
   body.replaceChildren(el("p", { class: "muted" }, "loading..."));
+  if (!state.overview) await refresh(); // the functions "Replay to" offers
   let record;
   try {
     record = await api(`/api/v1/events/${encodeURIComponent(id)}`);
