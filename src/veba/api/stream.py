@@ -53,26 +53,26 @@ async def event_stream(
     to N of the last logged events that match (among the last 4N) first;
     `rows`: at most this many rows a frame (the newest; a `gap` frame counts the
     others), for a page that shows only so many."""
-    rows_per_frame = rows
     appliance: Appliance = request.app.state.appliance
     matcher = EventFilter(type, source, name)
-    # Watch before reading the backlog, so nothing falls between the two.
-    watcher = appliance.feed.watch(matcher)
 
     async def frames() -> AsyncIterator[bytes]:
+        # Watch (once the response runs, so its end unwatches) before reading the
+        # backlog, so nothing falls between the two.
+        watcher = appliance.feed.watch(matcher)
         try:
             yield b"retry: 2000\n" + _frame("hello", {"now": time.time()})
             last = 0
             if backlog:
                 records = await appliance.log.events(limit=backlog * 4, newest_first=True)
-                rows = [
+                first = [
                     summary(r.seq, r.received, r.event)
                     for r in reversed(records)
                     if matcher.matches(r.event)
                 ][-backlog:]
-                if rows:
-                    last = rows[-1]["seq"]
-                    yield _frame("events", rows)
+                if first:
+                    last = first[-1]["seq"]
+                    yield _frame("events", first)
             while True:
                 if not await watcher.wait(HEARTBEAT):
                     yield _frame("heartbeat", {"now": time.time()})
@@ -83,12 +83,11 @@ async def event_stream(
                 items, missed = watcher.take()
                 items = [item for item in items if item[0] > last]
                 # More than a frame shows: the newest `rows` of them, the rest counted.
-                missed += max(0, len(items) - rows_per_frame)
+                missed += max(0, len(items) - rows)
                 if missed:
                     yield _frame("gap", {"missed": missed})
-                rows = [summary(seq, at, event) for seq, at, event in items[-rows_per_frame:]]
-                if rows:
-                    yield _frame("events", rows)
+                if items:
+                    yield _frame("events", [summary(*item) for item in items[-rows:]])
         finally:
             watcher.close()
 

@@ -279,7 +279,8 @@ async function showEvent(id) {
   }
   const deliveries = record.deliveries || [];
   const parts = [
-    el("p", {}, `seq ${record.seq}, received ${when(record.received)}`),
+    el("p", {}, `seq ${record.seq}, received ${when(record.received)} `,
+      el("button", { type: "button", onclick: () => showEvent(id) }, "Reload")),
     el("h3", {}, "Delivered to"),
   ];
   if (!deliveries.length) parts.push(el("p", { class: "muted" }, "no function or processor subscribes to it"));
