@@ -290,14 +290,17 @@ async function showEvent(id) {
         el("span", { class: `status-${d.status}` }, d.status),
         el("span", { class: "muted" }, ` delivery ${d.id}, ${d.attempts} attempt(s)`)),
       el("div", { class: "scroll" }, el("table", { class: "attempts" },
-        el("thead", {}, el("tr", {}, ...["attempt", "started", "outcome", "status", "duration", "error"].map((h) => el("th", {}, h)))),
-        el("tbody", {}, ...(d.history || []).map((a) => el("tr", {},
-          el("td", { class: "num" }, a.attempt),
-          el("td", {}, clock(a.started)),
-          el("td", {}, a.outcome),
-          el("td", { class: "num" }, a.status),
-          el("td", { class: "num" }, duration(a.finished - a.started)),
-          el("td", { class: "err" }, a.error ? el("pre", {}, a.error) : ""))))))));
+        el("thead", {}, el("tr", {}, ...["attempt", "started", "outcome", "status", "duration"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, ...(d.history || []).flatMap((a) => [
+          el("tr", {},
+            el("td", { class: "num" }, a.attempt),
+            el("td", {}, clock(a.started)),
+            el("td", {}, a.outcome),
+            el("td", { class: "num" }, a.status),
+            el("td", { class: "num" }, duration(a.finished - a.started))),
+          // The error under its attempt, as wide as the table (tracebacks are long).
+          a.error ? el("tr", { class: "error-row" }, el("td", { colspan: 5 }, el("pre", { class: "error" }, a.error))) : null,
+        ].filter(Boolean)))))));
   }
   parts.push(replayForm(record.event.id));
   parts.push(el("h3", {}, "CloudEvent"), el("pre", { class: "cloudevent" }, JSON.stringify(record.event, null, 2)));
