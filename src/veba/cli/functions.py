@@ -129,9 +129,7 @@ def new(
         fail(str(exc))
     files = "handler.py, test_handler.py" if test else "handler.py"
     err.print(f"created {folder}/ ({files}) and added {name} to {append}", highlight=False)
-    warn_unknown_topics(
-        append, {name: topic}, Client(gateway, data_dir, stack_file_gateway(append))
-    )
+    warn_unknown_topics(append, {name: topic}, Client(gateway, data_dir, stack_file_gateway(append)))
 
 
 def build(
@@ -259,16 +257,7 @@ def list_functions(
     )
     print_rows(
         rows,
-        [
-            "name",
-            "lang",
-            "topic",
-            "status",
-            "paused",
-            "replicas",
-            "availableReplicas",
-            "last_error",
-        ],
+        ["name", "lang", "topic", "status", "paused", "replicas", "availableReplicas", "last_error"],
         output,
     )
 
