@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from veba import telemetry
 from veba.activity import Activity, provider_changes
 from veba.deployments import Functions
 from veba.dispatch import DeadLetterSink
@@ -86,6 +87,8 @@ class Appliance:
             max_bytes=settings.function_log_size,
             keep=settings.function_log_files,
         )
+        self.telemetry = telemetry.Telemetry()  # what the dashboard shows (/api/v1/overview)
+        self.started = time.time()
         self.metrics = Metrics()
         # Events as they are logged, to the dashboard's live streams.
         self.feed = Feed()
@@ -132,7 +135,7 @@ class Appliance:
         )
         from veba.api.stats import side_servers
 
-        for server in side_servers(self):
+        for server in side_servers(self, started=self.started):
             await server.start()
             self._side_servers.append(server)
         if self.settings.retention > 0:
@@ -204,6 +207,7 @@ class Appliance:
                 f"{function}: attempt {delivery.attempt} of {_event_name(delivery.event)}"
                 f" failed ({result.kind} {result.status or ''}), will retry",
             )
+        self.telemetry.attempt(function, outcome, result, delivery)
 
     async def _report_dlq(self) -> None:
         await asyncio.sleep(0.2)  # one line for a burst of dead letters
@@ -263,11 +267,17 @@ class Appliance:
         self.feed.publish(events, result)
         if self.activity.verbose:
             self._tell_events(events, result, via)
+        self._count(events, result, via)
+        return result
+
+    def _count(self, events: Sequence[Event], result: AppendResult, via: str) -> None:
         if result.accepted:
             self.metrics.events.labels(via).inc(result.accepted)
+            for _, index in result.logged:
+                self.metrics.event_accepted(events[index].source, events[index].type)
+            self.telemetry.logged(result.accepted)
         if result.duplicates:
             self.metrics.duplicates.labels(via).inc(result.duplicates)
-        return result
 
     def _tell_events(self, events: Sequence[Event], result: AppendResult, via: str) -> None:
         """--verbose: a line per event logged, with the functions it goes to."""
@@ -290,6 +300,7 @@ class Appliance:
     async def enqueue(self, event: Event, function: str) -> AppendResult:
         """Log `event` with a delivery to `function` only (an async call)."""
         result = await self.log.append([event], route=lambda _: (function,))
+        self._count([event], result, "async")
         self.wake(result.deliveries)
         self.feed.publish([event], result)
         return result

@@ -287,6 +287,7 @@ class Deployment:
             "annotations": d.annotations,
             "delivery": asdict(self.policy),
             "deployed_at": d.deployed_at,
+            "version": d.code_hash,  # of the code deployed
             "in_flight": counts.in_flight if counts else 0,
             "last_error": self.dispatcher.last_error if self.dispatcher else None,
             "paused": self.paused,

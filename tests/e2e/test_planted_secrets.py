@@ -189,6 +189,8 @@ def test_planted_secrets_are_found_in_no_output(
             "/api/v1/dlq",
             f"/api/v1/events/{event['id']}",
             "/api/v1/deliveries",
+            "/api/v1/overview",  # each function's last error
+            "/metrics",
             "/system/functions",
             "/system/logs?name=leaky-http&tail=0",
             "/system/logs?name=leaky-classic&tail=0",
@@ -211,6 +213,8 @@ def test_planted_secrets_are_found_in_no_output(
     # The leaks did happen, each scrubbed where it shows.
     shown = json.loads(outputs[f"veba dlq show {letters[0]['id']}"])
     assert "[REDACTED]" in shown["last_error"] and "Traceback" in shown["last_error"]
+    overview = json.loads(outputs["GET /api/v1/overview"])
+    assert all("[REDACTED]" in f["last_error"]["error"] for f in overview["functions"])
     errors = [base64.b64decode(h["ce-knativeerrordata"]).decode() for h, _ in sink.requests]
     assert any("PermissionError: login refused for [REDACTED]" in e for e in errors), errors
     assert any("ValueError: bad login" in e for e in errors), errors

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.harness import (
     RECORDER,
@@ -194,6 +195,22 @@ def test_a_terminated_session_is_replaced_and_nothing_is_lost(
         return status["reconnects"] >= 1 and status["state"] == "following"
 
     wait_for(relogged_in, 30, "the provider to log in again")
+
+    # /metrics says the same: connected, where it is, and the drop counted.
+    (status,) = vcenter_status(app)
+    with app.client() as http:
+        families = text_string_to_metric_families(http.get("/metrics").text)
+    samples = {
+        s.name: s.value
+        for family in families
+        for s in family.samples
+        if s.labels.get("provider") == status["name"]
+    }
+    assert samples["veba_provider_connected"] == 1
+    assert samples["veba_provider_last_key"] >= max(r["data"]["Key"] for r in got) > 0
+    assert samples["veba_provider_reconnects_total"] >= 1
+    assert samples["veba_provider_events_total"] >= 40
+    assert samples["veba_provider_checkpoint_age_seconds"] >= 0
 
 
 def test_two_vcenters_in_one_appliance(

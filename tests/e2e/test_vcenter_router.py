@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.harness import ApplianceProcess, free_port, wait_for
 from tests.vcsim import PASSWORD, USER, VCSim, vcsim_binary_fixture, vcsim_fixture  # noqa: F401
@@ -168,3 +169,26 @@ def test_knative_and_openfaas_processors_get_the_events(
     names = {p["name"]: p for p in processors}
     assert set(names) == {"knative:veba-demo-knative", "knative:structured-sink", "openfaas:gw"}
     assert names["openfaas:gw"]["invocations"]["VmPoweredOffEvent"] >= 1
+
+    # /metrics and the overview show the processors as they show functions.
+    def settled() -> dict[tuple[str, str], float] | None:
+        with app.client() as http:
+            text = http.get("/metrics").text
+        samples = {
+            (s.name, s.labels.get("function", "")): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.labels.get("outcome", "delivered") == "delivered"
+        }
+        backlog = sum(samples.get(("veba_delivery_backlog", n), 1) for n in names)
+        return samples if backlog == 0 else None
+
+    samples = wait_for(settled, 30, "the processors' backlog to drain")
+    with app.client() as http:
+        processors = {p["name"]: p for p in http.get("/api/v1/status").json()["processors"]}
+        shown = {f["name"]: f for f in http.get("/api/v1/overview").json()["functions"]}
+    for name, status in processors.items():
+        assert samples[("veba_deliveries_total", name)] == status["delivered"] >= 1
+        assert samples[("veba_attempts_in_flight", name)] == 0
+        assert shown[name]["kind"] == "processor"
+        assert shown[name]["delivered"] == status["delivered"]

@@ -198,6 +198,57 @@ class EventLogConformance:
         got = await log.lease("late", 10, 30)
         assert [d.event.data["Key"] for d in got] == [1, 3]
 
+    async def test_backlog_counts_open_deliveries_their_oldest_and_dead_letters(
+        self, log: EventLog
+    ) -> None:
+        assert await log.backlog() == {}
+        before = time.time()
+        await log.append([make_event(1), make_event(2)], route=to("f", "g"))
+        after = time.time()
+        await log.append([make_event(3)], route=to("f"))
+        (first,) = await log.lease("g", 1, 30)
+        await log.dead(first.id, failed(1, 400))
+        backlog = await log.backlog()
+        assert set(backlog) == {"f", "g"}
+        assert backlog["f"].open == 3 and backlog["f"].dead == 0
+        assert backlog["g"].open == 1 and backlog["g"].dead == 1
+        assert before <= (backlog["f"].oldest or 0) <= after
+        assert backlog["f"].lag(after + 10) >= 10
+        # Leased is still open; delivered is not; the oldest moves on.
+        leased = await log.lease("f", 2, 30)
+        assert (await log.backlog())["f"].open == 3
+        for d in leased:
+            await log.ack(d.id, ok(1))
+        left = (await log.backlog())["f"]
+        assert left.open == 1 and (left.oldest or 0) >= after
+        (last,) = await log.lease("f", 1, 30)
+        await log.ack(last.id, ok(1))
+        (rest,) = await log.lease("g", 1, 30)
+        await log.ack(rest.id, ok(1))
+        backlog = await log.backlog()
+        assert "f" not in backlog  # nothing open, nothing dead
+        assert backlog["g"].open == 0 and backlog["g"].oldest is None
+        assert backlog["g"].dead == 1 and backlog["g"].lag(time.time()) == 0.0
+        await log.redrive(subscription="g")
+        assert (await log.backlog())["g"].dead == 0
+
+    async def test_size_grows_with_what_is_written(self, log: EventLog) -> None:
+        empty = await log.size()
+        await log.append([make_event(k) for k in range(200)], route=to("f"))
+        grown = await log.size()
+        assert grown.bytes + grown.wal_bytes > empty.bytes + empty.wal_bytes
+        assert min(grown.bytes, grown.wal_bytes) >= 0
+
+    async def test_checkpoints_say_when_each_was_last_written(self, log: EventLog) -> None:
+        assert await log.checkpoints() == []
+        await log.append([make_event(1)], route=to(), checkpoint=("vc1", "2"))
+        before = time.time()
+        await log.append([make_event(2)], route=to(), checkpoint=("vc1", "3"))
+        await log.append([make_event(3)], route=to(), checkpoint=("sim", "9"))
+        found = {c.name: c for c in await log.checkpoints()}
+        assert {name: c.value for name, c in found.items()} == {"vc1": "3", "sim": "9"}
+        assert found["vc1"].updated >= before - 0.001
+
     async def test_forget_drops_open_deliveries(self, log: EventLog) -> None:
         await log.append([make_event(1), make_event(2)], route=to("f"))
         assert await log.forget("f") == 2

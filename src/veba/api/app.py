@@ -20,12 +20,12 @@ from veba.api.dashboard import install_dashboard
 from veba.api.errors import error_response, install_error_handling
 from veba.api.limits import BodyLimit, body_limits
 from veba.api.operations import operations_router
-from veba.api.overview_minimal import overview_router
+from veba.api.overview import overview_router
 from veba.api.store import store_router
 from veba.api.stream import stream_router
 from veba.api.system import function_router, system_router
 from veba.api.v1 import metrics_router, v1_router
-from veba.api.webhook import webhook_router
+from veba.api.webhook import CountRequests, webhook_router
 from veba.appliance import Appliance
 from veba.listeners import plain_ip
 
@@ -66,11 +66,15 @@ def create_app(appliance: Appliance, *, own_lifetime: bool = True) -> FastAPI:
         generate_unique_id_function=operation_id,
     )
     app.state.appliance = appliance
-    # Outermost last: which address (ApiOnlyOn), who (CredentialsFirst), how much
-    # (BodyLimit), then the routes under the error handling's safety net.
+    # Outermost last: which address (ApiOnlyOn), the webhook's answers counted
+    # (CountRequests), who (CredentialsFirst), how much (BodyLimit), then the
+    # routes under the error handling's safety net.
     install_error_handling(app)
     app.add_middleware(BodyLimit, limits=body_limits(appliance.settings))
     app.add_middleware(CredentialsFirst, appliance=appliance)
+    app.add_middleware(
+        CountRequests, path=appliance.settings.webhook_path, metrics=appliance.metrics
+    )
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -88,8 +92,8 @@ def create_app(appliance: Appliance, *, own_lifetime: bool = True) -> FastAPI:
     app.include_router(function_router)
     app.include_router(stream_router)  # before v1's /events/{event_id}
     app.include_router(operations_router)
-    app.include_router(overview_router)
     app.include_router(v1_router)
+    app.include_router(overview_router)
     app.include_router(catalog_router)
     app.include_router(store_router)
     app.include_router(metrics_router)

@@ -177,13 +177,16 @@ def stats_app(
 
 def webhook_app(appliance: Appliance) -> FastAPI:
     from veba.api.limits import BodyLimit, body_limits
-    from veba.api.webhook import webhook_router
+    from veba.api.webhook import CountRequests, webhook_router
 
     app = FastAPI(title="veba webhook", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.appliance = appliance
     install_error_handling(app)
     app.add_middleware(BodyLimit, limits=body_limits(appliance.settings))
     app.add_middleware(CredentialsFirst, appliance=appliance, webhook_only=True)
+    app.add_middleware(
+        CountRequests, path=appliance.settings.webhook_path, metrics=appliance.metrics
+    )
     app.include_router(webhook_router(appliance.settings.webhook_path))
     return app
 

@@ -7,8 +7,10 @@ from collections import Counter
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from veba import telemetry
 from veba.api.auth import require_token
 from veba.api.errors import StrictRoute
 from veba.api.models import (
@@ -21,6 +23,7 @@ from veba.api.models import (
     Seq,
     TriggerRequest,
 )
+from veba.api.stats import stats
 from veba.appliance import Appliance
 from veba.eventlog import DeliveryInfo, ReplayTooLarge, Status
 
@@ -228,4 +231,17 @@ metrics_router = APIRouter(dependencies=[Depends(require_token)], tags=["metrics
 
 @metrics_router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    return Response(_appliance(request).metrics.render(), media_type="text/plain; version=0.0.4")
+    """Prometheus exposition: counters as kept, gauges read from the log now."""
+    appliance = _appliance(request)
+    live = await telemetry.read_live(appliance)
+    return Response(appliance.metrics.render(live), media_type=CONTENT_TYPE_LATEST)
+
+
+@metrics_router.get("/stats")
+async def vebas_stats(request: Request) -> JSONResponse:
+    """VEBA's `/stats` document (veba.api.stats), as a RouterConfig's metrics
+    listener serves it, here behind the API token."""
+    appliance = _appliance(request)
+    return JSONResponse(
+        stats(appliance, started=appliance.started, listen=appliance.settings.listen)
+    )

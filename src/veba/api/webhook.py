@@ -14,7 +14,7 @@ before the body is read; the handler checks again.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -26,7 +26,10 @@ from veba.appliance import Appliance
 from veba.eventlog import LogFull
 from veba.events import BATCH_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE, InvalidEvent, parse_http
 
-__all__ = ["webhook_router"]
+if TYPE_CHECKING:
+    from veba.observability import Metrics
+
+__all__ = ["CountRequests", "webhook_router"]
 
 
 _CLOUDEVENT: dict[str, Any] = {
@@ -102,3 +105,31 @@ def webhook_router(path: str) -> APIRouter:
         return JSONResponse({"accepted": result.accepted, "duplicates": result.duplicates})
 
     return router
+
+
+class CountRequests:
+    """ASGI: every answer on the webhook's path counted by HTTP status
+    (`veba_webhook_requests_total`), the 401s and 413s of the middlewares it
+    wraps (`CredentialsFirst`, `BodyLimit`) included; so it goes outermost."""
+
+    def __init__(self, app: Any, *, path: str, metrics: Metrics) -> None:
+        self.app = app
+        self.path = path
+        self.counter = metrics.webhook_requests
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") != self.path:
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the client gets if nothing answers (the server's own 500)
+
+        async def counted(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            self.counter.labels(str(status)).inc()

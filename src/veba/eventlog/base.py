@@ -15,11 +15,14 @@ from veba.events import Event
 __all__ = [
     "AppendResult",
     "Attempt",
+    "Backlog",
+    "Checkpoint",
     "Delivery",
     "DeliveryInfo",
     "EventLog",
     "EventRecord",
     "LogFull",
+    "LogSize",
     "Route",
     "Status",
 ]
@@ -109,6 +112,33 @@ class EventRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "received": self.received, "event": self.event.to_dict()}
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """One subscription's deliveries as they stand: those still to be made
+    (pending or leased), when the oldest of them was created, its dead letters."""
+
+    open: int = 0
+    oldest: float | None = None  # `created` of the oldest open delivery
+    dead: int = 0
+
+    def lag(self, now: float) -> float:
+        """How long the oldest open delivery has waited, in seconds (0 when none)."""
+        return 0.0 if self.oldest is None else max(0.0, now - self.oldest)
+
+
+@dataclass(frozen=True, slots=True)
+class LogSize:
+    bytes: int  # what the log takes on disk (SQLite: the database file)
+    wal_bytes: int  # written but not yet folded into it (SQLite: the -wal file); 0 if none
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    name: str  # the provider's
+    value: str
+    updated: float  # when it was last written
 
 
 class EventLog(Protocol):
@@ -222,6 +252,18 @@ class EventLog(Protocol):
 
     async def counts(self) -> dict[str, dict[str, int]]:
         """subscription -> status -> number of deliveries."""
+        ...
+
+    async def backlog(self) -> dict[str, Backlog]:
+        """Every subscription with open deliveries or dead letters, as they stand.
+        Read at every metrics scrape: it reads only open and dead deliveries,
+        never the whole log."""
+        ...
+
+    async def size(self) -> LogSize: ...
+
+    async def checkpoints(self) -> list[Checkpoint]:
+        """Every provider checkpoint, by name, with when it was last written."""
         ...
 
     async def forget(self, subscription: str) -> int:

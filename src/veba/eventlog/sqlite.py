@@ -23,9 +23,12 @@ from veba.eventlog._threads import Checkpointer, Op, Writer, connect
 from veba.eventlog.base import (
     AppendResult,
     Attempt,
+    Backlog,
+    Checkpoint,
     Delivery,
     DeliveryInfo,
     EventRecord,
+    LogSize,
     ReplayTooLarge,
     Route,
     Status,
@@ -597,6 +600,44 @@ class SQLiteLog:
             ):
                 out.setdefault(sub, {})[status] = n
             return out
+
+        return await self._read(op)
+
+    async def backlog(self) -> dict[str, Backlog]:
+        def op(conn: sqlite3.Connection) -> dict[str, Backlog]:
+            # Both read partial indexes (deliveries_open, deliveries_dead): what is
+            # open or dead, never the delivered rows that make up most of the log.
+            found = {
+                sub: Backlog(n, oldest)
+                for sub, n, oldest in conn.execute(
+                    "SELECT subscription, count(*), min(created) FROM deliveries"
+                    " WHERE status IN ('pending','leased') GROUP BY subscription"
+                )
+            }
+            for sub, n in conn.execute(
+                "SELECT subscription, count(*) FROM deliveries WHERE status='dead'"
+                " GROUP BY subscription"
+            ):
+                open_ = found.get(sub, Backlog())
+                found[sub] = Backlog(open_.open, open_.oldest, n)
+            return found
+
+        return await self._read(op)
+
+    async def size(self) -> LogSize:
+        def size_of(path: Path) -> int:
+            try:
+                return path.stat().st_size
+            except FileNotFoundError:
+                return 0
+
+        wal = self.path.with_name(self.path.name + "-wal")
+        return LogSize(size_of(self.path), size_of(wal))
+
+    async def checkpoints(self) -> list[Checkpoint]:
+        def op(conn: sqlite3.Connection) -> list[Checkpoint]:
+            rows = conn.execute("SELECT name, value, updated FROM checkpoints ORDER BY name")
+            return [Checkpoint(*row) for row in rows]
 
         return await self._read(op)
 
