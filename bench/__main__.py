@@ -23,6 +23,7 @@ from bench.procs import stop_all
 from bench.report import Setup, SystemResult, render
 
 SYSTEMS = ("veba", "dramatiq", "celery")
+KEPT = "<!-- sub-benchmarks: kept when `python -m bench` rewrites this file -->"
 
 
 def make_driver(name: str, redis_url: str) -> Driver:
@@ -101,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
 
     ordered = [results[name] for name in systems]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(setup, ordered))
+    # Sections that sub-benchmarks (python -m bench.dashboard) keep below KEPT stay.
+    kept = ""
+    if args.out.exists() and KEPT in (old := args.out.read_text()):
+        kept = "\n" + old[old.index(KEPT) :]
+    args.out.write_text(render(setup, ordered) + kept)
     raw = BENCH_DIR / "results" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     raw.parent.mkdir(exist_ok=True)
     raw.write_text(

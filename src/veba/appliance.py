@@ -26,6 +26,7 @@ from veba.eventlog import AppendResult, Delivery, LogFull, SQLiteLog
 from veba.eventlog.ownerlock import OwnerLock
 from veba.eventlog.sqlite_store import SQLiteStore
 from veba.events import INVOCATION_TYPE, Event, InvalidEvent
+from veba.feed import Feed
 from veba.functionlogs import LogHub
 from veba.functions._workerproc import sweep_secrets
 from veba.observability import Metrics
@@ -91,6 +92,8 @@ class Appliance:
         self.telemetry = telemetry.Telemetry()  # what the dashboard shows (/api/v1/overview)
         self.started = time.time()
         self.metrics = Metrics()
+        # Events as they are logged, to the dashboard's live streams.
+        self.feed = Feed()
         self.http = httpx.AsyncClient(timeout=10.0)
         self.dead_letters = DeadLetterSink(self.http)
         self.functions = Functions(
@@ -231,10 +234,12 @@ class Appliance:
 
     def begin_shutdown(self) -> None:
         """The server stops taking requests: end what streams forever (`logs
-        --follow`), so its shutdown waits for nobody."""
+        --follow`, the dashboard's live streams), so its shutdown waits for nobody."""
         self.logs.end_follows()
+        self.feed.close()
 
     async def stop(self) -> None:
+        self.feed.close()
         if self._dlq_report is not None:
             self._dlq_report.cancel()
         for task in self._tasks:
@@ -280,6 +285,7 @@ class Appliance:
                     via, result.accepted, result.duplicates, result.deliveries or "none",
                 )  # fmt: skip
         self.wake(result.deliveries)
+        self.feed.publish(events, result)
         if self.activity.verbose:
             self._tell_events(events, result, via)
         self._count(events, result, via)
@@ -317,6 +323,7 @@ class Appliance:
         result = await self.log.append([event], route=lambda _: (function,))
         self._count([event], result, "async")
         self.wake(result.deliveries)
+        self.feed.publish([event], result)
         return result
 
     def wake(self, deliveries: Mapping[str, int]) -> None:
@@ -345,6 +352,7 @@ class Appliance:
             "providers": [p.status() for p in self.providers],
             "functions": {d.definition.name: d.status for d in self.functions.all()},
             "workers": {d.definition.name: d.scaling() for d in self.functions.all()},
+            "paused": [d.definition.name for d in self.functions.all() if d.paused],
             "processors": self.processors.status(),
         }
 

@@ -73,6 +73,7 @@ __all__ = [
 
 log = logging.getLogger("veba.deployments")
 Progress = Callable[[str], None]
+PAUSED = "paused"  # the file, beside function.json, of a paused function
 
 
 class DeployError(ValueError):
@@ -439,7 +440,18 @@ class Deployment:
             "version": d.code_hash,  # of the code deployed
             "in_flight": counts.in_flight if counts else 0,
             "last_error": self.dispatcher.last_error if self.dispatcher else None,
+            "paused": self.paused,
         }
+
+    @property
+    def paused(self) -> bool:
+        return self.dispatcher.paused if self.dispatcher else self.paused_file.exists()
+
+    @property
+    def paused_file(self) -> Path:
+        """Beside function.json while the operator has paused it: a pause outlives
+        a restart of the appliance and a redeploy; `veba resume` or a removal ends it."""
+        return self.code_dir.parent / PAUSED
 
 
 class Functions:
@@ -513,6 +525,26 @@ class Functions:
             deployment = self._deployments.get(name)
             if deployment is not None and deployment.dispatcher is not None:
                 deployment.dispatcher.wake()
+
+    def pause(self, name: str, paused: bool = True) -> Deployment | None:
+        """Stop (or, `paused=False`, resume) leasing `name`'s deliveries: new events
+        wait in the log, none lost; kept on disk so a restart keeps it paused."""
+        deployment = self._deployments.get(name)
+        if deployment is None:
+            return None
+        marker = deployment.paused_file
+        if paused:
+            marker.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            marker.touch(mode=0o600)
+        else:
+            marker.unlink(missing_ok=True)
+        if deployment.dispatcher is not None:
+            if paused:
+                deployment.dispatcher.pause()
+            else:
+                deployment.dispatcher.resume()
+        self._activity.report("info", f"{'paused' if paused else 'resumed'} {name}")
+        return deployment
 
     def _rebuild_router(self) -> None:
         self.router = Router(d.subscription for d in self._deployments.values())
@@ -879,6 +911,8 @@ class Functions:
             shape=shape,
             limit=deployment.limit,
         )
+        if deployment.paused_file.exists():
+            deployment.dispatcher.pause()
         deployment.dispatcher.start()
         deployment.status, deployment.error = "ready", None
 

@@ -141,6 +141,9 @@ class Dispatcher:
         self._renewer: asyncio.Task[None] | None = None
         self.counts = _Counts()
         self.last_error: str | None = None
+        # Paused by the operator: nothing new is leased (what is under way
+        # finishes); deliveries wait in the log.
+        self.paused = False
         # Acks are written in batches: whatever finished while the last write
         # was under way goes in the next one.
         self._acks: list[tuple[int, Attempt]] = []
@@ -153,6 +156,13 @@ class Dispatcher:
         self._renewer = asyncio.create_task(self._renew(), name=f"renew:{self.name}")
 
     def wake(self) -> None:
+        self._wakeup.set()
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
         self._wakeup.set()
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -185,6 +195,9 @@ class Dispatcher:
         failures = 0
         while True:
             self._wakeup.clear()
+            if self.paused:
+                await self._wakeup.wait()  # resume() wakes it
+                continue
             room = self._capacity - len(self._in_hand)
             if not self._ordered:
                 waiting = len(self._in_hand) - self.counts.in_flight  # ours, not yet running

@@ -37,6 +37,11 @@ parameters = {{ "path.name" = "echo" }}
 include-path-regex = "^/api/v1/providers/"
 parameters = {{ "path.name" = "simulator" }}
 
+# The live stream never ends by itself (its parameters are checked like any).
+[[operations]]
+include-path = "/api/v1/events/stream"
+enabled = false
+
 [generation]
 max-examples = {examples}
 """

@@ -183,9 +183,7 @@ class EventLogConformance:
         assert [d.event.data["Key"] for d in got] == [1, 3]
         assert await log.replay("late", since=time.time() + 60) == 0
 
-    async def test_replay_takes_what_matches_and_a_dry_run_only_counts(
-        self, log: EventLog
-    ) -> None:
+    async def test_replay_takes_what_matches_and_a_dry_run_only_counts(self, log: EventLog) -> None:
         await log.append(
             [make_event(1), make_event(2, "VmPoweredOffEvent"), make_event(3)], route=to()
         )

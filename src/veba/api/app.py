@@ -16,10 +16,13 @@ from veba import __version__
 from veba.api.auth import CredentialsFirst, require_token
 from veba.api.browser import browser_router, install_docs
 from veba.api.catalog import catalog_router
+from veba.api.dashboard import install_dashboard
 from veba.api.errors import error_response, install_error_handling
 from veba.api.limits import BodyLimit, body_limits
+from veba.api.operations import operations_router
 from veba.api.overview import overview_router
 from veba.api.store import store_router
+from veba.api.stream import stream_router
 from veba.api.system import function_router, system_router
 from veba.api.v1 import metrics_router, v1_router
 from veba.api.webhook import CountRequests, webhook_router
@@ -82,10 +85,13 @@ def create_app(appliance: Appliance, *, own_lifetime: bool = True) -> FastAPI:
         return JSONResponse(app.openapi())
 
     install_docs(app)
+    install_dashboard(app)
     app.include_router(browser_router)
     app.include_router(webhook_router(appliance.settings.webhook_path))
     app.include_router(system_router)
     app.include_router(function_router)
+    app.include_router(stream_router)  # before v1's /events/{event_id}
+    app.include_router(operations_router)
     app.include_router(v1_router)
     app.include_router(overview_router)
     app.include_router(catalog_router)

@@ -43,7 +43,7 @@ __all__ = [
 SESSION_COOKIE = "veba_session"
 SESSION_TTL = 12 * 3600  # seconds a sign-in lasts
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-PAGES = frozenset({"/docs"})  # what an anonymous browser is sent to sign in for
+PAGES = frozenset({"/", "/docs"})  # what an anonymous browser is sent to sign in for
 STATIC = "/docs/static"
 _ASSETS = Path(fastapi_offline.__file__).parent / "static"
 # A local path to go back to after signing in: one leading slash (never `//host`
@@ -89,14 +89,14 @@ class LoginForm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     token: str = Field(min_length=1, max_length=1024, description="the appliance's API token")
-    next: LocalPath = Field("/docs", description="where to go once signed in")
+    next: LocalPath = Field("/", description="where to go once signed in")
 
 
 browser_router = APIRouter(tags=["browser"])
 
 
 @browser_router.get("/login", response_class=HTMLResponse)
-async def login_page(next: Annotated[LocalPath, Query()] = "/docs") -> HTMLResponse:
+async def login_page(next: Annotated[LocalPath, Query()] = "/") -> HTMLResponse:
     """The sign-in form (open to anyone: it holds nothing)."""
     return _form(next)
 

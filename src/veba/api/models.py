@@ -21,9 +21,12 @@ __all__ = [
     "MAX_REDRIVE_IDS",
     "MAX_REPLAY",
     "MAX_TRIGGER",
+    "Backlog",
     "DeliveryId",
     "DeployRequest",
+    "EventReplayRequest",
     "EventStory",
+    "FrameRows",
     "Limit",
     "RedriveRequest",
     "RemoveFunctionRequest",
@@ -33,6 +36,7 @@ __all__ = [
     "Seq",
     "StorePutRequest",
     "StoryChapter",
+    "StreamFilter",
     "TriggerRequest",
 ]
 
@@ -80,6 +84,19 @@ class ReplayRequest(_Strict):
     force: bool = Field(
         False, description="every event of the range, not only those the subscriber takes"
     )
+
+
+class EventReplayRequest(_Strict):
+    """One logged event again to one function or RouterConfig processor."""
+
+    function: Name
+    force: bool = Field(False, description="even if the subscriber's topic or filters refuse it")
+
+
+# A live stream's filters: each a case-insensitive part of the value (veba.feed).
+StreamFilter = Annotated[str, Query(max_length=NAME)]
+Backlog = Annotated[int, Query(ge=0, le=500, description="logged events to send first")]
+FrameRows = Annotated[int, Query(ge=1, le=5_000, description="rows a frame holds at most")]
 
 
 class TriggerRequest(_Strict):

@@ -263,8 +263,44 @@ def list_functions(
     rows = Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify).json(
         "GET", "/system/functions"
     )
-    columns = ["name", "lang", "topic", "status", "replicas", "availableReplicas", "scale"]
-    print_rows(rows, [*columns, "last_error"], output)
+    columns = ["name", "lang", "topic", "status", "paused", "replicas", "availableReplicas"]
+    print_rows(rows, [*columns, "scale", "last_error"], output)
+
+
+def _pause(name: str, paused: bool, client: Client) -> None:
+    verb = "pause" if paused else "resume"
+    path = f"/api/v1/functions/{quote(name, safe='')}/{verb}"
+    if client.request("POST", path, allow=(404,)).status_code == 404:
+        not_deployed(client, name)
+    if paused:
+        console.print(
+            f"paused {name}: new events wait in the log; `veba resume {name}` delivers them"
+        )
+    else:
+        console.print(f"resumed {name}")
+
+
+def pause(
+    name: str = typer.Argument(..., help="Function name", autocompletion=complete_function),
+    gateway: str | None = GatewayOption,
+    data_dir: Path | None = DataDirOption,
+    token: str | None = TokenOption,
+    tls_no_verify: bool = TlsNoVerifyOption,
+) -> None:
+    """Stop delivering events to a function: they wait in the log, none lost (the pause
+    outlives a restart of the appliance)."""
+    _pause(name, True, Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify))
+
+
+def resume(
+    name: str = typer.Argument(..., help="Function name", autocompletion=complete_function),
+    gateway: str | None = GatewayOption,
+    data_dir: Path | None = DataDirOption,
+    token: str | None = TokenOption,
+    tls_no_verify: bool = TlsNoVerifyOption,
+) -> None:
+    """Deliver to a paused function again, beginning with what waited."""
+    _pause(name, False, Client(gateway, data_dir, token=token, tls_no_verify=tls_no_verify))
 
 
 def invoke(
@@ -456,4 +492,6 @@ def register(app: typer.Typer) -> None:
     app.command()(remove)
     app.command("list")(list_functions)
     app.command()(invoke)
+    app.command()(pause)
+    app.command()(resume)
     app.command()(logs)

@@ -255,9 +255,11 @@ def status_view(status: Mapping[str, Any]) -> RenderableType:
     functions = Table(
         "function", "status", "workers", "pending", "delivered", "dead", title="functions"
     )
+    paused = set(status.get("paused") or ())
     for name, state in sorted((status.get("functions") or {}).items()):
         c = counts.get(name, {})
         dead = c.get("dead", 0)
+        state = f"{state}, paused" if name in paused else state
         functions.add_row(
             Text(name),
             Text(str(state), style="green" if state == "ready" else "yellow"),
