@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from veba import catalog, strictjson
 from veba.api.auth import require_token
 from veba.api.errors import StrictRoute
+from veba.api.state import appliance_of
 from veba.appliance import Appliance
 
 __all__ = ["catalog_router"]
@@ -34,11 +35,6 @@ catalog_router = APIRouter(
 )
 
 _VCENTER_TIMEOUT = 30.0  # seconds to wait for a vCenter's descriptions (a login and a read)
-
-
-def _appliance(request: Request) -> Appliance:
-    appliance: Appliance = request.app.state.appliance
-    return appliance
 
 
 def _counter(request: Request) -> catalog.SeenCounter:
@@ -76,7 +72,7 @@ async def _descriptions(
 
 
 async def _catalog(request: Request) -> catalog.Catalog:
-    appliance = _appliance(request)
+    appliance = appliance_of(request)
     (descriptions, status), seen = await asyncio.gather(
         _descriptions(appliance), _counter(request).counts(appliance.log)
     )
@@ -130,7 +126,7 @@ async def show_type(
     added = _overrides(additions or [], "add")
     if entry.vmomi_class is None and entry.seen:
         # Not a vSphere type (a webhook's): the newest logged event is the sample.
-        records = await _appliance(request).log.events(
+        records = await appliance_of(request).log.events(
             subject=entry.type, limit=1, newest_first=True
         )
         if records and not overrides and not added:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from veba.api.auth import require_token
 from veba.api.errors import StrictRoute
 from veba.api.models import MAX_REPLAY, EventReplayRequest
-from veba.appliance import Appliance
+from veba.api.state import appliance_of
 from veba.eventlog import ReplayTooLarge
 from veba.events import Event
 
@@ -25,13 +25,8 @@ operations_router = APIRouter(
 )
 
 
-def _appliance(request: Request) -> Appliance:
-    appliance: Appliance = request.app.state.appliance
-    return appliance
-
-
 def _paused(request: Request, name: str, paused: bool) -> dict[str, Any]:
-    deployment = _appliance(request).functions.pause(name, paused)
+    deployment = appliance_of(request).functions.pause(name, paused)
     if deployment is None:
         raise HTTPException(404, f"function {name!r} is not deployed")
     return {"name": name, "paused": deployment.paused}
@@ -55,7 +50,7 @@ async def replay_event(event_id: str, body: EventReplayRequest, request: Request
     """The logged event `event_id` once more to `function` (a function or
     RouterConfig processor): only if its subscription takes the event, unless
     `force`. A new delivery, with attempts of its own."""
-    appliance = _appliance(request)
+    appliance = appliance_of(request)
     subscription = appliance.subscription(body.function)
     if subscription is None:
         raise HTTPException(404, f"function {body.function!r} is not deployed")

@@ -22,20 +22,15 @@ from fastapi.responses import JSONResponse
 from veba.api.auth import check_bearer
 from veba.api.errors import StrictRoute
 from veba.api.models import MAX_INT64, Limit, StorePutRequest
-from veba.appliance import Appliance
+from veba.api.state import appliance_of
 from veba.store import InvalidStoreRequest, RevisionMismatch, Store, ValueTooLarge
 
 __all__ = ["require_store_access", "store_router"]
 
 
-def _appliance(request: Request) -> Appliance:
-    appliance: Appliance = request.app.state.appliance
-    return appliance
-
-
 async def require_store_access(namespace: str, request: Request) -> None:
     """The appliance token opens every namespace; a function's store token its own."""
-    appliance = _appliance(request)
+    appliance = appliance_of(request)
     if check_bearer(request, appliance.token):
         return
     header = request.headers.get("authorization", "")
@@ -65,7 +60,7 @@ store_router = APIRouter(
 
 
 def _store(request: Request) -> Store:
-    return _appliance(request).store
+    return appliance_of(request).store
 
 
 def _bad(exc: InvalidStoreRequest) -> JSONResponse:

@@ -21,7 +21,7 @@ from veba.api.models import (
     RemoveSecretRequest,
     SecretRequest,
 )
-from veba.appliance import Appliance
+from veba.api.state import appliance_of
 from veba.deployments import DeployError, FunctionBusy
 from veba.eventlog import LogFull
 from veba.functions.supervisor import Invocation, Outcome
@@ -38,11 +38,6 @@ system_router = APIRouter(
 )
 
 
-def _appliance(request: Request) -> Appliance:
-    appliance: Appliance = request.app.state.appliance
-    return appliance
-
-
 @system_router.get("/info")
 async def info(request: Request) -> dict[str, Any]:
     return {
@@ -54,12 +49,12 @@ async def info(request: Request) -> dict[str, Any]:
 
 @system_router.get("/functions")
 async def list_functions(request: Request) -> list[dict[str, Any]]:
-    return [d.info() for d in _appliance(request).functions.all()]
+    return [d.info() for d in appliance_of(request).functions.all()]
 
 
 @system_router.get("/function/{name}")
 async def get_function(name: str, request: Request) -> dict[str, Any]:
-    deployment = _appliance(request).functions.get(name)
+    deployment = appliance_of(request).functions.get(name)
     if deployment is None:
         raise HTTPException(404, f"function {name!r} is not deployed")
     return deployment.info()
@@ -70,7 +65,7 @@ async def get_function(name: str, request: Request) -> dict[str, Any]:
 async def deploy(body: DeployRequest, request: Request, stream: bool = False) -> Response:
     """Deploy or update a function. With `?stream=true` the answer is NDJSON:
     build progress lines, then one `result` or `error` line."""
-    appliance = _appliance(request)
+    appliance = appliance_of(request)
     payload = body.payload()
     if not stream:
         try:
@@ -107,7 +102,7 @@ async def deploy(body: DeployRequest, request: Request, stream: bool = False) ->
 @system_router.delete("/functions")
 async def remove_function(body: RemoveFunctionRequest, request: Request) -> Response:
     name = body.functionName
-    if not await _appliance(request).functions.remove(name):
+    if not await appliance_of(request).functions.remove(name):
         raise HTTPException(404, f"function {name!r} is not deployed")
     return Response(status_code=202)
 
@@ -118,7 +113,7 @@ async def remove_function(body: RemoveFunctionRequest, request: Request) -> Resp
 @system_router.get("/secrets")
 async def list_secrets(request: Request) -> list[dict[str, Any]]:
     """OpenFaaS's `[{name}]`, plus each secret's keys (null for a single value)."""
-    store = _appliance(request).secrets
+    store = appliance_of(request).secrets
     rows: list[dict[str, Any]] = []
     for name in store.names():
         try:
@@ -169,7 +164,7 @@ async def put_secret(body: SecretRequest, request: Request) -> Response:
     except _BadSecret as exc:
         return error_response(400, str(exc))
     name, replace = body.name, body.replace or request.method == "PUT"
-    appliance = _appliance(request)
+    appliance = appliance_of(request)
     try:
         if isinstance(content, bytes):
             replaced = appliance.secrets.put(name, content, replace=replace)
@@ -187,7 +182,7 @@ async def put_secret(body: SecretRequest, request: Request) -> Response:
 @system_router.delete("/secrets")
 async def remove_secret(body: RemoveSecretRequest, request: Request) -> Response:
     name = body.name
-    appliance = _appliance(request)
+    appliance = appliance_of(request)
     users = [d.definition.name for d in appliance.functions.all() if name in d.definition.secrets]
     if users:
         raise HTTPException(409, f"secret {name!r} is used by function(s) {', '.join(users)}")
@@ -208,7 +203,7 @@ async def logs(
     follow: bool = False,
     tail: Annotated[int, Query(ge=0, le=10_000, description="0: every line kept")] = 100,
 ) -> Response:
-    appliance = _appliance(request)
+    appliance = appliance_of(request)
     hub = appliance.logs
     if appliance.functions.get(name) is None and not hub.tail(name, 1):
         raise HTTPException(404, f"function {name!r} is not deployed and has no log lines")
@@ -248,7 +243,7 @@ def _response(outcome: Outcome) -> Response:
 
 async def invoke(name: str, request: Request, path: str = "") -> Response:
     try:
-        outcome = await _appliance(request).functions.invoke(name, await _invocation(request, path))
+        outcome = await appliance_of(request).functions.invoke(name, await _invocation(request, path))
     except KeyError:
         raise HTTPException(404, f"function {name!r} is not deployed or not ready") from None
     except FunctionBusy as exc:  # over maxInflight: OpenFaaS's watchdog answers 429 too
@@ -257,7 +252,7 @@ async def invoke(name: str, request: Request, path: str = "") -> Response:
 
 
 async def invoke_async(name: str, request: Request, path: str = "") -> Response:
-    appliance = _appliance(request)
+    appliance = appliance_of(request)
     if appliance.functions.get(name) is None:
         raise HTTPException(404, f"function {name!r} is not deployed")
     call_id = request.headers.get("x-call-id") or str(uuid.uuid4())

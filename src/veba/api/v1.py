@@ -24,8 +24,8 @@ from veba.api.models import (
     Seq,
     TriggerRequest,
 )
+from veba.api.state import appliance_of
 from veba.api.stats import stats
-from veba.appliance import Appliance
 from veba.eventlog import DeliveryInfo, EventLog, EventRecord, ReplayTooLarge, Status
 
 __all__ = ["v1_router"]
@@ -38,11 +38,6 @@ v1_router = APIRouter(
 )
 
 
-def _appliance(request: Request) -> Appliance:
-    appliance: Appliance = request.app.state.appliance
-    return appliance
-
-
 @v1_router.get("/events")
 async def list_events(
     request: Request,
@@ -51,7 +46,7 @@ async def list_events(
     subject: str | None = None,
     newest_first: bool = False,
 ) -> list[dict[str, Any]]:
-    records = await _appliance(request).log.events(
+    records = await appliance_of(request).log.events(
         after_seq=after, limit=limit, subject=subject, newest_first=newest_first
     )
     return [r.to_dict() for r in records]
@@ -60,7 +55,7 @@ async def list_events(
 @v1_router.get("/events/{event_id}")
 async def show_event(event_id: str, request: Request) -> dict[str, Any]:
     """One event by its id, else (all digits) by its seq, as `events list` shows it."""
-    log = _appliance(request).log
+    log = appliance_of(request).log
     record = await _find_event(log, event_id)
     deliveries = await log.deliveries(event_id=record.event.id, with_history=True)
     return {**record.to_dict(), "deliveries": [d.to_dict() for d in deliveries]}
@@ -72,7 +67,7 @@ async def event_story(event_id: str, request: Request) -> dict[str, Any]:
     delivery and attempt with its outcome, and what the function printed then."""
     from veba.story import tell
 
-    appliance = _appliance(request)
+    appliance = appliance_of(request)
     record = await _find_event(appliance.log, event_id)
     return (await tell(appliance.log, appliance.logs, record)).to_dict()
 
@@ -95,7 +90,7 @@ async def _find_event(log: EventLog, event_id: str) -> EventRecord:
 
 @v1_router.get("/functions/{name}")
 async def function_stats(name: str, request: Request) -> dict[str, Any]:
-    appliance = _appliance(request)
+    appliance = appliance_of(request)
     deployment = appliance.functions.get(name)
     if deployment is None:
         raise HTTPException(404, f"function {name!r} is not deployed")
@@ -115,7 +110,7 @@ async def list_deliveries(
     status: Status | None = None,
     limit: Limit = 100,
 ) -> list[dict[str, Any]]:
-    infos = await _appliance(request).log.deliveries(
+    infos = await appliance_of(request).log.deliveries(
         subscription=function, status=status, limit=limit
     )
     return [i.to_dict() for i in infos]
@@ -125,7 +120,7 @@ async def list_deliveries(
 async def dead_letters(
     request: Request, function: str | None = None, limit: Limit = 100
 ) -> list[dict[str, Any]]:
-    infos = await _appliance(request).log.deliveries(
+    infos = await appliance_of(request).log.deliveries(
         subscription=function, status="dead", limit=limit, with_history=True
     )
     return [i.to_dict() for i in infos]
@@ -133,7 +128,7 @@ async def dead_letters(
 
 @v1_router.get("/dlq/{delivery_id}")
 async def dead_letter(delivery_id: DeliveryId, request: Request) -> dict[str, Any]:
-    log = _appliance(request).log
+    log = appliance_of(request).log
     info = await log.delivery(delivery_id)
     if info is None or info.status != "dead":
         raise HTTPException(404, f"no dead letter with id {delivery_id}")
@@ -146,7 +141,7 @@ async def redrive(body: RedriveRequest, request: Request) -> dict[str, Any]:
     """Dead letters back to pending with a fresh attempt count: by `ids` (each
     must be a dead letter, else 404 and nothing done), all of one `function`'s,
     or `all: true` (run in steps, off the event loop). `dry_run` only counts."""
-    appliance = _appliance(request)
+    appliance = appliance_of(request)
     log = appliance.log
     if body.ids:
         ids = list(dict.fromkeys(body.ids))
@@ -190,7 +185,7 @@ async def replay(body: ReplayRequest, request: Request) -> dict[str, Any]:
     time received and subject, and only those its subscription takes unless
     `force`; at most MAX_REPLAY events in the range per request. `dry_run`
     only counts: `events` is how many would be (or were) delivered again."""
-    appliance = _appliance(request)
+    appliance = appliance_of(request)
     subscription = appliance.subscription(body.function)
     if subscription is None:
         raise HTTPException(404, f"function {body.function!r} is not deployed")
@@ -218,7 +213,7 @@ async def replay(body: ReplayRequest, request: Request) -> dict[str, Any]:
 
 @v1_router.get("/status")
 async def status(request: Request) -> dict[str, Any]:
-    appliance = _appliance(request)
+    appliance = appliance_of(request)
     # Deliveries by function and state (pending, leased, delivered, dead).
     return {**appliance.status(), "deliveries": await appliance.log.counts()}
 
@@ -232,7 +227,7 @@ async def trigger(
 ) -> dict[str, Any]:
     """Ask the simulator for events now (tests, demos): `count` operations, at
     most MAX_TRIGGER per request."""
-    provider = _appliance(request).provider(name)
+    provider = appliance_of(request).provider(name)
     if provider is None or not hasattr(provider, "trigger"):
         raise HTTPException(404, f"no provider {name!r} that can be triggered")
     try:
@@ -250,7 +245,7 @@ metrics_router = APIRouter(dependencies=[Depends(require_token)], tags=["metrics
 @metrics_router.get("/metrics")
 async def metrics(request: Request) -> Response:
     """Prometheus exposition: counters as kept, gauges read from the log now."""
-    appliance = _appliance(request)
+    appliance = appliance_of(request)
     live = await telemetry.read_live(appliance)
     return Response(appliance.metrics.render(live), media_type=CONTENT_TYPE_LATEST)
 
@@ -259,7 +254,7 @@ async def metrics(request: Request) -> Response:
 async def vebas_stats(request: Request) -> JSONResponse:
     """VEBA's `/stats` document (veba.api.stats), as a RouterConfig's metrics
     listener serves it, here behind the API token."""
-    appliance = _appliance(request)
+    appliance = appliance_of(request)
     return JSONResponse(
         stats(appliance, started=appliance.started, listen=appliance.settings.listen)
     )
