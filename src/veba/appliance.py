@@ -292,13 +292,11 @@ class Appliance:
         return result
 
     def _count(self, events: Sequence[Event], result: AppendResult, via: str) -> None:
+        self.metrics.ingested(via, result.accepted, result.duplicates)
         if result.accepted:
-            self.metrics.events.labels(via).inc(result.accepted)
             for _, index in result.logged:
                 self.metrics.event_accepted(events[index].source, events[index].type)
             self.telemetry.logged(result.accepted)
-        if result.duplicates:
-            self.metrics.duplicates.labels(via).inc(result.duplicates)
 
     def _tell_events(self, events: Sequence[Event], result: AppendResult, via: str) -> None:
         """--verbose: a line per event logged, with the functions it goes to."""

@@ -136,6 +136,28 @@ class Metrics:
         self._other: Any = None  # the counter of what comes past the cap
         self._children: dict[tuple[str, str], Any] = {}  # (function, outcome) -> counter
         self._timers: dict[str, Any] = {}  # function -> its histogram
+        # Children of the hot path's counters, looked up once: `labels()` costs
+        # more than the increment.
+        self.rejected_webhook = self.rejected.labels("webhook")
+        self._answers: dict[int, Any] = {}  # HTTP status -> its webhook counter
+        self._ways: dict[str, tuple[Any, Any]] = {}  # via -> (ingested, duplicate)
+
+    def webhook_answer(self, status: int) -> None:
+        """One answer of the webhook's, counted by its HTTP status."""
+        child = self._answers.get(status)
+        if child is None:
+            child = self._answers[status] = self.webhook_requests.labels(str(status))
+        child.inc()
+
+    def ingested(self, via: str, accepted: int, duplicates: int) -> None:
+        """Events logged and duplicates ignored, by the way they came in."""
+        pair = self._ways.get(via)
+        if pair is None:
+            pair = self._ways[via] = (self.events.labels(via), self.duplicates.labels(via))
+        if accepted:
+            pair[0].inc(accepted)
+        if duplicates:
+            pair[1].inc(duplicates)
 
     def observe_delivery(
         self, function: str, outcome: str, result: Result, delivery: Delivery | None = None

@@ -25,7 +25,7 @@ from veba.api.store import store_router
 from veba.api.stream import stream_router
 from veba.api.system import function_router, system_router
 from veba.api.v1 import metrics_router, v1_router
-from veba.api.webhook import CountRequests, webhook_router
+from veba.api.webhook import WebhookIngest, webhook_router
 from veba.appliance import Appliance
 from veba.listeners import plain_ip
 
@@ -66,15 +66,13 @@ def create_app(appliance: Appliance, *, own_lifetime: bool = True) -> FastAPI:
         generate_unique_id_function=operation_id,
     )
     app.state.appliance = appliance
-    # Outermost last: which address (ApiOnlyOn), the webhook's answers counted
-    # (CountRequests), who (CredentialsFirst), how much (BodyLimit), then the
-    # routes under the error handling's safety net.
+    # Outermost last: which address (ApiOnlyOn), the webhook's hot path with its
+    # answers counted (WebhookIngest), who (CredentialsFirst), how much
+    # (BodyLimit), then the routes under the error handling's safety net.
     install_error_handling(app)
     app.add_middleware(BodyLimit, limits=body_limits(appliance.settings))
     app.add_middleware(CredentialsFirst, appliance=appliance)
-    app.add_middleware(
-        CountRequests, path=appliance.settings.webhook_path, metrics=appliance.metrics
-    )
+    app.add_middleware(WebhookIngest, appliance=appliance)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

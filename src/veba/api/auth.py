@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fastapi import HTTPException, Request, status
@@ -50,19 +51,20 @@ _STORE_HELP = (
 STORE_PREFIX = "/api/v1/store/"
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
+def _bearer(headers: Mapping[str, str]) -> str | None:
+    header = headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     return value.strip() if scheme.lower() == "bearer" else None
 
 
-def check_bearer(request: Request, token: str) -> bool:
-    given = _bearer(request)
+def check_bearer(headers: Mapping[str, str], token: str) -> bool:
+    """`headers`: a request's (Starlette's, or lowercase names to values)."""
+    given = _bearer(headers)
     return given is not None and hmac.compare_digest(given.encode(), token.encode())
 
 
-def check_basic(request: Request, username: str, password: str) -> bool:
-    header = request.headers.get("authorization", "")
+def check_basic(headers: Mapping[str, str], username: str, password: str) -> bool:
+    header = headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic":
         return False
@@ -79,7 +81,7 @@ async def require_token(request: Request) -> None:
     """The API token, or a browser's session cookie from /login (whose requests
     that change something CredentialsFirst has checked for their origin)."""
     token: str = request.app.state.appliance.token
-    if not (check_bearer(request, token) or session_valid(request, token)):
+    if not (check_bearer(request.headers, token) or session_valid(request, token)):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, _TOKEN_HELP, headers={"WWW-Authenticate": "Bearer"}
         )
@@ -95,16 +97,16 @@ def webhook_credentials(settings: ApplianceSettings) -> list[str]:
     return accepted
 
 
-def webhook_authorised(request: Request, appliance: Appliance) -> bool:
+def webhook_authorised(headers: Mapping[str, str], appliance: Appliance) -> bool:
     settings = appliance.settings
-    if settings.webhook_open or check_bearer(request, appliance.token):
+    if settings.webhook_open or check_bearer(headers, appliance.token):
         return True
     if settings.webhook_bearer_token is not None and check_bearer(
-        request, settings.webhook_bearer_token
+        headers, settings.webhook_bearer_token
     ):
         return True
     return settings.webhook_basic_auth is not None and check_basic(
-        request, *settings.webhook_basic_auth
+        headers, *settings.webhook_basic_auth
     )
 
 
@@ -142,11 +144,11 @@ class CredentialsFirst:
     def _refusal(self, request: Request, path: str) -> Response | None:
         appliance = self.appliance
         if path == appliance.settings.webhook_path:
-            ok = webhook_authorised(request, appliance)
+            ok = webhook_authorised(request.headers, appliance)
             return None if ok else webhook_refusal(appliance.settings)
         if path == "/healthz" and not self.webhook_only:
             return None
-        if check_bearer(request, appliance.token):
+        if check_bearer(request.headers, appliance.token):
             return None
         if not self.webhook_only:
             if session_valid(request, appliance.token):
@@ -163,7 +165,7 @@ class CredentialsFirst:
             ):
                 return login_redirect(path)  # a browser: sign in first (a script: the 401)
         if path.startswith(STORE_PREFIX) and not self.webhook_only:
-            given = _bearer(request)
+            given = _bearer(request.headers)
             if given is not None and appliance.store_tokens.namespace(given) is not None:
                 return None  # which namespace it opens: require_store_access
             return _unauthorised(_STORE_HELP)

@@ -27,9 +27,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from veba import strictjson
 
-__all__ = ["LastResort", "StrictRoute", "error_response", "install_error_handling"]
+__all__ = ["INTERNAL_ERROR", "LastResort", "StrictRoute", "error_response", "install_error_handling"]
 
 log = logging.getLogger("veba.api")
+
+INTERNAL_ERROR = "internal error in the appliance; its log has the details"
 
 
 def error_response(
@@ -160,9 +162,7 @@ class LastResort:
         except Exception:
             log.exception("%s %s failed", scope.get("method"), scope.get("path"))
             if not started:
-                response = error_response(
-                    500, "internal error in the appliance; its log has the details"
-                )
+                response = error_response(500, INTERNAL_ERROR)
                 await response(scope, receive, send)
 
 

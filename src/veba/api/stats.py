@@ -164,7 +164,7 @@ def stats_app(
 
     @app.get("/stats")
     async def get_stats(request: Request) -> Response:
-        if auth is not None and not check_basic(request, *auth):
+        if auth is not None and not check_basic(request.headers, *auth):
             return Response(
                 "invalid credentials",
                 status_code=401,
@@ -177,16 +177,14 @@ def stats_app(
 
 def webhook_app(appliance: Appliance) -> FastAPI:
     from veba.api.limits import BodyLimit, body_limits
-    from veba.api.webhook import CountRequests, webhook_router
+    from veba.api.webhook import WebhookIngest, webhook_router
 
     app = FastAPI(title="veba webhook", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.appliance = appliance
     install_error_handling(app)
     app.add_middleware(BodyLimit, limits=body_limits(appliance.settings))
     app.add_middleware(CredentialsFirst, appliance=appliance, webhook_only=True)
-    app.add_middleware(
-        CountRequests, path=appliance.settings.webhook_path, metrics=appliance.metrics
-    )
+    app.add_middleware(WebhookIngest, appliance=appliance)
     app.include_router(webhook_router(appliance.settings.webhook_path))
     return app
 

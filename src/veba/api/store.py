@@ -31,7 +31,7 @@ __all__ = ["require_store_access", "store_router"]
 async def require_store_access(namespace: str, request: Request) -> None:
     """The appliance token opens every namespace; a function's store token its own."""
     appliance = appliance_of(request)
-    if check_bearer(request, appliance.token):
+    if check_bearer(request.headers, appliance.token):
         return
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
