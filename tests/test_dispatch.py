@@ -172,6 +172,53 @@ async def test_every_event_is_delivered_once_and_acked(log: SQLiteLog, start: An
     assert dispatcher.in_hand == 0
 
 
+async def append_handing_over(log: SQLiteLog, dispatcher: Dispatcher, events: list[Event]) -> int:
+    """Append as the appliance publishes: what the dispatcher has room for is
+    leased in the append's own write and handed over. Returns how many were."""
+    granted = dispatcher.reserve(len(events))
+    lease = {SUB: (granted, dispatcher.lease_ttl)} if granted else None
+    result = await log.append(events, route=route, lease=lease)
+    dispatcher.hand_over(result.leased, granted)
+    if result.deliveries.get(SUB, 0) > len(result.leased):
+        dispatcher.wake()
+    return len(result.leased)
+
+
+async def test_new_events_are_handed_to_a_dispatcher_with_room_at_append(
+    log: SQLiteLog, start: Any
+) -> None:
+    target = FakeTarget()
+    dispatcher = start(target, policy(maxInflight=8))
+    await until(lambda: dispatcher.reserve(0) == 0 and dispatcher._drained, what="first lease")
+    handed = 0
+    for k in range(20):
+        handed += await append_handing_over(log, dispatcher, [make_event(k)])
+        await until(lambda k=k: all_delivered(log, k + 1), what=f"{k + 1} deliveries")
+    assert handed == 20  # none needed a lease of the dispatcher's own
+    assert [e.data["Key"] for e, _ in target.calls] == list(range(20))
+    assert {attempt for _, attempt in target.calls} == {1}
+
+
+async def test_events_handed_over_at_append_never_overtake_a_backlog(
+    log: SQLiteLog, start: Any
+) -> None:
+    gate = asyncio.Event()
+
+    async def held(event: Event, attempt: int) -> Result:
+        await gate.wait()
+        return OK
+
+    target = FakeTarget(held)
+    dispatcher = start(target, policy(maxInflight=1))
+    await until(lambda: dispatcher._drained, what="first lease")
+    # One in flight, four waiting in the log: nothing more may jump ahead of them.
+    assert await append_handing_over(log, dispatcher, [make_event(k) for k in range(5)]) == 1
+    assert await append_handing_over(log, dispatcher, [make_event(k) for k in range(5, 10)]) == 0
+    gate.set()
+    await until(lambda: all_delivered(log, 10), what="10 deliveries")
+    assert [e.data["Key"] for e, _ in target.calls] == list(range(10))
+
+
 @pytest.mark.parametrize("ordering", [None, VM_KEY], ids=["unordered", "ordered"])
 async def test_max_inflight_bounds_concurrent_attempts(
     log: SQLiteLog, start: Any, ordering: str | None

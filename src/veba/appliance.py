@@ -12,6 +12,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ import httpx
 from veba import telemetry
 from veba.activity import Activity, provider_changes
 from veba.deployments import Functions
-from veba.dispatch import DeadLetterSink
+from veba.dispatch import DeadLetterSink, Dispatcher
 from veba.eventlog import AppendResult, Delivery, LogFull, SQLiteLog
 from veba.eventlog.ownerlock import OwnerLock
 from veba.eventlog.sqlite_store import SQLiteStore
@@ -276,15 +277,45 @@ class Appliance:
                     " async function calls; use /async-function/NAME"
                 )
         route = self._route if self.processors else self.functions.router.route
+        routes = [route(event) for event in events]
+        # Dispatchers with room take their new deliveries leased in the append's
+        # own transaction, rather than leasing them after it (Dispatcher.reserve).
+        wanted = Counter(name for names in routes for name in names)
+        reserved: dict[str, tuple[Dispatcher, int]] = {}
+        for name, count in wanted.items():
+            dispatcher = self._dispatcher(name)
+            if dispatcher is not None and (granted := dispatcher.reserve(count)) > 0:
+                reserved[name] = (dispatcher, granted)
+        lease = {name: (n, d.lease_ttl) for name, (d, n) in reserved.items()}
+        by_event = {id(event): names for event, names in zip(events, routes, strict=True)}
         # Lines said meanwhile (the log full, a bad route) name the events.
         with event_scope(EventScope.of([e.id for e in events])):
-            result = await self.log.append(events, route=route, checkpoint=checkpoint)
+            try:
+                result = await self.log.append(
+                    events,
+                    route=lambda event: by_event[id(event)],
+                    checkpoint=checkpoint,
+                    lease=lease or None,
+                )
+            except BaseException:
+                for dispatcher, granted in reserved.values():
+                    dispatcher.hand_over((), granted)
+                raise
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "%s: %d event(s) logged, %d already; deliveries %s",
                     via, result.accepted, result.duplicates, result.deliveries or "none",
                 )  # fmt: skip
-        self.wake(result.deliveries)
+        waiting = dict(result.deliveries)
+        if reserved:
+            handed: dict[str, list[Delivery]] = {}
+            for delivery in result.leased:
+                handed.setdefault(delivery.subscription, []).append(delivery)
+            for name, (dispatcher, granted) in reserved.items():
+                taken = handed.get(name, [])
+                dispatcher.hand_over(taken, granted)
+                waiting[name] -= len(taken)
+        self.wake({name: n for name, n in waiting.items() if n > 0})
         self.feed.publish(events, result)
         if self.activity.verbose:
             self._tell_events(events, result, via)
@@ -330,6 +361,14 @@ class Appliance:
         writes deliveries (publish, enqueue, redrive, replay) gets them going."""
         self.functions.wake(deliveries)
         self.processors.wake(deliveries)
+
+    def _dispatcher(self, name: str) -> Dispatcher | None:
+        """The dispatcher of subscriber `name` (a function or a processor)."""
+        deployment = self.functions.get(name)
+        if deployment is not None:
+            return deployment.dispatcher
+        processor = self.processors.get(name)
+        return processor.dispatcher if processor is not None else None
 
     def subscription(self, name: str) -> Subscription | None:
         """What the subscriber `name` (a function or a RouterConfig processor) takes."""

@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -130,7 +130,7 @@ class Dispatcher:
         # Calls in flight, shared with the function's other callers (sync calls):
         # deliveries lease only what it has room for, so the rest wait in the log.
         self._limit = limit if limit is not None else CallLimit(policy.max_inflight)
-        self._limit.on_free(self.wake)
+        self._limit.on_free(self._room_freed)
         self._in_hand: dict[int, Delivery] = {}
         self._chains: dict[str, _KeyChain] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -148,6 +148,12 @@ class Dispatcher:
         # was under way goes in the next one.
         self._acks: list[tuple[int, Attempt]] = []
         self._ack_task: asyncio.Task[None] | None = None
+        # New events handed over at append (`reserve`, `hand_over`): room promised
+        # to appends under way, and whether the log may hold ready deliveries
+        # older than a new one (then none is taken at append: none overtakes them).
+        self._reserved = 0
+        self._drained = False
+        self._stopped = False
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -156,7 +162,53 @@ class Dispatcher:
         self._renewer = asyncio.create_task(self._renew(), name=f"renew:{self.name}")
 
     def wake(self) -> None:
+        """The log has new deliveries for this subscription: lease them."""
+        self._drained = False
         self._wakeup.set()
+
+    def _room_freed(self) -> None:
+        self._wakeup.set()  # lease again; the log has nothing new (not `wake`)
+
+    @property
+    def lease_ttl(self) -> float:
+        return self._ttl
+
+    def reserve(self, wanted: int) -> int:
+        """Room for up to `wanted` new deliveries that an append leases for this
+        dispatcher in its own transaction (`EventLog.append(lease=...)`); each
+        reservation ends in `hand_over`. None while paused, for an ordered
+        subscription, or while older deliveries may be ready in the log."""
+        if self.paused or self._ordered or self._stopped or not self._drained:
+            return 0
+        if self._dues and self._dues[0] <= self._clock():
+            return 0  # retries are due: they go first, by lease
+        room = min(self._room(), wanted)
+        if room < wanted:
+            self._drained = False  # the rest wait in the log
+        if room <= 0:
+            return 0
+        self._reserved += room
+        return room
+
+    def hand_over(self, deliveries: Sequence[Delivery], reserved: int) -> None:
+        """The deliveries an append leased on `reserve(...)`'s promise (maybe
+        fewer: duplicates, or the append failed)."""
+        self._reserved -= reserved
+        if self._stopped:
+            if deliveries:  # offered again at once, this attempt not counted
+                self._spawn(self._log.release([d.id for d in deliveries]))
+            return
+        for delivery in deliveries:
+            self._accept(delivery)
+        if len(deliveries) < reserved:
+            self._wakeup.set()  # room given back
+
+    def _room(self) -> int:
+        room = self._capacity - len(self._in_hand) - self._reserved
+        if not self._ordered:
+            waiting = len(self._in_hand) - self.counts.in_flight  # ours, not yet running
+            room = min(room, self._limit.limit - self._limit.in_use - waiting - self._reserved)
+        return room
 
     def pause(self) -> None:
         self.paused = True
@@ -168,6 +220,7 @@ class Dispatcher:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop leasing, let attempts under way finish for `grace` seconds, then
         give back whatever is still in hand without counting the attempt."""
+        self._stopped = True
         for task in (self._main, self._renewer):
             if task is not None:
                 task.cancel()
@@ -198,10 +251,7 @@ class Dispatcher:
             if self.paused:
                 await self._wakeup.wait()  # resume() wakes it
                 continue
-            room = self._capacity - len(self._in_hand)
-            if not self._ordered:
-                waiting = len(self._in_hand) - self.counts.in_flight  # ours, not yet running
-                room = min(room, self._limit.limit - self._limit.in_use - waiting)
+            room = self._room()
             if room > 0:
                 try:
                     batch = await self._log.lease(
@@ -216,6 +266,7 @@ class Dispatcher:
                     continue
                 for delivery in batch:
                     self._accept(delivery)
+                self._drained = len(batch) < room
                 if batch and len(batch) == room:
                     continue
             await self._sleep()

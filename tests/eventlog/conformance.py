@@ -57,6 +57,31 @@ class EventLogConformance:
             record = records[make_event(index + 1).id]
             assert record.seq == seq and record.received == result.received
 
+    async def test_append_can_lease_new_deliveries_in_its_own_write(self, log: EventLog) -> None:
+        events = [make_event(k) for k in range(1, 4)]
+        await log.append([events[0]], route=to("f", "g"))  # then a duplicate: no delivery
+        result = await log.append(events, route=to("f", "g"), lease={"f": (1, 1.0)})
+        # One of f's two new deliveries is leased at once, as `lease` would have it.
+        assert [(d.subscription, d.event.id, d.attempt) for d in result.leased] == [
+            ("f", events[1].id, 1)
+        ]
+        assert result.deliveries == {"f": 2, "g": 2}
+        # It is not leased again while held; the rest wait in the log, in order.
+        assert [d.event.id for d in await log.lease("f", 10, 30)] == [events[0].id, events[2].id]
+        assert [d.event.id for d in await log.lease("g", 10, 30)] == [e.id for e in events]
+        info = await log.delivery(result.leased[0].id)
+        assert info is not None and (info.status, info.attempts) == ("leased", 1)
+        # Its lease lapses like any other: offered again, the second attempt.
+        deadline = time.monotonic() + 10
+        again: list = []
+        while not again and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            again = await log.lease("f", 10, 30)
+        assert [(d.id, d.attempt) for d in again] == [(result.leased[0].id, 2)]
+        await log.ack(again[0].id, ok(2))
+        delivered = await log.delivery(again[0].id)
+        assert delivered is not None and delivered.status == "delivered"
+
     async def test_events_round_trip_exactly(self, log: EventLog) -> None:
         event = make_event(7)
         await log.append([event], route=to())

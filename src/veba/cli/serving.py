@@ -4,6 +4,7 @@ lines of what happens (`veba.activity`)."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import socket
 import time
 from collections.abc import Callable
@@ -46,6 +47,10 @@ class Server(uvicorn.Server):
             self.should_exit = True
             return
         await super().startup(sockets)
+        # What start-up made lives as long as the process: out of the collector's
+        # sight, so collections under load scan only what events bring and take.
+        gc.collect()
+        gc.freeze()
         if self.started:
             for line in self.ready:
                 self.console.print(line, highlight=False, markup=False)

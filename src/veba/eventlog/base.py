@@ -6,7 +6,7 @@ conformance suite in tests/eventlog/conformance.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -59,6 +59,9 @@ class AppendResult:
     # order, and when they were received: what the live feed (veba.feed) shows.
     logged: tuple[tuple[int, int], ...] = ()
     received: float = 0.0
+    # Deliveries leased in the same transaction (`append(lease=...)`): attempt 1,
+    # in log order. Counted in `deliveries` too.
+    leased: tuple[Delivery, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,9 +157,16 @@ class EventLog(Protocol):
         *,
         route: Route,
         checkpoint: tuple[str, str] | None = None,
+        lease: Mapping[str, tuple[int, float]] | None = None,
     ) -> AppendResult:
         """Store new events (dedup on (source, id)) with their deliveries and the
-        provider checkpoint, in one transaction. Returns once durable."""
+        provider checkpoint, in one transaction. Returns once durable.
+
+        `lease`: subscription -> (at most how many, for how long): that many of
+        its new deliveries are leased in the same transaction, as `lease` would
+        lease them (attempt 1), and come back in `AppendResult.leased`; the rest
+        stay pending. A dispatcher with room takes new events so, without a
+        lease of its own: one write an event, not two."""
         ...
 
     async def get_checkpoint(self, name: str) -> str | None: ...

@@ -9,12 +9,13 @@ second connection on their own thread, so the API never waits behind writes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import sqlite3
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -154,17 +155,21 @@ class SQLiteLog:
         *,
         route: Route,
         checkpoint: tuple[str, str] | None = None,
+        lease: Mapping[str, tuple[int, float]] | None = None,
     ) -> AppendResult:
         rows = [
             (e.source, e.id, e.type, e.subject, e.time, e.to_json(), tuple(route(e)))
             for e in events
         ]
         now = self._clock()
+        grants = dict(lease or {})
 
         def op(conn: sqlite3.Connection) -> AppendResult:
             accepted = duplicates = 0
             per_sub: Counter[str] = Counter()
             new.clear()  # the op may run twice if its first transaction rolled back
+            leased.clear()
+            left = {sub: count for sub, (count, _) in grants.items()}
             for index, (source, eid, etype, subject, etime, body, subs) in enumerate(rows):
                 cur = conn.execute(
                     "INSERT INTO events(source, id, type, subject, time, received, body)"
@@ -178,12 +183,22 @@ class SQLiteLog:
                 seq = int(cur.lastrowid or 0)
                 new.append((seq, index))
                 for sub in subs:
+                    per_sub[sub] += 1
+                    if left.get(sub, 0) > 0:
+                        left[sub] -= 1
+                        cur = conn.execute(
+                            "INSERT INTO deliveries(seq, subscription, status, attempts,"
+                            " available_at, created, leased_until)"
+                            " VALUES (?,?,'leased',1,?,?,?)",
+                            (seq, sub, now, now, now + grants[sub][1]),
+                        )
+                        leased.append((int(cur.lastrowid or 0), seq, sub, index))
+                        continue
                     conn.execute(
                         "INSERT INTO deliveries(seq, subscription, status, attempts,"
                         " available_at, created) VALUES (?,?,'pending',0,?,?)",
                         (seq, sub, now, now),
                     )
-                    per_sub[sub] += 1
             if checkpoint is not None:
                 conn.execute(
                     "INSERT INTO checkpoints(name, value, updated) VALUES (?,?,?)"
@@ -194,6 +209,7 @@ class SQLiteLog:
             return AppendResult(accepted, duplicates, dict(per_sub), tuple(new), now)
 
         new: list[tuple[int, int]] = []
+        leased: list[tuple[int, int, str, int]] = []  # (delivery id, seq, subscription, index)
         result = await self._write(op)
         # Committed: remember the new events, so leasing them soon after needs
         # no read and no parse of what is already in memory.
@@ -205,6 +221,11 @@ class SQLiteLog:
                 self._recent_bytes += size
         while recent and (len(recent) > _RECENT or self._recent_bytes > _RECENT_BYTES):
             self._recent_bytes -= recent.popitem(last=False)[1][1]
+        if leased:
+            handed = tuple(
+                Delivery(did, seq, sub, events[index], 1, now) for did, seq, sub, index in leased
+            )
+            result = dataclasses.replace(result, leased=handed)
         return result
 
     async def get_checkpoint(self, name: str) -> str | None:

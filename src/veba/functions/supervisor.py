@@ -308,8 +308,10 @@ class FunctionPool:
         scope = current_scope()
         if scope is not None:
             self._scopes[call_id] = scope
-            if len(self._scopes) > _SCOPES_KEPT:
-                del self._scopes[next(iter(self._scopes))]
+            # Ids count up: forget the one _SCOPES_KEPT calls back. (Not the dict's
+            # first key: deleting from a dict's front leaves slots that every
+            # later `next(iter(...))` walks past, a cost that grew with each call.)
+            self._scopes.pop(call_id - _SCOPES_KEPT, None)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         call = _Call(call_id, frame(head, inv.body), timeout, future)
         self._queue.append(call)
