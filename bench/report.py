@@ -593,7 +593,9 @@ def _method(setup: Setup) -> list[str]:
         "function in the fan-out stacks); a run ends when every one of its ids is there.",
         "- **Throughput.** Sender threads of the bench process take 100 events at a time "
         "from a shared pool and send them as the row says; the per-event rows of veba and "
-        "the peers all use the same number of threads. Dramatiq `actor.send()` and Celery "
+        "the peers all use the same number of threads (16: veba's one-event requests need "
+        "many in flight; Dramatiq and Celery, tried with the 4 threads of earlier versions "
+        "of this bench, were within the noise of 16). Dramatiq `actor.send()` and Celery "
         "`task.delay()` make one Redis round trip per event (no pipelining). After each "
         "run, outside the timed span, the bench waits until the broker holds no "
         "unacknowledged message (Dramatiq: `dramatiq:bench.msgs` empty; Celery: the queue "
