@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import os
 import shlex
@@ -21,11 +20,11 @@ import redis
 from bench.common import BENCH_DIR, REPO_ROOT, event_size, make_events
 from bench.driver import Driver
 from bench.procs import rss_mb, stop_all
+from bench.prune import RETENTION_MISSING, measure_prune
 from bench.report import FanoutResult, PruneResult, Setup, SystemResult, render
 
 SYSTEMS = ("veba", "dramatiq", "celery")
 EXTRAS = ("fanout", "prune")  # --only names of the measurements that are not a system's
-RETENTION_MISSING = "bench/retention.py missing"  # another helper writes it
 KEPT = "<!-- sub-benchmarks: kept when `python -m bench` rewrites this file -->"
 
 
@@ -282,29 +281,6 @@ def measure_fanout(result: FanoutResult, run: int, args: argparse.Namespace) -> 
             driver.stop(keep_files=failed)
             if failed:
                 log(f"{label}: logs and start files kept in {driver.work_dir}")
-
-
-def measure_prune(events: int, rate: float) -> PruneResult:
-    """The retention measurement, if bench/retention.py is there (another helper's)."""
-    result = PruneResult(events=events, rate=rate)
-    try:
-        retention = importlib.import_module("bench.retention")
-    except ModuleNotFoundError as exc:
-        if exc.name != "bench.retention":
-            raise
-        result.error = RETENTION_MISSING
-        log(f"prune: not measured: {result.error}")
-        return result
-    log(f"prune: bench.retention.measure(events={events:,}, rate={rate:g})")
-    began = time.monotonic()
-    try:
-        figures = retention.measure(events=events, rate=rate)
-        result.figures = dict(figures)
-    except Exception as exc:
-        result.error = f"{type(exc).__name__}: {exc}"
-        log(f"prune FAILED:\n{traceback.format_exc()}")
-    result.seconds = time.monotonic() - began
-    return result
 
 
 if __name__ == "__main__":
