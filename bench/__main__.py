@@ -59,7 +59,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--runs", type=int, help="runs of each measurement; the median is reported "
                    "(3; 1 with --quick)")  # fmt: skip
-    p.add_argument("--events", type=int, help="throughput events (20000; 2000 with --quick)")
+    p.add_argument(
+        "--events", type=int, help="throughput events per row (10000; 2000 with --quick)"
+    )
     p.add_argument("--rate", type=float, default=500.0, help="offered rate for latency, events/s")
     p.add_argument("--seconds", type=float, help="latency duration (10; 3 with --quick)")
     p.add_argument("--fanout", type=_sizes, default=(1, 5, 20), help="function counts, e.g. 1,5,20")
@@ -75,7 +77,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
     args = p.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
-    args.events = args.events or (2_000 if args.quick else 20_000)
+    args.events = args.events or (2_000 if args.quick else 10_000)
     args.seconds = args.seconds or (3.0 if args.quick else 10.0)
     args.fanout_events = args.fanout_events or (300 if args.quick else 2_000)
     if args.prune_events is None:

@@ -474,6 +474,12 @@ def _prune(setup: Setup, prune: PruneResult | None) -> list[str]:
 
 
 def _cell(value: object) -> str:
+    if isinstance(value, list | tuple):
+        # A few numbers (a load average) inline; longer lists (e.g. every slow
+        # request) by their length: the raw JSON in bench/results/ has them whole.
+        if len(value) <= 4 and all(isinstance(v, int | float) for v in value):
+            return " / ".join(_cell(v) for v in value)
+        return f"{len(value)} (listed in the raw JSON)"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
     return f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"

@@ -104,7 +104,13 @@ def test_the_retention_figures_get_their_own_table(monkeypatch: pytest.MonkeyPat
     module = types.ModuleType("bench.retention")
 
     def measure(events: int, rate: float) -> dict[str, object]:
-        return {"steady": {"p99_ms": 2.5}, "during prune": {"p99_ms": 7.5}, "pruned": events}
+        return {
+            "steady": {"requests": 100, "p99_ms": 2.5},
+            "during prune": {"requests": 50, "p99_ms": 7.5},
+            "pruned": events,
+            "slow": [(0.5, 120.0), (0.7, 150.0), (0.9, 101.0), (1.0, 130.0), (2.0, 200.0)],
+            "load_after": (1.5, 1.0, 0.5),
+        }
 
     module.measure = measure  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "bench.retention", module)
@@ -112,5 +118,7 @@ def test_the_retention_figures_get_their_own_table(monkeypatch: pytest.MonkeyPat
     results, fanouts = _results()
     text = render(_setup(), results, fanouts, prune)
     section = text[text.index("## Latency during a prune") : text.index("## Memory")]
-    assert "| during prune | 7.50 |" in section
+    assert "| during prune | 50 | 7.50 |" in section
     assert "| pruned | 1,234 |" in section
+    assert "| slow | 5 (listed in the raw JSON) |" in section
+    assert "| load_after | 1.50 / 1.00 / 0.50 |" in section
