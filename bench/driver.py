@@ -6,7 +6,7 @@ import abc
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,21 @@ from bench.common import (
 WARMUP_EVENTS = 200
 
 
+TASK_EVENTS = 100  # events a sender thread takes from the pool at a time
+PER_EVENT_THREADS = 16  # sender threads of every one-event-per-send row, veba's and the peers'
+
+
+@dataclass(frozen=True, slots=True)
+class SendMode:
+    """One way of handing events over: a row of the throughput tables."""
+
+    key: str  # what the bench and --only call it, e.g. "light"
+    label: str  # the row's name in the report
+    per_request: int  # events per request or message: 1 means one event per send
+    threads: int  # sender threads in the bench process
+    client: str  # the client as the report's Method describes it
+
+
 @dataclass(frozen=True, slots=True)
 class Throughput:
     events: int
@@ -30,6 +45,10 @@ class Throughput:
     events_per_s: float
     send_seconds: float  # first send -> last send accepted
     duplicates: int
+    mode: str = ""  # SendMode.key
+    # CPU seconds of the whole bench process (every sender thread) while it sent,
+    # per event: what the client costs the application that sends.
+    sender_cpu_us: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +66,8 @@ class Driver(abc.ABC):
     """One system under test. start(), then throughput()/latency() any number of times, stop()."""
 
     name = ""
-    throughput_chunk = 100  # events per send_chunk call
-    throughput_threads = 4  # concurrent send_chunk calls
+    # How throughput() sends unless told otherwise (and how the warm-up sends).
+    default_mode = SendMode("bulk", "", 100, 4, "")
 
     def __init__(self) -> None:
         self.work_dir = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
@@ -73,8 +92,16 @@ class Driver(abc.ABC):
         """Stop every process _launch started."""
 
     @abc.abstractmethod
-    def _send_chunk(self, events: Sequence[Event]) -> None:
-        """Throughput path: hand over these events as fast as the system's client can."""
+    def _sender(self, mode: SendMode) -> Callable[[Sequence[Event]], None]:
+        """Throughput path: a function several threads call at once with up to
+        TASK_EVENTS events each, sending them as ``mode`` says."""
+
+    def _senders_done(self) -> None:  # noqa: B027 - optional hook
+        """Close whatever the senders of the last throughput() opened (outside the timing)."""
+
+    def send_modes(self) -> list[SendMode]:
+        """The throughput rows this system has."""
+        return [self.default_mode]
 
     @abc.abstractmethod
     def _submit_one(self, event: Event) -> None:
@@ -107,21 +134,27 @@ class Driver(abc.ABC):
 
     def _warm_up(self) -> None:
         events = self._events(WARMUP_EVENTS)
-        bulk_send(events, self._send_chunk, chunk=self.throughput_chunk, threads=1)
+        try:
+            bulk_send(events, self._sender(self.default_mode), chunk=TASK_EVENTS, threads=1)
+        finally:
+            self._senders_done()
         self.starts.wait_for([e.id for e in events], timeout=120, alive=self._alive)
         self._confirm_acked(timeout=60)
 
-    def throughput(self, n: int) -> Throughput:
+    def throughput(self, n: int, mode: SendMode | None = None) -> Throughput:
+        mode = mode or self.default_mode
         events = self._events(n)
         dupes_before = self.starts.duplicates
-        with no_gc():
-            t0 = bulk_send(
-                events,
-                self._send_chunk,
-                chunk=self.throughput_chunk,
-                threads=self.throughput_threads,
-            )
-            sent = time.time()
+        send = self._sender(mode)
+        try:
+            with no_gc():
+                # Only the senders run in this process now; the main thread waits.
+                cpu0 = time.process_time()
+                t0 = bulk_send(events, send, chunk=TASK_EVENTS, threads=mode.threads)
+                sent = time.time()
+                cpu = time.process_time() - cpu0
+        finally:
+            self._senders_done()
         found = self.starts.wait_for(
             [e.id for e in events], timeout=max(120.0, n / 50), alive=self._alive
         )
@@ -133,6 +166,8 @@ class Driver(abc.ABC):
             events_per_s=n / seconds,
             send_seconds=sent - t0,
             duplicates=self.starts.duplicates - dupes_before,
+            mode=mode.key,
+            sender_cpu_us=cpu / n * 1e6,
         )
 
     def latency(self, rate: float, seconds: float) -> Latency:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["Managed", "stop_all"]
+__all__ = ["Managed", "rss_by_env", "rss_mb", "stop_all"]
 
 _live: list[Managed] = []
 
@@ -151,6 +151,38 @@ def _alive_pids(known: dict[int, int]) -> list[int]:
         if fields is not None and int(fields[19]) == started and fields[0] != b"Z":
             alive.append(pid)
     return alive
+
+
+def rss_mb(pid: int) -> float:
+    """VmRSS of one process in MB; 0.0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def rss_by_env(root: int, key: str) -> dict[str, list[int]]:
+    """VmRSS (KiB) of root's descendants, grouped by the value of ``key`` in their
+    environment (descendants without it are left out)."""
+    found: dict[str, list[int]] = {}
+    prefix = key.encode() + b"="
+    for pid in sorted(_descendants(root)):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+            with open(f"/proc/{pid}/status", "rb") as f:
+                status = f.read().splitlines()
+        except OSError:  # gone, or not ours to read
+            continue
+        value = next((v[len(prefix) :] for v in environ if v.startswith(prefix)), None)
+        rss = next((line.split()[1] for line in status if line.startswith(b"VmRSS:")), None)
+        if value is not None and rss is not None:
+            found.setdefault(value.decode(), []).append(int(rss))
+    return found
 
 
 def stop_all() -> None:

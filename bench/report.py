@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 
 from bench.common import median
-from bench.driver import Latency, Throughput
+from bench.driver import Latency, SendMode, Throughput
+from bench.veba.driver import FanoutRun
 
 LABELS = {
     "veba": "veba",
@@ -20,15 +21,30 @@ LABELS = {
 @dataclass
 class SystemResult:
     name: str
-    throughput: list[Throughput] = field(default_factory=list)
+    modes: list[SendMode] = field(default_factory=list)  # its throughput rows
+    throughput: list[Throughput] = field(default_factory=list)  # every mode, every run
     latency: list[Latency] = field(default_factory=list)
     load: list[float] = field(default_factory=list)  # 1-min load average before each run
+    # Per run: function -> RSS (MB) of each of its worker processes, after the run.
+    rss_mb: list[dict[str, list[float]]] = field(default_factory=list)
+    serve_rss_mb: list[float] = field(default_factory=list)  # veba serve itself
     notes: list[str] = field(default_factory=list)
     error: str | None = None
 
-    @property
-    def events_per_s(self) -> float | None:
-        return median(t.events_per_s for t in self.throughput) if self.throughput else None
+    def runs_of(self, mode: str) -> list[Throughput]:
+        return [t for t in self.throughput if t.mode == mode]
+
+    def events_per_s(self, mode: str) -> float | None:
+        runs = self.runs_of(mode)
+        return median(t.events_per_s for t in runs) if runs else None
+
+    def cpu_us(self, mode: str) -> float | None:
+        runs = self.runs_of(mode)
+        return median(t.sender_cpu_us for t in runs) if runs else None
+
+    def send_seconds(self, mode: str) -> float | None:
+        runs = self.runs_of(mode)
+        return median(t.send_seconds for t in runs) if runs else None
 
     @property
     def p50_ms(self) -> float | None:
@@ -37,6 +53,34 @@ class SystemResult:
     @property
     def p99_ms(self) -> float | None:
         return median(lat.p99_ms for lat in self.latency) if self.latency else None
+
+    @property
+    def achieved_rate(self) -> float | None:
+        return median(lat.achieved_rate for lat in self.latency) if self.latency else None
+
+
+@dataclass
+class FanoutResult:
+    functions: int
+    runs: list[FanoutRun] = field(default_factory=list)
+    load: list[float] = field(default_factory=list)
+    rss_mb: list[dict[str, list[float]]] = field(default_factory=list)
+    serve_rss_mb: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def deliveries_per_s(self) -> float | None:
+        return median(r.deliveries_per_s for r in self.runs) if self.runs else None
+
+
+@dataclass
+class PruneResult:
+    events: int
+    rate: float
+    figures: dict[str, object] | None = None  # what bench.retention.measure returned
+    error: str | None = None  # or why there are none
+    seconds: float = 0.0
 
 
 @dataclass
@@ -50,6 +94,9 @@ class Setup:
     event_bytes: int
     redis_version: str
     load_before: tuple[float, float, float]
+    fanout_events: int = 0
+    fanout_sizes: tuple[int, ...] = ()
+    prune_events: int = 0
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
     duration_s: float = 0.0
 
@@ -95,9 +142,124 @@ def _ratio(a: float | None, b: float | None) -> str:
     return "—" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
 
 
-def render(setup: Setup, results: list[SystemResult]) -> str:
+def _met(ok: bool | None) -> str:
+    return "—" if ok is None else ("met" if ok else "**not met**")
+
+
+# The targets of issue 11, shown beside the figures.
+TARGET_LIGHT = 1.5  # veba one event per POST (http.client) / Dramatiq send(); goal 2x
+TARGET_LIGHT_GOAL = 2.0
+TARGET_HTTPX = 1.0
+TARGET_BATCH = 3.0
+TARGET_P99_MS = 5.0
+TARGET_RATE = 500.0  # events/s at which p99 is held to TARGET_P99_MS
+TARGET_FANOUT = 15_000.0  # deliveries/s with 20 functions
+TARGET_FANOUT_FUNCTIONS = 20
+TARGET_RSS_MB = 20.0
+
+RERUN = ".venv/bin/python -m bench"
+
+
+@dataclass
+class _Figures:
+    """The medians the report quotes more than once."""
+
+    light: float | None
+    httpx: float | None
+    batch: float | None
+    dramatiq: float | None
+    p99_ms: float | None
+    achieved_rate: float | None  # what the latency sender managed of the offered rate
+    fanout: FanoutResult | None
+    rss: tuple[str, float] | None  # (which stack, median MB per function)
+
+
+def _per_function_mb(samples: list[dict[str, list[float]]]) -> list[float]:
+    """Every function's RSS (its workers summed), over every run."""
+    return [sum(workers) for sample in samples for workers in sample.values()]
+
+
+def _figures(results: list[SystemResult], fanouts: list[FanoutResult]) -> _Figures:
+    by_name = {r.name: r for r in results}
+    veba, dramatiq = by_name.get("veba"), by_name.get("dramatiq")
+    fan = {f.functions: f for f in fanouts if f.runs}
+    biggest = fan[max(fan)] if fan else None
+    rss: tuple[str, float] | None = None
+    if biggest is not None and biggest.rss_mb:
+        rss = (
+            f"fan-out stack, {biggest.functions} functions",
+            median(_per_function_mb(biggest.rss_mb)),
+        )
+    elif veba is not None and veba.rss_mb:
+        rss = ("the `noop` stack", median(_per_function_mb(veba.rss_mb)))
+    return _Figures(
+        light=veba.events_per_s("light") if veba else None,
+        httpx=veba.events_per_s("httpx") if veba else None,
+        batch=veba.events_per_s("batch") if veba else None,
+        dramatiq=dramatiq.events_per_s("send") if dramatiq else None,
+        p99_ms=veba.p99_ms if veba else None,
+        achieved_rate=veba.achieved_rate if veba else None,
+        fanout=fan.get(TARGET_FANOUT_FUNCTIONS) or biggest,
+        rss=rss,
+    )
+
+
+def _at_least(value: float | None, target: float) -> bool | None:
+    return None if value is None else value >= target
+
+
+def _quotient(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def _headline(f: _Figures, rate: float) -> list[str]:
+    light = _quotient(f.light, f.dramatiq)
+    httpx_ = _quotient(f.httpx, f.dramatiq)
+    batch = _quotient(f.batch, f.dramatiq)
+    fan = f.fanout.deliveries_per_s if f.fanout else None
+    fan_label = f"Fan-out, {f.fanout.functions} functions (deliveries/s)" if f.fanout else "Fan-out"
+    # A sender that fell behind the offered rate measured a lighter load: say so.
+    achieved = ""
+    if f.achieved_rate is not None and f.achieved_rate < rate * 0.98:
+        achieved = f" (only {f.achieved_rate:,.0f}/s achieved)"
+    light_met = _met(_at_least(light, TARGET_LIGHT))
+    if light is not None and light >= TARGET_LIGHT_GOAL:
+        light_met = "met, goal too"
+    rows = [
+        "| Measure | Figure | Target (issue 11) | |",
+        "|---|---:|---|---|",
+        f"| **Per event**: veba `http.client` / Dramatiq `send()` | **{_ratio(f.light, f.dramatiq)}** "
+        f"({_num(f.light, ',.0f')} vs {_num(f.dramatiq, ',.0f')} events/s) "
+        f"| ≥{TARGET_LIGHT:g}x (goal {TARGET_LIGHT_GOAL:g}x) | {light_met} |",
+        f"| **Per event**: veba httpx / Dramatiq `send()` | **{_ratio(f.httpx, f.dramatiq)}** "
+        f"({_num(f.httpx, ',.0f')} vs {_num(f.dramatiq, ',.0f')} events/s) "
+        f"| ≥{TARGET_HTTPX:g}x | {_met(_at_least(httpx_, TARGET_HTTPX))} |",
+        f"| Batch: veba 100 events/POST / Dramatiq `send()` per event | {_ratio(f.batch, f.dramatiq)} "
+        f"({_num(f.batch, ',.0f')} events/s) | ≥{TARGET_BATCH:g}x "
+        f"| {_met(_at_least(batch, TARGET_BATCH))} |",
+        f"| {fan_label} | {_num(fan, ',.0f')} | ≥{TARGET_FANOUT:,.0f} with "
+        f"{TARGET_FANOUT_FUNCTIONS} functions | "
+        f"{_met(_at_least(fan, TARGET_FANOUT) if f.fanout and f.fanout.functions >= TARGET_FANOUT_FUNCTIONS else None)} |",
+        f"| veba p99 latency at {rate:g} events/s offered, 1 event/request (ms) "
+        f"| {_num(f.p99_ms, '.2f')}{achieved} | ≤{TARGET_P99_MS:g} ms at {TARGET_RATE:g}/s | "
+        f"{_met(None if f.p99_ms is None or rate != TARGET_RATE else f.p99_ms <= TARGET_P99_MS)} |",
+        f"| RSS per warm function (MB){f' — {f.rss[0]}' if f.rss else ''} "
+        f"| {_num(f.rss[1] if f.rss else None, '.1f')} | ≤{TARGET_RSS_MB:g} MB | "
+        f"{_met(None if f.rss is None else f.rss[1] <= TARGET_RSS_MB)} |",
+    ]
+    return rows
+
+
+def render(
+    setup: Setup,
+    results: list[SystemResult],
+    fanouts: list[FanoutResult] | None = None,
+    prune: PruneResult | None = None,
+) -> str:
+    fanouts = fanouts or []
     m = machine()
     by_name = {r.name: r for r in results}
+    figures = _figures(results, fanouts)
     load = " / ".join(f"{x:.2f}" for x in setup.load_before)
     load_after = " / ".join(f"{x:.2f}" for x in setup.load_after)
     out = [
@@ -109,6 +271,14 @@ def render(setup: Setup, results: list[SystemResult]) -> str:
         setup.command,
         "```",
         "",
+        f"## Headline (median of {setup.runs} run{'s' if setup.runs != 1 else ''})",
+        "",
+        "The first two rows compare like with like: one event per request or message, "
+        f"each system's client in {_threads(results)} sender threads of the bench process. "
+        "Ratios above 1 mean veba is faster.",
+        "",
+        *_headline(figures, setup.rate),
+        "",
         f"- Date: {setup.date} (the whole run took {setup.duration_s / 60:.1f} min)",
         f"- Machine: nproc {m['nproc']}, {m['cpu']}, {m['memory']}, {m['os']}; "
         "shared with other work, so expect noise between runs",
@@ -118,64 +288,46 @@ def render(setup: Setup, results: list[SystemResult]) -> str:
         f"celery {_version('celery')}, kombu {_version('kombu')}, redis-py {_version('redis')}, "
         f"httpx {_version('httpx')}",
         "",
-        f"## Results (median of {setup.runs} runs)",
+        *_per_event(setup, results),
         "",
-        f"Throughput: {setup.events:,} events, first send to the last handler start; "
-        "**veba's figure is batch** (100 events per POST), the peers send one message per "
-        "event, so it is not a per-event comparison (issue 11 adds that). "
-        f"Latency: {setup.rate:g} events/s offered for {setup.seconds:g} s "
-        f"({round(setup.rate * setup.seconds):,} events), send to handler start.",
+        *_batch(setup, by_name),
         "",
-        "| System | Throughput (events/s) | p50 latency (ms) | p99 latency (ms) |",
-        "|---|---:|---:|---:|",
+        *_fanout(setup, fanouts),
+        "",
+        *_latency(setup, results),
+        "",
+        *_prune(setup, prune),
+        "",
+        *_rss(results, fanouts),
     ]
-    for r in results:
-        if r.error and not r.throughput:
-            out.append(f"| {LABELS[r.name]} | not measured | — | — |")
-        else:
-            out.append(
-                f"| {LABELS[r.name]} | {_num(r.events_per_s, ',.0f')} | "
-                f"{_num(r.p50_ms, '.2f')} | {_num(r.p99_ms, '.2f')} |"
-            )
-    veba = by_name.get("veba")
-    peers = [by_name[p] for p in ("dramatiq", "celery") if p in by_name]
-    if veba is not None and peers:
-        out += [
-            "",
-            "Ratios (throughput: above 1 means veba is faster; latency: below 1 means "
-            "veba is faster):",
-            "",
-            "| | Throughput | p50 latency | p99 latency |",
-            "|---|---:|---:|---:|",
-        ]
-        for peer in peers:
-            out.append(
-                f"| veba / {LABELS[peer.name].split(' ')[0]} | "
-                f"{_ratio(veba.events_per_s, peer.events_per_s)} | "
-                f"{_ratio(veba.p50_ms, peer.p50_ms)} | {_ratio(veba.p99_ms, peer.p99_ms)} |"
-            )
-    failures = [r for r in results if r.error]
+    failures: list[tuple[str, str, int]] = [
+        (LABELS[r.name], r.error, len(r.latency)) for r in results if r.error
+    ]
+    failures += [
+        (f"fan-out, {f.functions} functions", f.error, len(f.runs)) for f in fanouts if f.error
+    ]
     if failures:
         out += ["", "## Not measured", ""]
-        for r in failures:
-            done = f" (after {len(r.throughput)} complete runs)" if r.throughput else ""
-            out += [f"**{LABELS[r.name]}**{done}:", "", "```", r.error.strip(), "```", ""]
-    notes = [(r.name, n) for r in results for n in dict.fromkeys(r.notes)]
+        for label, error, done in failures:
+            after = f" (after {done} complete runs)" if done else ""
+            out += [f"**{label}**{after}:", "", "```", error.strip(), "```", ""]
+    notes = [(LABELS[r.name], n) for r in results for n in dict.fromkeys(r.notes)]
+    notes += [
+        (f"fan-out, {f.functions} functions", n) for f in fanouts for n in dict.fromkeys(f.notes)
+    ]
     if notes:
         out += ["", "## Notes from the run", ""]
-        out += [f"- {LABELS[name]}: {note}" for name, note in notes]
+        out += [f"- {label}: {note}" for label, note in notes]
     out += [
         "",
         "## Every run",
         "",
         "Load before: the machine's 1-minute load average as the run started (2 CPUs). "
-        "Throughput columns: events/s, seconds from first send to last handler start, how "
-        "long the senders took to hand everything over (close to the total: ingest, not "
-        "the workers, set the pace), and events a handler saw twice. Latency columns: the "
-        "rate actually sent, the sender's worst lateness against its schedule (large "
-        "values mean the sending process itself was held up), and the latencies.",
+        "Seconds: first send to last handler start; sending took: until the last send was "
+        "accepted (close to the total: ingest, not the workers, set the pace); redelivered: "
+        "events a handler saw twice.",
         "",
-        *_runs_table(results),
+        *_runs_table(results, fanouts),
         "",
         *_method(setup),
         "",
@@ -183,18 +335,252 @@ def render(setup: Setup, results: list[SystemResult]) -> str:
     return "\n".join(out)
 
 
-def _runs_table(results: list[SystemResult]) -> list[str]:
-    rows = [
-        "| System | Run | Load before | Events/s | Seconds | Sending took (s) | Redelivered "
-        "| Achieved rate (/s) | Sender max lag (ms) | p50 (ms) | p99 (ms) | max (ms) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+def _threads(results: list[SystemResult]) -> str:
+    counts = sorted({m.threads for r in results for m in r.modes if m.per_request == 1})
+    return "/".join(str(c) for c in counts) or "the"
+
+
+def _per_event(setup: Setup, results: list[SystemResult]) -> list[str]:
+    by_name = {r.name: r for r in results}
+    dramatiq = by_name["dramatiq"].events_per_s("send") if "dramatiq" in by_name else None
+    out = [
+        "## Throughput, one event per request",
+        "",
+        f"`{RERUN} --only veba --only dramatiq --only celery`. {setup.events:,} events "
+        "handed over as fast as the client allows, one event per HTTP request or broker "
+        "message; time from the first send to the last handler start. Sender CPU: CPU "
+        "seconds the bench process (all its sender threads; nothing else runs in it while "
+        "they send) spent during the sending span, per event: the client's cost to the "
+        "application that sends.",
+        "",
+        "| Sender | Threads | Events/s | / Dramatiq | Sender CPU (µs/event) | Sending took (s) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        runs = zip(r.throughput, r.latency, r.load, strict=False)
-        for i, (t, lat, load) in enumerate(runs, start=1):
+        for mode in r.modes:
+            if mode.per_request != 1:
+                continue
+            if not r.runs_of(mode.key):
+                out.append(f"| {mode.label} | {mode.threads} | not measured | — | — | — |")
+                continue
+            eps = r.events_per_s(mode.key)
+            out.append(
+                f"| {mode.label} | {mode.threads} | {_num(eps, ',.0f')} | "
+                f"{_ratio(eps, dramatiq)} | {_num(r.cpu_us(mode.key), ',.0f')} | "
+                f"{_num(r.send_seconds(mode.key), '.2f')} |"
+            )
+    out += ["", "How each row sends:", ""]
+    out += [
+        f"- **{mode.label}**: {mode.client}."
+        for r in results
+        for mode in r.modes
+        if mode.per_request == 1
+    ]
+    return out
+
+
+def _batch(setup: Setup, by_name: dict[str, SystemResult]) -> list[str]:
+    veba = by_name.get("veba")
+    batch = next((m for m in veba.modes if m.per_request > 1), None) if veba else None
+    out = ["## Throughput, batch (veba only)", ""]
+    if veba is None or batch is None:
+        return [*out, "Not measured in this run (`--only veba` measures it)."]
+    eps = veba.events_per_s(batch.key)
+    out += [
+        f"`{RERUN} --only veba --only dramatiq`. The same {setup.events:,} events, "
+        f"**{batch.per_request} events per POST** from {batch.threads} threads: "
+        f"{batch.client}. This is what a batching producer gets; the peers' rows are one "
+        "message per event, so the ratio is not per event.",
+        "",
+        "| Sender | Events/s | Sender CPU (µs/event) | vs Dramatiq `send()` | "
+        "vs Celery `delay()` |",
+        "|---|---:|---:|---:|---:|",
+        f"| {batch.label} | {_num(eps, ',.0f')} | {_num(veba.cpu_us(batch.key), ',.0f')} | "
+        f"{_ratio(eps, by_name['dramatiq'].events_per_s('send') if 'dramatiq' in by_name else None)} | "
+        f"{_ratio(eps, by_name['celery'].events_per_s('delay') if 'celery' in by_name else None)} |",
+    ]
+    return out
+
+
+def _fanout(setup: Setup, fanouts: list[FanoutResult]) -> list[str]:
+    out = ["## Fan-out", ""]
+    if not fanouts:
+        return [*out, "Not measured in this run (`--only fanout` measures it)."]
+    sizes = ",".join(str(f.functions) for f in fanouts)
+    out += [
+        f"`{RERUN} --only fanout --fanout {sizes}`. One appliance per size, with N no-op "
+        'functions, each `topic: "*"` (subscribed to every event) and `scale.min: 1` (its '
+        f"own warm worker process), `maxInflight: 64`. {setup.fanout_events:,} events sent "
+        "**in batches of 100 per POST** from 4 threads (fan-out measures dispatch, not "
+        "ingest); deliveries = events x functions; time from the first send to the last "
+        "handler start of any function. After each run every function's `delivered` "
+        "(`GET /api/v1/functions/<name>`) must reach the events sent.",
+        "",
+        "| Functions | Events | Deliveries | Deliveries/s | Seconds | Sending took (s) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for f in fanouts:
+        if not f.runs:
+            out.append(f"| {f.functions} | not measured | — | — | — | — |")
+            continue
+        last = f.runs[-1]
+        out.append(
+            f"| {f.functions} | {last.events:,} | {last.deliveries:,} | "
+            f"{_num(f.deliveries_per_s, ',.0f')} | "
+            f"{median(r.seconds for r in f.runs):.2f} | "
+            f"{median(r.send_seconds for r in f.runs):.2f} |"
+        )
+    return out
+
+
+def _latency(setup: Setup, results: list[SystemResult]) -> list[str]:
+    out = [
+        "## Latency",
+        "",
+        f"`{RERUN} --rate {setup.rate:g}`. {setup.rate:g} events/s offered for "
+        f"{setup.seconds:g} s ({round(setup.rate * setup.seconds):,} events), one event per "
+        "request or message from one thread, send to handler start. veba: structured-mode "
+        "POST over a keep-alive httpx connection.",
+        "",
+        "| System | Achieved rate (/s) | p50 (ms) | p99 (ms) | / Dramatiq p99 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    by_name = {r.name: r for r in results}
+    peer_p99 = by_name["dramatiq"].p99_ms if "dramatiq" in by_name else None
+    for r in results:
+        out.append(
+            f"| {LABELS[r.name]} | {_num(r.achieved_rate, ',.0f')} | {_num(r.p50_ms, '.2f')} | "
+            f"{_num(r.p99_ms, '.2f')} | "
+            f"{_ratio(r.p99_ms, peer_p99)} |"
+        )
+    return out
+
+
+def _prune(setup: Setup, prune: PruneResult | None) -> list[str]:
+    out = ["## Latency during a prune (retention)", ""]
+    if prune is None:
+        return [*out, "Not measured in this run (`--only prune --prune-events N` measures it)."]
+    took = f" (took {prune.seconds:.0f} s)" if prune.figures is not None else ""
+    out += [
+        f"`{RERUN} --only prune --prune-events {prune.events}`: `bench.retention.measure("
+        f"events={prune.events}, rate={prune.rate:g})`, with the figures it returns: latency "
+        f"in steady state and while the appliance prunes {prune.events:,} events{took}. "
+        "See `bench/retention.py` for its method.",
+        "",
+    ]
+    if prune.figures is None:
+        return [*out, f"Not measured: {prune.error or 'no figures'}"]
+    return [*out, *_figure_table(prune.figures)]
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, list | tuple):
+        # A few numbers (a load average) inline; longer lists (e.g. every slow
+        # request) by their length: the raw JSON in bench/results/ has them whole.
+        if len(value) <= 4 and all(isinstance(v, int | float) for v in value):
+            return " / ".join(_cell(v) for v in value)
+        return f"{len(value)} (listed in the raw JSON)"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    return f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
+
+
+def _figure_table(figures: dict[str, object]) -> list[str]:
+    """The retention module's dict as tables: a row per phase (a dict of numbers),
+    then the scalar figures as name/value rows."""
+    phases = {k: v for k, v in figures.items() if isinstance(v, dict)}
+    scalars = {k: v for k, v in figures.items() if not isinstance(v, dict)}
+    out: list[str] = []
+    if phases:
+        columns = list(dict.fromkeys(c for v in phases.values() for c in v))
+        out += [
+            "| Phase | " + " | ".join(str(c) for c in columns) + " |",
+            "|---|" + "---:|" * len(columns),
+        ]
+        for phase, values in phases.items():
+            cells = " | ".join(_cell(values.get(c, "—")) for c in columns)
+            out.append(f"| {phase} | {cells} |")
+    if scalars:
+        if out:
+            out.append("")
+        out += ["| Figure | Value |", "|---|---:|"]
+        out += [f"| {k} | {_cell(v)} |" for k, v in scalars.items()]
+    return out
+
+
+def _rss(results: list[SystemResult], fanouts: list[FanoutResult]) -> list[str]:
+    out = [
+        "## Memory: RSS per warm function",
+        "",
+        f"Measured by every run above (`{RERUN} --only fanout` or `--only veba`). After a "
+        "run's measurements, the bench finds each function's worker processes among the "
+        "descendants of `veba serve` (by `VEBA_FUNCTION_NAME` in `/proc/PID/environ`) and "
+        "reads `VmRSS` from `/proc/PID/status`. A function's RSS is the sum over its "
+        "workers (shared pages count in each); the median is over functions and runs.",
+        "",
+        "| Stack | Functions | Workers per function | RSS per function, median (MB) "
+        "| min to max (MB) | `veba serve` RSS (MB) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    stacks: list[tuple[str, list[dict[str, list[float]]], list[float]]] = []
+    by_name = {r.name: r for r in results}
+    if "veba" in by_name and by_name["veba"].rss_mb:
+        stacks.append(
+            ("`noop` (`scale.min: 2`)", by_name["veba"].rss_mb, by_name["veba"].serve_rss_mb)
+        )
+    for f in fanouts:
+        if f.rss_mb:
+            stacks.append((f"fan-out, {f.functions} (`scale.min: 1`)", f.rss_mb, f.serve_rss_mb))
+    if not stacks:
+        return [*out[:2], "Not measured in this run."]
+    for label, samples, serve in stacks:
+        per_fn = _per_function_mb(samples)
+        workers = median(len(w) for s in samples for w in s.values())
+        out.append(
+            f"| {label} | {len(samples[-1])} | {workers:g} | {median(per_fn):.1f} | "
+            f"{min(per_fn):.1f} to {max(per_fn):.1f} | "
+            f"{_num(median(serve) if serve else None, '.1f')} |"
+        )
+    return out
+
+
+def _runs_table(results: list[SystemResult], fanouts: list[FanoutResult]) -> list[str]:
+    rows = [
+        "| Row | Run | Load before | Events/s | Seconds | Sending took (s) "
+        "| Sender CPU (µs/event) | Redelivered |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        for mode in r.modes:
+            for i, t in enumerate(r.runs_of(mode.key), start=1):
+                load = r.load[i - 1] if i <= len(r.load) else float("nan")
+                rows.append(
+                    f"| {mode.label} | {i} | {load:.2f} | {t.events_per_s:,.0f} | "
+                    f"{t.seconds:.2f} | {t.send_seconds:.2f} | {t.sender_cpu_us:,.0f} | "
+                    f"{t.duplicates} |"
+                )
+    for f in fanouts:
+        for i, run in enumerate(f.runs, start=1):
+            load = f.load[i - 1] if i <= len(f.load) else float("nan")
             rows.append(
-                f"| {LABELS[r.name]} | {i} | {load:.2f} | {t.events_per_s:,.0f} | {t.seconds:.2f} | "
-                f"{t.send_seconds:.2f} | {t.duplicates} | {lat.achieved_rate:.1f} | "
+                f"| fan-out {f.functions} (deliveries/s) | {i} | {load:.2f} | "
+                f"{run.deliveries_per_s:,.0f} | {run.seconds:.2f} | {run.send_seconds:.2f} | — | "
+                f"{run.duplicates} |"
+            )
+    rows += [
+        "",
+        "Latency, every run: the rate actually sent, the sender's worst lateness against "
+        "its schedule (large values mean the sending process itself was held up), and the "
+        "latencies.",
+        "",
+        "| System | Run | Achieved rate (/s) | Sender max lag (ms) | p50 (ms) | p99 (ms) "
+        "| max (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        for i, lat in enumerate(r.latency, start=1):
+            rows.append(
+                f"| {LABELS[r.name]} | {i} | {lat.achieved_rate:.1f} | "
                 f"{lat.sender_max_lag_ms:.1f} | {lat.p50_ms:.2f} | {lat.p99_ms:.2f} | "
                 f"{lat.max_ms:.1f} |"
             )
@@ -209,36 +595,40 @@ def _method(setup: Setup) -> list[str]:
         f"(`bench/sample_event.json`, {setup.event_bytes} bytes as compact JSON), each with "
         "a fresh UUIDv4 `id` and its own `data.Key`. Each sender encodes the events "
         "while timed: Dramatiq and Celery inside their message (the event is the task's "
-        "one argument), veba as the HTTP body.",
+        "one argument), veba as the HTTP body (`application/cloudevents+json` for one "
+        "event, `application/cloudevents-batch+json` for a batch).",
         "- **Order.** For each of the runs, each system in turn is started fresh (fresh "
         "Redis DB or fresh data directory), warmed with 200 events that must all reach "
-        "the handler, measured for latency, then for throughput, and stopped; only one "
-        "system runs at a time. Reported figures are the median over the runs.",
+        "the handler, measured for latency, then for throughput (veba: its three ways of "
+        "sending, in an order that rotates from run to run), and stopped; then each "
+        "fan-out size on a fresh appliance. Only one system runs at a time. Reported "
+        "figures are the median over the runs; the prune measurement runs once, last.",
         "- **Recording.** Every handler's first statement is `bench.recorder.StartRecorder."
         'record(event_id)`, which appends `"<id> <time.time()>"` to a per-process buffer, '
         "written to `starts-<system>-<pid>.txt` every 50 lines or 50 ms, and by a "
-        "background thread every 100 ms. The bench follows these files; a run ends when "
-        "every one of its ids is there.",
-        "- **Throughput.** All events are handed over as fast as possible by 4 sender "
-        "threads in the bench process, 100 events per chunk: Dramatiq `actor.send()` "
-        "and Celery `task.delay()` once per event (one Redis round trip each, no "
-        "pipelining), veba one `POST /webhook` of an `application/cloudevents-batch+json` "
-        "array of 100 per chunk (so 4 requests in flight). Time runs from just before the "
-        "first send to the latest recorded handler start. After each run the bench waits "
-        "until the broker holds no unacknowledged message (Dramatiq: `dramatiq:bench.msgs` "
-        "empty; Celery: the queue and kombu's `unacked` hash empty; veba: "
-        "`delivered` from `GET /api/v1/functions/noop` at least the number sent), "
-        "outside the timed span.",
+        "background thread every 100 ms. The bench follows these files (one folder per "
+        "function in the fan-out stacks); a run ends when every one of its ids is there.",
+        "- **Throughput.** Sender threads of the bench process take 100 events at a time "
+        "from a shared pool and send them as the row says; the per-event rows of veba and "
+        "the peers all use the same number of threads (16: veba's one-event requests need "
+        "many in flight; Dramatiq and Celery, tried with the 4 threads of earlier versions "
+        "of this bench, were within the noise of 16). Dramatiq `actor.send()` and Celery "
+        "`task.delay()` make one Redis round trip per event (no pipelining). After each "
+        "run, outside the timed span, the bench waits until the broker holds no "
+        "unacknowledged message (Dramatiq: `dramatiq:bench.msgs` empty; Celery: the queue "
+        "and kombu's `unacked` hash empty; veba: `delivered` from "
+        "`GET /api/v1/functions/<name>` at least the number sent, for every function).",
+        "- **Sender CPU** is `time.process_time()` of the bench process across the sending "
+        "span (from before the first send until every sender thread returned), divided by "
+        "the events. The garbage collector is off meanwhile; the main thread only waits.",
         "- **Latency.** One thread sends at absolute deadlines t0 + i/rate (late sends go "
         "at once until the schedule is met, so no drift). It records `time.time()` just "
         "before sending each event and sends it inline with the system's own client: "
         "`actor.send()`, `task.delay()`, or one structured-mode `POST /webhook` "
         "(`application/cloudevents+json`) over a keep-alive httpx connection, waiting for "
-        "the 200. A send that blocks delays the next ones, which then go at once; the "
-        "achieved rate and the sender's worst lateness are in the table of every run. "
-        "Latency is the handler's recorded start minus "
-        "that send time, both `time.time()` on the same machine; p50 and p99 are "
-        "nearest-rank over all events of a run.",
+        "the 200. Latency is the handler's recorded start minus that send time, both "
+        "`time.time()` on the same machine; p50 and p99 are nearest-rank over all events "
+        "of a run.",
         "- **The bench process** turns its garbage collector off while it sends (as "
         "`timeit` does), so a collection in the sender is not charged to a system.",
         "- **Dramatiq**: `dramatiq bench.peers.dramatiq_app -p 2 -t 8`, `RedisBroker`, "
@@ -247,11 +637,13 @@ def _method(setup: Setup) -> list[str]:
         "message that arrives while the consumers sleep waits for one to wake.",
         "- **Celery**: `celery -A bench.peers.celery_app worker -P prefork -c 2 -Q bench "
         "--without-gossip --without-mingle --without-heartbeat`, Redis broker, "
-        "`acks_late=True`, `worker_prefetch_multiplier` at its default (4), results ignored.",
+        "`acks_late=True`, `worker_prefetch_multiplier` and `broker_pool_limit` at their defaults (4, 10), "
+        "results ignored.",
         "- **veba**: `veba serve --data-dir DIR --listen 127.0.0.1:PORT --simulator-rate 0`, "
         "then `veba up -f bench/veba/stack.yml`: one `veba-cloudevent` function, "
         '`topic: "*"`, `com.openfaas.scale.min: 2` (two warm worker processes), '
-        "`delivery.maxInflight: 64`.",
+        "`delivery.maxInflight: 64`. The fan-out stacks are generated into the run's work "
+        "folder: N functions `fn01`…, all on the same no-op handler folder.",
         "- **Redis** is the one already running on 127.0.0.1:6379; the bench uses its own "
         "DB number (9 unless `--redis-db`) and flushes only that DB, before and after each "
         "peer's turn. Raw results are also written to `bench/results/` (not committed).",

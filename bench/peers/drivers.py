@@ -6,14 +6,14 @@ import importlib
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis
 
 from bench.common import REPO_ROOT, Event, env_with
-from bench.driver import Driver
+from bench.driver import PER_EVENT_THREADS, Driver, SendMode
 from bench.procs import Managed
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -76,13 +76,20 @@ class RedisPeer(Driver):
         assert self.worker is not None
         self.worker.note_descendants()
 
-    def _send_chunk(self, events: Sequence[Event]) -> None:
-        for event in events:
-            self._submit_one(event)
+    def _sender(self, mode: SendMode) -> Callable[[Sequence[Event]], None]:
+        def send(events: Sequence[Event]) -> None:
+            for event in events:
+                self._submit_one(event)
+
+        return send
 
 
 class DramatiqDriver(RedisPeer):
     name = "dramatiq"
+    default_mode = SendMode(
+        "send", "Dramatiq `actor.send()`", 1, PER_EVENT_THREADS,
+        "`actor.send()` per event: the `RedisBroker`'s own client, a redis-py connection pool",
+    )  # fmt: skip
     app_module = "bench.peers.dramatiq_app"
     processes = 2
     threads = 8
@@ -103,6 +110,11 @@ class DramatiqDriver(RedisPeer):
 
 class CeleryDriver(RedisPeer):
     name = "celery"
+    default_mode = SendMode(
+        "delay", "Celery `task.delay()`", 1, PER_EVENT_THREADS,
+        "`task.delay()` per event: Celery's producer pool at its default size "
+        "(`broker_pool_limit` 10: threads beyond it wait for a free connection)",
+    )  # fmt: skip
     app_module = "bench.peers.celery_app"
     concurrency = 2
 

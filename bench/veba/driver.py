@@ -6,18 +6,20 @@ a change of contract is a change here.
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from bench.common import BENCH_DIR, REPO_ROOT, Event, env_with
-from bench.driver import Driver
-from bench.procs import Managed
+from bench.common import BENCH_DIR, REPO_ROOT, Event, StartLog, bulk_send, env_with, no_gc
+from bench.driver import PER_EVENT_THREADS, TASK_EVENTS, WARMUP_EVENTS, Driver, SendMode
+from bench.procs import Managed, rss_by_env
 
 # --- the appliance's contract, as this bench uses it -----------------------------
 
@@ -42,8 +44,10 @@ FUNCTION = "noop"
 TOKEN_FILE = "token"  # <data dir>/token, written by serve
 HEALTH = "/healthz"  # 200 once serving; no token
 WEBHOOK = "/webhook"  # bearer token; 200 means durable
-STATUS = f"/api/v1/functions/{FUNCTION}"  # bearer token; JSON with int "delivered"
+STATUS = "/api/v1/functions/{name}"  # bearer token; JSON with int "delivered"
 DELIVERED = "delivered"
+FUNCTION_ENV = "VEBA_FUNCTION_NAME"  # in the environment of each of a function's workers
+NOOP_DIR = BENCH_DIR / "veba" / "noop"
 STRUCTURED = "application/cloudevents+json"  # one event per request
 BATCH = "application/cloudevents-batch+json"  # a JSON array of structured events
 
@@ -64,7 +68,9 @@ def _contract() -> str:
         f"    -> exit 0; function {FUNCTION!r} (veba-cloudevent, topic '*', 2 warm workers)\n"
         f"  POST {WEBHOOK} ({STRUCTURED} or {BATCH}, Authorization: Bearer <token>)"
         " -> 200 once durable\n"
-        f"  GET {STATUS} (Authorization: Bearer <token>) -> JSON with int {DELIVERED!r}"
+        f"  GET {STATUS.format(name=FUNCTION)} (Authorization: Bearer <token>)"
+        f" -> JSON with int {DELIVERED!r}\n"
+        f"  each function's worker processes: descendants of serve with {FUNCTION_ENV}=<name>"
     )
 
 
@@ -74,24 +80,52 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+LIGHT = SendMode(
+    "light", "veba, 1 event/POST, `http.client`", 1, PER_EVENT_THREADS,
+    "one structured-mode `POST /webhook` per event on a keep-alive "
+    "`http.client.HTTPConnection` of each sender thread, reused for all its events",
+)  # fmt: skip
+HTTPX = SendMode(
+    "httpx", "veba, 1 event/POST, httpx", 1, PER_EVENT_THREADS,
+    "one structured-mode `POST /webhook` per event through one shared keep-alive "
+    "`httpx.Client` (a pool of up to 16 connections)",
+)  # fmt: skip
+BATCH_MODE = SendMode(
+    "batch", "veba, **batch** of 100/POST, httpx", 100, 4,
+    "one `POST /webhook` of an `application/cloudevents-batch+json` array of 100 events "
+    "through the shared keep-alive `httpx.Client`",
+)  # fmt: skip
+
+
 class VebaDriver(Driver):
     name = "veba"
+    default_mode = BATCH_MODE
 
     def __init__(self) -> None:
         super().__init__()
         self.data_dir = self.work_dir / "data"
         self.serve: Managed | None = None
         self.client: httpx.Client | None = None
+        self.port = 0
         self.headers: dict[str, str] = {}
+        self.functions = [FUNCTION]  # every one subscribed to every event (topic "*")
         self.sent = 0  # events accepted with 200, for the delivered cross-check
         self._sent_lock = threading.Lock()  # throughput posts from several threads
         self._status_ok: bool | None = None
+        self._connections: list[http.client.HTTPConnection] = []  # the light senders'
+
+    def send_modes(self) -> list[SendMode]:
+        return [LIGHT, HTTPX, BATCH_MODE]
+
+    def _stack(self) -> Path:
+        """The stack file `veba up` deploys."""
+        return STACK
 
     # --- start / stop ---
 
     def _launch(self) -> None:
         self._preflight()
-        port = _free_port()
+        self.port = port = _free_port()
         base = f"http://{HOST}:{port}"
         self.serve = Managed(
             "veba serve",
@@ -112,7 +146,7 @@ class VebaDriver(Driver):
         self.headers = {"Authorization": f"Bearer {token}"}
         up = Managed(
             "veba up",
-            up_cmd(STACK, base),
+            up_cmd(self._stack(), base),
             env=env_with(
                 **{UP_ENV_DATA_DIR: str(self.data_dir)},
                 BENCH_OUT=str(self.out_dir),
@@ -199,9 +233,53 @@ class VebaDriver(Driver):
         with self._sent_lock:
             self.sent += count
 
-    def _send_chunk(self, events: Sequence[Event]) -> None:
-        body = json.dumps([e.obj for e in events], separators=(",", ":")).encode()
-        self._post(body, BATCH, len(events))
+    def _sender(self, mode: SendMode) -> Callable[[Sequence[Event]], None]:
+        if mode.key == LIGHT.key:
+            return self._light_sender()
+        per_request = mode.per_request
+
+        def send(events: Sequence[Event]) -> None:
+            for i in range(0, len(events), per_request):
+                part = events[i : i + per_request]
+                if per_request == 1:
+                    self._submit_one(part[0])
+                else:
+                    body = json.dumps([e.obj for e in part], separators=(",", ":")).encode()
+                    self._post(body, BATCH, len(part))
+
+        return send
+
+    def _light_sender(self) -> Callable[[Sequence[Event]], None]:
+        """One event per POST on a plain keep-alive connection of each sender thread."""
+        local = threading.local()
+        headers = {**self.headers, "Content-Type": STRUCTURED}
+
+        def send(events: Sequence[Event]) -> None:
+            conn = getattr(local, "conn", None)
+            if conn is None:
+                conn = local.conn = http.client.HTTPConnection(HOST, self.port, timeout=30)
+                with self._sent_lock:
+                    self._connections.append(conn)
+            for event in events:
+                body = json.dumps(event.obj, separators=(",", ":")).encode()
+                conn.request("POST", WEBHOOK, body, headers)
+                response = conn.getresponse()
+                text = response.read()
+                if response.status != 200:
+                    raise RuntimeError(
+                        f"POST {WEBHOOK} ({STRUCTURED}, 1 event) -> "
+                        f"{response.status}: {text[:300]!r}"
+                    )
+            with self._sent_lock:
+                self.sent += len(events)
+
+        return send
+
+    def _senders_done(self) -> None:
+        with self._sent_lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
 
     def _submit_one(self, event: Event) -> None:
         body = json.dumps(event.obj, separators=(",", ":")).encode()
@@ -210,29 +288,146 @@ class VebaDriver(Driver):
     # --- acknowledgements ---
 
     def _confirm_acked(self, timeout: float) -> None:
-        """Cross-check the handler's records with the appliance's own delivered count."""
+        """Cross-check the handler's records with the appliance's own delivered count:
+        every function is subscribed to every event, so each must have delivered all sent."""
         assert self.client is not None and self.serve is not None
         self.serve.note_descendants()
-        if self._status_ok is False:
-            return
         deadline = time.monotonic() + timeout
-        while True:
-            response = self.client.get(STATUS, headers=self.headers)
-            delivered = None
-            if response.status_code == 200:
-                body = response.json()
-                if isinstance(body, dict) and isinstance(body.get(DELIVERED), int):
-                    delivered = body[DELIVERED]
-            if delivered is None:
-                self._status_ok = False
-                self.notes.append(
-                    f"GET {STATUS} gave {response.status_code} without an integer "
-                    f"{DELIVERED!r}: acks were not cross-checked, handler records only"
-                )
+        for name in self.functions:
+            if self._status_ok is False:
                 return
-            self._status_ok = True
-            if delivered >= self.sent:
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"veba: delivered {delivered} of {self.sent} after {timeout} s")
-            time.sleep(0.05)
+            status = STATUS.format(name=name)
+            while True:
+                response = self.client.get(status, headers=self.headers)
+                delivered = None
+                if response.status_code == 200:
+                    body = response.json()
+                    if isinstance(body, dict) and isinstance(body.get(DELIVERED), int):
+                        delivered = body[DELIVERED]
+                if delivered is None:
+                    self._status_ok = False
+                    self.notes.append(
+                        f"GET {status} gave {response.status_code} without an integer "
+                        f"{DELIVERED!r}: acks were not cross-checked, handler records only"
+                    )
+                    return
+                self._status_ok = True
+                if delivered >= self.sent:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"veba: {name} delivered {delivered} of {self.sent} after {timeout} s"
+                    )
+                time.sleep(0.05)
+
+    # --- memory ---
+
+    def worker_rss_mb(self) -> dict[str, list[float]]:
+        """RSS (MB) of each worker process of each function, found below `veba serve`."""
+        assert self.serve is not None
+        found = rss_by_env(self.serve.pid, FUNCTION_ENV)
+        missing = [name for name in self.functions if name not in found]
+        if missing:
+            raise VebaNotReady(
+                f"no worker process with {FUNCTION_ENV}={missing[0]} below veba serve "
+                f"(pid {self.serve.pid}); functions: {sorted(found)}\n\n{_contract()}"
+            )
+        return {name: [kib / 1024 for kib in found[name]] for name in self.functions}
+
+
+@dataclass(frozen=True, slots=True)
+class FanoutRun:
+    functions: int
+    events: int
+    deliveries: int  # events x functions
+    seconds: float  # first send -> last handler start of any function
+    deliveries_per_s: float
+    send_seconds: float
+    duplicates: int
+
+
+class FanoutDriver(VebaDriver):
+    """One appliance, ``functions`` no-op functions each subscribed to every event."""
+
+    def __init__(self, functions: int) -> None:
+        self.name = f"veba-fanout-{functions}"  # before Driver.__init__ names the work dir
+        super().__init__()
+        self.functions = [f"fn{i:02d}" for i in range(1, functions + 1)]
+        self.logs: dict[str, StartLog] = {}
+        for name in self.functions:
+            folder = self.out_dir / name
+            folder.mkdir()
+            folder.chmod(0o777)  # written by the function's own user under a root appliance
+            self.logs[name] = StartLog(folder)
+
+    def send_modes(self) -> list[SendMode]:
+        return [BATCH_MODE]
+
+    def _stack(self) -> Path:
+        lines = [
+            "# Written by bench.veba.driver.FanoutDriver for one fan-out measurement.",
+            "version: 1.0",
+            "provider:",
+            "  name: openfaas",
+            "  gateway: http://127.0.0.1:8080",
+            "functions:",
+        ]
+        for name in self.functions:
+            lines += [
+                f"  {name}:",
+                "    lang: veba-cloudevent",
+                f"    handler: {json.dumps(str(NOOP_DIR))}",
+                "    annotations:",
+                '      topic: "*"',
+                "    labels:",
+                '      com.openfaas.scale.min: "1"',
+                "    delivery:",
+                "      maxInflight: 64",
+                "    environment:",
+                f"      BENCH_OUT: {json.dumps(str(self.out_dir / name))}",
+                f"      BENCH_ROOT: {json.dumps(str(REPO_ROOT))}",
+            ]
+        path = self.work_dir / "stack.yml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def _wait_all(self, ids: list[str], timeout: float) -> tuple[float, int]:
+        """Wait until every function started every id; (last start, duplicates so far)."""
+        last = 0.0
+        for log in self.logs.values():
+            found = log.wait_for(ids, timeout=timeout, alive=self._alive)
+            last = max(last, max(found.values()))
+        return last, sum(log.duplicates for log in self.logs.values())
+
+    def _warm_up(self) -> None:
+        events = self._events(WARMUP_EVENTS)
+        try:
+            bulk_send(events, self._sender(self.default_mode), chunk=TASK_EVENTS, threads=1)
+        finally:
+            self._senders_done()
+        self._wait_all([e.id for e in events], timeout=120)
+        self._confirm_acked(timeout=60)
+
+    def fanout(self, n: int) -> FanoutRun:
+        """n events in batches of 100 from 4 threads; every function must start each."""
+        events = self._events(n)
+        dupes_before = sum(log.duplicates for log in self.logs.values())
+        send = self._sender(self.default_mode)
+        try:
+            with no_gc():
+                t0 = bulk_send(events, send, chunk=TASK_EVENTS, threads=self.default_mode.threads)
+                sent = time.time()
+        finally:
+            self._senders_done()
+        deliveries = n * len(self.functions)
+        last, dupes = self._wait_all([e.id for e in events], timeout=max(120.0, deliveries / 50))
+        self._confirm_acked(timeout=60)
+        return FanoutRun(
+            functions=len(self.functions),
+            events=n,
+            deliveries=deliveries,
+            seconds=last - t0,
+            deliveries_per_s=deliveries / (last - t0),
+            send_seconds=sent - t0,
+            duplicates=dupes - dupes_before,
+        )

@@ -1,0 +1,124 @@
+"""docs/benchmarks.md as `python -m bench` writes it: the per-event ratio first, batch
+labelled as batch, the targets of issue 11 beside the figures, and the retention hook."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+from bench.driver import Latency, SendMode, Throughput
+from bench.prune import RETENTION_MISSING, measure_prune
+from bench.report import FanoutResult, PruneResult, Setup, SystemResult, render
+from bench.veba.driver import BATCH_MODE, HTTPX, LIGHT, FanoutRun
+
+# The peers' rows as their drivers declare them (bench.peers needs Redis's client).
+SEND = SendMode("send", "Dramatiq `actor.send()`", 1, 16, "actor.send()")
+DELAY = SendMode("delay", "Celery `task.delay()`", 1, 16, "task.delay()")
+
+
+def _tp(mode: str, events_per_s: float, cpu_us: float) -> Throughput:
+    return Throughput(
+        events=1000,
+        seconds=1000 / events_per_s,
+        events_per_s=events_per_s,
+        send_seconds=1000 / events_per_s,
+        duplicates=0,
+        mode=mode,
+        sender_cpu_us=cpu_us,
+    )
+
+
+def _lat(p99: float) -> Latency:
+    return Latency(500, 500.0, 500.0, 0.1, 1.0, p99, p99 * 2)
+
+
+def _setup() -> Setup:
+    return Setup(
+        command=".venv/bin/python -m bench",
+        date="2026-01-01 00:00 UTC",
+        runs=1,
+        events=1000,
+        rate=500.0,
+        seconds=1.0,
+        event_bytes=840,
+        redis_version="7",
+        load_before=(0.0, 0.0, 0.0),
+        fanout_events=100,
+        fanout_sizes=(20,),
+    )
+
+
+def _results() -> tuple[list[SystemResult], list[FanoutResult]]:
+    veba = SystemResult("veba", modes=[LIGHT, HTTPX, BATCH_MODE])
+    veba.throughput = [_tp("light", 6000, 90), _tp("httpx", 3000, 300), _tp("batch", 12000, 20)]
+    veba.latency = [_lat(4.0)]
+    veba.load = [0.5]
+    veba.rss_mb = [{"noop": [15.0, 15.5]}]
+    veba.serve_rss_mb = [100.0]
+    dramatiq = SystemResult("dramatiq", modes=[SEND])
+    dramatiq.throughput = [_tp("send", 3000, 150)]
+    dramatiq.latency = [_lat(9.0)]
+    celery = SystemResult("celery", modes=[DELAY], error="RuntimeError: x")
+    fan = FanoutResult(20)
+    fan.runs = [FanoutRun(20, 100, 2000, 0.1, 20000.0, 0.05, 0)]
+    fan.rss_mb = [{f"fn{i:02d}": [16.0 + i / 100] for i in range(1, 21)}]
+    fan.serve_rss_mb = [110.0]
+    return [veba, dramatiq, celery], [fan]
+
+
+def test_the_report_leads_with_the_per_event_ratios_and_the_targets() -> None:
+    results, fanouts = _results()
+    text = render(_setup(), results, fanouts, PruneResult(1000, 500.0, error=RETENTION_MISSING))
+    headline = text[text.index("## Headline") : text.index("- Date:")]
+    rows = [line for line in headline.splitlines() if line.startswith("| ")][1:]
+    assert "veba `http.client` / Dramatiq" in rows[0] and "**2.00x**" in rows[0]
+    assert "met, goal too" in rows[0]
+    assert "veba httpx / Dramatiq" in rows[1] and "**1.00x**" in rows[1]
+    assert "Batch" in rows[2] and "4.00x" in rows[2]
+    assert "20,000" in rows[3] and "met" in rows[3]
+    assert "4.00" in rows[4] and "≤5 ms" in rows[4]
+    assert "16.1" in rows[5] and "≤20 MB" in rows[5]
+    # The sections follow in the order the issue asks for.
+    sections = [
+        "## Throughput, one event per request",
+        "## Throughput, batch",
+        "## Fan-out",
+        "## Latency\n",
+        "## Latency during a prune",
+        "## Memory",
+    ]
+    positions = [text.index(s) for s in sections]
+    assert positions == sorted(positions)
+    assert "Not measured: bench/retention.py missing" in text
+    assert "**Celery + Redis**" in text  # its failure is shown, not dropped
+
+
+def test_a_missing_retention_module_is_reported_not_raised() -> None:
+    sys.modules.pop("bench.retention", None)
+    result = measure_prune(10, 500.0)
+    assert result.figures is None and result.error == RETENTION_MISSING
+
+
+def test_the_retention_figures_get_their_own_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = types.ModuleType("bench.retention")
+
+    def measure(events: int, rate: float) -> dict[str, object]:
+        return {
+            "steady": {"requests": 100, "p99_ms": 2.5},
+            "during prune": {"requests": 50, "p99_ms": 7.5},
+            "pruned": events,
+            "slow": [(0.5, 120.0), (0.7, 150.0), (0.9, 101.0), (1.0, 130.0), (2.0, 200.0)],
+            "load_after": (1.5, 1.0, 0.5),
+        }
+
+    module.measure = measure  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "bench.retention", module)
+    prune = measure_prune(1234, 500.0)
+    results, fanouts = _results()
+    text = render(_setup(), results, fanouts, prune)
+    section = text[text.index("## Latency during a prune") : text.index("## Memory")]
+    assert "| during prune | 50 | 7.50 |" in section
+    assert "| pruned | 1,234 |" in section
+    assert "| slow | 5 (listed in the raw JSON) |" in section
+    assert "| load_after | 1.50 / 1.00 / 0.50 |" in section
