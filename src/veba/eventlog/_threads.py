@@ -8,6 +8,8 @@ import os
 import queue
 import sqlite3
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,10 @@ from veba.eventlog.base import LogFull
 
 _MAX_BATCH = 1000
 _WAL_LIMIT = 64 << 20  # bytes of WAL before the writer is made to wait for a rewind
+# A background op (a retention step) runs when no other op is queued; under a
+# load that never lets the queue empty, it runs anyway once it has waited this
+# long, so retention slows down under load but is never starved outright.
+_BACKGROUND_WAIT = 0.5
 
 Result = tuple[asyncio.Future[Any], Any, BaseException | None]
 
@@ -25,6 +31,10 @@ Result = tuple[asyncio.Future[Any], Any, BaseException | None]
 class Op:
     fn: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
+    # Background ops (retention's steps) yield to all others: each runs alone in
+    # a transaction of its own, only when nothing else is waiting for the writer.
+    background: bool = False
+    queued: float = 0.0  # when the writer took it up (monotonic), for background ops
 
 
 def connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -47,7 +57,8 @@ def resolve(results: list[Result]) -> None:
 
 
 class Writer(threading.Thread):
-    """The single writer: runs queued operations in shared transactions."""
+    """The single writer: runs queued operations in shared transactions, and
+    background ones (retention) one at a time whenever it would otherwise idle."""
 
     def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(name="veba-sqlite-writer", daemon=True)
@@ -57,11 +68,20 @@ class Writer(threading.Thread):
 
     def run(self) -> None:
         stopping = False
+        waiting: deque[Op] = deque()  # background ops, oldest first
         while not stopping:
-            first = self.queue.get()
+            if not waiting:
+                first = self.queue.get()
+            else:
+                try:
+                    first = self.queue.get_nowait()
+                except queue.Empty:  # nothing else wants the writer: its turn
+                    self._run([waiting.popleft()])
+                    continue
             if first is None:
                 break
-            batch = [first]
+            batch: list[Op] = []
+            self._add(first, batch, waiting)
             while len(batch) < _MAX_BATCH:
                 try:
                     nxt = self.queue.get_nowait()
@@ -70,10 +90,28 @@ class Writer(threading.Thread):
                 if nxt is None:
                     stopping = True
                     break
-                batch.append(nxt)
-            results = self._run_batch(batch)
-            self._loop.call_soon_threadsafe(resolve, results)
+                self._add(nxt, batch, waiting)
+            if batch:
+                self._run(batch)
+            if waiting and not stopping and self._overdue(waiting[0]):
+                self._run([waiting.popleft()])
         self._conn.close()
+
+    def _run(self, batch: list[Op]) -> None:
+        results = self._run_batch(batch)
+        self._loop.call_soon_threadsafe(resolve, results)
+
+    @staticmethod
+    def _add(op: Op, batch: list[Op], waiting: deque[Op]) -> None:
+        if op.background:
+            op.queued = time.monotonic()
+            waiting.append(op)
+        else:
+            batch.append(op)
+
+    @staticmethod
+    def _overdue(op: Op) -> bool:
+        return time.monotonic() - op.queued > _BACKGROUND_WAIT
 
     def _run_batch(self, batch: list[Op]) -> list[Result]:
         # Fast path: the whole batch in one transaction. Should any op fail, the
@@ -107,7 +145,11 @@ class Writer(threading.Thread):
 
 class Checkpointer(threading.Thread):
     """Copies the WAL into the database file five times a second without
-    blocking the writer (PASSIVE), so commits never wait for an fsync."""
+    blocking the writer (PASSIVE), so commits never wait for an fsync.
+
+    While `hurry` is set (a long prune writes fast), passes come ten times as
+    often, so each has little to copy and the WAL keeps rewinding instead of
+    growing towards the truncate that would hold the writer up."""
 
     def __init__(self, conn: sqlite3.Connection, wal: Path, interval: float = 0.2) -> None:
         super().__init__(name="veba-sqlite-checkpoint", daemon=True)
@@ -115,19 +157,27 @@ class Checkpointer(threading.Thread):
         self._wal = wal
         self._interval = interval
         self.stop = threading.Event()
+        self.hurry = threading.Event()
+        self.passes = 0  # passes made, so a waiter can tell when the next one is done
+        self.frames = 0  # frames in the WAL (since it last rewound) at the last pass
 
     def run(self) -> None:
         try:
-            while not self.stop.wait(self._interval):
+            while not self.stop.wait(
+                self._interval / 10 if self.hurry.is_set() else self._interval
+            ):
                 try:
-                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    _, frames, _ = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self.frames = max(frames, 0)
                     if self._wal_size() > _WAL_LIMIT:
                         # Under a constant stream of commits a passive checkpoint
                         # may never catch the WAL's end, so the file never rewinds:
                         # now and then, make the writer wait for one that does.
                         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                        self.frames = 0
                 except sqlite3.Error:
-                    continue  # busy or full: the next round tries again
+                    pass  # busy or full: the next round tries again
+                self.passes += 1
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self._conn.close()
