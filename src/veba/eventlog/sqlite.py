@@ -62,10 +62,10 @@ _PRUNE_STEP_SECONDS = 0.002
 _PRUNE_STEP_FIRST = 100
 _PRUNE_STEP_MIN = 10
 _PRUNE_STEP_MAX = 2_000
-# With more than this in the WAL (16 MB of 4 KB pages), a prune waits for a
-# checkpoint pass between steps rather than outrun the checkpointer.
-_PRUNE_WAL_FRAMES = 4096
-_PRUNE_WAL_WAIT = 0.005
+# Between two checkpoint passes a prune spends at most this much writer time,
+# so it never writes faster than the checkpointer copies (see `prune`).
+_PRUNE_PER_PASS = 0.010
+_PRUNE_PASS_POLL = 0.005
 
 
 class SQLiteLog:
@@ -111,9 +111,7 @@ class SQLiteLog:
         # Checkpoints (WAL -> database, with an fsync) run on a thread of their
         # own, never inside a commit that a webhook request is waiting for.
         conn.execute("PRAGMA wal_autocheckpoint=0")
-        self._checkpointer = Checkpointer(
-            connect(self.path, self._synchronous), self.path.with_name(self.path.name + "-wal")
-        )
+        self._checkpointer = Checkpointer(connect(self.path, self._synchronous))
         self._checkpointer.start()
         self._writer = Writer(conn, asyncio.get_running_loop())
         self._writer.start()
@@ -508,13 +506,18 @@ class SQLiteLog:
         steps = _PruneSteps(received_before)
         checkpointer.hurry.set()
         try:
+            passes, spent = checkpointer.passes, 0.0
             while not steps.done:
-                # Deleting writes as fast as the disk takes it; the checkpointer
-                # must keep up, or the WAL grows and its truncate stalls appends.
-                passes = checkpointer.passes
-                steps.advance(await self._write(steps.step, background=True))
-                while checkpointer.frames > _PRUNE_WAL_FRAMES and checkpointer.passes == passes:
-                    await asyncio.sleep(_PRUNE_WAL_WAIT)
+                # Deleting writes to the WAL as fast as the disk takes it; were the
+                # checkpointer left behind, the WAL would grow and the truncate that
+                # rewinds it would hold appends up while it copied all of that.
+                if spent >= _PRUNE_PER_PASS:
+                    while checkpointer.passes == passes:
+                        await asyncio.sleep(_PRUNE_PASS_POLL)
+                    passes, spent = checkpointer.passes, 0.0
+                step = await self._write(steps.step, background=True)
+                steps.advance(step)
+                spent += step[3]
         finally:
             checkpointer.hurry.clear()
         return steps.pruned
