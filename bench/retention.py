@@ -261,6 +261,10 @@ def measure(
             "steady": _phase(requests, first, start),
             "during": _phase(requests, start, end),
             "after": _phase(requests, end, requests[-1].sent + 1e-6 if requests else end),
+            # Each request over SLOW_MS: (seconds from the prune's start, ms).
+            "slow": [
+                (round(r.sent - start, 2), round(r.ms, 1)) for r in requests if r.ms > SLOW_MS
+            ],
             "wal_max_mb_steady": round(max(steady_wal, default=0) / 2**20, 1),
             "wal_max_mb_during": round(max(during_wal, default=0) / 2**20, 1),
             "db_mb_before": round(db_before / 2**20, 1),
@@ -293,6 +297,11 @@ def _summary(result: dict[str, Any]) -> str:
             f" ({p['achieved_per_s']:g}/s)  p50 {p['p50_ms']:.2f} ms  p99 {p['p99_ms']:.2f} ms"
             f"  max {p['max_ms']:.1f} ms  over {SLOW_MS:g} ms: {p['over_100ms']}"
             f"  errors: {p['errors']}"
+        )
+    if result["slow"]:
+        lines.append(
+            f"  over {SLOW_MS:g} ms (s from the prune's start, ms): "
+            + ", ".join(f"{at:+.1f} s {ms:.0f}" for at, ms in result["slow"][:20])
         )
     return "\n".join(lines)
 

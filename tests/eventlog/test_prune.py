@@ -12,7 +12,7 @@ from tests.eventlog.conformance import make_event, ok, to
 from veba.eventlog import SQLiteLog
 from veba.eventlog.schema import migrate
 
-OLD = 100_000  # old events, all delivered: what the prune drops
+OLD = 50_000  # old events, all delivered: what the prune drops
 DAY = 86400.0
 
 

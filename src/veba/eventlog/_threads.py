@@ -166,20 +166,31 @@ class Checkpointer(threading.Thread):
                 try:
                     _, frames, _ = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     if frames * page > _WAL_LIMIT:
-                        # Under a constant stream of commits a passive checkpoint
-                        # may never catch the WAL's end, so the WAL never rewinds:
-                        # now and then, make the writer wait for one that does.
-                        # RESTART, not TRUNCATE: measured here, truncating a 64-160 MB
-                        # WAL file held the writer for 80-250 ms; a restart right after
-                        # a passive pass, under 1 ms. The file keeps its size and is
-                        # written over from its start.
-                        self._conn.execute("PRAGMA wal_checkpoint(RESTART)")
+                        self._rewind(wait=frames * page > 4 * _WAL_LIMIT)
                 except sqlite3.Error:
                     pass  # busy or full: the next round tries again
                 self.passes += 1
+            self._conn.execute("PRAGMA busy_timeout=30000")
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self._conn.close()
+
+    def _rewind(self, *, wait: bool) -> None:
+        """Under a constant stream of commits a passive checkpoint may never catch
+        the WAL's end, so the WAL never rewinds: now and then, one that does.
+
+        RESTART, not TRUNCATE: right after a passive pass a restart held the writer
+        under 1 ms, where truncating a 64-160 MB WAL file held it 80-250 ms here;
+        the file keeps its size and is written over from its start. Without
+        `wait` it gives up at once if the writer is mid-transaction or a reader
+        still reads from the WAL (a restart waits for readers holding the writer
+        lock, so a long API read would stall appends); the next pass tries again,
+        and only a WAL four times over the limit makes it wait."""
+        self._conn.execute(f"PRAGMA busy_timeout={30000 if wait else 0}")
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        finally:
+            self._conn.execute("PRAGMA busy_timeout=30000")
 
 
 def translate(exc: BaseException) -> BaseException:
