@@ -122,3 +122,30 @@ async def test_a_prune_with_nothing_old_returns_at_once(tmp_path: Path) -> None:
         assert len(await log.events(limit=5_000)) == 2_000
     finally:
         await log.close()
+
+
+async def test_a_prune_finishes_while_appends_never_stop(tmp_path: Path) -> None:
+    # Eight senders keep the writer's queue busy: the prune, which gives way to
+    # them, must still get its turn and finish rather than starve.
+    path = tmp_path / "events.db"
+    fate = build_old_log(path, 5_000)
+    log = SQLiteLog(path)
+    await log.open()
+    stop = asyncio.Event()
+
+    async def sender(first: int) -> int:
+        key = first
+        while not stop.is_set():
+            await log.append([make_event(key)], route=to("f"))
+            key += 1
+        return key - first
+
+    senders = [asyncio.create_task(sender(1_000_000 * (n + 1))) for n in range(8)]
+    try:
+        pruned = await asyncio.wait_for(log.prune(time.time() - DAY), timeout=120)
+        assert pruned == len(fate["pruned"])
+    finally:
+        stop.set()
+        sent = await asyncio.gather(*senders)
+        await log.close()
+    assert sum(sent) > 0

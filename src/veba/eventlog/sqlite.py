@@ -17,7 +17,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from veba.eventlog._threads import Checkpointer, Op, Writer, connect
 from veba.eventlog.base import (
@@ -509,7 +509,7 @@ class SQLiteLog:
             passes, spent = checkpointer.passes, 0.0
             while not steps.done:
                 # Deleting writes to the WAL as fast as the disk takes it; were the
-                # checkpointer left behind, the WAL would grow and the truncate that
+                # checkpointer left behind, the WAL would grow, and the restart that
                 # rewinds it would hold appends up while it copied all of that.
                 if spent >= _PRUNE_PER_PASS:
                     while checkpointer.passes == passes:
@@ -517,7 +517,7 @@ class SQLiteLog:
                     passes, spent = checkpointer.passes, 0.0
                 step = await self._write(steps.step, background=True)
                 steps.advance(step)
-                spent += step[3]
+                spent += step.seconds
         finally:
             checkpointer.hurry.clear()
         return steps.pruned
@@ -652,6 +652,13 @@ class SQLiteLog:
         return await self._read(op)
 
 
+class _PruneStep(NamedTuple):
+    read: int  # index entries read
+    last: tuple[float, int]  # (received, seq) of the last one
+    deleted: int  # events deleted
+    seconds: float  # writer time taken
+
+
 class _PruneSteps:
     """Retention as a walk along the events_received index, from the oldest event
     to the cutoff, a step at a time; the walk's position is kept between steps,
@@ -668,10 +675,9 @@ class _PruneSteps:
         self.done = False
         self._after: tuple[float, int] = (float("-inf"), 0)  # (received, seq) last read
 
-    def step(self, conn: sqlite3.Connection) -> tuple[int, tuple[float, int], int, float]:
-        """One step, in the writer's transaction: (entries read, the last one's
-        key, events deleted, seconds taken). The walk advances only once the
-        step has committed (`advance`)."""
+    def step(self, conn: sqlite3.Connection) -> _PruneStep:
+        """One step, in the writer's transaction; the walk advances only once it
+        has committed (`advance`)."""
         started = time.perf_counter()
         received, seq = self._after
         rows = conn.execute(
@@ -681,7 +687,7 @@ class _PruneSteps:
             " ORDER BY received, seq LIMIT ?",
             (received, self.cutoff, received, seq, self.size),
         ).fetchall()
-        seqs = [seq for _, seq, finished in rows if finished]
+        seqs = [row_seq for _, row_seq, finished in rows if finished]
         if seqs:
             marks = ",".join("?" * len(seqs))
             conn.execute(
@@ -692,14 +698,14 @@ class _PruneSteps:
             conn.execute(f"DELETE FROM deliveries WHERE seq IN ({marks})", seqs)
             conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", seqs)
         last = (rows[-1][0], rows[-1][1]) if rows else self._after
-        return len(rows), last, len(seqs), time.perf_counter() - started
+        return _PruneStep(len(rows), last, len(seqs), time.perf_counter() - started)
 
-    def advance(self, step: tuple[int, tuple[float, int], int, float]) -> None:
-        read, self._after, deleted, seconds = step
-        self.pruned += deleted
-        self.done = read < self.size
-        if seconds > 0:  # halfway towards the size that would have taken the target
-            ideal = self.size * _PRUNE_STEP_SECONDS / seconds
+    def advance(self, step: _PruneStep) -> None:
+        self._after = step.last
+        self.pruned += step.deleted
+        self.done = step.read < self.size
+        if step.seconds > 0:  # halfway towards the size that would have taken the target
+            ideal = self.size * _PRUNE_STEP_SECONDS / step.seconds
             self.size = int(min(max((self.size + ideal) / 2, _PRUNE_STEP_MIN), _PRUNE_STEP_MAX))
 
 
