@@ -149,3 +149,19 @@ async def test_a_prune_finishes_while_appends_never_stop(tmp_path: Path) -> None
         sent = await asyncio.gather(*senders)
         await log.close()
     assert sum(sent) > 0
+
+
+async def test_closing_the_log_ends_a_prune_under_way(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    build_old_log(path, 50_000)
+    log = SQLiteLog(path)
+    await log.open()
+    prune = asyncio.create_task(log.prune(time.time() - DAY))
+    deadline = time.monotonic() + 60
+    while (await log.events(limit=1))[0].seq == 1:  # wait for its first step
+        assert time.monotonic() < deadline, "the prune never started"
+        await asyncio.sleep(0.01)
+    await log.close()
+    # It ends, with an error or (had it just finished) its count; it never hangs.
+    (outcome,) = await asyncio.wait_for(asyncio.gather(prune, return_exceptions=True), 30)
+    assert isinstance(outcome, RuntimeError | int), outcome

@@ -4,6 +4,7 @@ checkpointer keeping the WAL short without making a commit wait for an fsync."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -95,6 +96,11 @@ class Writer(threading.Thread):
             if waiting and not stopping and self._overdue(waiting[0]):
                 self._run([waiting.popleft()])
         self._conn.close()
+        # Background work left over (a prune cut short by close) fails, not hangs.
+        closed = RuntimeError("event log is closed")
+        left: list[Result] = [(op.future, None, closed) for op in waiting]
+        with contextlib.suppress(RuntimeError):  # the loop itself may be gone
+            self._loop.call_soon_threadsafe(resolve, left)
 
     def _run(self, batch: list[Op]) -> None:
         results = self._run_batch(batch)
@@ -147,7 +153,7 @@ class Checkpointer(threading.Thread):
     blocking the writer (PASSIVE), so commits never wait for an fsync.
 
     While `hurry` is set (a long prune writes fast), passes come ten times as
-    often, so each has little to copy and so has the truncate, should one come:
+    often, so each has little to copy, and so has a restart should one come:
     that one holds the writer for as long as it copies."""
 
     def __init__(self, conn: sqlite3.Connection, interval: float = 0.2) -> None:

@@ -512,7 +512,7 @@ class SQLiteLog:
                 # checkpointer left behind, the WAL would grow, and the restart that
                 # rewinds it would hold appends up while it copied all of that.
                 if spent >= _PRUNE_PER_PASS:
-                    while checkpointer.passes == passes:
+                    while checkpointer.passes == passes and not checkpointer.stop.is_set():
                         await asyncio.sleep(_PRUNE_PASS_POLL)
                     passes, spent = checkpointer.passes, 0.0
                 step = await self._write(steps.step, background=True)
