@@ -64,7 +64,7 @@ _PRUNE_STEP_MIN = 10
 _PRUNE_STEP_MAX = 2_000
 # Between two checkpoint passes a prune spends at most this much writer time,
 # so it never writes faster than the checkpointer copies (see `prune`).
-_PRUNE_PER_PASS = 0.010
+_PRUNE_PER_PASS = 0.005
 _PRUNE_PASS_POLL = 0.005
 
 
