@@ -100,6 +100,7 @@ BATCH_MODE = SendMode(
 class VebaDriver(Driver):
     name = "veba"
     default_mode = BATCH_MODE
+    serve_args: tuple[str, ...] = ()  # more `veba serve` options, for benches that need them
 
     def __init__(self) -> None:
         super().__init__()
@@ -129,7 +130,7 @@ class VebaDriver(Driver):
         base = f"http://{HOST}:{port}"
         self.serve = Managed(
             "veba serve",
-            serve_cmd(self.data_dir, port),
+            [*serve_cmd(self.data_dir, port), *self.serve_args],
             env=env_with(),
             log=self.work_dir / "serve.log",
             cwd=REPO_ROOT,

@@ -280,8 +280,10 @@ class EventLog(Protocol):
         """Drop the open deliveries of a removed subscription; returns how many."""
         ...
 
-    async def prune(self, received_before: float, *, limit: int = 5000) -> int:
-        """Retention: drop up to `limit` events received before the cutoff whose
-        deliveries are all delivered (nothing pending, leased or dead); returns how
-        many. Deduplication holds within the retention window only."""
+    async def prune(self, received_before: float) -> int:
+        """Retention: drop every event received before the cutoff whose deliveries
+        are all delivered (nothing pending, leased or dead), with its deliveries and
+        their attempts; returns how many events. However many there are, appends,
+        leases and acks made meanwhile must not wait for it: it goes in short steps
+        that give way to them. Deduplication holds within the retention window only."""
         ...

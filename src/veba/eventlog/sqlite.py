@@ -18,7 +18,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from veba.eventlog._threads import Checkpointer, Op, Writer, connect
 from veba.eventlog.base import (
@@ -56,6 +56,17 @@ _RECENT = 20_000
 _RECENT_BYTES = 64 << 20
 _COST = 4
 _STEP = 5_000  # rows one write transaction of a replay or redrive touches
+# Retention deletes in steps of about this much writer time (adaptive, see
+# _PruneSteps): an event with its delivery costs 15-20 us to delete, so a step
+# is some 100 events, and an append arriving mid-step waits a few ms at most.
+_PRUNE_STEP_SECONDS = 0.002
+_PRUNE_STEP_FIRST = 100
+_PRUNE_STEP_MIN = 10
+_PRUNE_STEP_MAX = 2_000
+# Between two checkpoint passes a prune spends at most this much writer time,
+# so it never writes faster than the checkpointer copies (see `prune`).
+_PRUNE_PER_PASS = 0.005
+_PRUNE_PASS_POLL = 0.005
 
 
 class SQLiteLog:
@@ -101,9 +112,7 @@ class SQLiteLog:
         # Checkpoints (WAL -> database, with an fsync) run on a thread of their
         # own, never inside a commit that a webhook request is waiting for.
         conn.execute("PRAGMA wal_autocheckpoint=0")
-        self._checkpointer = Checkpointer(
-            connect(self.path, self._synchronous), self.path.with_name(self.path.name + "-wal")
-        )
+        self._checkpointer = Checkpointer(connect(self.path, self._synchronous))
         self._checkpointer.start()
         self._writer = Writer(conn, asyncio.get_running_loop())
         self._writer.start()
@@ -134,11 +143,13 @@ class SQLiteLog:
             self._lock.release()
             self._lock = None
 
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def _write(
+        self, fn: Callable[[sqlite3.Connection], T], *, background: bool = False
+    ) -> asyncio.Future[T]:
         if self._writer is None:
             raise RuntimeError("event log is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._writer.queue.put(Op(fn, future))
+        self._writer.queue.put(Op(fn, future, background))
         return future
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -505,33 +516,32 @@ class SQLiteLog:
 
         return await self._write(op)
 
-    async def prune(self, received_before: float, *, limit: int = 5000) -> int:
-        """Drop up to `limit` events received before the cutoff whose deliveries
-        are all delivered; an event with a pending, leased or dead delivery stays."""
-
-        def op(conn: sqlite3.Connection) -> int:
-            seqs = [
-                seq
-                for (seq,) in conn.execute(
-                    "SELECT seq FROM events WHERE received < ? AND NOT EXISTS"
-                    " (SELECT 1 FROM deliveries d WHERE d.seq = events.seq"
-                    " AND d.status != 'delivered') ORDER BY seq LIMIT ?",
-                    (received_before, limit),
-                )
-            ]
-            for at in range(0, len(seqs), 500):
-                part = seqs[at : at + 500]
-                marks = ",".join("?" * len(part))
-                conn.execute(
-                    "DELETE FROM attempts WHERE delivery_id IN"
-                    f" (SELECT id FROM deliveries WHERE seq IN ({marks}))",
-                    part,
-                )
-                conn.execute(f"DELETE FROM deliveries WHERE seq IN ({marks})", part)
-                conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", part)
-            return len(seqs)
-
-        return await self._write(op)
+    async def prune(self, received_before: float) -> int:
+        """Drop every event received before the cutoff whose deliveries are all
+        delivered (with their deliveries and attempts); an event with a pending,
+        leased or dead delivery stays. In short background steps (see `_PruneSteps`),
+        so appends, leases and acks never wait behind more than one of them."""
+        if self._checkpointer is None:
+            raise RuntimeError("event log is not open")
+        checkpointer = self._checkpointer
+        steps = _PruneSteps(received_before)
+        checkpointer.hurry.set()
+        try:
+            passes, spent = checkpointer.passes, 0.0
+            while not steps.done:
+                # Deleting writes to the WAL as fast as the disk takes it; were the
+                # checkpointer left behind, the WAL would grow, and the restart that
+                # rewinds it would hold appends up while it copied all of that.
+                if spent >= _PRUNE_PER_PASS:
+                    while checkpointer.passes == passes and not checkpointer.stop.is_set():
+                        await asyncio.sleep(_PRUNE_PASS_POLL)
+                    passes, spent = checkpointer.passes, 0.0
+                step = await self._write(steps.step, background=True)
+                steps.advance(step)
+                spent += step.seconds
+        finally:
+            checkpointer.hurry.clear()
+        return steps.pruned
 
     # -- queries --------------------------------------------------------------
 
@@ -661,6 +671,63 @@ class SQLiteLog:
             return [Checkpoint(*row) for row in rows]
 
         return await self._read(op)
+
+
+class _PruneStep(NamedTuple):
+    read: int  # index entries read
+    last: tuple[float, int]  # (received, seq) of the last one
+    deleted: int  # events deleted
+    seconds: float  # writer time taken
+
+
+class _PruneSteps:
+    """Retention as a walk along the events_received index, from the oldest event
+    to the cutoff, a step at a time; the walk's position is kept between steps,
+    so an event that must stay (a dead letter, an open delivery) is read once per
+    prune, not once per step. Each step reads at most `size` index entries and
+    deletes those of them that need nothing more; `size` follows the measured
+    time of the steps, so that one takes about _PRUNE_STEP_SECONDS of writer time
+    however fast the disk: what an append arriving meanwhile may have to wait."""
+
+    def __init__(self, cutoff: float) -> None:
+        self.cutoff = cutoff
+        self.size = _PRUNE_STEP_FIRST
+        self.pruned = 0
+        self.done = False
+        self._after: tuple[float, int] = (float("-inf"), 0)  # (received, seq) last read
+
+    def step(self, conn: sqlite3.Connection) -> _PruneStep:
+        """One step, in the writer's transaction; the walk advances only once it
+        has committed (`advance`)."""
+        started = time.perf_counter()
+        received, seq = self._after
+        rows = conn.execute(
+            "SELECT received, seq, NOT EXISTS (SELECT 1 FROM deliveries d"
+            " WHERE d.seq = events.seq AND d.status != 'delivered')"
+            " FROM events WHERE received >= ? AND received < ? AND (received > ? OR seq > ?)"
+            " ORDER BY received, seq LIMIT ?",
+            (received, self.cutoff, received, seq, self.size),
+        ).fetchall()
+        seqs = [row_seq for _, row_seq, finished in rows if finished]
+        if seqs:
+            marks = ",".join("?" * len(seqs))
+            conn.execute(
+                "DELETE FROM attempts WHERE delivery_id IN"
+                f" (SELECT id FROM deliveries WHERE seq IN ({marks}))",
+                seqs,
+            )
+            conn.execute(f"DELETE FROM deliveries WHERE seq IN ({marks})", seqs)
+            conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", seqs)
+        last = (rows[-1][0], rows[-1][1]) if rows else self._after
+        return _PruneStep(len(rows), last, len(seqs), time.perf_counter() - started)
+
+    def advance(self, step: _PruneStep) -> None:
+        self._after = step.last
+        self.pruned += step.deleted
+        self.done = step.read < self.size
+        if step.seconds > 0:  # halfway towards the size that would have taken the target
+            ideal = self.size * _PRUNE_STEP_SECONDS / step.seconds
+            self.size = int(min(max((self.size + ideal) / 2, _PRUNE_STEP_MIN), _PRUNE_STEP_MAX))
 
 
 def _with_history(conn: sqlite3.Connection, info: DeliveryInfo) -> DeliveryInfo:
