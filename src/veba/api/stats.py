@@ -176,10 +176,17 @@ def stats_app(
 
 
 def webhook_app(appliance: Appliance) -> FastAPI:
+    from veba.api.app import NO_NATIVE_TELEMETRY
     from veba.api.limits import BodyLimit, body_limits
     from veba.api.webhook import WebhookIngest, webhook_router
 
-    app = FastAPI(title="veba webhook", openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="veba webhook",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        telemetry=NO_NATIVE_TELEMETRY,
+    )
     app.state.appliance = appliance
     install_error_handling(app)
     app.add_middleware(BodyLimit, limits=body_limits(appliance.settings))
