@@ -138,8 +138,12 @@ class Driver(abc.ABC):
             bulk_send(events, self._sender(self.default_mode), chunk=TASK_EVENTS, threads=1)
         finally:
             self._senders_done()
-        self.starts.wait_for([e.id for e in events], timeout=120, alive=self._alive)
+        self._wait_started([e.id for e in events], timeout=120)
         self._confirm_acked(timeout=60)
+
+    def _wait_started(self, ids: list[str], timeout: float) -> None:
+        """Until a handler has started each of `ids` (one start log here)."""
+        self.starts.wait_for(ids, timeout=timeout, alive=self._alive)
 
     def throughput(self, n: int, mode: SendMode | None = None) -> Throughput:
         mode = mode or self.default_mode

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 from bench.common import BENCH_DIR, REPO_ROOT, Event, StartLog, bulk_send, env_with, no_gc
-from bench.driver import PER_EVENT_THREADS, TASK_EVENTS, WARMUP_EVENTS, Driver, SendMode
+from bench.driver import PER_EVENT_THREADS, TASK_EVENTS, Driver, SendMode
 from bench.procs import Managed, rss_by_env
 
 # --- the appliance's contract, as this bench uses it -----------------------------
@@ -400,14 +400,8 @@ class FanoutDriver(VebaDriver):
             last = max(last, max(found.values()))
         return last, sum(log.duplicates for log in self.logs.values())
 
-    def _warm_up(self) -> None:
-        events = self._events(WARMUP_EVENTS)
-        try:
-            bulk_send(events, self._sender(self.default_mode), chunk=TASK_EVENTS, threads=1)
-        finally:
-            self._senders_done()
-        self._wait_all([e.id for e in events], timeout=120)
-        self._confirm_acked(timeout=60)
+    def _wait_started(self, ids: list[str], timeout: float) -> None:
+        self._wait_all(ids, timeout=timeout)  # every function's start log
 
     def fanout(self, n: int) -> FanoutRun:
         """n events in batches of 100 from 4 threads; every function must start each."""
