@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from veba.eventlog import Attempt, EventLog
+from veba.eventlog import Attempt, EventLog, SubjectCounts
 from veba.events import Event, vsphere_event
 
 
@@ -263,6 +263,22 @@ class EventLogConformance:
         grown = await log.size()
         assert grown.bytes + grown.wal_bytes > empty.bytes + empty.wal_bytes
         assert min(grown.bytes, grown.wal_bytes) >= 0
+
+    async def test_subject_counts_count_by_subject_and_type_from_a_seq_on(
+        self, log: EventLog
+    ) -> None:
+        assert await log.subject_counts() == SubjectCounts(0, ())
+        await log.append(
+            [make_event(1), make_event(2), make_event(3, "VmPoweredOffEvent")], route=to()
+        )
+        first = await log.subject_counts()
+        on, off = "VmPoweredOnEvent", "VmPoweredOffEvent"
+        kind = make_event(1).type
+        assert sorted(first.counts) == [(off, kind, 1), (on, kind, 2)]
+        await log.append([make_event(4), make_event(1)], route=to())  # one new, one duplicate
+        since = await log.subject_counts(first.upto)
+        assert since.counts == ((on, kind, 1),) and since.upto > first.upto
+        assert (await log.subject_counts(since.upto)).counts == ()
 
     async def test_checkpoints_say_when_each_was_last_written(self, log: EventLog) -> None:
         assert await log.checkpoints() == []

@@ -14,6 +14,7 @@ from veba.eventlog.base import (
     ReplayTooLarge,
     Route,
     Status,
+    SubjectCounts,
 )
 from veba.eventlog.ownerlock import LogInUse, OwnerLock
 from veba.eventlog.sqlite import SQLiteLog
@@ -35,4 +36,5 @@ __all__ = [
     "Route",
     "SQLiteLog",
     "Status",
+    "SubjectCounts",
 ]

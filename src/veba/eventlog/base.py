@@ -25,6 +25,7 @@ __all__ = [
     "LogSize",
     "Route",
     "Status",
+    "SubjectCounts",
 ]
 
 Status = Literal["pending", "leased", "delivered", "dead"]
@@ -62,6 +63,14 @@ class AppendResult:
     # Deliveries leased in the same transaction (`append(lease=...)`): attempt 1,
     # in log order. Counted in `deliveries` too.
     leased: tuple[Delivery, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectCounts:
+    """Events by (subject, type) with a seq in (after, upto]."""
+
+    upto: int
+    counts: tuple[tuple[str, str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +283,12 @@ class EventLog(Protocol):
 
     async def checkpoints(self) -> list[Checkpoint]:
         """Every provider checkpoint, by name, with when it was last written."""
+        ...
+
+    async def subject_counts(self, after_seq: int = 0) -> SubjectCounts:
+        """How many events of each (subject, CloudEvent type) the log holds past
+        `after_seq`, up to the newest seq, which it returns too: asked again from
+        there, only what came since is counted (the catalogue's seen counts)."""
         ...
 
     async def forget(self, subscription: str) -> int:
