@@ -220,7 +220,11 @@ class Dispatcher:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop leasing, let attempts under way finish for `grace` seconds, then
         give back whatever is still in hand without counting the attempt."""
+        # The flag as well as the cancel: on Python 3.11 `asyncio.wait_for` (the
+        # idle wait in `_sleep`) can swallow a cancel that lands as its wait ends,
+        # and the leasing loop would then go on, `stop` awaiting it for ever.
         self._stopped = True
+        self._wakeup.set()
         for task in (self._main, self._renewer):
             if task is not None:
                 task.cancel()
@@ -246,7 +250,7 @@ class Dispatcher:
 
     async def _run(self) -> None:
         failures = 0
-        while True:
+        while not self._stopped:
             self._wakeup.clear()
             if self.paused:
                 await self._wakeup.wait()  # resume() wakes it
