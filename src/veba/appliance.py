@@ -285,14 +285,7 @@ class Appliance:
                 )
         route = self._route if self.processors else self.functions.router.route
         routes = [route(event) for event in events]
-        # Dispatchers with room take their new deliveries leased in the append's
-        # own transaction, rather than leasing them after it (Dispatcher.reserve).
-        wanted = Counter(name for names in routes for name in names)
-        reserved: dict[str, tuple[Dispatcher, int]] = {}
-        for name, count in wanted.items():
-            dispatcher = self._dispatcher(name)
-            if dispatcher is not None and (granted := dispatcher.reserve(count)) > 0:
-                reserved[name] = (dispatcher, granted)
+        reserved = self._reserve(routes)
         lease = {name: (n, d.lease_ttl) for name, (d, n) in reserved.items()}
         by_event = {id(event): names for event, names in zip(events, routes, strict=True)}
         # Lines said meanwhile (the log full, a bad route) name the events.
@@ -300,7 +293,7 @@ class Appliance:
             try:
                 result = await self.log.append(
                     events,
-                    route=lambda event: by_event[id(event)],
+                    route=lambda event: by_event[id(event)],  # routed once, above
                     checkpoint=checkpoint,
                     lease=lease or None,
                 )
@@ -313,16 +306,7 @@ class Appliance:
                     "%s: %d event(s) logged, %d already; deliveries %s",
                     via, result.accepted, result.duplicates, result.deliveries or "none",
                 )  # fmt: skip
-        waiting = dict(result.deliveries)
-        if reserved:
-            handed: dict[str, list[Delivery]] = {}
-            for delivery in result.leased:
-                handed.setdefault(delivery.subscription, []).append(delivery)
-            for name, (dispatcher, granted) in reserved.items():
-                taken = handed.get(name, [])
-                dispatcher.hand_over(taken, granted)
-                waiting[name] -= len(taken)
-        self.wake({name: n for name, n in waiting.items() if n > 0})
+        self._hand_over(reserved, result)
         self.feed.publish(events, result)
         if self.activity.verbose:
             self._tell_events(events, result, via)
@@ -368,6 +352,29 @@ class Appliance:
         writes deliveries (publish, enqueue, redrive, replay) gets them going."""
         self.functions.wake(deliveries)
         self.processors.wake(deliveries)
+
+    def _reserve(self, routes: Sequence[Sequence[str]]) -> dict[str, tuple[Dispatcher, int]]:
+        """Room each subscriber's dispatcher has for its new deliveries, to be
+        leased in the append's own transaction (`Dispatcher.reserve`)."""
+        reserved: dict[str, tuple[Dispatcher, int]] = {}
+        for name, count in Counter(name for names in routes for name in names).items():
+            dispatcher = self._dispatcher(name)
+            if dispatcher is not None and (granted := dispatcher.reserve(count)) > 0:
+                reserved[name] = (dispatcher, granted)
+        return reserved
+
+    def _hand_over(self, reserved: dict[str, tuple[Dispatcher, int]], result: AppendResult) -> None:
+        """The deliveries leased at append to their dispatchers; the rest wait
+        in the log, and their dispatchers are woken to lease them."""
+        waiting = dict(result.deliveries)
+        handed: dict[str, list[Delivery]] = {}
+        for delivery in result.leased:
+            handed.setdefault(delivery.subscription, []).append(delivery)
+        for name, (dispatcher, granted) in reserved.items():
+            taken = handed.get(name, [])
+            dispatcher.hand_over(taken, granted)
+            waiting[name] -= len(taken)
+        self.wake({name: n for name, n in waiting.items() if n > 0})
 
     def _dispatcher(self, name: str) -> Dispatcher | None:
         """The dispatcher of subscriber `name` (a function or a processor)."""
