@@ -34,6 +34,7 @@ from veba.events import Event
 
 __all__ = [
     "EventScope",
+    "PackedScope",
     "ScopeFilter",
     "TraceContext",
     "add_event_scope",
@@ -67,6 +68,10 @@ class TraceContext(NamedTuple):
         return f"00-{self.trace_id}-{self.span_id}-{self.flags}"
 
 
+# `EventScope.packed()`: its fields in order, the trace as a plain tuple too.
+PackedScope = tuple[Any, ...]
+
+
 class EventScope(NamedTuple):
     """What is being handled: an event (or the events of one publish call), and
     while delivering, to which function, which delivery and which attempt."""
@@ -87,6 +92,20 @@ class EventScope(NamedTuple):
         if len(event_ids) == 1:
             return cls(event_ids[0])
         return cls(None, tuple(event_ids))
+
+    def packed(self) -> PackedScope:
+        """This scope as plain tuples, for keeping many of them a while: the
+        collector stops tracking a plain tuple of strings and numbers, never a
+        NamedTuple, so kept scopes would otherwise be scanned in every collection."""
+        trace = None if self.trace is None else tuple(self.trace)
+        return (self.event_id, self.events, self.function, self.delivery, self.attempt,
+                trace, self.started)  # fmt: skip
+
+    @classmethod
+    def unpacked(cls, packed: PackedScope) -> EventScope:
+        event_id, events, function, delivery, attempt, trace, started = packed
+        trace_context = None if trace is None else TraceContext(*trace)
+        return cls(event_id, events, function, delivery, attempt, trace_context, started)
 
     def fields(self) -> dict[str, Any]:
         """The fields a log line about this scope carries."""

@@ -50,7 +50,7 @@ from veba.functions._workerproc import (
 from veba.functions.build import ensure_sdk
 from veba.functions.isolate import SECRETS_PATH
 from veba.scrub import Scrubber
-from veba.tracing import EventScope, current_scope, event_scope
+from veba.tracing import EventScope, PackedScope, current_scope, event_scope
 
 __all__ = [
     "WORKER_PATH",
@@ -208,7 +208,7 @@ class FunctionPool:
         self._processes: set[_Worker] = set()  # every worker not yet closed, live or dying
         # The event each recent call delivered (its id -> scope), for its output lines:
         # they may be read after the call's answer.
-        self._scopes: dict[int, EventScope] = {}
+        self._scopes: dict[int, PackedScope] = {}
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -307,7 +307,7 @@ class FunctionPool:
         }
         scope = current_scope()
         if scope is not None:
-            self._scopes[call_id] = scope
+            self._scopes[call_id] = scope.packed()
             # Ids count up: forget the one _SCOPES_KEPT calls back. (Not the dict's
             # first key: deleting from a dict's front leaves slots that every
             # later `next(iter(...))` walks past, a cost that grew with each call.)
@@ -648,7 +648,8 @@ class FunctionPool:
         if tagged is not None:
             call_id = tagged
         # Always set: a pump task may have been started inside some delivery's scope.
-        with event_scope(None if call_id is None else self._scopes.get(call_id)):
+        packed = None if call_id is None else self._scopes.get(call_id)
+        with event_scope(None if packed is None else EventScope.unpacked(packed)):
             try:
                 self.log_sink(self.name, stream, self.scrubber.text(text))
             except Exception:  # a broken sink must not stall the worker's pipe
