@@ -19,6 +19,9 @@ from veba.appliance import Appliance
 
 __all__ = ["Server", "printer"]
 
+# Allocations between young collections once serving (Python's default is 700).
+_YOUNG_COLLECTION_EVERY = 10_000
+
 
 class Server(uvicorn.Server):
     """uvicorn's server, with the appliance started before it takes requests (a
@@ -51,6 +54,11 @@ class Server(uvicorn.Server):
         # sight, so collections under load scan only what events bring and take.
         gc.collect()
         gc.freeze()
+        # A larger young generation: with the default 700, what a delivery in flight
+        # holds outlived two young collections, reached the old one and died there,
+        # so full collections ran every second or so under load (~50-100 ms each,
+        # a third of the appliance's CPU at 20 functions: docs/design.md).
+        gc.set_threshold(_YOUNG_COLLECTION_EVERY, 10, 10)
         if self.started:
             for line in self.ready:
                 self.console.print(line, highlight=False, markup=False)
