@@ -233,7 +233,7 @@ async def test_expired_rows_are_purged_by_later_writes(log: SQLiteLog, clock: Cl
     def rows(conn: sqlite3.Connection) -> int:
         return int(conn.execute("SELECT count(*) FROM store").fetchone()[0])
 
-    assert await log._read(rows) == 1
+    assert await log.read(rows) == 1
 
 
 def test_store_tokens() -> None:
