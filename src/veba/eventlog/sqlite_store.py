@@ -18,14 +18,12 @@ import orjson
 
 from veba.eventlog.sqlite import SQLiteLog
 from veba.store import (
-    MAX_VALUE_BYTES,
     Entry,
-    InvalidStoreRequest,
     RevisionMismatch,
-    ValueTooLarge,
     check_key,
     check_namespace,
     check_ttl,
+    encode_value,
 )
 
 __all__ = ["SQLiteStore"]
@@ -56,18 +54,6 @@ def _purge(conn: sqlite3.Connection, now: float) -> None:
     )
 
 
-def _encode(value: Any) -> bytes:
-    try:
-        data = orjson.dumps(value)
-    except TypeError as exc:
-        raise InvalidStoreRequest(f"value is not JSON: {exc}") from None
-    if len(data) > MAX_VALUE_BYTES:
-        raise ValueTooLarge(
-            f"value is {len(data)} bytes of JSON; the store takes at most {MAX_VALUE_BYTES}"
-        )
-    return data
-
-
 class SQLiteStore:
     """The `Store` of an open `SQLiteLog`, on the same file and writer."""
 
@@ -93,7 +79,7 @@ class SQLiteStore:
         check_namespace(namespace)
         check_key(key)
         ttl = check_ttl(ttl)
-        data = _encode(value)
+        data = encode_value(value)
         now = self._clock()
         expires_at = None if ttl is None else now + ttl
 
