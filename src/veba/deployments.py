@@ -638,7 +638,7 @@ class Functions:
         subscription, policy = definition.compile()
         where = definition.where
         for field_path, secret in definition.required_secrets():
-            if not self._secrets.exists(secret):
+            if not await self._secrets.exists(secret):
                 raise DeployError(
                     f"{field_path}: secret {secret!r} does not exist;"
                     f" create it with: veba secret create {secret} --from-file FILE"
@@ -744,7 +744,7 @@ class Functions:
             raise DeployError(f"{code}: {exc}") from None
         if definition.knative:
             return await self._start_web_app(definition, code_dir, python, where)
-        secrets = self._secret_files(definition)
+        secrets = await self._secret_files(definition)
         isolation = await self._isolation(definition, secrets)
         environment = dict(definition.environment)
         # What the SDK needs: the timeout (an idempotency record in progress
@@ -833,7 +833,7 @@ class Functions:
         """A Knative function: its Procfile's web command, secrets as variables."""
         try:
             command = web_command(code_dir)
-            secret_env = secret_environment(
+            secret_env = await secret_environment(
                 self._secrets, definition.env_from, definition.secret_env
             )
         except StackError as exc:
@@ -870,7 +870,7 @@ class Functions:
             raise DeployError(f"{where}.image: {exc}") from None
         return pool
 
-    def _secret_files(self, definition: FunctionDefinition) -> dict[str, bytes]:
+    async def _secret_files(self, definition: FunctionDefinition) -> dict[str, bytes]:
         """The files a function's declared secrets become, as OpenFaaS mounts them:
         one per single-value secret, one per key of a secret with several."""
         where = f"functions.{definition.name}.secrets"
@@ -878,7 +878,7 @@ class Functions:
         owner: dict[str, str] = {}
         for name in definition.secrets:
             try:
-                got = self._secrets.files(name)
+                got = await self._secrets.files(name)
             except SecretError as exc:
                 raise DeployError(f"{where}: {exc}") from None
             for file, value in got.items():

@@ -5,6 +5,7 @@ suite; all take a connected client (or JetStream context) and a bucket prefix
 (`veba` by default: `veba_store`, ...). Imported only with the `nats` extra.
 """
 
+from veba.jetstream.secrets import JetStreamSecretBlobs
 from veba.jetstream.store import JetStreamStore
 
-__all__ = ["JetStreamStore"]
+__all__ = ["JetStreamSecretBlobs", "JetStreamStore"]

@@ -16,17 +16,19 @@ from typing import Generic, TypeVar
 
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 __all__ = [
     "Lazy",
+    "at_revision",
     "bucket_name",
     "jetstream_of",
     "key_value",
     "kv_stream",
     "kv_subject",
+    "lost_race",
     "object_store",
 ]
 
@@ -72,6 +74,24 @@ async def object_store(js: JetStreamContext, bucket: str, *, replicas: int) -> O
         return await js.object_store(bucket)
     except BucketNotFoundError:
         return await js.create_object_store(bucket, replicas=replicas)
+
+
+async def at_revision(kv: KeyValue, key: str) -> tuple[int, KeyValue.Entry | None]:
+    """A key's last revision in its bucket (a tombstone's too; 0 if it has none)
+    and its entry (None if deleted or purged): what a compare-and-set names as
+    the revision it expects, so that of racing writers exactly one wins."""
+    try:
+        got = await kv.get(key)
+    except KeyNotFoundError as exc:  # a tombstone comes with its revision
+        tombstone = exc.entry
+        return (tombstone.revision or 0) if tombstone is not None else 0, None
+    return got.revision or 0, got
+
+
+def lost_race(exc: APIError) -> bool:
+    """A conditional write (a delete: `update` raises KeyWrongLastSequenceError
+    itself) refused because the key is no longer at the revision it named."""
+    return exc.err_code in (10071, 10164)
 
 
 class Lazy(Generic[T]):

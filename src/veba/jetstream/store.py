@@ -25,16 +25,18 @@ import orjson
 from nats.aio.client import Client
 from nats.errors import MaxPayloadError
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from veba.jetstream._buckets import (
     Lazy,
+    at_revision,
     bucket_name,
     jetstream_of,
     key_value,
     kv_stream,
     kv_subject,
+    lost_race,
 )
 from veba.store import (
     Entry,
@@ -47,9 +49,6 @@ from veba.store import (
 )
 
 __all__ = ["JetStreamStore"]
-
-# JetStream's answers to a write whose expected last revision is not the key's.
-_WRONG_LAST = (10071, 10164)
 
 
 class JetStreamStore:
@@ -132,7 +131,7 @@ class JetStreamStore:
             try:
                 await kv.delete(f"{namespace}.{key}", last=last)
             except APIError as exc:
-                if exc.err_code in _WRONG_LAST:
+                if lost_race(exc):
                     continue
                 raise
             return True
@@ -189,11 +188,8 @@ def _live(entry: Entry, now: float) -> bool:
 
 
 async def _current(kv: KeyValue, namespace: str, key: str, now: float) -> tuple[int, Entry | None]:
-    """The key's last revision in the bucket (a tombstone's too; 0 if it has none),
-    and its live entry (None if deleted, purged or expired)."""
-    try:
-        got = await kv.get(f"{namespace}.{key}")
-    except KeyNotFoundError as exc:  # a tombstone comes with its revision
-        return (exc.entry.revision if exc.entry is not None else 0), None
-    entry = _entry(namespace, key, got.revision or 0, got.value)
-    return got.revision or 0, entry if entry is not None and _live(entry, now) else None
+    """The key's last revision (see `at_revision`) and its live entry (None if
+    deleted, purged or expired)."""
+    last, got = await at_revision(kv, f"{namespace}.{key}")
+    entry = None if got is None else _entry(namespace, key, last, got.value)
+    return last, entry if entry is not None and _live(entry, now) else None
