@@ -200,6 +200,16 @@ class TestJetStreamStore(StoreConformance):
             yield JetStreamStore(client, prefix, clock=clock)
 
 
+async def test_jetstream_store_refuses_what_nats_cannot_carry(clock: Clock) -> None:
+    """A value within the store's limit whose envelope is over the server's
+    max_payload: refused as too large, nothing written."""
+    async with prefixed_buckets() as (client, prefix):
+        store = JetStreamStore(client, prefix, clock=clock)
+        with pytest.raises(InvalidStoreRequest, match="max_payload"):
+            await store.put("fn", "k", "x" * (MAX_VALUE_BYTES - 10))
+        assert await store.get("fn", "k") is None
+
+
 async def test_jetstream_store_nodes_share_entries_and_revisions(clock: Clock) -> None:
     """Two stores on the same buckets (two nodes): one sees what the other wrote,
     and a compare-and-set decides between them."""
