@@ -738,7 +738,12 @@ class Functions:
         definition = deployment.definition
         if deployment.code_dir.exists():
             return
-        archive = await self._records.code(definition.name, definition.code_hash)
+        try:
+            archive = await self._records.code(definition.name, definition.code_hash)
+        except Exception as exc:  # the records' backend (NATS) out of reach, say
+            raise DeployError(
+                f"{definition.where}.handler: cannot fetch its code: {type(exc).__name__}: {exc}"
+            ) from None
         if archive is None:
             raise DeployError(
                 f"{definition.where}.handler: code {definition.code_hash} is not kept"

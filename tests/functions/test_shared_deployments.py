@@ -7,8 +7,10 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from nats.aio.client import Client
 
 from tests.functions.conftest import wait_until
 from tests.jetstream_buckets import prefixed_buckets
@@ -22,9 +24,26 @@ from veba.secrets import SecretStore
 
 
 @pytest.fixture
-async def records() -> AsyncIterator[JetStreamFunctionRecords]:
+async def buckets() -> AsyncIterator[tuple[Client, str]]:
     async with prefixed_buckets() as (client, prefix):
-        yield JetStreamFunctionRecords(client, prefix)
+        yield client, prefix
+
+
+@pytest.fixture
+def records(buckets: tuple[Client, str]) -> JetStreamFunctionRecords:
+    return JetStreamFunctionRecords(*buckets)
+
+
+def handler_payload(tmp_path: Path, name: str) -> dict[str, Any]:
+    handler = tmp_path / f"src-{name}"
+    handler.mkdir()
+    (handler / "handler.py").write_text("def handle(req):\n    return 'from the first node'\n")
+    return {
+        "name": name,
+        "lang": "python3",
+        "topic": "VmPoweredOnEvent",
+        "code": base64.b64encode(pack_folder(handler)).decode(),
+    }
 
 
 class Node:
@@ -52,15 +71,7 @@ class Node:
 async def test_a_second_node_runs_what_the_first_deployed(
     tmp_path: Path, venv_cache: Path, records: JetStreamFunctionRecords
 ) -> None:
-    handler = tmp_path / "src"
-    handler.mkdir()
-    (handler / "handler.py").write_text("def handle(req):\n    return 'from the first node'\n")
-    payload = {
-        "name": "shared",
-        "lang": "python3",
-        "topic": "VmPoweredOnEvent",
-        "code": base64.b64encode(pack_folder(handler)).decode(),
-    }
+    payload = handler_payload(tmp_path, "shared")
     async with Node(tmp_path / "one", venv_cache, records) as one:
         deployed = await one.functions.deploy(payload, progress=lambda line: None)
         await one.functions.pause("shared")
@@ -82,3 +93,23 @@ async def test_a_second_node_runs_what_the_first_deployed(
             # Removed on one node, gone from the records the other starts from.
             assert await one.functions.remove("shared")
             assert await records.all() == {}
+
+
+async def test_a_node_that_cannot_find_the_code_says_so(
+    tmp_path: Path,
+    venv_cache: Path,
+    records: JetStreamFunctionRecords,
+    buckets: tuple[Client, str],
+) -> None:
+    async with Node(tmp_path / "one", venv_cache, records) as one:
+        deployed = await one.functions.deploy(handler_payload(tmp_path, "lost"), lambda _: None)
+    client, prefix = buckets
+    objects = await client.jetstream().object_store(f"{prefix}_code")
+    await objects.delete(f"lost/{deployed.definition.code_hash}")  # as if lost
+    async with Node(tmp_path / "two", venv_cache, records) as two:
+        await two.functions.load()
+        got = two.functions.get("lost")
+        assert got is not None
+        await wait_until(lambda: got.status != "starting", timeout=60)
+        assert got.status == "error"
+        assert "is not kept any more; deploy the function again" in (got.error or "")
