@@ -29,7 +29,7 @@ from typing import Protocol
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from veba.settings import _write_private
+from veba.settings import write_private
 
 __all__ = [
     "FileSecretBlobs",
@@ -110,7 +110,7 @@ class FileSecretBlobs:
         existed = path.exists()
         if existed and not replace:
             raise SecretExists(name)
-        _write_private(path, blob)
+        write_private(path, blob)
         return existed
 
     async def remove(self, name: str) -> bool:
@@ -137,7 +137,7 @@ class SecretStore:
         self.blobs: SecretBlobs = blobs or FileSecretBlobs(data_dir / "secrets")
         key_path = data_dir / "secret.key"
         if not key_path.exists():
-            _write_private(key_path, Fernet.generate_key())
+            write_private(key_path, Fernet.generate_key())
         self._fernet = Fernet(key_path.read_bytes().strip())
 
     def __repr__(self) -> str:
