@@ -1,7 +1,8 @@
-"""The functions' key-value store: the SQLite implementation and its HTTP API.
+"""The functions' key-value store: the SQLite and JetStream implementations and
+its HTTP API.
 
-`StoreConformance` is what every `Store` must do (a NATS KV one runs it too);
-the API tests run the real app under uvicorn and speak HTTP to it.
+`StoreConformance` is what every `Store` must do; the API tests run the real
+app under uvicorn and speak HTTP to it.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.jetstream_buckets import prefixed_buckets
 from tests.support import ServedAppliance
 from veba.eventlog import SQLiteLog
 from veba.eventlog.schema import MIGRATIONS
 from veba.eventlog.sqlite_store import SQLiteStore
+from veba.jetstream import JetStreamStore
 from veba.store import (
     MAX_VALUE_BYTES,
     InvalidStoreRequest,
@@ -188,6 +191,44 @@ class TestSQLiteStore(StoreConformance):
     pass
 
 
+class TestJetStreamStore(StoreConformance):
+    """On the machine's NATS server, in buckets of a prefix of the test's own."""
+
+    @pytest.fixture
+    async def store(self, clock: Clock) -> AsyncIterator[Store]:
+        async with prefixed_buckets() as (client, prefix):
+            yield JetStreamStore(client, prefix, clock=clock)
+
+
+async def test_jetstream_store_refuses_what_nats_cannot_carry(clock: Clock) -> None:
+    """A value within the store's limit whose envelope is over the server's
+    max_payload: refused as too large, nothing written."""
+    async with prefixed_buckets() as (client, prefix):
+        store = JetStreamStore(client, prefix, clock=clock)
+        with pytest.raises(InvalidStoreRequest, match="max_payload"):
+            await store.put("fn", "k", "x" * (MAX_VALUE_BYTES - 10))
+        assert await store.get("fn", "k") is None
+
+
+async def test_jetstream_store_nodes_share_entries_and_revisions(clock: Clock) -> None:
+    """Two stores on the same buckets (two nodes): one sees what the other wrote,
+    and a compare-and-set decides between them."""
+    async with prefixed_buckets() as (client, prefix):
+        one = JetStreamStore(client, prefix, clock=clock)
+        two = JetStreamStore(client.jetstream(), prefix, clock=clock)
+        made = await one.put("fn", "k", "one", expect_revision=0)
+        with pytest.raises(RevisionMismatch):
+            await two.put("fn", "k", "two", expect_revision=0)
+        assert (await two.get("fn", "k")) == made
+        stale = await one.put("fn", "short", 1, ttl=5)
+        clock.now += 6
+        # Both replace the stale entry; the one that read first loses its CAS.
+        won = await two.put("fn", "short", 2, expect_revision=0)
+        with pytest.raises(RevisionMismatch) as lost:
+            await one.put("fn", "short", 3, expect_revision=0)
+        assert lost.value.current == won and won.revision > stale.revision
+
+
 async def test_entries_survive_reopen_and_share_the_log_file(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     log = SQLiteLog(path)
@@ -233,7 +274,7 @@ async def test_expired_rows_are_purged_by_later_writes(log: SQLiteLog, clock: Cl
     def rows(conn: sqlite3.Connection) -> int:
         return int(conn.execute("SELECT count(*) FROM store").fetchone()[0])
 
-    assert await log._read(rows) == 1
+    assert await log.read(rows) == 1
 
 
 def test_store_tokens() -> None:

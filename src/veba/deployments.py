@@ -1,10 +1,14 @@
-"""Deployed functions: their definitions on disk, warm pools and dispatchers.
+"""Deployed functions: their records, warm pools and dispatchers.
 
 A deploy is all or nothing: the definition is checked, the code unpacked, the
-virtualenv built and the new workers started before anything of the old
-version is stopped; only then is the definition saved and the router rebuilt.
-Definitions live in `<data dir>/functions/<name>/function.json`, so a restarted
-appliance brings its functions back before it takes events.
+virtualenv built and the new workers started, and the definition and code
+saved, before anything of the old version is stopped; only then is the router
+rebuilt. What is kept of each function (definition, code, paused flag) is a
+`FunctionRecords` (`veba.functionrecords`: folders under `<data dir>/functions/`
+by default), so a restarted appliance brings its functions back before it
+takes events. The unpacked code (`<functions dir>/<name>/code-<hash>/`) and
+the venvs are this node's cache: unpacked from the record's archive where
+missing.
 """
 
 from __future__ import annotations
@@ -13,28 +17,27 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import io
-import json
 import logging
 import os
 import shutil
-import tarfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from veba.activity import Activity
+from veba.codearchive import CodeArchiveError, pack_folder, unpack
 from veba.delivery import DeliveryPolicy, PolicyError, parse_duration
 from veba.dispatch import DeadLetterSink, Dispatcher, Observer
 from veba.eventlog.base import EventLog
 from veba.functionlogs import LogHub
+from veba.functionrecords import FileFunctionRecords, FunctionRecords
 from veba.functions._scaling import DEFAULT_IDLE, DEFAULT_MAX_WORKERS, CallLimit, WorkerBudget
 from veba.functions._workerproc import isolation_problem
-from veba.functions.build import BuildError, ensure_venv, not_code, readable_by_workers
+from veba.functions.build import BuildError, ensure_venv
 from veba.functions.isolate import SECRETS_PATH
 from veba.functions.procfile import PROCFILE, web_command
 from veba.functions.runtime import FunctionRuntime
@@ -73,7 +76,6 @@ __all__ = [
 
 log = logging.getLogger("veba.deployments")
 Progress = Callable[[str], None]
-PAUSED = "paused"  # the file, beside function.json, of a paused function
 
 
 class DeployError(ValueError):
@@ -96,22 +98,7 @@ MAX_INFLIGHT_ENV = "max_inflight"  # OpenFaaS's watchdog setting
 
 def pack_code(handler_dir: Path) -> str:
     """A function's handler folder as base64 tar.gz, for the deploy request."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path in sorted(handler_dir.rglob("*")):
-            rel = path.relative_to(handler_dir)
-            if not_code(handler_dir, rel):
-                continue
-            info = tar.gettarinfo(str(path), arcname=str(rel))
-            info.mtime = 0  # same code, same hash
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            if path.is_file():
-                with path.open("rb") as fh:
-                    tar.addfile(info, fh)
-            elif path.is_dir():
-                tar.addfile(info)
-    return base64.b64encode(buffer.getvalue()).decode()
+    return base64.b64encode(pack_folder(handler_dir)).decode()
 
 
 def _field(payload: Mapping[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
@@ -399,6 +386,9 @@ class Deployment:
     error: str | None = None
     # The one limit of calls in flight: events, async and sync calls alike.
     limit: CallLimit = field(default_factory=lambda: CallLimit(16))
+    # Paused as its record says, until a dispatcher holds the state: a pause
+    # outlives a restart of the appliance and a redeploy; resume or removal ends it.
+    start_paused: bool = False
 
     def scaling(self) -> dict[str, Any]:
         """Workers now, their bounds and the last scaling decision (`veba status`)."""
@@ -445,13 +435,7 @@ class Deployment:
 
     @property
     def paused(self) -> bool:
-        return self.dispatcher.paused if self.dispatcher else self.paused_file.exists()
-
-    @property
-    def paused_file(self) -> Path:
-        """Beside function.json while the operator has paused it: a pause outlives
-        a restart of the appliance and a redeploy; `veba resume` or a removal ends it."""
-        return self.code_dir.parent / PAUSED
+        return self.dispatcher.paused if self.dispatcher else self.start_paused
 
 
 class Functions:
@@ -475,8 +459,12 @@ class Functions:
         private_dir: Path | None = None,
         activity: Activity | None = None,
         max_workers: int = DEFAULT_MAX_WORKERS,
+        records: FunctionRecords | None = None,
     ) -> None:
+        # This node's unpacked code (its workers' folders); what is kept of each
+        # function is `records` (the same folders, unless given another backend).
         self._dir = functions_dir
+        self._records: FunctionRecords = records or FileFunctionRecords(functions_dir)
         # Workers of every function together; a pool's minimum is always allowed.
         self.budget = WorkerBudget(max_workers)
         self._activity = activity or Activity()  # deploys, removals, failures to start
@@ -526,18 +514,14 @@ class Functions:
             if deployment is not None and deployment.dispatcher is not None:
                 deployment.dispatcher.wake()
 
-    def pause(self, name: str, paused: bool = True) -> Deployment | None:
+    async def pause(self, name: str, paused: bool = True) -> Deployment | None:
         """Stop (or, `paused=False`, resume) leasing `name`'s deliveries: new events
-        wait in the log, none lost; kept on disk so a restart keeps it paused."""
+        wait in the log, none lost; kept in its record so a restart keeps it paused."""
         deployment = self._deployments.get(name)
         if deployment is None:
             return None
-        marker = deployment.paused_file
-        if paused:
-            marker.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            marker.touch(mode=0o600)
-        else:
-            marker.unlink(missing_ok=True)
+        await self._records.set_paused(name, paused)
+        deployment.start_paused = paused  # for a dispatcher not attached yet
         if deployment.dispatcher is not None:
             if paused:
                 deployment.dispatcher.pause()
@@ -553,22 +537,24 @@ class Functions:
 
     async def load(self) -> None:
         """Bring back saved functions: routing at once, workers in the background."""
-        if not self._dir.exists():
-            return
-        for home in sorted(p for p in self._dir.iterdir() if p.is_dir()):
-            if not (home / "function.json").is_file():
-                shutil.rmtree(home, ignore_errors=True)  # a deploy that never finished
-        for path in sorted(self._dir.glob("*/function.json")):
+        records = await self._records.all()
+        if self._dir.exists():
+            for home in sorted(p for p in self._dir.iterdir() if p.is_dir()):
+                if home.name not in records:  # removed, or a deploy that never finished
+                    shutil.rmtree(home, ignore_errors=True)
+        for name, record in records.items():
             try:
-                definition = FunctionDefinition(**json.loads(path.read_text()))
+                definition = FunctionDefinition(**record.definition)
                 subscription, policy = definition.compile()
-            except (OSError, ValueError, TypeError) as exc:
-                log.error("cannot load %s: %s", path, exc)
+            except (ValueError, TypeError) as exc:
+                log.error("cannot load function %s: %s", name, exc)
                 continue
-            code_dir = path.parent / f"code-{definition.code_hash}"
-            deployment = Deployment(definition, subscription, policy, code_dir)
+            code_dir = self._dir / name / f"code-{definition.code_hash}"
+            deployment = Deployment(
+                definition, subscription, policy, code_dir, start_paused=record.paused
+            )
             self._deployments[definition.name] = deployment
-            _tidy(path.parent, deployment)
+            _tidy(code_dir.parent, deployment)
         self._rebuild_router()
         for deployment in self._deployments.values():
             task = asyncio.create_task(self._start_saved(deployment))
@@ -578,6 +564,7 @@ class Functions:
     async def _start_saved(self, deployment: Deployment) -> None:
         name = deployment.definition.name
         try:
+            await self._fetch_code(deployment)
             pool = await self._start_pool(deployment.definition, deployment.code_dir, _quiet)
         except DeployError as exc:
             deployment.status, deployment.error = "error", str(exc)
@@ -638,7 +625,7 @@ class Functions:
         subscription, policy = definition.compile()
         where = definition.where
         for field_path, secret in definition.required_secrets():
-            if not self._secrets.exists(secret):
+            if not await self._secrets.exists(secret):
                 raise DeployError(
                     f"{field_path}: secret {secret!r} does not exist;"
                     f" create it with: veba secret create {secret} --from-file FILE"
@@ -647,6 +634,7 @@ class Functions:
         async with self._lock:
             home = self._dir / definition.name
             code_dir = home / f"code-{code_hash}"
+            old = self._deployments.get(definition.name)
             try:
                 if not code_dir.exists():
                     await asyncio.to_thread(_unpack, archive, code_dir, where, entry)
@@ -655,13 +643,21 @@ class Functions:
             except BaseException:
                 # Nothing of a failed deploy stays: no code folder that no
                 # deployment runs, no folder for a function that never deployed.
-                _tidy(home, self._deployments.get(definition.name))
+                _tidy(home, old)
                 raise
-            old = self._deployments.get(definition.name)
+            try:  # kept before the old version stops: a failed save leaves it running
+                record = await self._records.save(definition.name, definition.to_dict(), archive)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await pool.stop()
+                self._revoke(pool)
+                _tidy(home, old)
+                raise
             if old is not None:
                 await self._stop_deployment(old)
-            deployment = Deployment(definition, subscription, policy, code_dir)
-            _write_json(home / "function.json", definition.to_dict())
+            deployment = Deployment(
+                definition, subscription, policy, code_dir, start_paused=record.paused
+            )
             self._deployments[definition.name] = deployment
             self._rebuild_router()
             self._attach(deployment, pool)
@@ -682,7 +678,13 @@ class Functions:
                 definition = old.definition
                 pool = await self._start_pool(definition, old.code_dir, _quiet)
                 await self._stop_deployment(old)
-                fresh = Deployment(definition, old.subscription, old.policy, old.code_dir)
+                fresh = Deployment(
+                    definition,
+                    old.subscription,
+                    old.policy,
+                    old.code_dir,
+                    start_paused=old.paused,
+                )
                 self._deployments[definition.name] = fresh
                 self._attach(fresh, pool)
                 self._logs.write(definition.name, "system", f"restarted: secret {secret!r} changed")
@@ -702,7 +704,8 @@ class Functions:
             dropped = await self._log.forget(name)
             if self._store is not None:
                 await self._store.drop(name)
-            shutil.rmtree(self._dir / name, ignore_errors=True)
+            await self._records.remove(name)
+            shutil.rmtree(self._dir / name, ignore_errors=True)  # this node's copy of the code
             self._logs.write(name, "system", f"removed; {dropped} undelivered event(s) dropped")
             self._activity.report("info", f"removed {name}; {dropped} undelivered event(s) dropped")
             self._logs.forget(name)
@@ -729,6 +732,26 @@ class Functions:
 
     # -- internals --------------------------------------------------------------
 
+    async def _fetch_code(self, deployment: Deployment) -> None:
+        """This node's copy of a saved function's code, unpacked from its record
+        if missing (deployed from another node, or the cache was cleared)."""
+        definition = deployment.definition
+        if deployment.code_dir.exists():
+            return
+        try:
+            archive = await self._records.code(definition.name, definition.code_hash)
+        except Exception as exc:  # the records' backend (NATS) out of reach, say
+            raise DeployError(
+                f"{definition.where}.handler: cannot fetch its code: {type(exc).__name__}: {exc}"
+            ) from None
+        if archive is None:
+            raise DeployError(
+                f"{definition.where}.handler: code {definition.code_hash} is not kept"
+                " any more; deploy the function again"
+            )
+        entry = PROCFILE if definition.knative else "handler.py"
+        await asyncio.to_thread(_unpack, archive, deployment.code_dir, definition.where, entry)
+
     async def _start_pool(
         self, definition: FunctionDefinition, code_dir: Path, progress: Progress
     ) -> FunctionRuntime:
@@ -744,7 +767,7 @@ class Functions:
             raise DeployError(f"{code}: {exc}") from None
         if definition.knative:
             return await self._start_web_app(definition, code_dir, python, where)
-        secrets = self._secret_files(definition)
+        secrets = await self._secret_files(definition)
         isolation = await self._isolation(definition, secrets)
         environment = dict(definition.environment)
         # What the SDK needs: the timeout (an idempotency record in progress
@@ -833,7 +856,7 @@ class Functions:
         """A Knative function: its Procfile's web command, secrets as variables."""
         try:
             command = web_command(code_dir)
-            secret_env = secret_environment(
+            secret_env = await secret_environment(
                 self._secrets, definition.env_from, definition.secret_env
             )
         except StackError as exc:
@@ -870,7 +893,7 @@ class Functions:
             raise DeployError(f"{where}.image: {exc}") from None
         return pool
 
-    def _secret_files(self, definition: FunctionDefinition) -> dict[str, bytes]:
+    async def _secret_files(self, definition: FunctionDefinition) -> dict[str, bytes]:
         """The files a function's declared secrets become, as OpenFaaS mounts them:
         one per single-value secret, one per key of a secret with several."""
         where = f"functions.{definition.name}.secrets"
@@ -878,7 +901,7 @@ class Functions:
         owner: dict[str, str] = {}
         for name in definition.secrets:
             try:
-                got = self._secrets.files(name)
+                got = await self._secrets.files(name)
             except SecretError as exc:
                 raise DeployError(f"{where}: {exc}") from None
             for file, value in got.items():
@@ -911,7 +934,7 @@ class Functions:
             shape=shape,
             limit=deployment.limit,
         )
-        if deployment.paused_file.exists():
+        if deployment.start_paused:
             deployment.dispatcher.pause()
         deployment.dispatcher.start()
         deployment.status, deployment.error = "ready", None
@@ -946,20 +969,10 @@ def _quiet(_: str) -> None:
 
 
 def _unpack(archive: bytes, code_dir: Path, where: str, entry: str = "handler.py") -> None:
-    tmp = code_dir.with_name(code_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
-        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-            _extract(tar, tmp)
-    except (tarfile.TarError, OSError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DeployError(f"{where}.handler: cannot unpack the code: {exc}") from None
-    if not (tmp / entry).exists():
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DeployError(f"{where}.handler: the function's folder has no {entry}")
-    readable_by_workers(tmp)  # tar sets the archive's modes; workers may be other users
-    tmp.rename(code_dir)
+        unpack(archive, code_dir, entry=entry)
+    except CodeArchiveError as exc:
+        raise DeployError(f"{where}.handler: {exc}") from None
 
 
 def _tidy(home: Path, deployment: Deployment | None) -> None:
@@ -971,28 +984,3 @@ def _tidy(home: Path, deployment: Deployment | None) -> None:
     for path in home.glob("code-*"):
         if path != deployment.code_dir:
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _extract(tar: tarfile.TarFile, to: Path) -> None:
-    """Only plain files and folders, inside `to`: Python's "data" filter where it has
-    one (3.12, 3.11.4+), else the same rules by hand (Debian 12's Python is 3.11.2)."""
-    if hasattr(tarfile, "data_filter"):
-        tar.extractall(to, filter="data")
-        return
-    members = tar.getmembers()
-    for member in members:
-        path = PurePosixPath(member.name)
-        if path.is_absolute() or ".." in path.parts or not (member.isfile() or member.isdir()):
-            raise tarfile.TarError(f"{member.name!r} is not a plain file or folder inside it")
-        member.mode &= 0o755  # no setuid, setgid or sticky bit, nothing writable by others
-        member.uid, member.gid, member.uname, member.gname = os.getuid(), os.getgid(), "", ""
-    tar.extractall(to, members=members)
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(json.dumps(data, indent=2))
-    tmp.replace(path)

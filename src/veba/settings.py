@@ -32,6 +32,7 @@ __all__ = [
     "read_token",
     "record_url",
     "resolve_data_dir",
+    "write_private",
 ]
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -54,7 +55,7 @@ def resolve_data_dir(option: str | Path | None = None) -> Path:
     return Path(env).expanduser() if env else default_data_dir()
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     """Create a file readable by its owner only, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
@@ -73,7 +74,7 @@ def ensure_token(data_dir: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     token = secrets.token_urlsafe(32)
-    _write_private(path, token.encode() + b"\n")
+    write_private(path, token.encode() + b"\n")
     return token
 
 
@@ -87,7 +88,7 @@ def read_token(data_dir: Path) -> str | None:
 
 def record_url(data_dir: Path, url: str) -> None:
     """Note the address this appliance serves on, beside its token."""
-    _write_private(data_dir / URL_FILE, (url + "\n").encode())
+    write_private(data_dir / URL_FILE, (url + "\n").encode())
 
 
 def read_recorded_url(data_dir: Path) -> str | None:

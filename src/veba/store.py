@@ -29,6 +29,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
+
 from veba.settings import parse_listen
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "check_key",
     "check_namespace",
     "check_ttl",
+    "encode_value",
     "local_api_url",
 ]
 
@@ -159,6 +162,19 @@ def check_ttl(ttl: float | None) -> float | None:
     if ttl <= 0:
         raise InvalidStoreRequest(f"ttl {ttl!r}: must be greater than zero")
     return float(ttl)
+
+
+def encode_value(value: Any) -> bytes:
+    """A value's JSON, refused if it is not JSON or over `MAX_VALUE_BYTES`."""
+    try:
+        data = orjson.dumps(value)
+    except TypeError as exc:
+        raise InvalidStoreRequest(f"value is not JSON: {exc}") from None
+    if len(data) > MAX_VALUE_BYTES:
+        raise ValueTooLarge(
+            f"value is {len(data)} bytes of JSON; the store takes at most {MAX_VALUE_BYTES}"
+        )
+    return data
 
 
 def _digest(token: str) -> str:

@@ -8,6 +8,7 @@ the `cloudevents` package from PyPI); its venv is built once per test session.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -202,8 +203,12 @@ def test_a_knative_function_gets_its_triggers_events_in_v08_binary_shape(
     # (Stored with several keys as `kubectl create secret --from-literal` makes them.)
     from veba.secrets import SecretStore
 
-    SecretStore(app.data_dir).put_keys(
-        "notify-secret", {"SLACK_SECRET": b"https://hooks.example/T0/B0/s3cr3t", "CHANNEL": b"ops"}
+    secrets = SecretStore(app.data_dir)
+    asyncio.run(
+        secrets.put_keys(
+            "notify-secret",
+            {"SLACK_SECRET": b"https://hooks.example/T0/B0/s3cr3t", "CHANNEL": b"ops"},
+        )
     )
     fn = knative_function(
         tmp_path / "kn-py-notify",

@@ -68,7 +68,7 @@ async def test_full_disk_refuses_the_append_and_keeps_what_was_accepted(tmp_path
         def cap(c: sqlite3.Connection) -> None:
             c.execute(f"PRAGMA max_page_count={pages}")
 
-        await log._write(cap)
+        await log.write(cap)
         big = [make_event(k) for k in range(2, 400)]
         with pytest.raises(LogFull, match="full"):
             await log.append(big, route=to("f"))

@@ -191,7 +191,7 @@ async def test_the_password_can_come_from_a_veba_secret(
 
     sim = vcsim()
     secrets = SecretStore(tmp_path)
-    secrets.put("vc-password", PASSWORD.encode() + b"\n")
+    await secrets.put("vc-password", PASSWORD.encode() + b"\n")
     config = VCenterConfig(
         name="lab", address=sim.url, username=USER, password_secret="vc-password"
     )

@@ -25,8 +25,8 @@ operations_router = APIRouter(
 )
 
 
-def _paused(request: Request, name: str, paused: bool) -> dict[str, Any]:
-    deployment = appliance_of(request).functions.pause(name, paused)
+async def _paused(request: Request, name: str, paused: bool) -> dict[str, Any]:
+    deployment = await appliance_of(request).functions.pause(name, paused)
     if deployment is None:
         raise HTTPException(404, f"function {name!r} is not deployed")
     return {"name": name, "paused": deployment.paused}
@@ -36,13 +36,13 @@ def _paused(request: Request, name: str, paused: bool) -> dict[str, Any]:
 async def pause_function(name: str, request: Request) -> dict[str, Any]:
     """Stop delivering to `name`: attempts under way finish, new events wait in
     the log (none lost) until resumed. The pause outlives a restart."""
-    return _paused(request, name, True)
+    return await _paused(request, name, True)
 
 
 @operations_router.post("/functions/{name}/resume")
 async def resume_function(name: str, request: Request) -> dict[str, Any]:
     """Deliver to `name` again, beginning with what waited."""
-    return _paused(request, name, False)
+    return await _paused(request, name, False)
 
 
 @operations_router.post("/events/{event_id}/replay")

@@ -115,9 +115,9 @@ async def list_secrets(request: Request) -> list[dict[str, Any]]:
     """OpenFaaS's `[{name}]`, plus each secret's keys (null for a single value)."""
     store = appliance_of(request).secrets
     rows: list[dict[str, Any]] = []
-    for name in store.names():
+    for name in await store.names():
         try:
-            rows.append({"name": name, "keys": store.keys(name)})
+            rows.append({"name": name, "keys": await store.keys(name)})
         except SecretError as exc:
             rows.append({"name": name, "keys": None, "error": str(exc)})
     return rows
@@ -167,9 +167,9 @@ async def put_secret(body: SecretRequest, request: Request) -> Response:
     appliance = appliance_of(request)
     try:
         if isinstance(content, bytes):
-            replaced = appliance.secrets.put(name, content, replace=replace)
+            replaced = await appliance.secrets.put(name, content, replace=replace)
         else:
-            replaced = appliance.secrets.put_keys(name, content, replace=replace)
+            replaced = await appliance.secrets.put_keys(name, content, replace=replace)
     except SecretError as exc:
         return error_response(409 if "exists" in str(exc) else 400, str(exc))
     restarted = await appliance.functions.restart_using(name) if replaced else []
@@ -187,7 +187,7 @@ async def remove_secret(body: RemoveSecretRequest, request: Request) -> Response
     if users:
         raise HTTPException(409, f"secret {name!r} is used by function(s) {', '.join(users)}")
     try:
-        appliance.secrets.remove(name)
+        await appliance.secrets.remove(name)
     except SecretError as exc:
         raise HTTPException(404, str(exc)) from None
     return Response(status_code=202)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from veba.settings import _write_private, read_recorded_url, read_token
+from veba.settings import read_recorded_url, read_token, write_private
 
 __all__ = ["Credential", "Logins", "choose_credential", "gateway_key", "same_appliance"]
 
@@ -92,7 +92,7 @@ class Logins:
 
     def _write(self, gateways: dict[str, Any]) -> None:
         doc = {"version": 1, "gateways": gateways}
-        _write_private(self.path, json.dumps(doc, indent=2).encode() + b"\n")
+        write_private(self.path, json.dumps(doc, indent=2).encode() + b"\n")
 
     def token(self, gateway: str) -> str | None:
         entry = self._read().get(gateway_key(gateway))

@@ -9,6 +9,7 @@ vCenter password that cannot be read, a root CA file that is not there.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -60,7 +61,7 @@ def _secret_problem(name: str, data_dir: Path) -> str | None:
     if not (data_dir / "secret.key").is_file():  # no secret was ever made here
         return f"--vcenter-password-secret {name}: no such secret in {data_dir}; {create}"
     try:
-        value = SecretStore(data_dir).get(name)
+        value = asyncio.run(SecretStore(data_dir).get(name))  # before the loop starts
     except SecretError as exc:
         hint = f"; {create}" if "does not exist" in str(exc) else ""
         return f"--vcenter-password-secret {name}: {exc}{hint}"

@@ -159,6 +159,31 @@ class SQLiteLog:
         conn = self._read_conn
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn, conn)
 
+    # -- tables beside the log ------------------------------------------------
+    # Other tables of this file (the functions' store, `sqlite_store.py`) are
+    # reached through these three, and nothing else of the log's insides.
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock the log stamps its rows with (seconds since the epoch)."""
+        return self._clock
+
+    async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """`op(conn)` on the writer thread, in the transaction it shares with
+        whatever else is queued (group commit); its result once committed.
+
+        Nothing else writes between the reads and writes of one op, so an op may
+        read and then write atomically (a compare-and-set). Should any op of the
+        batch raise, the batch is rolled back and each op run again alone: so an
+        op keeps no state between runs, and an expected refusal (a CAS that lost)
+        is *returned*, not raised, so it costs the others no second run."""
+        return await self._write(op)
+
+    async def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """`op(conn)` on the read connection's thread (never behind the writer);
+        it must not write."""
+        return await self._read(op)
+
     # -- ingest ---------------------------------------------------------------
 
     async def append(

@@ -1,10 +1,11 @@
 """`Store` on the SQLite log's file: table `store` (schema migration 2).
 
-Writes go through the log's single writer thread, so they share its group
-commits, and a compare-and-set is atomic because nothing else writes in
-between; reads use the log's read connection. A conditional write that finds
-another revision returns its verdict instead of raising inside the writer, so it
-never rolls back the batch it shares a transaction with.
+Writes go through the log's single writer thread (`SQLiteLog.write`), so they
+share its group commits, and a compare-and-set is atomic because nothing else
+writes in between; reads use the log's read connection (`SQLiteLog.read`). A
+conditional write that finds another revision returns its verdict instead of
+raising inside the writer, so it never rolls back the batch it shares a
+transaction with.
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ import orjson
 
 from veba.eventlog.sqlite import SQLiteLog
 from veba.store import (
-    MAX_VALUE_BYTES,
     Entry,
-    InvalidStoreRequest,
     RevisionMismatch,
-    ValueTooLarge,
     check_key,
     check_namespace,
     check_ttl,
+    encode_value,
 )
 
 __all__ = ["SQLiteStore"]
@@ -55,30 +54,18 @@ def _purge(conn: sqlite3.Connection, now: float) -> None:
     )
 
 
-def _encode(value: Any) -> bytes:
-    try:
-        data = orjson.dumps(value)
-    except TypeError as exc:
-        raise InvalidStoreRequest(f"value is not JSON: {exc}") from None
-    if len(data) > MAX_VALUE_BYTES:
-        raise ValueTooLarge(
-            f"value is {len(data)} bytes of JSON; the store takes at most {MAX_VALUE_BYTES}"
-        )
-    return data
-
-
 class SQLiteStore:
     """The `Store` of an open `SQLiteLog`, on the same file and writer."""
 
     def __init__(self, log: SQLiteLog, *, clock: Callable[[], float] | None = None) -> None:
         self._log = log
-        self._clock = clock or log._clock
+        self._clock = clock or log.clock
 
     async def get(self, namespace: str, key: str) -> Entry | None:
         check_namespace(namespace)
         check_key(key)
         now = self._clock()
-        return await self._log._read(lambda conn: _live(conn, namespace, key, now))
+        return await self._log.read(lambda conn: _live(conn, namespace, key, now))
 
     async def put(
         self,
@@ -92,7 +79,7 @@ class SQLiteStore:
         check_namespace(namespace)
         check_key(key)
         ttl = check_ttl(ttl)
-        data = _encode(value)
+        data = encode_value(value)
         now = self._clock()
         expires_at = None if ttl is None else now + ttl
 
@@ -116,7 +103,7 @@ class SQLiteStore:
             )
             return Entry(namespace, key, orjson.loads(data), revision, created, now, expires_at)
 
-        result = await self._log._write(op)
+        result = await self._log.write(op)
         if isinstance(result, RevisionMismatch):
             raise result
         return result
@@ -138,7 +125,7 @@ class SQLiteStore:
             conn.execute("DELETE FROM store WHERE namespace=? AND key=?", (namespace, key))
             return True
 
-        result = await self._log._write(op)
+        result = await self._log.write(op)
         if isinstance(result, RevisionMismatch):
             raise result
         return result
@@ -157,7 +144,7 @@ class SQLiteStore:
             ).fetchall()
             return [_entry(row) for row in rows]
 
-        return await self._log._read(op)
+        return await self._log.read(op)
 
     async def drop(self, namespace: str) -> int:
         check_namespace(namespace)
@@ -165,4 +152,4 @@ class SQLiteStore:
         def op(conn: sqlite3.Connection) -> int:
             return conn.execute("DELETE FROM store WHERE namespace=?", (namespace,)).rowcount
 
-        return await self._log._write(op)
+        return await self._log.write(op)

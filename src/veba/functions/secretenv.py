@@ -31,7 +31,7 @@ def _value(secret: str, key: str, raw: bytes) -> str:
     return text
 
 
-def secret_environment(
+async def secret_environment(
     store: SecretStore,
     env_from: Iterable[Mapping[str, Any]],
     secret_env: Mapping[str, Mapping[str, Any]],
@@ -40,10 +40,10 @@ def secret_environment(
     env: dict[str, str] = {}
     for ref in env_from:
         secret = str(ref["secret"])
-        if ref.get("optional") and not store.exists(secret):
+        if ref.get("optional") and not await store.exists(secret):
             continue
         try:
-            files = store.files(secret)
+            files = await store.files(secret)
         except SecretError as exc:
             raise SecretEnvError(f"envFrom: {exc}") from None
         prefix = str(ref.get("prefix") or "")
@@ -51,10 +51,10 @@ def secret_environment(
             env[prefix + key] = _value(secret, key, raw)
     for variable, ref in secret_env.items():
         secret, key = str(ref["secret"]), str(ref["key"])
-        if ref.get("optional") and not store.exists(secret):
+        if ref.get("optional") and not await store.exists(secret):
             continue
         try:
-            files = store.files(secret)
+            files = await store.files(secret)
         except SecretError as exc:
             raise SecretEnvError(f"env {variable}: {exc}") from None
         if key not in files:

@@ -65,6 +65,7 @@ class VCenterProvider:
         # EventManager descriptions (the catalogue's), read once per connection.
         self._event_types: tuple[int, list[dict[str, Any]]] | None = None
         self._event_types_lock = asyncio.Lock()
+        self._secret_password: _SecretPassword | None = None  # see from_config
 
     @classmethod
     def from_config(
@@ -76,13 +77,15 @@ class VCenterProvider:
         environment variable), so a rotated secret is picked up on the next one.
         """
 
+        from_secret = (
+            _SecretPassword(secrets, config.password_secret) if config.password_secret else None
+        )
+
         def password() -> str:
             if config.password is not None:
                 return config.password
-            if config.password_secret:
-                if secrets is None:
-                    raise RuntimeError("no secret store to read the vCenter password from")
-                return secrets.get(config.password_secret).decode().rstrip("\r\n")
+            if from_secret is not None:
+                return from_secret()
             if config.password_env:
                 value = os.environ.get(config.password_env)
                 if value is None:
@@ -97,7 +100,14 @@ class VCenterProvider:
             insecure=config.insecure_ssl,
             ca_files=config.root_cas,
         )
-        return cls(endpoint, label=config.name)
+        provider = cls(endpoint, label=config.name)
+        provider._secret_password = from_secret
+        return provider
+
+    def _bind_loop(self) -> None:
+        """Logins (in threads) read a secret password on the loop the provider runs on."""
+        if self._secret_password is not None:
+            self._secret_password.loop = asyncio.get_running_loop()
 
     def status(self) -> dict[str, Any]:
         base: dict[str, Any] = {
@@ -129,6 +139,7 @@ class VCenterProvider:
             stream = self._stream
             connection = stream.reconnects if stream is not None else -1
             if self._event_types is None or self._event_types[0] != connection:
+                self._bind_loop()
                 types = await asyncio.to_thread(self._read_event_types)
                 self._event_types = (connection, types)
             return self._event_types[1]
@@ -154,6 +165,7 @@ class VCenterProvider:
     async def _run(self, sink: EventSink) -> None:
         checkpoint = await self._restore(sink)
         loop = asyncio.get_running_loop()
+        self._bind_loop()
 
         def publish(events: Sequence[Event], value: str) -> None:
             future = asyncio.run_coroutine_threadsafe(
@@ -220,3 +232,23 @@ def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
         future.set_result(None)
     else:
         future.set_exception(error)
+
+
+class _SecretPassword:
+    """A vCenter password kept as a veba secret, read afresh at each login (a
+    rotated secret is used at the next one). Logins run in threads (pyVmomi
+    blocks) and the secret store is async, on the appliance's loop: the read is
+    handed to that loop and waited for."""
+
+    def __init__(self, secrets: SecretStore | None, name: str) -> None:
+        self._secrets = secrets
+        self._name = name
+        self.loop: asyncio.AbstractEventLoop | None = None  # set when the provider starts
+
+    def __call__(self) -> str:
+        if self._secrets is None:
+            raise RuntimeError("no secret store to read the vCenter password from")
+        if self.loop is None:
+            raise RuntimeError("the vCenter provider has not started")
+        read = asyncio.run_coroutine_threadsafe(self._secrets.get(self._name), self.loop)
+        return read.result(timeout=60).decode().rstrip("\r\n")

@@ -1,0 +1,195 @@
+"""`Store` on a JetStream KV bucket, `<prefix>_store`, shared by every node.
+
+One bucket for all namespaces, each entry under the key `<namespace>.<key>`
+(a namespace has no dot, and store keys are KV keys already): the bucket's
+stream sequence is the entry's revision, so revisions grow across the whole
+store and a key made again never reuses one, as `veba.store` requires; one
+bucket per namespace would restart them when a namespace is dropped and made
+again. The bucket keeps one revision per key (history 1).
+
+NATS 2.9 has no per-key TTL: the entry's value is an envelope holding the
+value with its `created`, `updated` and `expires_at`, and an entry past its
+expiry is absent to every reader. Every write is a compare-and-set on the
+key's last revision as read (its tombstone's, or 0 if it has none), so a stale
+entry is replaced exactly once however many nodes race, and a write that lost
+reads again and decides again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from nats.aio.client import Client
+from nats.errors import MaxPayloadError
+from nats.js.client import JetStreamContext
+from nats.js.errors import APIError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from veba.jetstream._buckets import (
+    Lazy,
+    at_revision,
+    bucket_name,
+    jetstream_of,
+    key_value,
+    kv_stream,
+    kv_subject,
+    lost_race,
+)
+from veba.store import (
+    Entry,
+    RevisionMismatch,
+    ValueTooLarge,
+    check_key,
+    check_namespace,
+    check_ttl,
+    encode_value,
+)
+
+__all__ = ["JetStreamStore"]
+
+
+class JetStreamStore:
+    """The functions' `Store` in the KV bucket `<prefix>_store`."""
+
+    def __init__(
+        self,
+        nats: Client | JetStreamContext,
+        prefix: str = "veba",
+        *,
+        replicas: int = 1,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._js = jetstream_of(nats)
+        self.bucket = bucket_name(prefix, "store")
+        self._clock = clock
+        self._kv = Lazy(lambda: key_value(self._js, self.bucket, replicas=replicas))
+
+    async def get(self, namespace: str, key: str) -> Entry | None:
+        check_namespace(namespace)
+        check_key(key)
+        kv = await self._kv.get()
+        _, entry = await _current(kv, namespace, key, self._clock())
+        return entry
+
+    async def put(
+        self,
+        namespace: str,
+        key: str,
+        value: Any,
+        *,
+        ttl: float | None = None,
+        expect_revision: int | None = None,
+    ) -> Entry:
+        check_namespace(namespace)
+        check_key(key)
+        ttl = check_ttl(ttl)
+        data = encode_value(value)
+        kv = await self._kv.get()
+        while True:
+            now = self._clock()
+            last, current = await _current(kv, namespace, key, now)
+            if expect_revision is not None and expect_revision != (
+                current.revision if current else 0
+            ):
+                raise RevisionMismatch(namespace, key, expect_revision, current)
+            created = current.created if current else now
+            expires_at = None if ttl is None else now + ttl
+            envelope = orjson.dumps(
+                {
+                    "value": orjson.Fragment(data),
+                    "created": created,
+                    "updated": now,
+                    "expires_at": expires_at,
+                }
+            )
+            try:
+                revision = await kv.update(f"{namespace}.{key}", envelope, last=last)
+            except KeyWrongLastSequenceError:
+                continue  # written meanwhile: read it again and decide again
+            except MaxPayloadError:
+                raise ValueTooLarge(
+                    f"value is {len(data)} bytes of JSON; with its key and times it is over"
+                    " the NATS server's max_payload"
+                ) from None
+            return Entry(namespace, key, orjson.loads(data), revision, created, now, expires_at)
+
+    async def delete(self, namespace: str, key: str, *, expect_revision: int | None = None) -> bool:
+        check_namespace(namespace)
+        check_key(key)
+        kv = await self._kv.get()
+        while True:
+            last, current = await _current(kv, namespace, key, self._clock())
+            if expect_revision is not None and expect_revision != (
+                current.revision if current else 0
+            ):
+                raise RevisionMismatch(namespace, key, expect_revision, current)
+            if current is None:
+                return False
+            try:
+                await kv.delete(f"{namespace}.{key}", last=last)
+            except APIError as exc:
+                if lost_race(exc):
+                    continue
+                raise
+            return True
+
+    async def list(self, namespace: str, *, prefix: str = "", limit: int = 1000) -> list[Entry]:
+        check_namespace(namespace)
+        entries = await _live_entries(await self._kv.get(), namespace, self._clock())
+        chosen = sorted((e for e in entries if e.key.startswith(prefix)), key=lambda e: e.key)
+        return chosen[: max(0, limit)]
+
+    async def drop(self, namespace: str) -> int:
+        check_namespace(namespace)
+        count = len(await _live_entries(await self._kv.get(), namespace, self._clock()))
+        # One purge of the namespace's subjects: entries, tombstones and all.
+        await self._js.purge_stream(
+            kv_stream(self.bucket), subject=kv_subject(self.bucket, f"{namespace}.>")
+        )
+        return count
+
+
+async def _live_entries(kv: KeyValue, namespace: str, now: float) -> list[Entry]:
+    """Every live entry of a namespace, read by a watch of its keys' last revisions."""
+    watcher = await kv.watch(f"{namespace}.>", ignore_deletes=True)
+    found = []
+    try:
+        async for got in watcher:
+            if got is None:  # caught up with the bucket
+                break
+            entry = _entry(namespace, got.key[len(namespace) + 1 :], got.revision or 0, got.value)
+            if entry is not None and _live(entry, now):
+                found.append(entry)
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+    return found
+
+
+def _entry(namespace: str, key: str, revision: int, raw: bytes | None) -> Entry | None:
+    if not raw:
+        return None
+    doc = orjson.loads(raw)
+    return Entry(
+        namespace,
+        key,
+        doc["value"],
+        revision,
+        doc["created"],
+        doc["updated"],
+        doc["expires_at"],
+    )
+
+
+def _live(entry: Entry, now: float) -> bool:
+    return entry.expires_at is None or entry.expires_at > now
+
+
+async def _current(kv: KeyValue, namespace: str, key: str, now: float) -> tuple[int, Entry | None]:
+    """The key's last revision (see `at_revision`) and its live entry (None if
+    deleted, purged or expired)."""
+    last, got = await at_revision(kv, f"{namespace}.{key}")
+    entry = None if got is None else _entry(namespace, key, last, got.value)
+    return last, entry if entry is not None and _live(entry, now) else None
