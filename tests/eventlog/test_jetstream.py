@@ -238,3 +238,14 @@ async def test_events_newest_first_reach_back_past_one_window(log: JetStreamLog)
     assert [r.event.data["Key"] for r in newest] == [1000, *range(299, 150, -1)]
     rare = await log.events(newest_first=True, subject="VmPoweredOnEvent", limit=1)
     assert [r.event.data["Key"] for r in rare] == [299]
+
+
+async def test_a_node_that_closes_gives_what_it_held_to_the_others_at_once(
+    open_log: OpenLog,
+) -> None:
+    a, b = await open_log(), await open_log()  # ack wait 30 s: not what brings it back
+    await a.append([make_event(1)], route=to("f"))
+    (held,) = await a.lease("f", 1, ttl=3600)
+    await a.close()
+    again = await lease_within(b, "f", 10)
+    assert [(d.id, d.attempt) for d in again] == [(held.id, 2)]  # the interrupted one counts

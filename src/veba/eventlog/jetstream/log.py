@@ -102,6 +102,16 @@ class JetStreamLog(DeliveryOps, Queries):
     async def open(self) -> None:
         self._nc = await nats.connect(servers=self.servers, name=f"veba-{self.names.prefix}")
         self._js = self._nc.jetstream()
+        try:
+            await self._make_streams()
+        except BaseException:  # refused (replicas on one server, a stream in the way)
+            await self._nc.close()
+            self._nc = self._js = None
+            raise
+        self._leases.start()
+
+    async def _make_streams(self) -> None:
+        """Make what is missing, and bring what is there to this config."""
         names = self.names
         await self._stream(
             names.events,
@@ -114,10 +124,9 @@ class JetStreamLog(DeliveryOps, Queries):
         await self._stream(names.deliveries, retention=RetentionPolicy.WORK_QUEUE)
         await self._stream(names.dlq)
         await self._stream(names.states, max_msgs_per_subject=1)
-        self._kv = await self._js.create_key_value(
+        self._kv = await self._jetstream().create_key_value(
             bucket=names.checkpoints, history=1, replicas=self.replicas, direct=True
         )
-        self._leases.start()
 
     async def _stream(self, name: str, **options: Any) -> None:
         config = StreamConfig(
