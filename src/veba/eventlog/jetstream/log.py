@@ -220,7 +220,10 @@ class JetStreamLog(DeliveryOps, Queries):
 
     async def prune(self, received_before: float) -> int:
         """Events received before the cutoff whose deliveries are all delivered go,
-        with their delivery states; one request each, so nothing waits behind it."""
+        with their delivery states; one request each, so nothing waits behind it.
+        What must stay is read first (the open deliveries' and dead letters'
+        events): the cutoff is taken to be in the past, where no append, replay
+        or redrive adds a delivery meanwhile."""
         names, nc, js = self.names, self._conn(), self._jetstream()
         keep: set[int] = set()
         async for msg in walk(nc, names.deliveries, names.all(names.deliveries)):
