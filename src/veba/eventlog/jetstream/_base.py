@@ -1,0 +1,106 @@
+"""What the parts of `JetStreamLog` share: the connection, the names, this
+node's leases and the delivery states it holds, and the reads and writes that
+more than one part makes."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+
+from veba.eventlog.jetstream._leases import LeaseKeeper
+from veba.eventlog.jetstream._names import Names
+from veba.eventlog.jetstream._state import DeliveryState
+from veba.eventlog.jetstream._wire import (
+    Outgoing,
+    check_ack,
+    direct_get,
+    publish_many,
+    scan,
+    seq_of,
+)
+
+__all__ = ["CHUNK", "LogBase", "own_headers", "received"]
+
+CHUNK = 1000  # messages one publish_many sends
+
+
+def received(msg: Msg) -> float:
+    """When the event of an events-stream message was appended."""
+    return float((msg.headers or {})["Veba-Received"])
+
+
+def own_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """A message's headers without those the server added (Nats-*)."""
+    return {k: v for k, v in headers.items() if not k.startswith("Nats-")}
+
+
+class LogBase:
+    names: Names
+    ack_wait: float
+    _clock: Callable[[], float]
+    _nc: Client | None
+    _js: JetStreamContext | None
+    _kv: KeyValue | None
+    _consumers: set[str]
+    _leases: LeaseKeeper
+    _states: dict[int, DeliveryState]  # of the deliveries this node holds
+
+    def _conn(self) -> Client:
+        if self._nc is None:
+            raise RuntimeError("event log is not open")
+        return self._nc
+
+    def _jetstream(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("event log is not open")
+        return self._js
+
+    def _checkpoint_kv(self) -> KeyValue:
+        if self._kv is None:
+            raise RuntimeError("event log is not open")
+        return self._kv
+
+    async def _publish(self, messages: Sequence[Outgoing], what: str) -> list[int]:
+        """Publish in chunks; the stream seq of each (its error raised)."""
+        acks = await self._publish_acks(messages)
+        return [check_ack(ack, what) for ack in acks]
+
+    async def _publish_acks(self, messages: Sequence[Outgoing]) -> list[dict[str, Any]]:
+        acks: list[dict[str, Any]] = []
+        for at in range(0, len(messages), CHUNK):
+            acks.extend(await publish_many(self._conn(), messages[at : at + CHUNK]))
+        return acks
+
+    async def _read_state(self, delivery_id: int) -> DeliveryState | None:
+        msg = await direct_get(
+            self._conn(), self.names.states, {"last_by_subj": self.names.state_subject(delivery_id)}
+        )
+        return None if msg is None else DeliveryState.from_json(msg.data)
+
+    async def _state(self, delivery_id: int) -> DeliveryState | None:
+        return self._states.get(delivery_id) or await self._read_state(delivery_id)
+
+    async def _save(self, states: Sequence[DeliveryState]) -> None:
+        names = self.names
+        messages: list[Outgoing] = [(names.state_subject(s.id), s.to_json(), {}) for s in states]
+        await self._publish(messages, "delivery state")
+
+    def _events(self, *, start: int = 1, headers_only: bool = False) -> AsyncGenerator[Msg, None]:
+        names = self.names
+        return scan(
+            self._jetstream(), self._conn(), names.events, start=start, headers_only=headers_only
+        )
+
+    async def _all_states(self) -> AsyncGenerator[tuple[int, DeliveryState], None]:
+        """Every delivery state, with the seq of its message in the states stream."""
+        names = self.names
+        states = scan(self._jetstream(), self._conn(), names.states)
+        async with contextlib.aclosing(states) as found:
+            async for msg in found:
+                yield seq_of(msg), DeliveryState.from_json(msg.data)

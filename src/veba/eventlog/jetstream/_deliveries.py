@@ -1,0 +1,293 @@
+"""Leasing and settling deliveries on the shared consumers, dead letters,
+redrive and replay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Sequence
+
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from veba.eventlog.base import Attempt, Delivery, ReplayTooLarge
+from veba.eventlog.jetstream._base import CHUNK, LogBase, own_headers, received
+from veba.eventlog.jetstream._names import token
+from veba.eventlog.jetstream._state import DeliveryState, delivery_headers
+from veba.eventlog.jetstream._wire import (
+    ACK,
+    NAK,
+    JetStreamError,
+    Outgoing,
+    api,
+    pull,
+    scan,
+    seq_of,
+    settle,
+)
+from veba.events import INVOCATION_TYPE, Event
+
+__all__ = ["DeliveryOps"]
+
+
+class DeliveryOps(LogBase):
+    async def _consumer(self, subscription: str) -> str:
+        consumer = self.names.consumer(subscription)
+        if consumer not in self._consumers:
+            config = ConsumerConfig(
+                durable_name=consumer,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.ack_wait,
+                deliver_policy=DeliverPolicy.ALL,
+                filter_subject=self.names.delivery_subject(subscription),
+                max_deliver=-1,
+                max_ack_pending=-1,
+            )
+            await self._jetstream().add_consumer(self.names.deliveries, config)
+            self._consumers.add(consumer)
+        return consumer
+
+    async def lease(
+        self, subscription: str, limit: int, ttl: float, *, include_delayed: bool = False
+    ) -> list[Delivery]:
+        # include_delayed is not honoured: a retried delivery waits out its delay
+        # on the server (nak with delay), out of every node's reach. Ordered
+        # subscriptions retry in place (dispatch.py), so theirs never wait there.
+        try:
+            consumer = await self._consumer(subscription)
+            msgs = await pull(self._conn(), self.names.deliveries, consumer, limit)
+        except JetStreamError:  # its consumer was deleted (`forget` on another node)
+            self._consumers.discard(self.names.consumer(subscription))
+            consumer = await self._consumer(subscription)
+            msgs = await pull(self._conn(), self.names.deliveries, consumer, limit)
+        if not msgs:
+            return []
+        now = self._clock()
+        states = await asyncio.gather(*(self._state_for(m, subscription) for m in msgs))
+        for msg, state in zip(msgs, states, strict=True):
+            state.attempts = msg.metadata.num_delivered + state.adjust
+            state.status = "leased"
+            self._states[state.id] = state
+            self._leases.hold(state.id, msg, subscription, now + ttl)
+        await self._save(states)
+        return [
+            Delivery(s.id, s.seq, subscription, Event.from_json(m.data), s.attempts, s.available_at)
+            for m, s in zip(msgs, states, strict=True)
+        ]
+
+    async def _state_for(self, msg: Msg, subscription: str) -> DeliveryState:
+        headers = msg.headers or {}
+        delivery_id = int(headers.get("Veba-Delivery", msg.metadata.sequence.stream))
+        # A message's first delivery has no state to read, unless it was redriven.
+        if msg.metadata.num_delivered > 1 or "Veba-Delivery" in headers:
+            state = self._states.get(delivery_id) or await self._read_state(delivery_id)
+            if state is not None:
+                return state
+        return DeliveryState.pending_from(delivery_id, subscription, headers)
+
+    async def extend(self, delivery_ids: Sequence[int], ttl: float) -> None:
+        until = self._clock() + ttl
+        for delivery_id in delivery_ids:
+            await self._leases.extend(delivery_id, until)
+
+    async def ack(self, delivery_id: int, attempt: Attempt) -> None:
+        await self.ack_many([(delivery_id, attempt)])
+
+    async def ack_many(self, acks: Sequence[tuple[int, Attempt]]) -> None:
+        async def one(delivery_id: int, attempt: Attempt) -> DeliveryState | None:
+            held = self._leases.take(delivery_id)
+            if held is not None:
+                await settle(held.msg, ACK)
+            state = self._states.pop(delivery_id, None) or await self._read_state(delivery_id)
+            if state is None:
+                return None
+            state.status, state.started, state.finished = (
+                "delivered",
+                attempt.started,
+                attempt.finished,
+            )
+            state.last_status = attempt.status
+            return state
+
+        settled = await asyncio.gather(*(one(did, a) for did, a in acks))
+        await self._save([s for s in settled if s is not None])
+
+    async def retry(
+        self,
+        delivery_id: int,
+        attempt: Attempt,
+        available_at: float,
+        *,
+        lease_ttl: float | None = None,
+    ) -> None:
+        state = await self._state(delivery_id)
+        if state is None:
+            return
+        state.failed(attempt)
+        state.available_at = available_at
+        if lease_ttl is not None:  # kept, and the next attempt counted now
+            state.attempts += 1
+            state.adjust += 1
+            self._states[delivery_id] = state
+            await self._save([state])
+            await self._leases.extend(delivery_id, available_at + lease_ttl)
+            return
+        state.status = "pending"
+        await self._save([state])
+        self._states.pop(delivery_id, None)
+        held = self._leases.take(delivery_id)
+        if held is not None and not held.lapsed:  # a lapsed one was given back already
+            await settle(held.msg, NAK, delay=max(0.0, available_at - self._clock()))
+
+    async def dead(self, delivery_id: int, attempt: Attempt) -> None:
+        state = await self._state(delivery_id)
+        held = self._leases.take(delivery_id)
+        self._states.pop(delivery_id, None)
+        if state is None:
+            return
+        if held is not None:
+            # Into the DLQ first, then off the queue: a crash between the two
+            # delivers it once more rather than losing it.
+            headers = own_headers(held.msg.headers or {})
+            headers["Veba-Delivery"] = str(delivery_id)
+            dlq = self.names.dlq_subject(state.subscription)
+            await self._publish([(dlq, held.msg.data, headers)], "dead letter")
+            await settle(held.msg, ACK)
+        state.failed(attempt)
+        state.status, state.finished = "dead", attempt.finished
+        await self._save([state])
+
+    async def release(self, delivery_ids: Sequence[int]) -> None:
+        released = []
+        for delivery_id in delivery_ids:
+            held = self._leases.take(delivery_id)
+            state = self._states.pop(delivery_id, None)
+            if held is None or held.lapsed or state is None:
+                continue
+            # Its next delivery is no attempt of its own: the count goes back.
+            state.attempts, state.adjust, state.status = (
+                state.attempts - 1,
+                state.adjust - 1,
+                "pending",
+            )
+            released.append((held, state))
+        await self._save([state for _, state in released])
+        await asyncio.gather(*(settle(held.msg, NAK) for held, _ in released))
+
+    async def redrive(
+        self, *, delivery_ids: Sequence[int] | None = None, subscription: str | None = None
+    ) -> int:
+        names, nc, js = self.names, self._conn(), self._jetstream()
+        wanted = set(delivery_ids or ())
+        subjects = names.all(names.dlq) if subscription is None else names.dlq_subject(subscription)
+        now = self._clock()
+        total = 0
+        batch: list[Msg] = []
+
+        async def move(msgs: list[Msg]) -> None:
+            outgoing: list[Outgoing] = []
+            for msg in msgs:
+                headers = dict(msg.headers or {})
+                sub = names.subscription_of(msg.subject)
+                outgoing.append((names.delivery_subject(sub), msg.data, own_headers(headers)))
+            await self._publish(outgoing, "redrive")
+            states = []
+            for msg in msgs:
+                delivery_id = int((msg.headers or {})["Veba-Delivery"])
+                state = await self._read_state(delivery_id)
+                if state is not None:
+                    state.status, state.attempts, state.adjust = "pending", 0, 0
+                    state.available_at, state.finished = now, None
+                    states.append(state)
+                await js.delete_msg(names.dlq, msg.metadata.sequence.stream)
+            await self._save(states)
+
+        async with contextlib.aclosing(scan(js, nc, names.dlq, subjects=subjects)) as dead:
+            async for msg in dead:
+                if wanted and int((msg.headers or {})["Veba-Delivery"]) not in wanted:
+                    continue
+                batch.append(msg)
+                if len(batch) >= CHUNK:
+                    await move(batch)
+                    total, batch = total + len(batch), []
+        if batch:
+            await move(batch)
+            total += len(batch)
+        return total
+
+    async def replay(
+        self,
+        subscription: str,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        subjects: Sequence[str] | None = None,
+        at_most: int | None = None,
+        matches: Callable[[Event], bool] | None = None,
+        dry_run: bool = False,
+    ) -> int:
+        now = self._clock()
+        low, high = since if since is not None else 0.0, until if until is not None else now
+        kinds = {token(s) for s in subjects} if subjects else None
+        invocation = token(INVOCATION_TYPE)
+
+        def in_range(msg: Msg) -> bool:
+            headers = msg.headers or {}
+            return (
+                low <= received(msg) <= high
+                and headers.get("Veba-Type") != invocation
+                and (kinds is None or headers.get("Veba-Subject") in kinds)
+            )
+
+        async def chosen(headers_only: bool) -> AsyncGenerator[tuple[Msg, Event | None], None]:
+            async with contextlib.aclosing(self._events(headers_only=headers_only)) as found:
+                async for msg in found:
+                    if not in_range(msg):
+                        continue
+                    event = None if headers_only else Event.from_json(msg.data)
+                    if matches is None or (event is not None and matches(event)):
+                        yield msg, event
+
+        if at_most is not None or dry_run:
+            count = 0
+            async for _ in chosen(headers_only=matches is None):
+                count += 1
+            if at_most is not None and count > at_most:
+                raise ReplayTooLarge(count, at_most)
+            if dry_run:
+                return count
+        outgoing: list[Outgoing] = []
+        total = 0
+        subject = self.names.delivery_subject(subscription)
+        async for msg, event in chosen(headers_only=False):
+            assert event is not None
+            headers = delivery_headers(None, seq_of(msg), now, event)
+            outgoing.append((subject, msg.data, headers))
+            if len(outgoing) >= CHUNK:
+                total += len(await self._publish(outgoing, "replay"))
+                outgoing = []
+        return total + len(await self._publish(outgoing, "replay"))
+
+    async def forget(self, subscription: str) -> int:
+        """Its open deliveries, their states and its consumer go; a later lease
+        makes a new consumer."""
+        names = self.names
+        consumer = names.consumer(subscription)
+        self._consumers.discard(consumer)
+        with contextlib.suppress(NotFoundError):
+            await self._jetstream().delete_consumer(names.deliveries, consumer)
+        answer = await api(
+            self._conn(),
+            f"$JS.API.STREAM.PURGE.{names.deliveries}",
+            {"filter": names.delivery_subject(subscription)},
+        )
+        for delivery_id, held in list(self._leases.held.items()):
+            if held.subscription == subscription:
+                self._leases.take(delivery_id)
+                self._states.pop(delivery_id, None)
+        # Their states go too (those leased at least once have one).
+        async for seq, state in self._all_states():
+            if state.subscription == subscription and state.status in ("pending", "leased"):
+                await self._jetstream().delete_msg(names.states, seq)
+        return int(answer.get("purged", 0))

@@ -1,0 +1,181 @@
+"""The inspection queries: what every node reads of the log as it stands."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import Counter
+
+from nats.aio.msg import Msg
+
+from veba.eventlog.base import (
+    Backlog,
+    Checkpoint,
+    DeliveryInfo,
+    EventRecord,
+    LogSize,
+    Status,
+    SubjectCounts,
+)
+from veba.eventlog.jetstream._base import LogBase, received
+from veba.eventlog.jetstream._names import token, untoken
+from veba.eventlog.jetstream._state import DeliveryState
+from veba.eventlog.jetstream._wire import direct_get, scan, seq_of, walk
+from veba.events import Event
+
+__all__ = ["Queries"]
+
+
+class Queries(LogBase):
+    async def _all_deliveries(self, subscription: str | None) -> list[DeliveryState]:
+        """Every delivery known: those with a state, and open ones never leased."""
+        names = self.names
+        by_id = {}
+        async for _, state in self._all_states():
+            if subscription is None or state.subscription == subscription:
+                by_id[state.id] = state
+        subjects = (
+            names.all(names.deliveries)
+            if subscription is None
+            else names.delivery_subject(subscription)
+        )
+        async for msg in walk(self._conn(), names.deliveries, subjects):
+            headers = msg.headers or {}
+            delivery_id = int(headers.get("Veba-Delivery", seq_of(msg)))
+            if delivery_id not in by_id:
+                sub = names.subscription_of(headers.get("Nats-Subject", ""))
+                by_id[delivery_id] = DeliveryState.pending_from(delivery_id, sub, headers)
+        return sorted(by_id.values(), key=lambda s: s.id, reverse=True)
+
+    async def events(
+        self,
+        *,
+        after_seq: int = 0,
+        limit: int = 100,
+        subject: str | None = None,
+        newest_first: bool = False,
+    ) -> list[EventRecord]:
+        wanted = None if subject is None else token(subject)
+
+        def record(msg: Msg) -> EventRecord | None:
+            if wanted is not None and (msg.headers or {}).get("Veba-Subject") != wanted:
+                return None
+            return EventRecord(seq_of(msg), received(msg), Event.from_json(msg.data))
+
+        if limit <= 0:
+            return []
+        if not newest_first:
+            out: list[EventRecord] = []
+            async with contextlib.aclosing(self._events(start=after_seq + 1)) as found:
+                async for msg in found:
+                    if (rec := record(msg)) is not None:
+                        out.append(rec)
+                        if len(out) >= limit:
+                            break
+            return out
+        # Newest first: read windows back from the end, each wider than the last.
+        upto = (await self._jetstream().stream_info(self.names.events)).state.last_seq
+        newest: list[EventRecord] = []
+        window = max(limit * 2, 64)
+        while upto > after_seq and len(newest) < limit:
+            start = max(after_seq + 1, upto - window + 1)
+            part: list[EventRecord] = []
+            async with contextlib.aclosing(self._events(start=start)) as found:
+                async for msg in found:
+                    if seq_of(msg) > upto:
+                        break
+                    if (rec := record(msg)) is not None:
+                        part.append(rec)
+            newest.extend(reversed(part))
+            upto, window = start - 1, window * 4
+        return newest[:limit]
+
+    async def event(self, event_id: str) -> EventRecord | None:
+        names = self.names
+        msg = await direct_get(
+            self._conn(), names.events, {"seq": 1, "next_by_subj": names.event_by_id(event_id)}
+        )
+        if msg is None:
+            return None
+        return EventRecord(seq_of(msg), received(msg), Event.from_json(msg.data))
+
+    async def deliveries(
+        self,
+        *,
+        subscription: str | None = None,
+        status: Status | None = None,
+        event_id: str | None = None,
+        limit: int = 100,
+        with_history: bool = False,
+    ) -> list[DeliveryInfo]:
+        found = [
+            s
+            for s in await self._all_deliveries(subscription)
+            if (status is None or s.status == status)
+            and (event_id is None or s.event_id == event_id)
+        ]
+        return [s.info(with_history=with_history) for s in found[: max(0, limit)]]
+
+    async def delivery(self, delivery_id: int) -> DeliveryInfo | None:
+        state = await self._state(delivery_id)
+        if state is None:  # never leased: its message, if it is still open
+            names = self.names
+            msg = await direct_get(self._conn(), names.deliveries, {"seq": delivery_id})
+            if msg is None:
+                return None
+            sub = names.subscription_of((msg.headers or {}).get("Nats-Subject", ""))
+            state = DeliveryState.pending_from(delivery_id, sub, msg.headers or {})
+        return state.info()
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for state in await self._all_deliveries(None):
+            by_status = out.setdefault(state.subscription, {})
+            by_status[state.status] = by_status.get(state.status, 0) + 1
+        return out
+
+    async def backlog(self) -> dict[str, Backlog]:
+        """Open deliveries per subscription from the work queue's subject counts,
+        the oldest from each one's first message, dead letters from the DLQ's."""
+        names, js, nc = self.names, self._jetstream(), self._conn()
+        found: dict[str, Backlog] = {}
+        info = await js.stream_info(names.deliveries, subjects_filter=names.all(names.deliveries))
+        for subject, n in (info.state.subjects or {}).items():
+            first = await direct_get(nc, names.deliveries, {"seq": 1, "next_by_subj": subject})
+            oldest = None if first is None else float((first.headers or {})["Veba-Created"])
+            found[names.subscription_of(subject)] = Backlog(n, oldest)
+        info = await js.stream_info(names.dlq, subjects_filter=names.all(names.dlq))
+        for subject, n in (info.state.subjects or {}).items():
+            sub = names.subscription_of(subject)
+            open_ = found.get(sub, Backlog())
+            found[sub] = Backlog(open_.open, open_.oldest, n)
+        return found
+
+    async def size(self) -> LogSize:
+        names, js = self.names, self._jetstream()
+        streams = (names.events, names.deliveries, names.dlq, names.states)
+        infos = [await js.stream_info(s) for s in (*streams, f"KV_{names.checkpoints}")]
+        return LogSize(sum(i.state.bytes for i in infos), 0)
+
+    async def subject_counts(self, after_seq: int = 0) -> SubjectCounts:
+        upto = (await self._jetstream().stream_info(self.names.events)).state.last_seq
+        counts: Counter[tuple[str, str]] = Counter()
+        if upto > after_seq:
+            found = self._events(start=after_seq + 1, headers_only=True)
+            async with contextlib.aclosing(found) as messages:
+                async for msg in messages:
+                    if seq_of(msg) > upto:
+                        break
+                    headers = msg.headers or {}
+                    counts[untoken(headers["Veba-Subject"]), untoken(headers["Veba-Type"])] += 1
+        return SubjectCounts(upto, tuple((s, t, n) for (s, t), n in sorted(counts.items())))
+
+    async def checkpoints(self) -> list[Checkpoint]:
+        stream = f"KV_{self.names.checkpoints}"
+        found: list[Checkpoint] = []
+        async with contextlib.aclosing(scan(self._jetstream(), self._conn(), stream)) as entries:
+            async for msg in entries:
+                if msg.data and "KV-Operation" not in (msg.headers or {}):
+                    value = json.loads(msg.data)
+                    found.append(Checkpoint(value["name"], value["value"], value["updated"]))
+        return sorted(found, key=lambda c: c.name)

@@ -1,0 +1,245 @@
+"""`EventLog` on NATS JetStream, shared by every node of one appliance.
+
+Layout (NAME is the constructor's `name`; see docs/design.md, "The JetStream log"):
+
+- `NAME_events` (stream, limits): one message per event on
+  `NAME.events.<source>.<id>`, its body the event's JSON, its headers when it was
+  received, its CloudEvent subject and type, and where it was routed. The seq an
+  event gets is its stream seq.
+- `NAME_deliveries` (stream, work queue): one message per open delivery on
+  `NAME.deliveries.<subscription>`, carrying the event, so a lease is one pull.
+  A delivery's id is its message's stream seq (a redriven one keeps its id).
+  One durable pull consumer per subscription, shared by all nodes: each
+  delivery goes to one node at a time; an ack removes it.
+- `NAME_dlq` (stream, limits): dead letters on `NAME.dlq.<subscription>`.
+- `NAME_states` (stream, last message per subject): each delivery's status,
+  attempts and failed attempts on `NAME.states.<id>`, written at every change
+  after its first lease; what every node's inspection queries read.
+- `NAME-checkpoints` (KV): provider checkpoints.
+
+Deduplication. An event's subject is unique to its (source, id), and the events
+stream keeps at most one message per subject, refusing a second
+(`max_msgs_per_subject=1`, `discard_new_per_subject`): the stream itself is the
+unique index, atomic with the write, for as long as the event is kept, which is
+what the SQLite log promises (dedup within the retention window; `prune` frees
+the subject with the event). `Nats-Msg-Id` (the same (source, id)) answers a
+repeat within the duplicate window without the error round trip. Not chosen: a
+duration-long `duplicate_window` (the server keeps every id of the window in
+memory and forgets by time, not by retention) and a KV of seen ids (a second
+write that is not atomic with the event's: a crash between the two loses the
+event or lets its repeat in).
+
+Not atomic, unlike SQLite's one transaction: an append publishes its events,
+then their deliveries, then the checkpoint. A node dying in between leaves
+events without deliveries (`replay` finds them; each event's routes are in its
+headers for a repair to come) or a checkpoint behind (the provider sends again,
+dedup drops it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.client import JetStreamContext
+from nats.js.errors import BadRequestError, KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from veba.eventlog.base import AppendResult, Delivery, Route
+from veba.eventlog.jetstream._base import received
+from veba.eventlog.jetstream._deliveries import DeliveryOps
+from veba.eventlog.jetstream._leases import LeaseKeeper
+from veba.eventlog.jetstream._names import Names, token
+from veba.eventlog.jetstream._queries import Queries
+from veba.eventlog.jetstream._state import DeliveryState, delivery_headers
+from veba.eventlog.jetstream._wire import Outgoing, check_ack, scan, seq_of, walk
+from veba.events import Event
+
+__all__ = ["JetStreamLog"]
+
+_DUPLICATE = 10077  # "maximum messages per subject exceeded": that event is logged already
+
+
+class JetStreamLog(DeliveryOps, Queries):
+    """`EventLog` on NATS JetStream (see the module's docstring for the layout)."""
+
+    def __init__(
+        self,
+        servers: Sequence[str] = ("nats://127.0.0.1:4222",),
+        *,
+        name: str = "veba",
+        replicas: int = 1,
+        ack_wait: float = 30.0,
+        duplicate_window: float = 120.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.servers = list(servers)
+        self.names = Names(name)
+        self.replicas = replicas
+        # How long a node that died holding leases keeps them (leases of any
+        # length are the holding node's to keep: _leases.py).
+        self.ack_wait = ack_wait
+        self.duplicate_window = duplicate_window
+        self._clock = clock
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._kv: KeyValue | None = None
+        self._consumers: set[str] = set()
+        self._leases = LeaseKeeper(ack_wait)
+        self._states: dict[int, DeliveryState] = {}  # of the deliveries this node holds
+        # Appends publish events, then deliveries: one at a time per node, so
+        # each subscription's deliveries are in the order of their events.
+        self._append_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        self._nc = await nats.connect(servers=self.servers, name=f"veba-{self.names.prefix}")
+        self._js = self._nc.jetstream()
+        try:
+            await self._make_streams()
+        except BaseException:  # refused (replicas on one server, a stream in the way)
+            await self._nc.close()
+            self._nc = self._js = None
+            raise
+        self._leases.start()
+
+    async def _make_streams(self) -> None:
+        """Make what is missing, and bring what is there to this config."""
+        names = self.names
+        await self._stream(
+            names.events,
+            # The unique index on (source, id): see the module's docstring.
+            max_msgs_per_subject=1,
+            discard=DiscardPolicy.NEW,
+            discard_new_per_subject=True,
+            duplicate_window=self.duplicate_window,
+        )
+        await self._stream(names.deliveries, retention=RetentionPolicy.WORK_QUEUE)
+        await self._stream(names.dlq)
+        await self._stream(names.states, max_msgs_per_subject=1)
+        self._kv = await self._jetstream().create_key_value(
+            bucket=names.checkpoints, history=1, replicas=self.replicas, direct=True
+        )
+
+    async def _stream(self, name: str, **options: Any) -> None:
+        config = StreamConfig(
+            name=name,
+            subjects=[self.names.all(name)],
+            num_replicas=self.replicas,
+            storage=StorageType.FILE,
+            allow_direct=True,
+            **options,
+        )
+        js = self._jetstream()
+        try:
+            await js.add_stream(config)
+        except BadRequestError:  # there, with another config: this one is the current one
+            await js.update_stream(config)
+
+    async def close(self) -> None:
+        await self._leases.stop()
+        self._states.clear()
+        if self._nc is not None:
+            if not self._nc.is_closed:
+                await self._nc.drain()
+            self._nc = None
+            self._js = None
+
+    async def append(
+        self,
+        events: Sequence[Event],
+        *,
+        route: Route,
+        checkpoint: tuple[str, str] | None = None,
+        lease: Mapping[str, tuple[int, float]] | None = None,
+    ) -> AppendResult:
+        names = self.names
+        now = self._clock()
+        bodies = [e.to_json() for e in events]
+        routes = [tuple(route(e)) for e in events]
+        outgoing: list[Outgoing] = [
+            (
+                names.event_subject(e.source, e.id),
+                body,
+                {
+                    "Nats-Msg-Id": f"{token(e.source)}.{token(e.id)}",
+                    "Veba-Received": repr(now),
+                    "Veba-Subject": token(e.subject),
+                    "Veba-Type": token(e.type),
+                    "Veba-Routes": ",".join(token(sub) for sub in subs),
+                },
+            )
+            for e, body, subs in zip(events, bodies, routes, strict=True)
+        ]
+        new: list[tuple[int, int]] = []
+        per_sub: Counter[str] = Counter()
+        async with self._append_lock:
+            acks = await self._publish_acks(outgoing)
+            for index, ack in enumerate(acks):
+                error = ack.get("error")
+                if ack.get("duplicate") or (error and error.get("err_code") == _DUPLICATE):
+                    continue
+                new.append((check_ack(ack, "append"), index))
+            deliveries: list[Outgoing] = []
+            for seq, index in new:
+                for sub in routes[index]:
+                    per_sub[sub] += 1
+                    headers = delivery_headers(None, seq, now, events[index])
+                    deliveries.append((names.delivery_subject(sub), bodies[index], headers))
+            await self._publish(deliveries, "append: deliveries")
+            if checkpoint is not None:
+                value = {"name": checkpoint[0], "value": checkpoint[1], "updated": now}
+                await self._checkpoint_kv().put(token(checkpoint[0]), json.dumps(value).encode())
+        leased: list[Delivery] = []
+        for sub, (count, ttl) in (lease or {}).items():
+            if per_sub.get(sub, 0) > 0 and count > 0:
+                # Leased after the publish, as `lease` leases: the subscription's
+                # oldest open deliveries, which are the new ones unless it has a
+                # backlog (a dispatcher asks for room only when it has none).
+                leased.extend(await self.lease(sub, min(count, per_sub[sub]), ttl))
+        duplicates = len(events) - len(new)
+        return AppendResult(
+            len(new), duplicates, dict(per_sub), tuple(new), now, leased=tuple(leased)
+        )
+
+    async def get_checkpoint(self, name: str) -> str | None:
+        try:
+            entry = await self._checkpoint_kv().get(token(name))
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        return str(json.loads(entry.value)["value"])
+
+    async def prune(self, received_before: float) -> int:
+        """Events received before the cutoff whose deliveries are all delivered go,
+        with their delivery states; one request each, so nothing waits behind it.
+        What must stay is read first (the open deliveries' and dead letters'
+        events): the cutoff is taken to be in the past, where no append, replay
+        or redrive adds a delivery meanwhile."""
+        names, nc, js = self.names, self._conn(), self._jetstream()
+        keep: set[int] = set()
+        async for msg in walk(nc, names.deliveries, names.all(names.deliveries)):
+            keep.add(int((msg.headers or {})["Veba-Seq"]))
+        async with contextlib.aclosing(scan(js, nc, names.dlq, headers_only=True)) as dead:
+            async for msg in dead:
+                keep.add(int((msg.headers or {})["Veba-Seq"]))
+        gone: set[int] = set()
+        async with contextlib.aclosing(self._events(headers_only=True)) as found:
+            async for msg in found:
+                seq = seq_of(msg)
+                if received(msg) < received_before and seq not in keep:
+                    await js.delete_msg(names.events, seq)
+                    gone.add(seq)
+        if gone:
+            async for state_seq, state in self._all_states():
+                if state.seq in gone:
+                    await js.delete_msg(names.states, state_seq)
+        return len(gone)
