@@ -60,55 +60,10 @@ async def log(open_log: OpenLog) -> JetStreamLog:
     return await open_log()
 
 
-C = EventLogConformance
-
-
-class TestJetStreamLog:
-    """The conformance tests the JetStream log passes, by name. Not yet:
-    - test_append_can_lease_new_deliveries_in_its_own_write: an append that
-      leases takes the subscription's oldest open deliveries (its consumer gives
-      them in log order), which are not the new ones when it has a backlog;
-      see test_an_append_that_leases_takes_the_oldest_open_deliveries.
-    - test_include_delayed_leases_in_order_regardless_of_due_time: a retried
-      delivery waits out its delay on the server (nak with delay), where no lease
-      reaches it before it is due."""
-
-    test_append_deduplicates_on_source_and_id = C.test_append_deduplicates_on_source_and_id
-    test_append_says_which_events_were_new_with_their_seq = (
-        C.test_append_says_which_events_were_new_with_their_seq
-    )
-    test_events_round_trip_exactly = C.test_events_round_trip_exactly
-    test_deliveries_follow_the_route = C.test_deliveries_follow_the_route
-    test_checkpoint_commits_with_events = C.test_checkpoint_commits_with_events
-    test_lease_is_exclusive_in_log_order_and_counts_attempts = (
-        C.test_lease_is_exclusive_in_log_order_and_counts_attempts
-    )
-    test_expired_lease_is_redelivered = C.test_expired_lease_is_redelivered
-    test_extend_keeps_the_lease = C.test_extend_keeps_the_lease
-    test_ack_finishes_a_delivery = C.test_ack_finishes_a_delivery
-    test_retry_waits_until_due_and_keeps_history = C.test_retry_waits_until_due_and_keeps_history
-    test_retry_in_place_keeps_the_lease = C.test_retry_in_place_keeps_the_lease
-    test_dead_letter_and_redrive = C.test_dead_letter_and_redrive
-    test_release_does_not_count_an_attempt = C.test_release_does_not_count_an_attempt
-    test_replay_creates_new_deliveries_by_range_and_subject = (
-        C.test_replay_creates_new_deliveries_by_range_and_subject
-    )
-    test_replay_takes_what_matches_and_a_dry_run_only_counts = (
-        C.test_replay_takes_what_matches_and_a_dry_run_only_counts
-    )
-    test_backlog_counts_open_deliveries_their_oldest_and_dead_letters = (
-        C.test_backlog_counts_open_deliveries_their_oldest_and_dead_letters
-    )
-    test_size_grows_with_what_is_written = C.test_size_grows_with_what_is_written
-    test_subject_counts_count_by_subject_and_type_from_a_seq_on = (
-        C.test_subject_counts_count_by_subject_and_type_from_a_seq_on
-    )
-    test_checkpoints_say_when_each_was_last_written = (
-        C.test_checkpoints_say_when_each_was_last_written
-    )
-    test_forget_drops_open_deliveries = C.test_forget_drops_open_deliveries
-    test_prune_drops_old_finished_events_only = C.test_prune_drops_old_finished_events_only
-    test_many_concurrent_appends_are_all_durable = C.test_many_concurrent_appends_are_all_durable
+class TestJetStreamLog(EventLogConformance):
+    """The whole conformance suite. (`include_delayed` is SQLite's alone,
+    tests/eventlog/test_sqlite.py: a retried delivery waits out its delay on the
+    server, nak with delay, where no lease reaches it before it is due.)"""
 
 
 async def lease_within(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,7 +24,20 @@ async def log(tmp_path: Path) -> AsyncIterator[SQLiteLog]:
 
 
 class TestSQLiteLog(EventLogConformance):
-    pass
+    async def test_include_delayed_leases_in_order_regardless_of_due_time(
+        self, log: SQLiteLog
+    ) -> None:
+        # SQLite only: JetStream holds a nak's delay on the server, out of a lease's
+        # reach. Ordered subscriptions retry in place, so theirs never wait there.
+        await log.append([make_event(1), make_event(2)], route=to("f"))
+        (d1,) = await log.lease("f", 1, 30)
+        await log.retry(d1.id, failed(1), time.time() + 3600)
+        plain = await log.lease("f", 10, 30)
+        assert [d.event.data["Key"] for d in plain] == [2]
+        await log.release([d.id for d in plain])
+        ordered = await log.lease("f", 10, 30, include_delayed=True)
+        assert [d.event.data["Key"] for d in ordered] == [1, 2]
+        assert ordered[0].available_at > time.time() + 3000
 
 
 async def test_events_survive_reopen(tmp_path: Path) -> None:

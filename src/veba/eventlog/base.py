@@ -171,11 +171,13 @@ class EventLog(Protocol):
         """Store new events (dedup on (source, id)) with their deliveries and the
         provider checkpoint, in one transaction. Returns once durable.
 
-        `lease`: subscription -> (at most how many, for how long): that many of
-        its new deliveries are leased in the same transaction, as `lease` would
-        lease them (attempt 1), and come back in `AppendResult.leased`; the rest
-        stay pending. A dispatcher with room takes new events so, without a
-        lease of its own: one write an event, not two."""
+        `lease`: subscription -> (at most how many, for how long): that many
+        deliveries are leased as part of the append (attempt 1) and come back in
+        `AppendResult.leased`; the rest stay pending. A dispatcher asks only when
+        its subscription has no backlog, and then they are the new events'
+        deliveries in log order (with a backlog, which ones is the log's choice:
+        SQLite takes new ones, JetStream's shared queue the oldest). So a
+        dispatcher with room takes new events without a lease of its own."""
         ...
 
     async def get_checkpoint(self, name: str) -> str | None: ...
