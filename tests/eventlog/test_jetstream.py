@@ -5,9 +5,13 @@ a NAME of its own whose streams, consumers and buckets are deleted afterwards.""
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -15,6 +19,7 @@ import pytest
 
 from tests.eventlog.conformance import EventLogConformance, failed, make_event, ok, to
 from veba.eventlog.jetstream import JetStreamLog
+from veba.eventlog.jetstream._router import mark_body, marked_seqs
 
 SERVERS = ["nats://127.0.0.1:4222"]
 OpenLog = Callable[..., Awaitable[JetStreamLog]]
@@ -204,3 +209,153 @@ async def test_a_node_that_closes_gives_what_it_held_to_the_others_at_once(
     await a.close()
     again = await lease_within(b, "f", 10)
     assert [(d.id, d.attempt) for d in again] == [(held.id, 2)]  # the interrupted one counts
+
+
+# A node that appends events routed to f and g, and is SIGKILLed at a point of
+# its append: "events" (written, their deliveries not) or "deliveries" (those
+# written too, not the mark that they are, nor the checkpoint).
+NODE = """
+import asyncio, os, signal, sys
+from tests.eventlog.conformance import make_event, to
+from veba.eventlog.jetstream import JetStreamLog
+
+async def main(name, point, count):
+    log = JetStreamLog(["nats://127.0.0.1:4222"], name=name)
+    await log.open()
+    def die(at):
+        if at == point:
+            os.kill(os.getpid(), signal.SIGKILL)
+    log.crash_point = die
+    events = [make_event(k) for k in range(count)]
+    await log.append(events, route=to("f", "g"), checkpoint=("vc1", "1"))
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+async def node_killed_at(name: str, point: str, count: int) -> None:
+    root = Path(__file__).resolve().parents[2]
+    args = (name, point, str(count))
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", NODE, *args, cwd=root)
+    try:
+        assert await asyncio.wait_for(proc.wait(), 60) == -signal.SIGKILL
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def routed_upto(log: JetStreamLog) -> int:
+    """The router's watermark: every event up to this seq has its deliveries."""
+    entry = await log._router_bucket().get("watermark")
+    return int(json.loads(entry.value or b"{}")["events"])
+
+
+async def until(check: Callable[[], Awaitable[bool]], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not await check():
+        assert time.monotonic() < deadline, "not in time"
+        await asyncio.sleep(0.05)
+
+
+async def open_counts(log: JetStreamLog) -> dict[str, int]:
+    return {sub: b.open for sub, b in (await log.backlog()).items()}
+
+
+async def leased_keys(log: JetStreamLog, subscription: str) -> list[int]:
+    return [d.event.data["Key"] for d in await log.lease(subscription, 10_000, 60)]
+
+
+def test_marks_are_runs_of_seqs() -> None:
+    body = mark_body([9, 3, 4, 5, 7, 8, 12])
+    assert body == b"3-5,7-9,12"
+    assert marked_seqs(body) == [3, 4, 5, 7, 8, 9, 12]
+    assert marked_seqs(mark_body([])) == []
+
+
+async def test_a_retry_after_a_node_died_between_the_writes_makes_each_delivery_once(
+    open_log: OpenLog, name: str
+) -> None:
+    await node_killed_at(name, "events", 5)
+    b = await open_log()
+    assert len(await b.events()) == 5 and await b.backlog() == {}
+    events = [make_event(k) for k in range(5)]
+    # The sender got no answer and sends again (to another node). Its events are
+    # duplicates, and their deliveries are the ones recorded when they were
+    # logged: not h's, a subscription made since.
+    again = await b.append(events, route=to("f", "g", "h"), lease={"f": (2, 30)})
+    assert (again.accepted, again.duplicates) == (0, 5)
+    assert again.deliveries == {"f": 5, "g": 5}
+    assert [d.event.data["Key"] for d in again.leased] == [0, 1]
+    assert await leased_keys(b, "f") == [2, 3, 4]
+    assert await leased_keys(b, "g") == [0, 1, 2, 3, 4]
+    assert await leased_keys(b, "h") == []
+    # Once more: nothing new. The router has nothing to make either.
+    assert (await b.append(events, route=to("f", "g"))).deliveries == {}
+    assert await b.repair() == 0
+    assert await b.counts() == {"f": {"leased": 5}, "g": {"leased": 5}}
+
+
+async def test_another_node_makes_the_deliveries_of_a_node_that_died_between_the_writes(
+    open_log: OpenLog, name: str
+) -> None:
+    b = await open_log(repair_after=0.5)  # live all along, no retry comes
+    await node_killed_at(name, "events", 5)
+    await until(lambda: _equals(open_counts(b), {"f": 5, "g": 5}))
+    await until(lambda: _at_least(routed_upto(b), 5))
+    assert await b.repair() == 0
+    assert await leased_keys(b, "f") == [0, 1, 2, 3, 4]
+    assert await leased_keys(b, "g") == [0, 1, 2, 3, 4]
+    assert await open_counts(b) == {"f": 5, "g": 5}  # those, and no more
+
+
+async def test_deliveries_made_but_not_marked_are_not_made_twice(
+    open_log: OpenLog, name: str
+) -> None:
+    b = await open_log(repair_after=0.3)
+    await node_killed_at(name, "deliveries", 5)
+    assert await open_counts(b) == {"f": 5, "g": 5}
+    # The router finds the events unmarked and makes their deliveries again:
+    # every one is dropped by the deliveries stream as made already.
+    await until(lambda: _at_least(routed_upto(b), 5))
+    assert await open_counts(b) == {"f": 5, "g": 5}
+    # The checkpoint was not written: the provider sends the events again, and
+    # dedup drops them.
+    assert await b.get_checkpoint("vc1") is None
+    again = await b.append(
+        [make_event(k) for k in range(5)], route=to("f", "g"), checkpoint=("vc1", "1")
+    )
+    assert (again.accepted, again.deliveries) == (0, {})
+    assert await b.get_checkpoint("vc1") == "1"
+    assert await leased_keys(b, "f") == [0, 1, 2, 3, 4]
+
+
+class Crash(Exception):
+    pass
+
+
+async def test_a_node_reopened_after_dying_between_the_writes_makes_the_deliveries(
+    open_log: OpenLog,
+) -> None:
+    a = await open_log()
+
+    def crash(point: str) -> None:
+        if point == "events":
+            raise Crash
+
+    a.crash_point = crash
+    with pytest.raises(Crash):  # more events than one publish takes
+        await a.append([make_event(k) for k in range(1500)], route=to("f"))
+    await a._conn().close()  # as if it died there
+    await a.close()
+    again = await open_log(repair_after=0.3)
+    await until(lambda: _equals(open_counts(again), {"f": 1500}))
+    assert await leased_keys(again, "f") == list(range(1500))
+
+
+async def _equals(value: Awaitable[Any], expected: Any) -> bool:
+    return bool(await value == expected)
+
+
+async def _at_least(value: Awaitable[int], expected: int) -> bool:
+    return await value >= expected

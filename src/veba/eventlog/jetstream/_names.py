@@ -82,6 +82,25 @@ class Names:
     def state_subject(self, delivery_id: int) -> str:
         return f"{self.prefix}.states.{delivery_id}"
 
+    # Which events' deliveries were made (router marks), and how far every
+    # event's deliveries are known made (the router's watermark, a KV bucket).
+    @property
+    def routed(self) -> str:
+        return f"{self.prefix}_routed"
+
+    @property
+    def routed_subject(self) -> str:
+        return f"{self.prefix}.routed.marks"
+
+    @property
+    def router(self) -> str:
+        return f"{self.prefix}-router"
+
+    def delivery_msg_id(self, seq: int, subscription: str) -> str:
+        """One delivery per (event, subscription): the deliveries stream drops a
+        second within its duplicate window, whoever publishes it."""
+        return f"{seq}.{token(subscription)}"
+
     # Provider checkpoints: a KV bucket.
     @property
     def checkpoints(self) -> str:

@@ -153,7 +153,7 @@ class Queries(LogBase):
 
     async def size(self) -> LogSize:
         names, js = self.names, self._jetstream()
-        streams = (names.events, names.deliveries, names.dlq, names.states)
+        streams = (names.events, names.deliveries, names.dlq, names.states, names.routed)
         infos = [await js.stream_info(s) for s in (*streams, f"KV_{names.checkpoints}")]
         return LogSize(sum(i.state.bytes for i in infos), 0)
 

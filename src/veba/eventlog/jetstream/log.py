@@ -29,11 +29,13 @@ memory and forgets by time, not by retention) and a KV of seen ids (a second
 write that is not atomic with the event's: a crash between the two loses the
 event or lets its repeat in).
 
-Not atomic, unlike SQLite's one transaction: an append publishes its events,
-then their deliveries, then the checkpoint. A node dying in between leaves
-events without deliveries (`replay` finds them; each event's routes are in its
-headers for a repair to come) or a checkpoint behind (the provider sends again,
-dedup drops it).
+Not one transaction, unlike SQLite's: an append publishes its events, then
+their deliveries, then a mark that they are made, then the checkpoint. What a
+node dying in between leaves, the others finish (_router.py): unmarked events
+get the deliveries their `Veba-Routes` header recorded, once each (every
+delivery carries `Nats-Msg-Id` = event seq + subscription), and a sender's
+retry, answered as a duplicate, makes them at once. A checkpoint left behind
+costs a re-send that dedup drops.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ import asyncio
 import contextlib
 import json
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -59,7 +60,8 @@ from veba.eventlog.jetstream._deliveries import DeliveryOps
 from veba.eventlog.jetstream._leases import LeaseKeeper
 from veba.eventlog.jetstream._names import Names, token
 from veba.eventlog.jetstream._queries import Queries
-from veba.eventlog.jetstream._state import DeliveryState, delivery_headers
+from veba.eventlog.jetstream._router import Routed, Routing
+from veba.eventlog.jetstream._state import DeliveryState
 from veba.eventlog.jetstream._wire import Outgoing, check_ack, scan, seq_of, walk
 from veba.events import Event
 
@@ -68,7 +70,7 @@ __all__ = ["JetStreamLog"]
 _DUPLICATE = 10077  # "maximum messages per subject exceeded": that event is logged already
 
 
-class JetStreamLog(DeliveryOps, Queries):
+class JetStreamLog(DeliveryOps, Queries, Routing):
     """`EventLog` on NATS JetStream (see the module's docstring for the layout)."""
 
     def __init__(
@@ -79,6 +81,7 @@ class JetStreamLog(DeliveryOps, Queries):
         replicas: int = 1,
         ack_wait: float = 30.0,
         duplicate_window: float = 120.0,
+        repair_after: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.servers = list(servers)
@@ -88,10 +91,18 @@ class JetStreamLog(DeliveryOps, Queries):
         # length are the holding node's to keep: _leases.py).
         self.ack_wait = ack_wait
         self.duplicate_window = duplicate_window
+        # How old an event without its mark must be before the router makes its
+        # deliveries: an append still under way has that long to mark it.
+        self.repair_after = repair_after
         self._clock = clock
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._kv: KeyValue | None = None
+        self._router_kv: KeyValue | None = None
+        self._router_task: asyncio.Task[None] | None = None
+        # Tests only: called with "events" once an append's events are written
+        # and "deliveries" once their deliveries are, to die there as a node may.
+        self.crash_point: Callable[[str], None] | None = None
         self._consumers: set[str] = set()
         self._leases = LeaseKeeper(ack_wait)
         self._states: dict[int, DeliveryState] = {}  # of the deliveries this node holds
@@ -104,6 +115,7 @@ class JetStreamLog(DeliveryOps, Queries):
         self._js = self._nc.jetstream()
         try:
             await self._make_streams()
+            await self._start_router()
         except BaseException:  # refused (replicas on one server, a stream in the way)
             await self._nc.close()
             self._nc = self._js = None
@@ -121,7 +133,15 @@ class JetStreamLog(DeliveryOps, Queries):
             discard_new_per_subject=True,
             duplicate_window=self.duplicate_window,
         )
-        await self._stream(names.deliveries, retention=RetentionPolicy.WORK_QUEUE)
+        await self._stream(
+            names.deliveries,
+            retention=RetentionPolicy.WORK_QUEUE,
+            # Longer than the events': a repeat of an event the events stream
+            # answers as a duplicate finds its deliveries' ids still there, and
+            # so does the router's repair of an event whose mark is only late.
+            duplicate_window=self.duplicate_window + 3 * self.repair_after,
+        )
+        await self._stream(names.routed)
         await self._stream(names.dlq)
         await self._stream(names.states, max_msgs_per_subject=1)
         self._kv = await self._jetstream().create_key_value(
@@ -144,6 +164,7 @@ class JetStreamLog(DeliveryOps, Queries):
             await js.update_stream(config)
 
     async def close(self) -> None:
+        await self._stop_router()
         await self._leases.stop()
         self._states.clear()
         if self._nc is not None:
@@ -179,21 +200,32 @@ class JetStreamLog(DeliveryOps, Queries):
             for e, body, subs in zip(events, bodies, routes, strict=True)
         ]
         new: list[tuple[int, int]] = []
-        per_sub: Counter[str] = Counter()
+        repeats: list[int] = []  # seqs of events logged by an earlier append
         async with self._append_lock:
             acks = await self._publish_acks(outgoing)
             for index, ack in enumerate(acks):
                 error = ack.get("error")
-                if ack.get("duplicate") or (error and error.get("err_code") == _DUPLICATE):
-                    continue
-                new.append((check_ack(ack, "append"), index))
-            deliveries: list[Outgoing] = []
+                if error and error.get("err_code") == _DUPLICATE:
+                    continue  # logged before the duplicate window: the router's if unmarked
+                if ack.get("duplicate"):
+                    repeats.append(check_ack(ack, "append"))
+                else:
+                    new.append((check_ack(ack, "append"), index))
+            self._crashed_at("events")
+            deliveries: list[Routed] = []
             for seq, index in new:
-                for sub in routes[index]:
-                    per_sub[sub] += 1
-                    headers = delivery_headers(None, seq, now, events[index])
-                    deliveries.append((names.delivery_subject(sub), bodies[index], headers))
-            await self._publish(deliveries, "append: deliveries")
+                event = events[index]
+                deliveries.extend(
+                    self._deliveries_of(seq, bodies[index], event, now, routes[index])
+                )
+            # A repeat within the window may be a retry of an append that died
+            # before its deliveries: its recorded ones again (dropped if made).
+            for msg in await self._recorded(repeats) if repeats else ():
+                if msg is not None:
+                    deliveries.extend(self._redo(msg))
+            per_sub = await self._deliver(deliveries, "append: deliveries")
+            self._crashed_at("deliveries")
+            await self._mark([seq for seq, _ in new] + repeats)
             if checkpoint is not None:
                 value = {"name": checkpoint[0], "value": checkpoint[1], "updated": now}
                 await self._checkpoint_kv().put(token(checkpoint[0]), json.dumps(value).encode())
@@ -208,6 +240,10 @@ class JetStreamLog(DeliveryOps, Queries):
         return AppendResult(
             len(new), duplicates, dict(per_sub), tuple(new), now, leased=tuple(leased)
         )
+
+    def _crashed_at(self, point: str) -> None:
+        if self.crash_point is not None:
+            self.crash_point(point)
 
     async def get_checkpoint(self, name: str) -> str | None:
         try:
