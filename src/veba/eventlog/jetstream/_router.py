@@ -77,6 +77,9 @@ class Routing(LogBase):
     repair_after: float
     _router_kv: KeyValue | None
     _router_task: asyncio.Task[None] | None
+    # The watermark as this node last read or moved it: every event up to this
+    # seq has its deliveries, so a repeat of one needs no second look.
+    _routed_upto: int
 
     def _deliveries_of(
         self, seq: int, body: bytes, event: Event, created: float, subscriptions: Sequence[str]
@@ -140,6 +143,8 @@ class Routing(LogBase):
         marks = (await js.stream_info(names.routed)).state.last_seq
         with contextlib.suppress(KeyWrongLastSequenceError):
             await kv.create(WATERMARK, json.dumps({"events": events, "marks": marks}).encode())
+        entry = await kv.get(WATERMARK)
+        self._routed_upto = int(json.loads(entry.value or b"{}")["events"])
         self._router_task = asyncio.get_running_loop().create_task(
             self._route_forever(), name="veba-js-router"
         )
@@ -172,6 +177,7 @@ class Routing(LogBase):
             return 0
         watermark = json.loads(entry.value or b"{}")
         upto, marks_read = int(watermark["events"]), int(watermark["marks"])
+        self._routed_upto = max(self._routed_upto, upto)
         last = (await js.stream_info(names.events)).state.last_seq
         if last <= upto:
             return 0
@@ -184,6 +190,7 @@ class Routing(LogBase):
                 marks.append((seq_of(mark), max(seqs, default=0)))
         now = self._clock()
         repaired = 0
+        made: Counter[str] = Counter()
         redo: list[Routed] = []
         new_upto = upto
         for seq in range(upto + 1, last + 1):
@@ -195,10 +202,10 @@ class Routing(LogBase):
                     redo.extend(self._redo(logged))
                     repaired += 1
                     if len(redo) >= CHUNK:
-                        await self._deliver(redo, "repair")
+                        made += await self._deliver(redo, "repair")
                         redo = []
             new_upto = seq
-        await self._deliver(redo, "repair")
+        made += await self._deliver(redo, "repair")
         new_marks = marks_read
         for mark_seq, highest in marks:  # marks wholly below the new watermark are spent
             if highest > new_upto:
@@ -211,8 +218,14 @@ class Routing(LogBase):
             await kv.update(WATERMARK, moved, last=entry.revision)
         except KeyWrongLastSequenceError:  # another node moved it first
             return repaired
+        self._routed_upto = max(self._routed_upto, new_upto)
         if new_marks > marks_read:
             await api(nc, f"$JS.API.STREAM.PURGE.{names.routed}", {"seq": new_marks + 1})
         if repaired:
-            log.warning("event log router: made the deliveries of %d events", repaired)
+            log.warning(
+                "event log router: %d events had no mark that their deliveries were made;"
+                " %d deliveries were missing and are made now",
+                repaired,
+                made.total(),
+            )
         return repaired

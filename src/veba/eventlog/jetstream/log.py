@@ -100,6 +100,7 @@ class JetStreamLog(DeliveryOps, Queries, Routing):
         self._kv: KeyValue | None = None
         self._router_kv: KeyValue | None = None
         self._router_task: asyncio.Task[None] | None = None
+        self._routed_upto = 0
         # Tests only: called with "events" once an append's events are written
         # and "deliveries" once their deliveries are, to die there as a node may.
         self.crash_point: Callable[[str], None] | None = None
@@ -208,7 +209,8 @@ class JetStreamLog(DeliveryOps, Queries, Routing):
                 if error and error.get("err_code") == _DUPLICATE:
                     continue  # logged before the duplicate window: the router's if unmarked
                 if ack.get("duplicate"):
-                    repeats.append(check_ack(ack, "append"))
+                    if (seq := check_ack(ack, "append")) > self._routed_upto:
+                        repeats.append(seq)
                 else:
                     new.append((check_ack(ack, "append"), index))
             self._crashed_at("events")
