@@ -299,11 +299,12 @@ async def test_a_retry_after_a_node_died_between_the_writes_makes_each_delivery_
 async def test_another_node_makes_the_deliveries_of_a_node_that_died_between_the_writes(
     open_log: OpenLog, name: str
 ) -> None:
-    b = await open_log(repair_after=0.5)  # live all along, no retry comes
+    # Live all along, no retry comes; both routers at it, one at a time or at once.
+    b, c = await open_log(repair_after=0.5), await open_log(repair_after=0.5)
     await node_killed_at(name, "events", 5)
     await until(lambda: _equals(open_counts(b), {"f": 5, "g": 5}))
     await until(lambda: _at_least(routed_upto(b), 5))
-    assert await b.repair() == 0
+    assert await b.repair() == 0 and await c.repair() == 0
     assert await leased_keys(b, "f") == [0, 1, 2, 3, 4]
     assert await leased_keys(b, "g") == [0, 1, 2, 3, 4]
     assert await open_counts(b) == {"f": 5, "g": 5}  # those, and no more
@@ -328,6 +329,32 @@ async def test_deliveries_made_but_not_marked_are_not_made_twice(
     assert (again.accepted, again.deliveries) == (0, {})
     assert await b.get_checkpoint("vc1") == "1"
     assert await leased_keys(b, "f") == [0, 1, 2, 3, 4]
+
+
+async def test_the_router_leaves_an_append_under_way_alone(open_log: OpenLog, name: str) -> None:
+    b = await open_log(repair_after=3600)  # every append is still under way
+    await node_killed_at(name, "events", 3)
+    assert await b.repair() == 0
+    assert await routed_upto(b) == 0 and await b.backlog() == {}
+    await b.append([make_event(10)], route=to("f"))  # marked: past it, the watermark waits
+    assert await b.repair() == 0 and await routed_upto(b) == 0
+
+
+async def test_a_retry_past_the_duplicate_window_gets_its_deliveries_from_the_router(
+    open_log: OpenLog, name: str
+) -> None:
+    await node_killed_at(name, "events", 3)
+    b = await open_log(duplicate_window=0.2, repair_after=0.5)
+    assert await b.backlog() == {}
+    started = time.monotonic()
+    while time.monotonic() < started + 0.5:  # past the window of the node that died
+        await asyncio.sleep(0.05)
+    again = await b.append([make_event(k) for k in range(3)], route=to("f", "g"))
+    assert (again.accepted, again.duplicates, again.deliveries) == (0, 3, {})
+    await until(lambda: _equals(open_counts(b), {"f": 3, "g": 3}))
+    await until(lambda: _at_least(routed_upto(b), 3))
+    assert await leased_keys(b, "f") == [0, 1, 2]
+    assert await open_counts(b) == {"f": 3, "g": 3}
 
 
 class Crash(Exception):

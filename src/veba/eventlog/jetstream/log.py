@@ -8,13 +8,16 @@ Layout (NAME is the constructor's `name`; see docs/design.md, "The JetStream log
   event gets is its stream seq.
 - `NAME_deliveries` (stream, work queue): one message per open delivery on
   `NAME.deliveries.<subscription>`, carrying the event, so a lease is one pull.
-  A delivery's id is its message's stream seq (a redriven one keeps its id).
+  A delivery's id is its message's stream seq (a redriven one keeps its id);
+  `Nats-Msg-Id` (event seq + subscription): a second write of one is dropped.
   One durable pull consumer per subscription, shared by all nodes: each
   delivery goes to one node at a time; an ack removes it.
 - `NAME_dlq` (stream, limits): dead letters on `NAME.dlq.<subscription>`.
 - `NAME_states` (stream, last message per subject): each delivery's status,
   attempts and failed attempts on `NAME.states.<id>`, written at every change
   after its first lease; what every node's inspection queries read.
+- `NAME_routed` (stream, limits): marks, one per append, of the events whose
+  deliveries it made; `NAME-router` (KV): the router's watermark (_router.py).
 - `NAME-checkpoints` (KV): provider checkpoints.
 
 Deduplication. An event's subject is unique to its (source, id), and the events
