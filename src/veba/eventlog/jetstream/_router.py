@@ -137,17 +137,23 @@ class Routing(LogBase):
         self._router_kv = kv = await js.create_key_value(
             bucket=names.router, history=1, replicas=self.replicas, direct=True
         )
-        # A new log starts with every event it has taken as routed (none, or
-        # those of a log from before the router, whose appends made no marks).
-        events = (await js.stream_info(names.events)).state.last_seq
-        marks = (await js.stream_info(names.routed)).state.last_seq
-        with contextlib.suppress(KeyWrongLastSequenceError):
-            await kv.create(WATERMARK, json.dumps({"events": events, "marks": marks}).encode())
+        await self._begin_watermark()
         entry = await kv.get(WATERMARK)
         self._routed_upto = int(json.loads(entry.value or b"{}")["events"])
         self._router_task = asyncio.get_running_loop().create_task(
             self._route_forever(), name="veba-js-router"
         )
+
+    async def _begin_watermark(self) -> None:
+        """Unless there is one: a watermark that takes every event logged so far
+        as routed (none in a new log; in one from before the router, whose
+        appends made no marks, what they logged)."""
+        js, names = self._jetstream(), self.names
+        events = (await js.stream_info(names.events)).state.last_seq
+        marks = (await js.stream_info(names.routed)).state.last_seq
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            value = json.dumps({"events": events, "marks": marks}).encode()
+            await self._router_bucket().create(WATERMARK, value)
 
     async def _stop_router(self) -> None:
         task, self._router_task = self._router_task, None
@@ -173,7 +179,7 @@ class Routing(LogBase):
         try:
             entry = await kv.get(WATERMARK)
         except KeyNotFoundError:  # deleted by hand: begin again from here
-            await kv.create(WATERMARK, json.dumps({"events": 0, "marks": 0}).encode())
+            await self._begin_watermark()
             return 0
         watermark = json.loads(entry.value or b"{}")
         upto, marks_read = int(watermark["events"]), int(watermark["marks"])
@@ -206,6 +212,13 @@ class Routing(LogBase):
                         redo = []
             new_upto = seq
         made += await self._deliver(redo, "repair")
+        if repaired:
+            log.warning(
+                "event log router: %d events had no mark that their deliveries were made;"
+                " %d deliveries were missing and are made now",
+                repaired,
+                made.total(),
+            )
         new_marks = marks_read
         for mark_seq, highest in marks:  # marks wholly below the new watermark are spent
             if highest > new_upto:
@@ -221,11 +234,4 @@ class Routing(LogBase):
         self._routed_upto = max(self._routed_upto, new_upto)
         if new_marks > marks_read:
             await api(nc, f"$JS.API.STREAM.PURGE.{names.routed}", {"seq": new_marks + 1})
-        if repaired:
-            log.warning(
-                "event log router: %d events had no mark that their deliveries were made;"
-                " %d deliveries were missing and are made now",
-                repaired,
-                made.total(),
-            )
         return repaired
