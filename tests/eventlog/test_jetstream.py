@@ -357,6 +357,24 @@ async def test_a_retry_past_the_duplicate_window_gets_its_deliveries_from_the_ro
     assert await open_counts(b) == {"f": 3, "g": 3}
 
 
+async def test_routers_racing_appends_under_way_make_no_delivery_twice(
+    open_log: OpenLog,
+) -> None:
+    # Routers so eager that they repair appends still writing: the deliveries
+    # stream drops what the appends and the routers both make.
+    a, b = await open_log(repair_after=0.01), await open_log(repair_after=0.01)
+
+    async def appends(node: JetStreamLog, keys: range) -> None:
+        for k in keys:
+            await node.append([make_event(k)], route=to("f"))
+            await node.repair()
+
+    await asyncio.gather(appends(a, range(0, 150)), appends(b, range(150, 300)))
+    await until(lambda: _at_least(routed_upto(a), 300))
+    assert sorted(await leased_keys(a, "f")) == list(range(300))
+    assert await open_counts(a) == {"f": 300}
+
+
 class Crash(Exception):
     pass
 

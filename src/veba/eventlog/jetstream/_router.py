@@ -35,7 +35,15 @@ from nats.js.kv import KeyValue
 from veba.eventlog.jetstream._base import CHUNK, LogBase, received
 from veba.eventlog.jetstream._names import untoken
 from veba.eventlog.jetstream._state import delivery_headers
-from veba.eventlog.jetstream._wire import Outgoing, api, check_ack, direct_get, scan, seq_of
+from veba.eventlog.jetstream._wire import (
+    JetStreamError,
+    Outgoing,
+    api,
+    check_ack,
+    direct_get,
+    scan,
+    seq_of,
+)
 from veba.events import Event
 
 __all__ = ["Routed", "Routing", "mark_body", "marked_seqs", "recorded_routes"]
@@ -189,11 +197,21 @@ class Routing(LogBase):
             return 0
         marked: set[int] = set()
         marks: list[tuple[int, int]] = []  # (mark's seq, the highest event seq it marks)
-        async with contextlib.aclosing(scan(js, nc, names.routed, start=marks_read + 1)) as found:
-            async for mark in found:
-                seqs = marked_seqs(mark.data)
-                marked.update(seqs)
-                marks.append((seq_of(mark), max(seqs, default=0)))
+        marks_last = (await js.stream_info(names.routed)).state.last_seq
+        if marks_last > marks_read:
+            found = scan(js, nc, names.routed, start=marks_read + 1, upto=marks_last, timeout=1.0)
+            try:
+                async with contextlib.aclosing(found) as reading:
+                    async for mark in reading:
+                        seqs = marked_seqs(mark.data)
+                        marked.update(seqs)
+                        marks.append((seq_of(mark), max(seqs, default=0)))
+            except JetStreamError:
+                # Unanswered: another node purged the marks while they were read
+                # (see `scan`); it moved the watermark, so this round is done.
+                if (await kv.get(WATERMARK)).revision != entry.revision:
+                    return 0
+                raise
         now = self._clock()
         repaired = 0
         made: Counter[str] = Counter()
@@ -233,5 +251,8 @@ class Routing(LogBase):
             return repaired
         self._routed_upto = max(self._routed_upto, new_upto)
         if new_marks > marks_read:
-            await api(nc, f"$JS.API.STREAM.PURGE.{names.routed}", {"seq": new_marks + 1})
+            # The spent marks go but the last of them (read again, harmless):
+            # nats-server 2.9 leaves a pull unanswered on a consumer made before
+            # a purge that emptied its stream, as another node's read may be.
+            await api(nc, f"$JS.API.STREAM.PURGE.{names.routed}", {"seq": new_marks})
         return repaired

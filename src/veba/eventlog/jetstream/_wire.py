@@ -200,11 +200,16 @@ async def scan(
     *,
     subjects: str | None = None,
     start: int = 1,
+    upto: int | None = None,
     headers_only: bool = False,
     batch: int = 500,
+    timeout: float = 5.0,
 ) -> AsyncGenerator[Msg, None]:
     """Read a stream from seq `start` on, in order, through a throwaway pull
-    consumer (in memory, no acks), deleted when the reading ends."""
+    consumer (in memory, no acks), deleted when the reading ends; with `upto`,
+    only up to that seq (read from the stream's info): no pull is made after
+    it, which nats-server 2.9 may leave unanswered when the stream was purged
+    while the consumer read (its pending count goes wrong)."""
     config = ConsumerConfig(
         ack_policy=AckPolicy.NONE,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
@@ -218,10 +223,14 @@ async def scan(
     info = await js.add_consumer(stream, config)
     try:
         while True:
-            msgs = await pull(nc, stream, info.name, batch)
+            msgs = await pull(nc, stream, info.name, batch, timeout=timeout)
             for msg in msgs:
+                if upto is not None and seq_of(msg) > upto:
+                    return
                 yield msg
             if not msgs or msgs[-1].metadata.num_pending == 0:
+                return
+            if upto is not None and seq_of(msgs[-1]) >= upto:
                 return
     finally:
         with contextlib.suppress(Exception):  # else it goes after inactive_threshold
