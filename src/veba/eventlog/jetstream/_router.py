@@ -85,6 +85,7 @@ class Routing(LogBase):
     repair_after: float
     _router_kv: KeyValue | None
     _router_task: asyncio.Task[None] | None
+    _router_stopping: asyncio.Event
     # The watermark as this node last read or moved it: every event up to this
     # seq has its deliveries, so a repeat of one needs no second look.
     _routed_upto: int
@@ -148,6 +149,7 @@ class Routing(LogBase):
         await self._begin_watermark()
         entry = await kv.get(WATERMARK)
         self._routed_upto = int(json.loads(entry.value or b"{}")["events"])
+        self._router_stopping = asyncio.Event()
         self._router_task = asyncio.get_running_loop().create_task(
             self._route_forever(), name="veba-js-router"
         )
@@ -166,17 +168,24 @@ class Routing(LogBase):
     async def _stop_router(self) -> None:
         task, self._router_task = self._router_task, None
         if task is not None:
+            # The event as well as the cancel: nats-py waits on its requests with
+            # `asyncio.wait_for`, which on Python 3.11 can swallow a cancel that
+            # lands as the answer comes, and the loop would then go on for ever.
+            self._router_stopping.set()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
     async def _route_forever(self) -> None:
-        while True:
+        stopping = self._router_stopping
+        while not stopping.is_set():
             try:
                 await self.repair()
             except Exception:  # the server away or slow: the next round tries again
                 log.warning("event log router: repair failed", exc_info=True)
-            await asyncio.sleep(self.repair_after / 2)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.repair_after / 2):
+                    await stopping.wait()
 
     async def repair(self) -> int:
         """Give every unmarked event older than `repair_after` past the watermark
