@@ -331,3 +331,40 @@ async def _revision_when_readable(nodes: Nodes) -> int:
             return await asyncio.wait_for(nodes.revision(), 2)
         except (TimeoutError, nats.errors.Error):
             await asyncio.sleep(0.1)
+
+
+async def test_on_a_3_node_cluster_racing_contenders_never_lead_two_at_once(
+    nats_cluster: NatsCluster,
+) -> None:
+    # 2.9 clusters let two writes expecting the same revision both win; after a
+    # release or a delete, four contenders race for the lease again and again.
+    nodes = Nodes(f"t{uuid.uuid4().hex[:12]}_leases", nats_cluster.urls, replicas=3)
+    try:
+        contenders = [Contender(who, await nodes.node(ttl=2.0)) for who in "abcd"]
+        for contender in contenders:
+            contender.start()
+        kv = await nodes.clients[0].jetstream().key_value(nodes.bucket)
+        for round_ in range(8):
+            await until(lambda: any(x.leading for x in contenders), 10, "a leader")
+            leader = next(x for x in contenders if x.leading)
+            term, since = leader.terms[-1], time.monotonic()
+            if round_ % 2:  # an operator's `nats kv del`: a delete marker
+                await kv.delete(lease_key(VC))
+            else:  # a clean stop, and the node back in the race
+                await leader.stop()
+                leader.start()
+            await until(
+                lambda term=term, since=since: (
+                    term[1] < float("inf")
+                    and any(x.leading and x.terms[-1][0] > since for x in contenders)
+                ),
+                10,
+                "the next leader",
+            )
+            assert_never_two_leaders(*contenders)
+        for contender in contenders:
+            await contender.stop()
+        assert_never_two_leaders(*contenders)
+        assert sum(len(x.terms) for x in contenders) >= 9
+    finally:
+        await nodes.close()
