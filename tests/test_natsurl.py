@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
+from tests.natscluster import NATS_SERVER
 from tests.support import free_port
 from veba.natsurl import (
     NatsConnectError,
@@ -37,10 +40,24 @@ def test_ipv6_hosts_in_brackets() -> None:
     assert parse_nats_url("nats://[::1]:4300/x").servers == ("nats://[::1]:4300",)
 
 
-def test_credentials_go_to_every_server_and_stay_out_of_its_text() -> None:
-    location = parse_nats_url("nats://veba:s%2Fcret@n1:4222,n2:4222/v")
-    assert location.servers == ("nats://veba:s%2Fcret@n1:4222", "nats://veba:s%2Fcret@n2:4222")
+def test_credentials_are_kept_apart_decoded_and_out_of_its_text() -> None:
+    location = parse_nats_url("nats://veba:s%2Fc:ret@n1:4222,n2:4222/v")
+    assert location.servers == ("nats://n1:4222", "nats://n2:4222")
+    assert (location.user, location.password) == ("veba", "s/c:ret")
     assert str(location) == "nats://n1:4222,n2:4222/v"
+    assert "ret" not in repr(location)
+
+
+def test_a_user_alone_is_a_token() -> None:
+    location = parse_nats_url("nats://s3cret@n1")
+    assert (location.user, location.password) == ("s3cret", None)
+
+
+def test_errors_never_show_the_password() -> None:
+    with pytest.raises(NatsURLError) as caught:
+        parse_nats_url("nats://veba:hunter2@n1:http")
+    assert "hunter2" not in str(caught.value)
+    assert "nats://***@n1:http" in str(caught.value)
 
 
 def test_tls_scheme_and_case_are_kept_for_the_client() -> None:
@@ -87,7 +104,8 @@ def test_bad_values_are_refused_saying_why(value: str, says: str) -> None:
     with pytest.raises(NatsURLError) as caught:
         parse_nats_url(value)
     assert says in str(caught.value)
-    assert repr(value.strip()) in str(caught.value) or repr(value) in str(caught.value)
+    shown = value.strip().replace("nats://:pw@", "nats://***@").replace("nats://@", "nats://***@")
+    assert repr(shown) in str(caught.value)
 
 
 async def test_connect_gives_a_client_and_jetstream_on_the_running_server() -> None:
@@ -110,6 +128,31 @@ async def test_connect_gives_a_client_and_jetstream_on_the_running_server() -> N
 async def test_connect_gives_up_on_the_first_connect_with_a_clear_error() -> None:
     port = free_port()  # nothing listens there
     started = time.monotonic()
-    with pytest.raises(NatsConnectError, match=f"127.0.0.1:{port}/veba: no server answered"):
+    with pytest.raises(
+        NatsConnectError, match=f"127.0.0.1:{port}/veba: could not connect within 1.5 s"
+    ):
         await connect(parse_nats_url(f"nats://127.0.0.1:{port}"), first_connect_timeout=1.5)
     assert time.monotonic() - started < 10
+
+
+async def test_connect_passes_credentials_to_a_server_that_wants_them(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "auth.conf").write_text(
+        f'listen: 127.0.0.1:{port}\nauthorization {{ user: veba, password: "s/c:ret" }}\n'
+    )
+    server = subprocess.Popen(
+        [NATS_SERVER, "-c", str(tmp_path / "auth.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        location = parse_nats_url(f"nats://veba:s%2Fc:ret@127.0.0.1:{port}")
+        client, _ = await connect(location, first_connect_timeout=20)
+        assert client.is_connected
+        await client.close()
+        wrong = parse_nats_url(f"nats://veba:nope@127.0.0.1:{port}")
+        with pytest.raises(NatsConnectError, match="Authorization Violation"):
+            await connect(wrong, first_connect_timeout=3)
+    finally:
+        server.terminate()
+        server.wait(30)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -41,6 +41,7 @@ _SCHEMES = ("nats", "tls")
 _SERVER = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s\[\]/:@,]+)(?::(?P<port>[^:]*))?")
 
 _EXAMPLE = "nats://HOST:4222[,HOST:PORT...][/NAME]"
+_CREDENTIALS = re.compile(r"://[^/]*@")
 
 
 class NatsURLError(ValueError):
@@ -56,12 +57,15 @@ class NatsLocation:
     """The servers of one NATS cluster and the NAME this veba cluster's
     streams and buckets start with."""
 
-    servers: tuple[str, ...]  # nats://host:port each, credentials included if given
+    servers: tuple[str, ...]  # nats://host:port each (tls:// for TLS)
     name: str = DEFAULT_NAME
+    # From `user:password@` in the URL; a user alone is a token, as in NATS URLs.
+    user: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
         """As a person would write it, without credentials (fit for a log line)."""
-        hosts = ",".join(_without_credentials(server) for server in self.servers)
+        hosts = ",".join(server.partition("://")[2] for server in self.servers)
         return f"{self.scheme}://{hosts}/{self.name}"
 
     @property
@@ -80,9 +84,11 @@ def parse_nats_url(value: str) -> NatsLocation:
     """`nats://h1:4222,h2:4223/NAME` → its servers and NAME (default "veba").
 
     A host without a port gets 4222; `user:password@` before the first host is
-    used for every server; `tls://` asks for TLS. Raises `NatsURLError`.
+    used for every server (percent-encoded if need be; a user alone is a token);
+    `tls://` asks for TLS. Raises `NatsURLError`.
     """
     text = value.strip()
+    value = _CREDENTIALS.sub("://***@", text)  # what messages show of it
     scheme, sep, rest = text.partition("://")
     if not sep or scheme.lower() not in _SCHEMES:
         raise NatsURLError(f"{value!r}: expected {_EXAMPLE}")
@@ -104,22 +110,18 @@ def parse_nats_url(value: str) -> NatsLocation:
     userinfo, at, hosts = hosts.rpartition("@")
     if at and not userinfo:
         raise NatsURLError(f"{value!r}: empty credentials before '@'")
-    credentials = ""
+    user = password = None
     if at:
-        user, _, password = userinfo.partition(":")
+        user, colon, password = (unquote(part) for part in userinfo.partition(":"))
         if not user:
             raise NatsURLError(f"{value!r}: a user is needed before ':' in the credentials")
-        # Kept percent-encoded: nats-py reads them back out of each server URL.
-        credentials = quote(unquote(user), safe="") + (
-            ":" + quote(unquote(password), safe="") if password else ""
-        )
-        credentials += "@"
+        password = password if colon else None
     if not hosts:
         raise NatsURLError(f"{value!r}: no server: expected {_EXAMPLE}")
-    servers = tuple(f"{scheme}://{credentials}{_server(part, value)}" for part in hosts.split(","))
+    servers = tuple(f"{scheme}://{_server(part, value)}" for part in hosts.split(","))
     if len(set(servers)) != len(servers):
         raise NatsURLError(f"{value!r}: a server is named twice")
-    return NatsLocation(servers=servers, name=name)
+    return NatsLocation(servers=servers, name=name, user=user, password=password)
 
 
 def _server(part: str, value: str) -> str:
@@ -137,10 +139,6 @@ def _server(part: str, value: str) -> str:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise NatsURLError(f"{value!r}: {part!r}: the port must be a number from 1 to 65535")
     return f"{host}:{int(port)}"
-
-
-def _without_credentials(server: str) -> str:
-    return server.partition("://")[2].rpartition("@")[2]
 
 
 # -- the connection ----------------------------------------------------------
@@ -173,11 +171,17 @@ async def connect(
     from nats.aio.client import Client as NatsClient
 
     client = NatsClient()
+    # Credentials as options, not in the URLs: nats-py would send a
+    # percent-encoded password as it is written.
+    token = location.user if location.password is None else None
+
+    errors: list[str] = []  # before the first connect: said in NatsConnectError
 
     async def report_error(exc: Exception) -> None:
         # nats-py reports every failed (re)connect attempt here: a warning each,
         # not a traceback, since retrying is the plan.
-        log.warning("nats: %s", exc or type(exc).__name__)
+        errors.append(str(exc) or type(exc).__name__)
+        log.warning("nats: %s", errors[-1])
 
     async def report_disconnect() -> None:
         if not client.is_closed:  # nats-py calls this on close() too
@@ -201,13 +205,17 @@ async def connect(
                 error_cb=report_error,
                 disconnected_cb=report_disconnect,
                 reconnected_cb=report_reconnect,
+                user=location.user if token is None else None,
+                password=location.password,
+                token=token,
             ),
             first_connect_timeout,
         )
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         await client.close()
+        why = errors[-1] if errors else str(exc)
         raise NatsConnectError(
-            f"NATS at {location}: no server answered within {first_connect_timeout:g} s"
-            + (f" ({exc})" if str(exc) else "")
+            f"NATS at {location}: could not connect within {first_connect_timeout:g} s"
+            + (f" (last: {why})" if why else "")
         ) from exc
     return client, client.jetstream()
