@@ -192,8 +192,8 @@ async def connect(
         log.info("nats: reconnected to %s", server.netloc if server else location)
 
     try:
-        await asyncio.wait_for(
-            client.connect(
+        async with asyncio.timeout(first_connect_timeout):
+            await client.connect(
                 servers=list(location.servers),
                 name=client_name,
                 allow_reconnect=True,
@@ -208,9 +208,7 @@ async def connect(
                 user=location.user if token is None else None,
                 password=location.password,
                 token=token,
-            ),
-            first_connect_timeout,
-        )
+            )
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         await client.close()
         why = errors[-1] if errors else str(exc)

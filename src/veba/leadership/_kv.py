@@ -178,11 +178,12 @@ class KVLeadership:
         try:
             yield lease
         finally:
+            held = lease.held
+            lease.lost.set()
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
-            if lease.held:
-                lease.lost.set()
+            if held:
                 await self._release(lease, key)
 
     async def _acquire(self, name: str, key: str, value: bytes) -> tuple[Lease, float]:
@@ -194,25 +195,33 @@ class KVLeadership:
             released.set()
 
         subscription = await self._client.subscribe(self._released_subject(key), cb=on_release)
+        # The send of the first try whose outcome is unknown (no answer): if a
+        # later try finds the key ours, it was written no earlier than that.
+        unknown_since: float | None = None
         try:
             while True:
                 released.clear()
                 sent = time.monotonic()
                 try:
-                    revision = await asyncio.wait_for(self._create(key, value), self.valid_for)
-                    if revision is not None:
+                    async with asyncio.timeout(self.valid_for):
+                        created = await self._create(key, value)
+                    if created is not None:
+                        revision, earlier = created
                         log.info("leading %s (lease revision %d)", name, revision)
-                        return Lease(name, revision), sent
+                        return Lease(name, revision), (unknown_since or sent) if earlier else sent
                 except _transient() as exc:
+                    unknown_since = unknown_since or sent
                     log.debug("lease %s: %r; trying again", name, exc)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(released.wait(), self.poll_every)
+                    async with asyncio.timeout(self.poll_every):
+                        await released.wait()
         finally:
             with contextlib.suppress(*_transient()):
                 await subscription.unsubscribe()
 
-    async def _create(self, key: str, value: bytes) -> int | None:
-        """The revision of our new lease, or None while another holds it."""
+    async def _create(self, key: str, value: bytes) -> tuple[int, bool] | None:
+        """The revision of our new lease, and whether an earlier try wrote it
+        (its answer lost); None while another holds the lease."""
         import nats.js.errors
 
         for _ in range(2):  # a second time after purging a delete marker
@@ -220,7 +229,7 @@ class KVLeadership:
                 ack = await self._js.publish(
                     self._subject(key), value, headers={_EXPECTED_REVISION: "0"}
                 )
-                return ack.seq
+                return ack.seq, False
             except nats.js.errors.APIError as exc:
                 if exc.err_code not in _WRONG_REVISION:
                     raise
@@ -233,8 +242,8 @@ class KVLeadership:
                 # only, so a lease written since stays), then create.
                 await self._purge(key, gone.entry.revision)
                 continue
-            if entry.value == value:  # our own create, whose ack was lost
-                return entry.revision
+            if entry.value == value and entry.revision:  # our own create, its ack lost
+                return entry.revision, True
             return None
         return None
 
@@ -251,22 +260,23 @@ class KVLeadership:
         import nats.js.errors
 
         pause = self.renew_every
-        while True:
+        while not lease.lost.is_set():  # set by hold() too, should a cancel be lost
             await asyncio.sleep(pause)
             left = good_send + self.valid_for - time.monotonic()
             if left <= 0:
                 return self._lose(lease, f"no renewal went through for {self.valid_for:g} s")
             sent = time.monotonic()
             try:
-                lease.revision = await asyncio.wait_for(
-                    self._kv.update(key, value, last=lease.revision), left
-                )
+                async with asyncio.timeout(left):
+                    lease.revision = await self._kv.update(key, value, last=lease.revision)
                 good_send, pause = sent, self.renew_every
             except nats.js.errors.KeyWrongLastSequenceError:
                 mine = await self._revision_if_mine(key, value)
                 if mine is None:
                     return self._lose(lease, "another node holds it now")
-                lease.revision, good_send, pause = mine, sent, self.renew_every
+                # An earlier renewal went through unanswered, when is not known
+                # (after `good_send`, which stays): renew again at once.
+                lease.revision, pause = mine, 0.0
             except _transient() as exc:
                 log.debug("lease %s: renewal failed: %r", lease.name, exc)
                 pause = min(self.retry_every, max(0.0, left - (time.monotonic() - sent)))
@@ -279,7 +289,8 @@ class KVLeadership:
         """The key's revision if it holds our value (a renewal whose
         acknowledgement was lost), else None."""
         with contextlib.suppress(*_transient()):
-            entry = await asyncio.wait_for(self._kv.get(key), self.retry_every * 4)
+            async with asyncio.timeout(self.retry_every * 4):
+                entry = await self._kv.get(key)
             if entry.value == value:
                 return entry.revision
         return None
@@ -288,14 +299,13 @@ class KVLeadership:
         """Purge our revision (a lease written since by another stays) and tell
         the contenders. Best effort: if it fails, the TTL frees the lease."""
         try:
-            await asyncio.shield(
-                asyncio.wait_for(self._release_now(lease, key), self.retry_every * 4)
-            )
+            await asyncio.shield(self._release_now(lease, key))  # a cancel does not cut it
             log.info("released %s", lease.name)
         except _transient() as exc:
             log.info("%s is released when its lease expires (%r)", lease.name, exc)
 
     async def _release_now(self, lease: Lease, key: str) -> None:
-        await self._purge(key, lease.revision)
-        await self._client.publish(self._released_subject(key), b"")
-        await self._client.flush(timeout=2)
+        async with asyncio.timeout(self.retry_every * 4):
+            await self._purge(key, lease.revision)
+            await self._client.publish(self._released_subject(key), b"")
+            await self._client.flush(timeout=2)
