@@ -21,8 +21,8 @@ Raft proposal, so two writers expecting the same revision can both win
 could both lead. Revision 0 (create) is checked when the write is applied, and
 so is a purge's upper sequence: those are safe, and the only write here that
 expects a revision above 0 is the holder's own renewal, which no one else makes.
-A marker someone else left (`nats kv del`) is purged the same way before the
-create.
+A marker someone else left (`nats kv del`) is left to expire with the bucket's
+TTL: its holder learns of it at its next renewal, and no one may lead before.
 
 That holds while the holder's event loop runs: a process frozen longer than the
 TTL (SIGSTOP, a paused VM) can still overlap its successor, as with any lease.
@@ -85,6 +85,15 @@ def lease_key(name: str) -> str:
         else:
             out.extend(f"={byte:02X}" for byte in char.encode())
     return "".join(out)
+
+
+def _raise_if_cancelled() -> None:
+    """Raise a cancel that nats-py swallowed: on 3.11 its requests await
+    `asyncio.wait_for`, which returns the answer and drops a cancel that comes
+    in the same loop turn; the task still counts it as pending."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _transient() -> tuple[type[BaseException], ...]:
@@ -176,6 +185,7 @@ class KVLeadership:
         lease, sent = await self._acquire(name, key, value)
         renewing = asyncio.create_task(self._renew(lease, key, value, sent), name=f"lease:{name}")
         try:
+            _raise_if_cancelled()  # stopped while acquiring: release, do not lead
             yield lease
         finally:
             held = lease.held
@@ -200,6 +210,7 @@ class KVLeadership:
         unknown_since: float | None = None
         try:
             while True:
+                _raise_if_cancelled()
                 released.clear()
                 sent = time.monotonic()
                 try:
@@ -224,7 +235,7 @@ class KVLeadership:
         (its answer lost); None while another holds the lease."""
         import nats.js.errors
 
-        for _ in range(2):  # a second time after purging a delete marker
+        for _ in range(2):  # a second time if the lease expired in between
             try:
                 ack = await self._js.publish(
                     self._subject(key), value, headers={_EXPECTED_REVISION: "0"}
@@ -238,10 +249,10 @@ class KVLeadership:
             except nats.js.errors.KeyNotFoundError as gone:
                 if gone.entry is None:  # expired meanwhile: create again
                     continue
-                # A delete or purge marker: away with it (up to its revision
-                # only, so a lease written since stays), then create.
-                await self._purge(key, gone.entry.revision)
-                continue
+                # A delete marker (`nats kv del`): its holder learns of it at its
+                # next renewal, so the lease is free only once the marker
+                # expires too, a TTL on.
+                return None
             if entry.value == value and entry.revision:  # our own create, its ack lost
                 return entry.revision, True
             return None
