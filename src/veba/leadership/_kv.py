@@ -147,14 +147,15 @@ class KVLeadership:
         try:
             kv = await js.key_value(bucket)
         except nats.js.errors.BucketNotFoundError:
-            # Memory is enough: a lease is worth nothing after the TTL, and a
-            # renewal every ttl/4 need not wait for a disk.
+            # On file, not in memory: a NATS server that restarts within the
+            # TTL must still have the lease, or a contender would take it
+            # while its holder, still renewing in vain, believes it leads.
             kv = await js.create_key_value(
                 bucket=bucket,
                 ttl=ttl,
                 history=1,
                 replicas=replicas,
-                storage=StorageType.MEMORY,
+                storage=StorageType.FILE,
                 description="veba: which node reads each vCenter",
             )
         found = (await kv.status()).ttl
