@@ -84,7 +84,7 @@ def test_prefixed_names_a_bucket_of_this_cluster() -> None:
         ("nats://n1:4222/a.b", "NAME 'a.b' may only have letters"),
         ("nats://n1:4222/a b", "NAME 'a b' may only have letters"),
         ("nats://n1:4222/a/b", "NAME 'a/b' may only have letters"),
-        ("nats://n1:4222/" + "x" * 65, "at most 64"),
+        ("nats://n1:4222/" + "x" * 33, "at most 32"),
         ("nats://n1:4222/KV>", "may only have letters"),
         ("nats://n1:4222,,n2:4222", "empty server"),
         ("nats://n1:4222,", "empty server"),

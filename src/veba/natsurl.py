@@ -34,8 +34,9 @@ DEFAULT_NAME = "veba"
 DEFAULT_PORT = 4222
 # NAME prefixes stream names and KV buckets; buckets allow the fewest characters
 # (nats-py's VALID_BUCKET_RE), and the server keeps a stream as a folder named
-# after it, so the length is bounded well below a file name's 255 bytes.
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# after it. 32 at most, as the JetStream event log's `Names` takes.
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_SUFFIX = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SCHEMES = ("nats", "tls")
 # host:port, [v6]:port, or a host alone (port 4222).
 _SERVER = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s\[\]/:@,]+)(?::(?P<port>[^:]*))?")
@@ -75,7 +76,7 @@ class NatsLocation:
     def prefixed(self, what: str) -> str:
         """A stream or bucket name of this veba cluster: `NAME_what`."""
         name = f"{self.name}_{what}"
-        if not _NAME.fullmatch(what) or len(name) > 128:
+        if not _SUFFIX.fullmatch(what):
             raise ValueError(f"{name!r} is not a valid JetStream stream or bucket name")
         return name
 
@@ -103,7 +104,7 @@ def parse_nats_url(value: str) -> NatsLocation:
         if not _NAME.fullmatch(name):
             raise NatsURLError(
                 f"{value!r}: NAME {name!r} may only have letters, digits, '-' and '_'"
-                " (at most 64), as NATS allows in stream and bucket names"
+                " (at most 32), as NATS allows in stream and bucket names"
             )
     else:
         name = DEFAULT_NAME
