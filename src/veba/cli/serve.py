@@ -15,6 +15,7 @@ from veba.settings import DEFAULT_LISTEN, ApplianceSettings, parse_listen, resol
 
 if TYPE_CHECKING:
     from veba.eventlog import OwnerLock
+    from veba.natsurl import NatsLocation
 
 
 def serve(
@@ -22,6 +23,15 @@ def serve(
         DEFAULT_LISTEN, "--listen", envvar="VEBA_LISTEN", help="HOST:PORT to serve the API on"
     ),
     data_dir: Path | None = DataDirOption,
+    event_log: str = typer.Option(
+        "sqlite",
+        "--event-log",
+        envvar="VEBA_EVENT_LOG",
+        help="Where events and deliveries are kept: sqlite (a file in the data directory)"
+        " or nats://HOST:PORT,HOST:PORT.../NAME, a NATS JetStream cluster shared by several"
+        " veba nodes (one server will do; NAME, default veba, prefixes its streams and"
+        " buckets)",
+    ),
     simulator: bool | None = typer.Option(
         None,
         "--simulator/--no-simulator",
@@ -144,6 +154,11 @@ def serve(
         host, port = parse_listen(listen)
     except ValueError as exc:
         fail(str(exc))
+    nats_log = _event_log(event_log)
+    if nats_log is not None:
+        from rich.markup import escape
+
+        fail(escape(f"--event-log {nats_log}: the NATS log is not wired yet (use sqlite for now)"))
     if (tls_cert is None) != (tls_key is None):
         fail("--tls-cert and --tls-key go together")
     if tls_cert is not None and tls_key is not None:
@@ -282,6 +297,20 @@ def serve(
         server.run(sockets=[sockets["api"]])
     if not server.started:
         raise typer.Exit(3)  # said why in one line
+
+
+def _event_log(value: str) -> NatsLocation | None:
+    """None for the SQLite log in the data directory, else where the NATS cluster is."""
+    if value.strip().lower() in ("", "sqlite"):
+        return None
+    from veba.natsurl import NatsURLError, parse_nats_url
+
+    try:
+        return parse_nats_url(value)
+    except NatsURLError as exc:
+        from rich.markup import escape  # the message shows [,HOST:PORT...][/NAME]
+
+        fail(escape(f"--event-log {exc} (or sqlite)"))
 
 
 def _check_otlp(endpoint: str) -> None:
