@@ -21,15 +21,16 @@ import httpx
 
 from veba import telemetry
 from veba.activity import Activity, provider_changes
+from veba.backends import backends_for
 from veba.deployments import Functions
 from veba.dispatch import DeadLetterSink, Dispatcher
-from veba.eventlog import AppendResult, Delivery, LogFull, SQLiteLog
+from veba.eventlog import AppendResult, Delivery, LogFull
 from veba.eventlog.ownerlock import OwnerLock
-from veba.eventlog.sqlite_store import SQLiteStore
 from veba.events import INVOCATION_TYPE, Event, InvalidEvent
 from veba.feed import Feed
 from veba.functionlogs import LogHub
 from veba.functions._workerproc import sweep_secrets
+from veba.leadership import lead
 from veba.observability import Metrics
 from veba.private import make_private
 from veba.providers.base import Provider
@@ -78,13 +79,15 @@ class Appliance:
         tls = settings.tls_cert is not None
         self.url = local_api_url(settings.listen, tls=tls)
         record_url(settings.data_dir, self.url)
-        # `lock`: the log's, if the caller took it before writing anything.
-        self.log = SQLiteLog(settings.log_path, lock=lock)
-        # The functions' key-value store, on the log's file; functions reach it
-        # over this appliance's API with a token per pool.
-        self.store: Store = SQLiteStore(self.log)
+        # The log, the functions' store, secrets, deployed functions, provider
+        # leases: on this node, or in a NATS JetStream shared with other nodes.
+        # `lock`: the SQLite log's, if the caller took it before writing anything.
+        self.backends = backends_for(settings, lock)
+        self.log = self.backends.log
+        # Functions reach the store over this appliance's API with a token per pool.
+        self.store: Store = self.backends.store
         self.store_tokens = StoreTokens()
-        self.secrets = SecretStore(settings.data_dir)
+        self.secrets = SecretStore(settings.data_dir, self.backends.secret_blobs)
         self.logs = LogHub(
             settings.logs_dir,
             max_bytes=settings.function_log_size,
@@ -113,6 +116,7 @@ class Appliance:
             private_dir=settings.data_dir,
             activity=self.activity,
             max_workers=settings.max_workers,
+            records=self.backends.function_records,
         )
         self.providers: list[Provider] = list(
             providers if providers is not None else _default_providers(settings, self.secrets)
@@ -131,7 +135,7 @@ class Appliance:
             self.spans = SpanExport(settings.otlp_endpoint)
 
     async def start(self) -> None:
-        await self.log.open()
+        await self.backends.open()
         # gateway.openfaas:8080 for functions that call functions, before any starts.
         from veba.api.gateway import WorkerGateway
 
@@ -181,7 +185,9 @@ class Appliance:
         # in one from taking the appliance down silently.
         while True:
             try:
-                await provider.run(self)
+                # With other nodes (JetStream), only the one that holds the
+                # provider's lease reads its source; another takes over if it dies.
+                await lead(self.backends.leadership, provider.name, lambda: provider.run(self))
                 return
             except asyncio.CancelledError:
                 raise
@@ -259,7 +265,7 @@ class Appliance:
         await self.functions.stop()
         if self.gateway is not None:
             await self.gateway.stop()
-        await self.log.close()
+        await self.backends.close()
         self.logs.close()
         if self.spans is not None:
             await asyncio.to_thread(self.spans.close)

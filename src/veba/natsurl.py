@@ -160,6 +160,7 @@ async def connect(
     *,
     client_name: str = "veba",
     first_connect_timeout: float = 30.0,
+    client: Client | None = None,
 ) -> tuple[Client, JetStreamContext]:
     """A connected nats-py client and its JetStream context.
 
@@ -171,7 +172,8 @@ async def connect(
     import nats.errors
     from nats.aio.client import Client as NatsClient
 
-    client = NatsClient()
+    if client is None:  # else one made before, handed to backends already
+        client = NatsClient()
     # Credentials as options, not in the URLs: nats-py would send a
     # percent-encoded password as it is written.
     token = location.user if location.password is None else None

@@ -19,6 +19,7 @@ from pathlib import Path
 from veba.config import KnativeConfig, MetricsConfig, OpenFaaSConfig, VCenterConfig
 from veba.functionlogs import DEFAULT_KEEP, DEFAULT_MAX_BYTES
 from veba.listeners import ListenerPlan, plan_listeners
+from veba.natsurl import NatsLocation
 
 __all__ = [
     "DEFAULT_BATCH_MAX",
@@ -142,6 +143,12 @@ class ApplianceSettings:
     # Workers of every function together that autoscaling may start (a function's
     # minimum always starts): a burst must not exhaust memory (~16 MB a worker).
     max_workers: int = 64
+    # Where the log and the rest of the appliance's state live: None, this node
+    # (SQLite and files in the data directory); or a NATS JetStream shared by
+    # every node given the same location (`--event-log`, veba.backends), its
+    # streams and buckets kept `replicas` times.
+    event_log: NatsLocation | None = None
+    replicas: int = 1
 
     def listeners(self) -> ListenerPlan:
         """Where the appliance listens; raises `ListenError` for settings that clash."""

@@ -32,6 +32,15 @@ def serve(
         " veba nodes (one server will do; NAME, default veba, prefixes its streams and"
         " buckets)",
     ),
+    replicas: int = typer.Option(
+        1,
+        "--replicas",
+        envvar="VEBA_REPLICAS",
+        min=1,
+        max=5,
+        help="With a NATS --event-log: how many servers keep each stream and bucket"
+        " (3 on a 3-server cluster, so any one may fail); made with this, kept after",
+    ),
     simulator: bool | None = typer.Option(
         None,
         "--simulator/--no-simulator",
@@ -155,10 +164,6 @@ def serve(
     except ValueError as exc:
         fail(str(exc))
     nats_log = _event_log(event_log)
-    if nats_log is not None:
-        from rich.markup import escape
-
-        fail(escape(f"--event-log {nats_log}: the NATS log is not wired yet (use sqlite for now)"))
     if (tls_cert is None) != (tls_key is None):
         fail("--tls-cert and --tls-key go together")
     if tls_cert is not None and tls_key is not None:
@@ -233,11 +238,15 @@ def serve(
         function_log_files=function_log_files,
         otlp_endpoint=otlp_endpoint,
         max_workers=max_workers,
+        event_log=nats_log,
+        replicas=replicas,
         **fields,
     )
     from veba.cli.preflight import vcenter_problems
 
-    problems = vcenter_problems(settings.vcenters, settings.data_dir)
+    problems = vcenter_problems(
+        settings.vcenters, settings.data_dir, shared_secrets=nats_log is not None
+    )
     if problems:
         for line in problems[:-1]:
             err.print(f"[red]error:[/red] {line}", highlight=False)

@@ -86,8 +86,12 @@ class JetStreamLog(DeliveryOps, Queries, Routing):
         duplicate_window: float = 120.0,
         repair_after: float = 10.0,
         clock: Callable[[], float] = time.time,
+        client: Client | None = None,
     ) -> None:
         self.servers = list(servers)
+        # A client the appliance connects and closes, shared with its other
+        # JetStream backends (`veba.backends`); without one the log has its own.
+        self._client = client
         self.names = Names(name)
         self.replicas = replicas
         # How long a node that died holding leases keeps them (leases of any
@@ -115,13 +119,17 @@ class JetStreamLog(DeliveryOps, Queries, Routing):
         self._append_lock = asyncio.Lock()
 
     async def open(self) -> None:
-        self._nc = await nats.connect(servers=self.servers, name=f"veba-{self.names.prefix}")
+        if self._client is not None:
+            self._nc = self._client
+        else:
+            self._nc = await nats.connect(servers=self.servers, name=f"veba-{self.names.prefix}")
         self._js = self._nc.jetstream()
         try:
             await self._make_streams()
             await self._start_router()
         except BaseException:  # refused (replicas on one server, a stream in the way)
-            await self._nc.close()
+            if self._client is None:
+                await self._nc.close()
             self._nc = self._js = None
             raise
         self._leases.start()
@@ -172,7 +180,7 @@ class JetStreamLog(DeliveryOps, Queries, Routing):
         await self._leases.stop()
         self._states.clear()
         if self._nc is not None:
-            if not self._nc.is_closed:
+            if self._client is None and not self._nc.is_closed:
                 await self._nc.drain()
             self._nc = None
             self._js = None
