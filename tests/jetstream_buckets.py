@@ -1,5 +1,9 @@
 """A connection to the test machine's NATS server (JetStream, 127.0.0.1:4222) and
-a bucket prefix no other test uses; every bucket made under it is deleted after."""
+a bucket prefix no other test uses; every bucket made under it is deleted after.
+
+`delete_everything_named` deletes what a veba NAME (a prefix) made there: the
+log's streams (`NAME_events`, ...), KV buckets (`KV_NAME_...`, `KV_NAME-...`)
+and object stores (`OBJ_NAME_...`)."""
 
 from __future__ import annotations
 
@@ -20,9 +24,22 @@ async def prefixed_buckets() -> AsyncIterator[tuple[Client, str]]:
     try:
         yield client, prefix
     finally:
-        js = client.jetstream()
-        for info in await js.streams_info():
-            name = info.config.name or ""
-            if name.startswith((f"KV_{prefix}_", f"OBJ_{prefix}_")):
-                await js.delete_stream(name)
+        await _delete_named(client, prefix)
         await client.close()
+
+
+async def delete_everything_named(prefix: str) -> None:
+    client = await nats.connect(NATS_URL, connect_timeout=10)
+    try:
+        await _delete_named(client, prefix)
+    finally:
+        await client.close()
+
+
+async def _delete_named(client: Client, prefix: str) -> None:
+    js = client.jetstream()
+    ours = (f"{prefix}_", f"KV_{prefix}_", f"KV_{prefix}-", f"OBJ_{prefix}_")
+    for info in await js.streams_info():
+        name = info.config.name or ""
+        if name.startswith(ours):
+            await js.delete_stream(name)  # its consumers go with it

@@ -27,7 +27,7 @@ from tests.e2e.harness import (
     write_function,
     write_stack,
 )
-from tests.eventlog.test_jetstream import delete_everything_named
+from tests.jetstream_buckets import delete_everything_named
 
 SAMPLE = Path(__file__).parent.parent / "data" / "cloudevent-vm-powered-off.json"
 BATCH = 100

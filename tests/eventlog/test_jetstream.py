@@ -14,27 +14,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 
 from tests.eventlog.conformance import EventLogConformance, failed, make_event, ok, to
+from tests.jetstream_buckets import delete_everything_named
 from veba.eventlog.jetstream import JetStreamLog
 from veba.eventlog.jetstream._router import mark_body, marked_seqs
 
 SERVERS = ["nats://127.0.0.1:4222"]
 OpenLog = Callable[..., Awaitable[JetStreamLog]]
-
-
-async def delete_everything_named(prefix: str) -> None:
-    nc = await nats.connect(servers=SERVERS)
-    try:
-        js = nc.jetstream()
-        for info in await js.streams_info():
-            name = info.config.name or ""
-            if name.startswith((f"{prefix}_", f"KV_{prefix}-")):
-                await js.delete_stream(name)  # its consumers go with it
-    finally:
-        await nc.close()
 
 
 @pytest.fixture
