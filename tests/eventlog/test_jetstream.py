@@ -18,6 +18,8 @@ import pytest
 
 from tests.eventlog.conformance import EventLogConformance, failed, make_event, ok, to
 from tests.jetstream_buckets import delete_everything_named
+from tests.natscluster import NatsCluster, nats_cluster_fixture  # noqa: F401
+from veba.eventlog import LogUnavailable
 from veba.eventlog.jetstream import JetStreamLog
 from veba.eventlog.jetstream._router import mark_body, marked_seqs
 
@@ -392,3 +394,33 @@ async def _equals(value: Awaitable[Any], expected: Any) -> bool:
 
 async def _at_least(value: Awaitable[int], expected: int) -> bool:
     return await value >= expected
+
+
+async def test_a_cluster_without_a_quorum_is_log_unavailable_until_it_has_one_again(
+    nats_cluster: NatsCluster,
+) -> None:
+    # What the webhook answers 503 to (send again) and a dispatcher backs off from.
+    log = JetStreamLog(nats_cluster.urls, name="quorum", replicas=3)
+    await log.open()
+    try:
+        await log.append([make_event(1)], route=to("f"))
+        nats_cluster.stop(1, kill=True)
+        nats_cluster.stop(2, kill=True)
+        with pytest.raises(LogUnavailable):
+            await log.append([make_event(2)], route=to("f"))
+        nats_cluster.start()  # all three again
+
+        async def appended() -> bool:
+            try:
+                await log.append([make_event(3)], route=to("f"))
+            except LogUnavailable:
+                return False
+            return True
+
+        await until(appended, 60)
+        assert sorted(d.event.data["Key"] for d in await log.lease("f", 10, 30)) in (
+            [1, 3],
+            [1, 2, 3],
+        )
+    finally:
+        await log.close()

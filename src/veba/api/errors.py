@@ -26,6 +26,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from veba import strictjson
+from veba.eventlog.base import LogUnavailable
 
 __all__ = ["INTERNAL_ERROR", "LastResort", "StrictRoute", "error_response", "install_error_handling"]
 
@@ -131,9 +132,15 @@ async def _on_http(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, str(detail), exc.headers)
 
 
+async def _on_log_unavailable(request: Request, exc: Exception) -> Response:
+    # A NATS log electing or out of reach (veba.eventlog.LogUnavailable): ask again.
+    return error_response(503, str(exc), {"Retry-After": "1"})
+
+
 def install_error_handling(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(LogUnavailable, _on_log_unavailable)
     app.add_middleware(LastResort)
 
 

@@ -32,7 +32,7 @@ from veba.api.auth import webhook_authorised, webhook_refusal
 from veba.api.errors import INTERNAL_ERROR, StrictRoute
 from veba.api.limits import body_limits, format_size
 from veba.appliance import Appliance
-from veba.eventlog import LogFull
+from veba.eventlog import LogFull, LogUnavailable
 from veba.events import BATCH_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE, InvalidEvent, parse_http
 
 __all__ = ["WebhookIngest", "ingest", "webhook_router"]
@@ -67,6 +67,7 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
     400: {"description": "not a CloudEvent; nothing of the request was kept"},
     401: {"description": "missing or wrong credentials"},
     413: {"description": "the body, or an event of a batch, is over its limit"},
+    503: {"description": "the log cannot answer now (NATS away or electing): send again"},
     507: {"description": "the log cannot commit (disk full)"},
 }
 
@@ -120,6 +121,8 @@ async def ingest(
         return 400, _error(str(exc))
     except LogFull as exc:
         return 507, _error(str(exc))
+    except LogUnavailable as exc:  # NATS electing, or away: nothing acknowledged, send again
+        return 503, _error(str(exc))
     return 200, b'{"accepted":%d,"duplicates":%d}' % (result.accepted, result.duplicates)
 
 
@@ -128,6 +131,7 @@ def _error(message: str) -> bytes:
 
 
 _JSON = (b"content-type", b"application/json")
+_RETRY_SOON = (b"retry-after", b"1")
 
 
 class WebhookIngest:
@@ -196,7 +200,7 @@ class WebhookIngest:
             if not message.get("more_body", False):
                 break
         status, answer = await ingest(appliance, headers, b"".join(chunks))
-        return status, answer, ()
+        return status, answer, (_RETRY_SOON,) if status == 503 else ()
 
     async def _passed_on(self, scope: Any, receive: Any, send: Any) -> None:
         status = 500  # what the client gets if nothing answers (the server's own 500)

@@ -38,6 +38,11 @@ class LogFull(OSError):
     """The log could not commit (disk full, read-only); nothing of that call was kept."""
 
 
+class LogUnavailable(OSError):
+    """The log's servers cannot answer now (NATS without a quorum, or out of
+    reach); whether that call was kept is not known: try it again."""
+
+
 class ReplayTooLarge(ValueError):
     """A replay that would deliver more events again than its caller allows."""
 

@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from veba.eventlog.base import LogFull
+from veba.eventlog.base import LogFull, LogUnavailable
 
 __all__ = [
     "JetStreamError",
@@ -43,11 +43,18 @@ class JetStreamError(OSError):
         self.code = code
 
 
+class NoAnswer(JetStreamError, LogUnavailable):
+    """Nothing answered in time, or no server could (503: no responders, a
+    stream without a leader while its cluster elects): try again."""
+
+
 def _raise_for(error: Mapping[str, Any], what: str) -> None:
     code = int(error.get("err_code", 0))
     text = f"{what}: {error.get('description', 'error')} (JetStream {code})"
     if code in _FULL:
         raise LogFull(text)
+    if int(error.get("code", 0)) == 503:  # JetStream or a stream without a leader now
+        raise NoAnswer(text, code)
     raise JetStreamError(text, code)
 
 
@@ -63,7 +70,7 @@ async def api(nc: Client, subject: str, request: Mapping[str, Any]) -> dict[str,
     try:
         reply = await nc.request(subject, json.dumps(request).encode(), timeout=TIMEOUT)
     except TimeoutError as exc:
-        raise JetStreamError(f"{subject}: no answer in {TIMEOUT} s") from exc
+        raise NoAnswer(f"{subject}: no answer in {TIMEOUT} s") from exc
     answer: dict[str, Any] = json.loads(reply.data)
     if "error" in answer:
         _raise_for(answer["error"], subject)
@@ -87,10 +94,10 @@ async def publish_many(nc: Client, messages: Sequence[Outgoing]) -> list[dict[st
             try:
                 reply = await sub.next_msg(timeout=TIMEOUT)
             except TimeoutError as exc:
-                raise JetStreamError(f"publish: {left} of {len(messages)} not acked") from exc
+                raise NoAnswer(f"publish: {left} of {len(messages)} not acked") from exc
             status = _status(reply)
-            if status is not None:  # 503: no stream takes that subject
-                raise JetStreamError(f"publish: status {status} (no stream for the subject?)")
+            if status is not None:  # 503: no stream takes the subject now (no leader)
+                raise NoAnswer(f"publish: status {status} (no stream can take it now)")
             index = int(reply.subject.rsplit(".", 1)[1])
             if acks[index] is None:
                 left -= 1
@@ -127,14 +134,15 @@ async def pull(
             except TimeoutError as exc:
                 if msgs:
                     break
-                raise JetStreamError(f"pull from {stream}/{consumer}: no answer") from exc
+                raise NoAnswer(f"pull from {stream}/{consumer}: no answer") from exc
             status = _status(msg)
             if status is None:
                 msgs.append(msg)
             elif status in ("404", "408", "409"):  # no more now / request done
                 break
             elif status != "100":  # 100: a heartbeat
-                raise JetStreamError(f"pull from {stream}/{consumer}: status {status}")
+                error = NoAnswer if status == "503" else JetStreamError
+                raise error(f"pull from {stream}/{consumer}: status {status}")
         return msgs
     finally:
         await sub.unsubscribe()
@@ -148,12 +156,13 @@ async def direct_get(nc: Client, stream: str, request: Mapping[str, Any]) -> Msg
             f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), timeout=TIMEOUT
         )
     except TimeoutError as exc:
-        raise JetStreamError(f"direct get from {stream}: no answer") from exc
+        raise NoAnswer(f"direct get from {stream}: no answer") from exc
     status = _status(reply)
     if status == "404":
         return None
     if status is not None:
-        raise JetStreamError(f"direct get from {stream}: status {status}")
+        error = NoAnswer if status == "503" else JetStreamError
+        raise error(f"direct get from {stream}: status {status}")
     return reply
 
 
@@ -172,7 +181,7 @@ async def settle(msg: Msg, kind: bytes, *, delay: float | None = None) -> None:
     try:
         await msg._client.request(msg.reply, payload, timeout=TIMEOUT)
     except TimeoutError as exc:
-        raise JetStreamError(f"{kind.decode()}: no answer in {TIMEOUT} s") from exc
+        raise NoAnswer(f"{kind.decode()}: no answer in {TIMEOUT} s") from exc
 
 
 def seq_of(msg: Msg) -> int:

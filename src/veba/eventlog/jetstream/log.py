@@ -60,6 +60,7 @@ from nats.js.kv import KeyValue
 from veba.eventlog.base import AppendResult, Delivery, Route
 from veba.eventlog.jetstream._base import received
 from veba.eventlog.jetstream._deliveries import DeliveryOps
+from veba.eventlog.jetstream._errors import raises_log_errors
 from veba.eventlog.jetstream._leases import LeaseKeeper
 from veba.eventlog.jetstream._names import Names, token
 from veba.eventlog.jetstream._queries import Queries
@@ -73,6 +74,7 @@ __all__ = ["JetStreamLog"]
 _DUPLICATE = 10077  # "maximum messages per subject exceeded": that event is logged already
 
 
+@raises_log_errors
 class JetStreamLog(DeliveryOps, Queries, Routing):
     """`EventLog` on NATS JetStream (see the module's docstring for the layout)."""
 
