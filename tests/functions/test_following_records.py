@@ -167,7 +167,7 @@ async def test_pause_resume_and_removal_on_one_node_reach_the_other(
         assert await a.functions.remove("paused")
         await wait_until(lambda: b.functions.get("paused") is None, 10)
         await wait_until(lambda: all(process_gone(pid) for pid in pids), timeout=30)
-        assert not (b.data / "functions" / "paused").exists()
+        await wait_until(lambda: not (b.data / "functions" / "paused").exists(), 10)
         assert b.followed()[1:] == [
             "function paused paused on another node: paused here",
             "function paused resumed on another node: resumed here",
@@ -222,3 +222,30 @@ async def test_records_on_this_nodes_disk_are_not_followed(
     finally:
         await functions.stop()
         await log.close()
+
+
+async def test_a_redeploy_this_node_cannot_start_leaves_the_old_version_running(
+    tmp_path: Path, venv_cache: Path, buckets: tuple[Client, str], keys: Path
+) -> None:
+    other_keys = tmp_path / "other-keys"
+    other_keys.mkdir()
+    SecretStore(other_keys)  # a key of its own: node B cannot decrypt A's secrets
+    async with (
+        Node(tmp_path / "a", venv_cache, buckets, keys) as a,
+        Node(tmp_path / "b", venv_cache, buckets, other_keys) as b,
+    ):
+        first = await a.functions.deploy(payload(tmp_path, "fn", answering("one")), print)
+        await ready(b, "fn", first.definition.code_hash)
+        await a.secrets.put("api-token", b"s3cr3t-from-node-a")
+        with_secret = payload(tmp_path, "fn", answering("two"), secrets=["api-token"])
+        await a.functions.deploy(with_secret, print)
+        cannot = "function fn redeployed on another node, cannot start here"
+        await wait_until(lambda: any(line.startswith(cannot) for line in b.lines), 30)
+
+        # Rounds later (B has followed another deploy since), not tried again.
+        await a.functions.deploy(payload(tmp_path, "marker", answering("m")), print)
+        await ready(b, "marker")
+        assert len([line for line in b.lines if line.startswith(cannot)]) == 1
+        running = b.functions.get("fn")
+        assert running is not None and running.definition == first.definition
+        assert await answer(b, "fn") == b"one"
