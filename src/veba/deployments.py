@@ -9,6 +9,12 @@ by default), so a restarted appliance brings its functions back before it
 takes events. The unpacked code (`<functions dir>/<name>/code-<hash>/`) and
 the venvs are this node's cache: unpacked from the record's archive where
 missing.
+
+Records other nodes share (JetStream) change under a running node: `load()`
+then starts `follow()`, which compares them with what this node runs every
+`follow_every` seconds and starts, redeploys, pauses, resumes or stops what
+another node changed. Records on this node's own disk change only through it,
+so nothing follows them.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -34,7 +41,7 @@ from veba.delivery import DeliveryPolicy, PolicyError, parse_duration
 from veba.dispatch import DeadLetterSink, Dispatcher, Observer
 from veba.eventlog.base import EventLog
 from veba.functionlogs import LogHub
-from veba.functionrecords import FileFunctionRecords, FunctionRecords
+from veba.functionrecords import FileFunctionRecords, FunctionRecord, FunctionRecords
 from veba.functions._scaling import DEFAULT_IDLE, DEFAULT_MAX_WORKERS, CallLimit, WorkerBudget
 from veba.functions._workerproc import isolation_problem
 from veba.functions.build import BuildError, ensure_venv
@@ -94,6 +101,7 @@ SCALE_ZERO_DURATION = "com.openfaas.scale.zero-duration"
 SCALE_IDLE = "veba.scale.idle"  # idle time before a worker is retired (min and zero too)
 OVERLAP = "veba.overlap"  # calls one worker runs at once: for I/O-bound handlers
 MAX_INFLIGHT_ENV = "max_inflight"  # OpenFaaS's watchdog setting
+FOLLOW_EVERY = 1.0  # seconds between two reads of records other nodes share
 
 
 def pack_code(handler_dir: Path) -> str:
@@ -460,6 +468,7 @@ class Functions:
         activity: Activity | None = None,
         max_workers: int = DEFAULT_MAX_WORKERS,
         records: FunctionRecords | None = None,
+        follow_every: float = FOLLOW_EVERY,
     ) -> None:
         # This node's unpacked code (its workers' folders); what is kept of each
         # function is `records` (the same folders, unless given another backend).
@@ -488,8 +497,18 @@ class Functions:
         # Hidden from isolated workers but for their own code, venv and SDK.
         self.private_dir = private_dir
         self._lock = asyncio.Lock()
+        # A pause and the follower's read of the paused flag it applies, one at a
+        # time: a short lock of its own, not the one a deploy holds for minutes.
+        self._pause_lock = asyncio.Lock()
         self._starting: set[asyncio.Task[None]] = set()
         self.router = Router()
+        # Following the records other nodes change (see follow()).
+        self._follow_every = follow_every
+        self._follower: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()  # a cancel nats-py swallows must not keep it going
+        # The record definitions this node failed to start, by name: not tried
+        # again every second, only once the record changes.
+        self._unstartable: dict[str, dict[str, Any]] = {}
 
     # -- queries ---------------------------------------------------------------
 
@@ -517,16 +536,12 @@ class Functions:
     async def pause(self, name: str, paused: bool = True) -> Deployment | None:
         """Stop (or, `paused=False`, resume) leasing `name`'s deliveries: new events
         wait in the log, none lost; kept in its record so a restart keeps it paused."""
-        deployment = self._deployments.get(name)
-        if deployment is None:
-            return None
-        await self._records.set_paused(name, paused)
-        deployment.start_paused = paused  # for a dispatcher not attached yet
-        if deployment.dispatcher is not None:
-            if paused:
-                deployment.dispatcher.pause()
-            else:
-                deployment.dispatcher.resume()
+        async with self._pause_lock:
+            deployment = self._deployments.get(name)
+            if deployment is None:
+                return None
+            await self._records.set_paused(name, paused)
+            _set_paused(deployment, paused)
         self._activity.report("info", f"{'paused' if paused else 'resumed'} {name}")
         return deployment
 
@@ -557,9 +572,15 @@ class Functions:
             _tidy(code_dir.parent, deployment)
         self._rebuild_router()
         for deployment in self._deployments.values():
-            task = asyncio.create_task(self._start_saved(deployment))
-            self._starting.add(task)
-            task.add_done_callback(self._starting.discard)
+            self._start_in_background(deployment)
+        if not isinstance(self._records, FileFunctionRecords) and self._follow_every > 0:
+            # Only this node writes its own folders: nothing to follow there.
+            self._follower = asyncio.create_task(self.follow())
+
+    def _start_in_background(self, deployment: Deployment) -> None:
+        task = asyncio.create_task(self._start_saved(deployment))
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
 
     async def _start_saved(self, deployment: Deployment) -> None:
         name = deployment.definition.name
@@ -568,13 +589,24 @@ class Functions:
             pool = await self._start_pool(deployment.definition, deployment.code_dir, _quiet)
         except DeployError as exc:
             deployment.status, deployment.error = "error", str(exc)
+            if self._deployments.get(name) is not deployment:
+                return  # replaced or removed meanwhile: its failure is nobody's concern
             self._logs.write(name, "system", f"could not start: {exc}")
             self._activity.report("error", f"{name}: could not start: {exc}")
+            return
+        if self._deployments.get(name) is not deployment:
+            # Redeployed or removed while it started (here or on another node).
+            await pool.stop()
+            self._revoke(pool)
             return
         self._attach(deployment, pool)
         self._activity.report("info", f"started {name} ({_summary(deployment.definition)})")
 
     async def stop(self) -> None:
+        self._stopping.set()
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.gather(self._follower, return_exceptions=True)
         for task in list(self._starting):
             task.cancel()
         await asyncio.gather(*self._starting, return_exceptions=True)
@@ -729,6 +761,166 @@ class Functions:
             return await pool.invoke(invocation, policy.timeout)
         finally:
             limit.give()
+
+    # -- following the records other nodes change --------------------------------
+
+    async def follow(self) -> None:
+        """Keep this node in step with the records until `stop()`: every
+        `follow_every` seconds, each function whose record differs from what
+        this node runs is brought in line (`_catch_up`). `load()` starts it
+        for records other nodes share."""
+        failing = False  # said once, not every second
+        while not self._stopping.is_set():
+            try:
+                await self._follow_once()
+            except Exception as exc:  # NATS out of reach, say: what runs keeps running
+                if not failing:
+                    log.warning("cannot follow the function records", exc_info=True)
+                    self._activity.report(
+                        "error",
+                        f"cannot follow the function records ({type(exc).__name__}: {exc});"
+                        " trying again",
+                    )
+                failing = True
+            else:
+                if failing:
+                    self._activity.report("info", "following the function records again")
+                failing = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._follow_every)
+
+    async def _follow_once(self) -> None:
+        records = await self._records.all()
+        for name in sorted(set(records) | set(self._deployments)):
+            if self._stopping.is_set():
+                return
+            if not self._in_step(name, records.get(name), self._deployments.get(name)):
+                await self._catch_up(name)
+
+    def _in_step(
+        self, name: str, record: FunctionRecord | None, deployment: Deployment | None
+    ) -> bool:
+        if record is None:
+            return deployment is None
+        if deployment is None:  # one this node could not start is not tried again
+            return self._unstartable.get(name) == record.definition
+        return self._runs(name, record, deployment) and record.paused == deployment.paused
+
+    def _runs(self, name: str, record: FunctionRecord, deployment: Deployment | None) -> bool:
+        """Whether `deployment` is what this node runs for `record`: its definition,
+        or, when this node could not start the record's, what it ran before."""
+        if self._unstartable.get(name) == record.definition:
+            return True
+        return deployment is not None and _same_definition(record, deployment)
+
+    async def _catch_up(self, name: str) -> None:
+        """Bring `name` in line with its record, read again under the lock a local
+        deploy or removal holds: what `all()` said may be older than a deploy
+        this node has just made, and must not undo it."""
+        async with self._lock:
+            if self._stopping.is_set():
+                return
+            record = await self._records.get(name)
+            deployment = self._deployments.get(name)
+            if record is None and deployment is not None:
+                await self._stop_removed(deployment)
+                return
+            if record is None or self._in_step(name, record, deployment):
+                return
+            if not self._runs(name, record, deployment):
+                await self._start_recorded(name, record, deployment)
+                return
+        async with self._pause_lock:  # a local pause meanwhile wins
+            record = await self._records.get(name)
+            deployment = self._deployments.get(name)
+            if record is None or deployment is None or not self._runs(name, record, deployment):
+                return  # the next round sees it
+            if record.paused != deployment.paused:
+                _set_paused(deployment, record.paused)
+                done = "paused" if record.paused else "resumed"
+                self._followed(name, f"{done} on another node: {done} here")
+
+    async def _stop_removed(self, deployment: Deployment) -> None:
+        name = deployment.definition.name
+        del self._deployments[name]
+        self._unstartable.pop(name, None)
+        self._rebuild_router()
+        await self._stop_deployment(deployment)
+        # Its undelivered events and its store are the removing node's to drop.
+        shutil.rmtree(self._dir / name, ignore_errors=True)
+        self._followed(name, "removed on another node: stopped here")
+        self._logs.forget(name)
+
+    async def _start_recorded(
+        self, name: str, record: FunctionRecord, old: Deployment | None
+    ) -> None:
+        """A function new to this node, or redeployed elsewhere: as a local deploy,
+        the new workers start before the old stop; if they cannot, the old keep
+        running (and this record is not tried again)."""
+        what = "deployed" if old is None else "redeployed"
+        try:
+            definition = FunctionDefinition(**record.definition)
+            subscription, policy = definition.compile()
+            if definition.name != name:
+                raise ValueError(f"its definition is named {definition.name!r}")
+        except (ValueError, TypeError) as exc:
+            self._cannot_start(name, record, f"{what} on another node, unreadable here: {exc}")
+            return
+        code_dir = self._dir / name / f"code-{definition.code_hash}"
+        deployment = Deployment(
+            definition, subscription, policy, code_dir, start_paused=record.paused
+        )
+        self._unstartable.pop(name, None)
+        if old is None or old.pool is None:  # nothing running: start it as load() does
+            self._deployments[name] = deployment
+            self._rebuild_router()
+            if old is not None:
+                await self._stop_deployment(old)
+            self._start_in_background(deployment)
+            self._followed(name, f"{what} on another node: starting here")
+            return
+        try:
+            await self._fetch_code(deployment)
+            pool = await self._start_pool_whole(definition, code_dir)
+        except DeployError as exc:
+            self._cannot_start(
+                name,
+                record,
+                f"{what} on another node, cannot start here ({exc}); the"
+                f" version {old.definition.code_hash} keeps running",
+            )
+            return
+        await self._stop_deployment(old)
+        self._deployments[name] = deployment
+        self._rebuild_router()
+        self._attach(deployment, pool)
+        _tidy(code_dir.parent, deployment)
+        self._followed(name, f"{what} on another node: started here")
+
+    async def _start_pool_whole(
+        self, definition: FunctionDefinition, code_dir: Path
+    ) -> FunctionRuntime:
+        """A pool start a cancel (`stop()`) does not cut in half: the start runs to
+        its end and the pool is stopped, so no worker outlives the node."""
+        task = asyncio.create_task(self._start_pool(definition, code_dir, _quiet))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                pool = await task
+                await pool.stop()
+                self._revoke(pool)
+            raise
+
+    def _cannot_start(self, name: str, record: FunctionRecord, why: str) -> None:
+        self._unstartable[name] = record.definition
+        self._logs.write(name, "system", why)
+        self._activity.report("error", f"function {name} {why}")
+
+    def _followed(self, name: str, change: str) -> None:
+        """One line for each change another node made that this one followed."""
+        self._logs.write(name, "system", change)
+        self._activity.report("info", f"function {name} {change}")
 
     # -- internals --------------------------------------------------------------
 
@@ -966,6 +1158,21 @@ def _summary(definition: FunctionDefinition) -> str:
 
 def _quiet(_: str) -> None:
     pass
+
+
+def _same_definition(record: FunctionRecord, deployment: Deployment) -> bool:
+    """Whether a deployment runs its record's definition, compared as the record
+    keeps it (JSON): a redeploy, even of the same code, has a new `deployed_at`."""
+    return bool(json.loads(json.dumps(deployment.definition.to_dict())) == record.definition)
+
+
+def _set_paused(deployment: Deployment, paused: bool) -> None:
+    deployment.start_paused = paused  # for a dispatcher not attached yet
+    if deployment.dispatcher is not None:
+        if paused:
+            deployment.dispatcher.pause()
+        else:
+            deployment.dispatcher.resume()
 
 
 def _unpack(archive: bytes, code_dir: Path, where: str, entry: str = "handler.py") -> None:

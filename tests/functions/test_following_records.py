@@ -1,0 +1,251 @@
+"""Two running nodes' `Functions` on one set of JetStream records: what one
+deploys, redeploys, pauses, resumes or removes, the other follows while it runs
+(`Functions.follow`), and a secret made through one node's `SecretStore` reaches
+the function's workers on the other."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+
+from tests.functions.conftest import process_gone, wait_until
+from tests.jetstream_buckets import prefixed_buckets
+from veba.activity import Activity, Happening
+from veba.codearchive import pack_folder
+from veba.deployments import Deployment, Functions
+from veba.eventlog import SQLiteLog
+from veba.functionlogs import LogHub
+from veba.functions.supervisor import Invocation
+from veba.jetstream import JetStreamFunctionRecords, JetStreamSecretBlobs
+from veba.secrets import SecretStore
+
+FOLLOWED = "on another node"  # what every line of a followed change says
+
+
+@pytest.fixture
+async def buckets() -> AsyncIterator[tuple[Client, str]]:
+    async with prefixed_buckets() as (client, prefix):
+        yield client, prefix
+
+
+def payload(tmp_path: Path, name: str, body: str, **fields: Any) -> dict[str, Any]:
+    handler = tmp_path / f"src-{name}-{len(list(tmp_path.glob('src-*')))}"
+    handler.mkdir()
+    (handler / "handler.py").write_text(body)
+    code = base64.b64encode(pack_folder(handler)).decode()
+    return {"name": name, "lang": "python3", "topic": "VmPoweredOnEvent", "code": code, **fields}
+
+
+def answering(text: str) -> str:
+    return f"def handle(req):\n    return {text!r}\n"
+
+
+class Node:
+    """One node's `Functions` on the shared records and secrets, with its own
+    event log, folders and activity lines; following every 0.2 s."""
+
+    def __init__(self, data: Path, venvs: Path, buckets: tuple[Client, str], keys: Path) -> None:
+        self.data = data
+        self.log = SQLiteLog(data / "events.db")
+        self.lines: list[str] = []
+        activity = Activity()
+        activity.subscribe(self._heard)
+        # Nodes that share secrets share the key file (copied by the operator).
+        data.mkdir(parents=True)
+        shutil.copy(keys / "secret.key", data / "secret.key")
+        self.secrets = SecretStore(data, JetStreamSecretBlobs(*buckets))
+        self.functions = Functions(
+            functions_dir=data / "functions",
+            venv_cache=venvs,
+            log=self.log,
+            secrets=self.secrets,
+            logs=LogHub(data / "logs"),
+            records=JetStreamFunctionRecords(*buckets),
+            activity=activity,
+            follow_every=0.2,
+        )
+
+    def _heard(self, happening: Happening) -> None:
+        self.lines.append(happening.text)
+
+    def followed(self) -> list[str]:
+        return [line for line in self.lines if FOLLOWED in line]
+
+    async def __aenter__(self) -> Node:
+        await self.log.open()
+        await self.functions.load()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.functions.stop()
+        await self.log.close()
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    SecretStore(folder)  # makes secret.key
+    return folder
+
+
+async def ready(node: Node, name: str, version: str = "", timeout: float = 60) -> Deployment:
+    """`name` on `node`, running the code `version` (any if empty)."""
+
+    def there() -> bool:
+        got = node.functions.get(name)
+        return (
+            got is not None
+            and got.status != "starting"
+            and (not version or got.definition.code_hash == version)
+        )
+
+    await wait_until(there, timeout=timeout)
+    got = node.functions.get(name)
+    assert got is not None and got.status == "ready", got and got.error
+    return got
+
+
+async def answer(node: Node, name: str) -> bytes:
+    outcome = await node.functions.invoke(name, Invocation(b"{}"))
+    return outcome.body.strip()
+
+
+async def test_a_deploy_and_a_redeploy_on_one_node_run_on_the_other(
+    tmp_path: Path, venv_cache: Path, buckets: tuple[Client, str], keys: Path
+) -> None:
+    async with (
+        Node(tmp_path / "a", venv_cache, buckets, keys) as a,
+        Node(tmp_path / "b", venv_cache, buckets, keys) as b,
+    ):
+        first = await a.functions.deploy(payload(tmp_path, "hello", answering("one")), print)
+        on_b = await ready(b, "hello", first.definition.code_hash)
+        assert on_b.definition == first.definition
+        assert await answer(b, "hello") == b"one"
+        assert [s.name for s in b.functions.router.subscriptions] == ["hello"]
+        old_pids = set(b.functions.worker_pids())
+        assert old_pids
+
+        second = await a.functions.deploy(payload(tmp_path, "hello", answering("two")), print)
+        assert second.definition.code_hash != first.definition.code_hash
+        await ready(b, "hello", second.definition.code_hash)
+        assert await answer(b, "hello") == b"two"
+        await wait_until(lambda: all(process_gone(pid) for pid in old_pids), timeout=30)
+        code_dirs = sorted(p.name for p in (b.data / "functions" / "hello").glob("code-*"))
+        assert code_dirs == [f"code-{second.definition.code_hash}"]  # the old one tidied
+
+        assert b.followed() == [
+            "function hello deployed on another node: starting here",
+            "function hello redeployed on another node: started here",
+        ]
+        assert a.followed() == []  # its own deploys are not news to it
+
+
+async def test_pause_resume_and_removal_on_one_node_reach_the_other(
+    tmp_path: Path, venv_cache: Path, buckets: tuple[Client, str], keys: Path
+) -> None:
+    async with (
+        Node(tmp_path / "a", venv_cache, buckets, keys) as a,
+        Node(tmp_path / "b", venv_cache, buckets, keys) as b,
+    ):
+        await a.functions.deploy(payload(tmp_path, "paused", answering("hi")), print)
+        on_b = await ready(b, "paused")
+        assert on_b.dispatcher is not None and not on_b.dispatcher.paused
+
+        await a.functions.pause("paused")
+        await wait_until(lambda: on_b.dispatcher is not None and on_b.dispatcher.paused, 10)
+        await a.functions.pause("paused", paused=False)
+        await wait_until(lambda: on_b.dispatcher is not None and not on_b.dispatcher.paused, 10)
+
+        pids = set(b.functions.worker_pids())
+        assert await a.functions.remove("paused")
+        await wait_until(lambda: b.functions.get("paused") is None, 10)
+        await wait_until(lambda: all(process_gone(pid) for pid in pids), timeout=30)
+        await wait_until(lambda: not (b.data / "functions" / "paused").exists(), 10)
+        assert b.followed()[1:] == [
+            "function paused paused on another node: paused here",
+            "function paused resumed on another node: resumed here",
+            "function paused removed on another node: stopped here",
+        ]
+
+        # A pause made on the node itself is its own, not undone by what it reads.
+        await b.functions.deploy(payload(tmp_path, "local", answering("b")), print)
+        await b.functions.pause("local")
+        on_a = await ready(a, "local")
+        await wait_until(lambda: on_a.paused, 10)
+        local = b.functions.get("local")
+        assert local is not None and local.paused
+        assert [line for line in b.followed() if "local" in line] == []
+
+
+async def test_a_secret_made_through_one_node_reaches_the_workers_on_the_other(
+    tmp_path: Path, venv_cache: Path, buckets: tuple[Client, str], keys: Path
+) -> None:
+    # What a function answers is scrubbed of its secrets: it says whether it read it.
+    reader = (
+        "def handle(req):\n"
+        "    got = open('/var/openfaas/secrets/api-token').read()\n"
+        "    return 'read it' if got == 's3cr3t-from-node-a' else 'not it'\n"
+    )
+    async with (
+        Node(tmp_path / "a", venv_cache, buckets, keys) as a,
+        Node(tmp_path / "b", venv_cache, buckets, keys) as b,
+    ):
+        await a.secrets.put("api-token", b"s3cr3t-from-node-a")
+        await a.functions.deploy(payload(tmp_path, "reads", reader, secrets=["api-token"]), print)
+        await ready(b, "reads")
+        assert await answer(b, "reads") == b"read it"
+        assert await answer(a, "reads") == b"read it"
+
+
+async def test_records_on_this_nodes_disk_are_not_followed(
+    tmp_path: Path, venv_cache: Path
+) -> None:
+    log = SQLiteLog(tmp_path / "events.db")
+    await log.open()
+    functions = Functions(
+        functions_dir=tmp_path / "functions",
+        venv_cache=venv_cache,
+        log=log,
+        secrets=SecretStore(tmp_path),
+        logs=LogHub(tmp_path / "logs"),
+    )
+    try:
+        await functions.load()
+        assert functions._follower is None
+    finally:
+        await functions.stop()
+        await log.close()
+
+
+async def test_a_redeploy_this_node_cannot_start_leaves_the_old_version_running(
+    tmp_path: Path, venv_cache: Path, buckets: tuple[Client, str], keys: Path
+) -> None:
+    other_keys = tmp_path / "other-keys"
+    other_keys.mkdir()
+    SecretStore(other_keys)  # a key of its own: node B cannot decrypt A's secrets
+    async with (
+        Node(tmp_path / "a", venv_cache, buckets, keys) as a,
+        Node(tmp_path / "b", venv_cache, buckets, other_keys) as b,
+    ):
+        first = await a.functions.deploy(payload(tmp_path, "fn", answering("one")), print)
+        await ready(b, "fn", first.definition.code_hash)
+        await a.secrets.put("api-token", b"s3cr3t-from-node-a")
+        with_secret = payload(tmp_path, "fn", answering("two"), secrets=["api-token"])
+        await a.functions.deploy(with_secret, print)
+        cannot = "function fn redeployed on another node, cannot start here"
+        await wait_until(lambda: any(line.startswith(cannot) for line in b.lines), 30)
+
+        # Rounds later (B has followed another deploy since), not tried again.
+        await a.functions.deploy(payload(tmp_path, "marker", answering("m")), print)
+        await ready(b, "marker")
+        assert len([line for line in b.lines if line.startswith(cannot)]) == 1
+        running = b.functions.get("fn")
+        assert running is not None and running.definition == first.definition
+        assert await answer(b, "fn") == b"one"
