@@ -8,8 +8,11 @@ buckets are deleted afterwards. Events go to the nodes' webhooks round-robin.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
+import os
+import shutil
 import threading
 import uuid
 from collections import Counter
@@ -36,17 +39,19 @@ FUNCTIONS = ("alpha", "beta")
 
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[Callable[[int], list[ApplianceProcess]]]:
-    """Starts NODES nodes of one appliance (a NAME of the test's own)."""
+    """Starts NODES nodes of one appliance (a NAME of the test's own). Every
+    node after the first gets the first's `secret.key`, as an operator copies it."""
     name = f"t{uuid.uuid4().hex[:12]}"
     started: list[ApplianceProcess] = []
 
     def start(count: int) -> list[ApplianceProcess]:
         for _ in range(count):
+            data_dir = tmp_path / f"node{len(started)}"
+            if started:
+                data_dir.mkdir(mode=0o700)
+                shutil.copy2(started[0].data_dir / "secret.key", data_dir / "secret.key")
             node = ApplianceProcess(
-                tmp_path / f"node{len(started)}",
-                "--no-simulator",
-                "--event-log",
-                f"nats://127.0.0.1:4222/{name}",
+                data_dir, "--no-simulator", "--event-log", f"nats://127.0.0.1:4222/{name}"
             )
             started.append(node)
             node.start()
@@ -164,3 +169,78 @@ def test_a_node_killed_mid_stream_loses_nothing_acknowledged(
     for name, out in outs.items():
         # The leases the dead node held lapse after the ack wait; the others redo them.
         wait_for(lambda out=out: acked <= set(received(out)), 300, f"{name}: every acked event")
+
+
+# Records each event with the pid of the worker that got it and a digest of the
+# secret it was given (the value itself would be scrubbed from its output).
+SECRET_RECORDER = """
+import hashlib, json, os
+
+def handle(event, context):
+    ce = json.loads(event.body)
+    folder = os.environ["VEBA_SECRETS_DIR"]
+    token = open(os.path.join(folder, "api-token"), "rb").read()
+    line = json.dumps({"id": ce["id"], "pid": os.getpid(),
+                       "secret": hashlib.sha256(token).hexdigest()}) + "\\n"
+    fd = os.open(os.environ["OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    return {"statusCode": 200, "body": ce["id"]}
+"""
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes below `pid` (a node's workers), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, p in parents.items() if p == parent]
+        found.update(children)
+        frontier.extend(children)
+    return found
+
+
+def test_a_function_and_a_secret_made_through_one_node_serve_deliveries_on_another(
+    nodes: Callable[[int], list[ApplianceProcess]], tmp_path: Path
+) -> None:
+    a, _, c = nodes(3)  # all running before anything is made
+    a.cli("secret", "create", "api-token", input="t0p-s3cret\n")
+    out = tmp_path / "secret.jsonl"
+    write_function(tmp_path / "fn" / "keeper", SECRET_RECORDER)
+    stack = {
+        "keeper": {
+            "lang": "python3-http",
+            "handler": "./keeper",
+            "annotations": {"topic": "VmPoweredOffEvent"},
+            "secrets": ["api-token"],
+            "environment": {"OUT": str(out)},
+        }
+    }
+    a.cli("up", "-f", str(write_stack(tmp_path / "fn" / "stack.yml", stack)))
+
+    def running_on_c() -> bool:
+        with c.client() as api:
+            listed = {f["name"]: f for f in api.get("/system/functions").json()}
+        return listed.get("keeper", {}).get("availableReplicas", 0) >= 1
+
+    wait_for(running_on_c, 120, "node C to start the function deployed through A")
+    senders = Senders([c], batches_of(200))  # only C takes these events
+    senders.join()
+    assert len(senders.acked) == 200
+    wait_for(lambda: set(senders.acked) <= set(received(out)), 120, "every event delivered")
+    assert c.proc is not None
+    on_c = descendants(c.proc.pid)
+    records = read_jsonl(out)
+    assert any(r["pid"] in on_c for r in records), "no delivery ran on node C"
+    expected = hashlib.sha256(b"t0p-s3cret").hexdigest()
+    assert {r["secret"] for r in records} == {expected}
