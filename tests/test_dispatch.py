@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.jetstream_buckets import prefixed_buckets
 from veba.delivery import DeliveryPolicy
 from veba.dispatch import DeadLetterSink, Dispatcher, ordering_key
 from veba.eventlog import DeliveryInfo, SQLiteLog
@@ -657,3 +658,45 @@ async def test_a_lapsed_lease_is_redelivered_by_a_fresh_dispatcher(
 
     assert [(e.id, attempt) for e, attempt in working.calls] == [(event.id, 2)]
     assert (await only(log)).attempts == 2
+
+
+async def test_an_ordered_subscription_leases_on_one_node_at_a_time(
+    log: SQLiteLog, start: Any
+) -> None:
+    # Two nodes' dispatchers of one ordered function on one log, each with its
+    # own lease in the NATS at 127.0.0.1:4222 (a bucket of the test's own).
+    from veba.leadership import KVLeadership
+
+    async with prefixed_buckets() as (client, prefix):
+        js = client.jetstream()
+        bucket = f"{prefix}_leases"
+        seen: dict[str, list[int]] = {}
+
+        async def in_order(event: Event, attempt: int) -> Result:
+            seen.setdefault(event.data["Vm"]["Vm"]["Value"], []).append(event.data["Key"])
+            await asyncio.sleep(0.001)
+            return OK
+
+        pol = policy(maxInflight=8, orderingKey=VM_KEY)
+        targets = [FakeTarget(in_order, name=f"node{i}") for i in range(2)]
+        nodes = [
+            start(
+                target, pol, leadership=await KVLeadership.open(client, js, bucket, holder=f"n{i}")
+            )
+            for i, target in enumerate(targets)
+        ]
+        await log.append([make_event(k, vm=k % 4) for k in range(200)], route=route)
+        for node in nodes:
+            node.wake()
+        await until(lambda: all_delivered(log, 200), what="200 ordered deliveries")
+        leader = next(i for i, target in enumerate(targets) if target.calls)
+        assert not targets[1 - leader].calls  # the other node leased nothing
+        # The leader stops (its lease goes with it): the other takes what follows.
+        await nodes[leader].stop(grace=0)
+        await log.append([make_event(k, vm=k % 4) for k in range(200, 300)], route=route)
+        nodes[1 - leader].wake()
+        await until(lambda: all_delivered(log, 300), timeout=30, what="the rest, on the other")
+        assert len(targets[1 - leader].calls) == 100
+        for vm in range(4):
+            assert seen[f"vm-{vm}"] == list(range(vm, 300, 4)), f"vm-{vm} out of order"
+        await nodes[1 - leader].stop(grace=0)  # its lease released while NATS is there

@@ -141,6 +141,8 @@ class Appliance:
 
         self.gateway = await WorkerGateway.start(self)
         self.functions.hosts = self.gateway.hosts_entries()
+        if self.backends.shared:
+            self.functions.leadership = self.backends.leadership
         await self.functions.load()
         self.processors.start(
             log=self.log,

@@ -65,6 +65,7 @@ from veba.functions.supervisor import (
     Outcome,
 )
 from veba.functions.webapp import WebAppPool
+from veba.leadership import Leadership
 from veba.routing import Router, Subscription, SubscriptionError, compile_subscription
 from veba.scrub import MIN_LENGTH, Scrubber
 from veba.secrets import SecretError, SecretStore, valid_secret_name
@@ -474,6 +475,9 @@ class Functions:
         # function is `records` (the same folders, unless given another backend).
         self._dir = functions_dir
         self._records: FunctionRecords = records or FileFunctionRecords(functions_dir)
+        # Set by the appliance when other nodes share the log (JetStream): an
+        # ordered function's dispatcher then leases only while it leads.
+        self.leadership: Leadership | None = None
         # Workers of every function together; a pool's minimum is always allowed.
         self.budget = WorkerBudget(max_workers)
         self._activity = activity or Activity()  # deploys, removals, failures to start
@@ -1125,6 +1129,7 @@ class Functions:
             observer=self._observer,
             shape=shape,
             limit=deployment.limit,
+            leadership=self.leadership,
         )
         if deployment.start_paused:
             deployment.dispatcher.pause()

@@ -27,6 +27,7 @@ from veba.delivery import DeliveryPolicy
 from veba.eventlog.base import Attempt, Delivery, EventLog, LogFull
 from veba.events import Event
 from veba.functions._scaling import CallLimit
+from veba.leadership import Leadership, lead
 from veba.shapes import Shape, to_shape
 from veba.targets.base import Result, Target
 from veba.tracing import EventScope, event_scope, set_scope, trace_for, with_trace
@@ -111,6 +112,7 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         shape: Shape | None = None,
         limit: CallLimit | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -125,6 +127,10 @@ class Dispatcher:
         self._rng = random.Random()
         self._ttl = policy.timeout + _LEASE_MARGIN
         self._ordered = policy.ordering_key is not None
+        # With other nodes on the same log, an ordered subscription leases on one
+        # node at a time (the holder of its lease): a key's deliveries in order
+        # across nodes as on one. None: this node alone.
+        self._leadership = leadership if self._ordered else None
         # Ordered subscriptions lease ahead so other keys can run while one waits.
         self._capacity = policy.max_inflight * (4 if self._ordered else 1)
         # Calls in flight, shared with the function's other callers (sync calls):
@@ -158,7 +164,8 @@ class Dispatcher:
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
-        self._main = asyncio.create_task(self._run(), name=f"dispatch:{self.name}")
+        run = self._run() if self._leadership is None else self._run_leading(self._leadership)
+        self._main = asyncio.create_task(run, name=f"dispatch:{self.name}")
         self._renewer = asyncio.create_task(self._renew(), name=f"renew:{self.name}")
 
     def wake(self) -> None:
@@ -274,6 +281,12 @@ class Dispatcher:
                 if batch and len(batch) == room:
                     continue
             await self._sleep()
+
+    async def _run_leading(self, leadership: Leadership) -> None:
+        """Lease only while this node holds the subscription's lease. What is in
+        hand when it is lost finishes here (still leased, no other node takes
+        it); the next holder leases what follows."""
+        await lead(leadership, f"ordered:{self.name}", self._run)
 
     async def _sleep(self) -> None:
         timeout = _IDLE_POLL
