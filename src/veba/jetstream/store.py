@@ -136,6 +136,23 @@ class JetStreamStore:
                 raise
             return True
 
+    async def namespaces(self) -> list[str]:
+        # Every key's last revision, read once: an appliance's store is small.
+        kv, now = await self._kv.get(), self._clock()
+        found = set()
+        watcher = await kv.watch(">", ignore_deletes=True)
+        try:
+            async for got in watcher:
+                if got is None:  # caught up with the bucket
+                    break
+                namespace, _, key = got.key.partition(".")
+                entry = _entry(namespace, key, got.revision or 0, got.value)
+                if entry is not None and _live(entry, now):
+                    found.add(namespace)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+        return sorted(found)
+
     async def list(self, namespace: str, *, prefix: str = "", limit: int = 1000) -> list[Entry]:
         check_namespace(namespace)
         entries = await _live_entries(await self._kv.get(), namespace, self._clock())
