@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import subprocess
 import time
 import uuid
@@ -193,3 +194,22 @@ def test_migrate_refuses_a_folder_without_an_appliance(tmp_path: Path, name: str
     refused = _migrate(tmp_path, name)
     assert refused.returncode == 1
     assert "holds no appliance (no events.db)" in refused.stderr
+
+
+async def test_a_function_without_its_code_is_named_and_the_rest_copied(
+    tmp_path: Path, name: str
+) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "h.py").write_text("def h(event, context):\n    return None\n")
+    data_dir = tmp_path / "data"
+    await _appliance_state(data_dir, code)
+    shutil.rmtree(data_dir / "functions" / "fn-b" / "code-c0ffee")
+    copied = _migrate(data_dir, name)
+    assert copied.returncode == 1
+    assert copied.stdout.splitlines()[:2] == [
+        "functions: copied 1; 1 NOT copied",
+        "  not copied: fn-b: its code c0ffee is not kept",
+    ]
+    assert "events: copied 4" in copied.stdout
+    assert "some functions were not copied" in " ".join(copied.stderr.split())

@@ -33,7 +33,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from veba.eventlog import LogInUse, OwnerLock, SQLiteLog
 from veba.eventlog.base import Attempt, DeliveryInfo
@@ -191,7 +191,11 @@ async def _migrate(
         work = await _pending_work(source)
         checkpoints = await source.checkpoints()
         if dry_run:
-            await _count(report, records, blobs, store, work, len(checkpoints))
+            await _copy_functions(report, records, None)
+            await _copy_secrets(report, blobs, None)
+            await _copy_store(report, store, None)
+            _count_work(report, work)
+            report.checkpoints = len(checkpoints)
             return report
         target_log = JetStreamLog(location.servers, name=prefix, replicas=replicas, client=client)
         await target_log.open()
@@ -259,28 +263,6 @@ async def _pending_work(log: SQLiteLog) -> _Work:
     return work
 
 
-async def _count(
-    report: Migration,
-    records: FileFunctionRecords,
-    blobs: FileSecretBlobs,
-    store: SQLiteStore,
-    work: _Work,
-    checkpoints: int,
-) -> None:
-    for name, record in (await records.all()).items():
-        if (why := await _unfit(records, name, record.definition)) is not None:
-            report.skipped_functions.append(f"{name}: {why}")
-            continue
-        report.functions += 1
-        report.paused += record.paused
-    report.secrets = len(await blobs.names())
-    for namespace in await store.namespaces():
-        report.namespaces += 1
-        report.store_entries += len(await store.list(namespace, limit=_ALL))
-    _count_work(report, work)
-    report.checkpoints = checkpoints
-
-
 def _count_work(report: Migration, work: _Work) -> None:
     report.events = len(work.events)
     report.open_deliveries = sum(len(subs) for subs in work.open.values())
@@ -293,40 +275,39 @@ def _count_work(report: Migration, work: _Work) -> None:
     )
 
 
-async def _unfit(records: FileFunctionRecords, name: str, definition: dict[str, Any]) -> str | None:
-    """Why a kept function cannot be copied, or None."""
-    if not definition.get("code_hash"):
-        return "its function.json cannot be read"
-    if not (records.folder / name / f"code-{definition['code_hash']}").is_dir():
-        return f"its code folder code-{definition['code_hash']} is missing"
-    return None
+# The copies below write to `target`, or only count with None (a dry run).
 
 
 async def _copy_functions(
-    report: Migration, source: FileFunctionRecords, target: FunctionRecords
+    report: Migration, source: FunctionRecords, target: FunctionRecords | None
 ) -> None:
     for name, record in (await source.all()).items():
         code = None
-        if (why := await _unfit(source, name, record.definition)) is None:
-            code = await source.code(name, record.code_hash)
+        if not record.code_hash:  # FileFunctionRecords: a function.json it could not read
+            why = "its definition cannot be read"
+        elif (code := await source.code(name, record.code_hash)) is None:
+            why = f"its code {record.code_hash} is not kept"
         if code is None:
-            report.skipped_functions.append(f"{name}: {why or 'its code cannot be read'}")
+            report.skipped_functions.append(f"{name}: {why}")
             continue
-        await target.save(name, record.definition, code)
-        await target.set_paused(name, record.paused)
+        if target is not None:
+            await target.save(name, record.definition, code)
+            await target.set_paused(name, record.paused)
         report.functions += 1
         report.paused += record.paused
 
 
-async def _copy_secrets(report: Migration, source: SecretBlobs, target: SecretBlobs) -> None:
+async def _copy_secrets(report: Migration, source: SecretBlobs, target: SecretBlobs | None) -> None:
     for name in await source.names():
         blob = await source.read(name)
-        if blob is not None:  # removed meanwhile: it cannot be, the appliance is stopped
+        if blob is None:  # gone meanwhile: it cannot be, the appliance is stopped
+            continue
+        if target is not None:
             await target.write(name, blob, replace=True)
-            report.secrets += 1
+        report.secrets += 1
 
 
-async def _copy_store(report: Migration, source: Store, target: Store) -> None:
+async def _copy_store(report: Migration, source: Store, target: Store | None) -> None:
     for namespace in await source.namespaces():
         copied = 0
         for entry in await source.list(namespace, limit=_ALL):
@@ -335,7 +316,8 @@ async def _copy_store(report: Migration, source: Store, target: Store) -> None:
                 ttl = entry.expires_at - time.time()
                 if ttl <= 0:
                     continue  # expired while we copied
-            await target.put(namespace, entry.key, entry.value, ttl=ttl)
+            if target is not None:
+                await target.put(namespace, entry.key, entry.value, ttl=ttl)
             copied += 1
         report.namespaces += copied > 0
         report.store_entries += copied

@@ -61,7 +61,7 @@ def migrate(
     for line in report.lines():
         typer.echo(line)
     if report.skipped_functions:
-        fail(f"{len(report.skipped_functions)} functions could not be copied (above)")
+        fail("some functions were not copied (the lines 'not copied' say why); the rest was")
     if not dry_run:
         err.print(
             f"next: start every node with --event-log {location}"
