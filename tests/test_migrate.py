@@ -213,3 +213,18 @@ async def test_a_function_without_its_code_is_named_and_the_rest_copied(
     ]
     assert "events: copied 4" in copied.stdout
     assert "some functions were not copied" in " ".join(copied.stderr.split())
+
+
+async def test_replicas_the_server_cannot_keep_are_refused_before_anything_is_copied(
+    data_dir: Path, name: str
+) -> None:
+    refused = _migrate(data_dir, name, "--replicas", "3")  # the test server is one, not a cluster
+    message = " ".join(refused.stderr.split())
+    assert refused.returncode == 1
+    assert "refused the log's streams" in message and "replicas" in message
+    assert "Traceback" not in message
+    client = await nats.connect(NATS_URL, connect_timeout=10)
+    try:
+        assert await JetStreamFunctionRecords(client, name).all() == {}
+    finally:
+        await client.close()

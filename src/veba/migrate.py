@@ -43,6 +43,7 @@ from veba.secrets import FileSecretBlobs
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
+    from nats.js.errors import APIError
 
     from veba.eventlog.jetstream import JetStreamLog
     from veba.events import Event
@@ -168,12 +169,14 @@ async def _migrate(
     dry_run: bool,
     force: bool,
 ) -> Migration:
+    from nats.js.errors import APIError
+
     from veba.eventlog.jetstream import JetStreamLog
     from veba.jetstream import JetStreamFunctionRecords, JetStreamSecretBlobs, JetStreamStore
     from veba.natsurl import connect
 
     report = Migration(data_dir=data_dir, target=str(location), dry_run=dry_run)
-    client, js = await connect(location, client_name="veba-migrate")
+    client, js = await connect(location, client_name="veba-migrate", first_connect_timeout=10)
     source = SQLiteLog(log_path, lock=lock)
     try:
         await source.open()  # as `veba serve` would: its schema brought up to date
@@ -198,7 +201,12 @@ async def _migrate(
             report.checkpoints = len(checkpoints)
             return report
         target_log = JetStreamLog(location.servers, name=prefix, replicas=replicas, client=client)
-        await target_log.open()
+        try:
+            await target_log.open()  # first: a refusal (too many replicas) copies nothing
+        except APIError as exc:
+            raise MigrateError(
+                f"NATS at {location} refused the log's streams: {_said(exc)}"
+            ) from None
         try:
             functions = JetStreamFunctionRecords(js, prefix, replicas=replicas)
             await _copy_functions(report, records, functions)
@@ -210,12 +218,20 @@ async def _migrate(
                     [], route=_no_route, checkpoint=(checkpoint.name, checkpoint.value)
                 )
             report.checkpoints = len(checkpoints)
+        except APIError as exc:
+            raise MigrateError(
+                f"NATS at {location}: {_said(exc)}; what was copied stays: run again with --force"
+            ) from None
         finally:
             await target_log.close()
         return report
     finally:
         await source.close()
         await client.drain()
+
+
+def _said(exc: APIError) -> str:
+    return exc.description or str(exc)
 
 
 def _no_route(event: Event) -> Sequence[str]:
