@@ -159,6 +159,19 @@ class StoreConformance:
         assert await store.get("fn-a", "k") is None
         assert (await store.get("fn-b", "k")).value == "b"  # type: ignore[union-attr]
 
+    async def test_namespaces_are_those_with_live_entries(self, store: Store, clock: Clock) -> None:
+        assert await store.namespaces() == []
+        await store.put("fn-b", "k", 1)
+        await store.put("fn-a", "k", 1)
+        await store.put("fn-a", "j", 2)
+        await store.put("gone", "k", 1)
+        await store.delete("gone", "k")
+        await store.put("stale", "k", 1, ttl=5)
+        assert await store.namespaces() == ["fn-a", "fn-b", "stale"]
+        clock.now += 6
+        await store.drop("fn-b")
+        assert await store.namespaces() == ["fn-a"]
+
     async def test_list_by_prefix_in_key_order(self, store: Store) -> None:
         for key in ("latest.b", "idempotent.x", "latest.a", "latest_c"):
             await store.put("fn", key, key)

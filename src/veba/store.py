@@ -121,6 +121,10 @@ class Store(Protocol):
         only if the live entry is at that revision, else `RevisionMismatch`."""
         ...
 
+    async def namespaces(self) -> list[str]:
+        """Every namespace with a live entry, sorted (what `veba migrate` copies)."""
+        ...
+
     async def list(self, namespace: str, *, prefix: str = "", limit: int = 1000) -> list[Entry]:
         """Live entries of a namespace in key order."""
         ...

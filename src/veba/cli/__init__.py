@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from veba import __version__
-from veba.cli import catalog, events, functions, login, secrets, serve, templates
+from veba.cli import catalog, events, functions, login, migrate, secrets, serve, templates
 from veba.cli.client import (
     Client,
     DataDirOption,
@@ -67,6 +67,7 @@ def version(
 
 
 app.command()(serve.serve)
+app.command()(migrate.migrate)
 functions.register(app)
 login.register(app)
 app.add_typer(secrets.secret_app, name="secret")

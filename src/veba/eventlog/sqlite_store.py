@@ -130,6 +130,17 @@ class SQLiteStore:
             raise result
         return result
 
+    async def namespaces(self) -> list[str]:
+        now = self._clock()
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                f"SELECT DISTINCT namespace FROM store WHERE {_LIVE} ORDER BY namespace", (now,)
+            ).fetchall()
+            return [str(namespace) for (namespace,) in rows]
+
+        return await self._log.read(op)
+
     async def list(self, namespace: str, *, prefix: str = "", limit: int = 1000) -> list[Entry]:
         check_namespace(namespace)
         now = self._clock()

@@ -18,6 +18,7 @@ reads again and decides again.
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -135,6 +136,27 @@ class JetStreamStore:
                     continue
                 raise
             return True
+
+    async def namespaces(self) -> list[str]:
+        # Read from the stream's subjects (one per key written and not purged),
+        # not from a watch: nats-py's watch may report "caught up" before the
+        # first entry when its consumer delivers fast (a race between its
+        # initial marker and the deliveries, seen under load).
+        kv, now = await self._kv.get(), self._clock()
+        everything = kv_subject(self.bucket, ">")
+        info = await self._js.stream_info(kv_stream(self.bucket), subjects_filter=everything)
+        keys: dict[str, list[str]] = defaultdict(list)
+        start = len(kv_subject(self.bucket, ""))
+        for subject in info.state.subjects or {}:
+            namespace, _, key = subject[start:].partition(".")
+            keys[namespace].append(key)
+        found = []
+        for namespace, its_keys in sorted(keys.items()):
+            for key in its_keys:
+                if (await _current(kv, namespace, key, now))[1] is not None:
+                    found.append(namespace)
+                    break
+        return found
 
     async def list(self, namespace: str, *, prefix: str = "", limit: int = 1000) -> list[Entry]:
         check_namespace(namespace)
