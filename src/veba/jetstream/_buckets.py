@@ -30,6 +30,7 @@ __all__ = [
     "kv_subject",
     "lost_race",
     "object_store",
+    "written_keys",
 ]
 
 T = TypeVar("T")
@@ -74,6 +75,16 @@ async def object_store(js: JetStreamContext, bucket: str, *, replicas: int) -> O
         return await js.object_store(bucket)
     except BucketNotFoundError:
         return await js.create_object_store(bucket, replicas=replicas)
+
+
+async def written_keys(js: JetStreamContext, bucket: str) -> list[str]:
+    """Every key with a message in the bucket (live, deleted or expired: a
+    caller reads each), from the stream's subjects. Not from a watch: nats-py
+    2.16's watch may say "caught up" before the first entry when its consumer
+    delivers fast (seen under load), and an empty answer would read as "none"."""
+    info = await js.stream_info(kv_stream(bucket), subjects_filter=kv_subject(bucket, ">"))
+    start = len(kv_subject(bucket, ""))
+    return sorted(subject[start:] for subject in info.state.subjects or {})
 
 
 async def at_revision(kv: KeyValue, key: str) -> tuple[int, KeyValue.Entry | None]:

@@ -33,6 +33,7 @@ from veba.jetstream._buckets import (
     jetstream_of,
     key_value,
     object_store,
+    written_keys,
 )
 
 __all__ = ["JetStreamFunctionRecords"]
@@ -47,7 +48,7 @@ class JetStreamFunctionRecords:
     def __init__(
         self, nats: Client | JetStreamContext, prefix: str = "veba", *, replicas: int = 1
     ) -> None:
-        js = jetstream_of(nats)
+        self._js = js = jetstream_of(nats)
         self.bucket = bucket_name(prefix, "functions")
         self.code_bucket = bucket_name(prefix, "code")
         self._kv = Lazy(lambda: key_value(js, self.bucket, replicas=replicas))
@@ -75,21 +76,20 @@ class JetStreamFunctionRecords:
         return FunctionRecord(definition, await self._paused(kv, name))
 
     async def all(self) -> dict[str, FunctionRecord]:
+        # Each written key read on its own (see `written_keys`: a node that
+        # follows these records must never read "no functions" by mistake).
         kv = await self._kv.get()
         definitions: dict[str, dict[str, Any]] = {}
         paused: set[str] = set()
-        watcher = await kv.watchall(ignore_deletes=True)
-        try:
-            async for got in watcher:
-                if got is None:  # caught up with the bucket
-                    break
-                name, _, what = got.key.rpartition(".")
-                if what == _DEFINITION and got.value:
-                    definitions[name] = orjson.loads(got.value)
-                elif what == _PAUSED:
-                    paused.add(name)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+        for key in await written_keys(self._js, self.bucket):
+            _, entry = await at_revision(kv, key)
+            if entry is None:  # deleted
+                continue
+            name, _, what = key.rpartition(".")
+            if what == _DEFINITION and entry.value:
+                definitions[name] = orjson.loads(entry.value)
+            elif what == _PAUSED:
+                paused.add(name)
         return {n: FunctionRecord(d, n in paused) for n, d in sorted(definitions.items())}
 
     async def code(self, name: str, code_hash: str) -> bytes | None:

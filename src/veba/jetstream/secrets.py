@@ -12,7 +12,7 @@ from __future__ import annotations
 from nats.aio.client import Client
 from nats.errors import MaxPayloadError
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import APIError, KeyWrongLastSequenceError
 
 from veba.jetstream._buckets import (
     Lazy,
@@ -21,6 +21,7 @@ from veba.jetstream._buckets import (
     jetstream_of,
     key_value,
     lost_race,
+    written_keys,
 )
 from veba.secrets import SecretError, SecretExists
 
@@ -50,11 +51,11 @@ class JetStreamSecretBlobs:
 
     async def names(self) -> list[str]:
         kv = await self._kv.get()
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return []
-        return sorted(_name(key) for key in keys)
+        live = []
+        for key in await written_keys(self._js, self.bucket):  # not a watch: see there
+            if (await at_revision(kv, key))[1] is not None:
+                live.append(_name(key))
+        return sorted(live)
 
     async def read(self, name: str) -> bytes | None:
         _, entry = await at_revision(await self._kv.get(), _key(name))

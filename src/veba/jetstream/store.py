@@ -38,6 +38,7 @@ from veba.jetstream._buckets import (
     kv_stream,
     kv_subject,
     lost_race,
+    written_keys,
 )
 from veba.store import (
     Entry,
@@ -138,17 +139,10 @@ class JetStreamStore:
             return True
 
     async def namespaces(self) -> list[str]:
-        # Read from the stream's subjects (one per key written and not purged),
-        # not from a watch: nats-py's watch may report "caught up" before the
-        # first entry when its consumer delivers fast (a race between its
-        # initial marker and the deliveries, seen under load).
         kv, now = await self._kv.get(), self._clock()
-        everything = kv_subject(self.bucket, ">")
-        info = await self._js.stream_info(kv_stream(self.bucket), subjects_filter=everything)
         keys: dict[str, list[str]] = defaultdict(list)
-        start = len(kv_subject(self.bucket, ""))
-        for subject in info.state.subjects or {}:
-            namespace, _, key = subject[start:].partition(".")
+        for written in await written_keys(self._js, self.bucket):  # not a watch: see there
+            namespace, _, key = written.partition(".")
             keys[namespace].append(key)
         found = []
         for namespace, its_keys in sorted(keys.items()):
