@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,25 @@ class TestJetStreamLog(EventLogConformance):
     """The whole conformance suite. (`include_delayed` is SQLite's alone,
     tests/eventlog/test_sqlite.py: a retried delivery waits out its delay on the
     server, nak with delay, where no lease reaches it before it is due.)"""
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[NatsCluster]:
+    """One 3-server cluster for the module's cluster tests (its folders go with it)."""
+    with NatsCluster() as started:
+        yield started
+
+
+class TestJetStreamLogOnACluster(EventLogConformance):
+    """The whole suite again on a 3-server cluster, every stream and bucket
+    kept on all three (`replicas=3`)."""
+
+    @pytest.fixture
+    async def log(self, cluster: NatsCluster) -> AsyncIterator[JetStreamLog]:
+        log = JetStreamLog(cluster.urls, name=f"t{uuid.uuid4().hex[:12]}", replicas=3)
+        await log.open()
+        yield log
+        await log.close()
 
 
 async def lease_within(

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import textwrap
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -152,11 +153,13 @@ async def test_a_killed_app_is_restarted_and_waiting_calls_go_to_the_new_one(
     pool = await web()
     pid = seen((await pool.invoke(Invocation(b"a"), timeout=10)).body)["pid"]
     os.kill(pid, signal.SIGKILL)
-    # A call sent on the kept-alive connection as the app died fails as a crash (the
-    # dispatcher retries those); one that finds the port closed, before or after the
-    # exit is noticed, waits for the restarted instance, since nothing was sent.
+    # A call sent on a kept-alive connection as the app died fails as a crash (the
+    # dispatcher retries those; on a loaded machine more than one may go before
+    # the exit is noticed); one that finds the port closed waits for the
+    # restarted instance, since nothing was sent.
+    deadline = time.monotonic() + 30
     out = await pool.invoke(Invocation(b"after"), timeout=10)
-    if not out.ok:
+    while not out.ok and time.monotonic() < deadline:
         assert out.kind == "crash", out
         out = await pool.invoke(Invocation(b"after"), timeout=10)
     assert out.ok and seen(out.body)["pid"] != pid

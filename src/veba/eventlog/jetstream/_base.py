@@ -23,6 +23,7 @@ from veba.eventlog.jetstream._wire import (
     publish_many,
     scan,
     seq_of,
+    walk,
 )
 
 __all__ = ["CHUNK", "LogBase", "own_headers", "received"]
@@ -42,6 +43,7 @@ def own_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 class LogBase:
     names: Names
+    replicas: int
     ack_wait: float
     _clock: Callable[[], float]
     _nc: Client | None
@@ -77,10 +79,17 @@ class LogBase:
             acks.extend(await publish_many(self._conn(), messages[at : at + CHUNK]))
         return acks
 
+    async def _get(self, stream: str, request: Mapping[str, Any]) -> Msg | None:
+        """One message by `direct_get`'s request; from the stream's leader when
+        the stream is kept on several servers (a replica may lag a write)."""
+        return await direct_get(self._conn(), stream, request, leader=self.replicas > 1)
+
+    def _walk(self, stream: str, subjects: str, start: int = 1) -> AsyncGenerator[Msg, None]:
+        return walk(self._conn(), stream, subjects, start, leader=self.replicas > 1)
+
     async def _read_state(self, delivery_id: int) -> DeliveryState | None:
-        msg = await direct_get(
-            self._conn(), self.names.states, {"last_by_subj": self.names.state_subject(delivery_id)}
-        )
+        subject = self.names.state_subject(delivery_id)
+        msg = await self._get(self.names.states, {"last_by_subj": subject})
         return None if msg is None else DeliveryState.from_json(msg.data)
 
     async def _state(self, delivery_id: int) -> DeliveryState | None:

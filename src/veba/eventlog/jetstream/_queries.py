@@ -20,7 +20,7 @@ from veba.eventlog.base import (
 from veba.eventlog.jetstream._base import LogBase, received
 from veba.eventlog.jetstream._names import token, untoken
 from veba.eventlog.jetstream._state import DeliveryState
-from veba.eventlog.jetstream._wire import direct_get, scan, seq_of, walk
+from veba.eventlog.jetstream._wire import scan, seq_of
 from veba.events import Event
 
 __all__ = ["Queries"]
@@ -39,7 +39,7 @@ class Queries(LogBase):
             if subscription is None
             else names.delivery_subject(subscription)
         )
-        async for msg in walk(self._conn(), names.deliveries, subjects):
+        async for msg in self._walk(names.deliveries, subjects):
             headers = msg.headers or {}
             delivery_id = int(headers.get("Veba-Delivery", seq_of(msg)))
             if delivery_id not in by_id:
@@ -92,9 +92,7 @@ class Queries(LogBase):
 
     async def event(self, event_id: str) -> EventRecord | None:
         names = self.names
-        msg = await direct_get(
-            self._conn(), names.events, {"seq": 1, "next_by_subj": names.event_by_id(event_id)}
-        )
+        msg = await self._get(names.events, {"seq": 1, "next_by_subj": names.event_by_id(event_id)})
         if msg is None:
             return None
         return EventRecord(seq_of(msg), received(msg), Event.from_json(msg.data))
@@ -120,7 +118,7 @@ class Queries(LogBase):
         state = await self._state(delivery_id)
         if state is None:  # never leased: its message, if it is still open
             names = self.names
-            msg = await direct_get(self._conn(), names.deliveries, {"seq": delivery_id})
+            msg = await self._get(names.deliveries, {"seq": delivery_id})
             if msg is None:
                 return None
             sub = names.subscription_of((msg.headers or {}).get("Nats-Subject", ""))
@@ -137,11 +135,11 @@ class Queries(LogBase):
     async def backlog(self) -> dict[str, Backlog]:
         """Open deliveries per subscription from the work queue's subject counts,
         the oldest from each one's first message, dead letters from the DLQ's."""
-        names, js, nc = self.names, self._jetstream(), self._conn()
+        names, js = self.names, self._jetstream()
         found: dict[str, Backlog] = {}
         info = await js.stream_info(names.deliveries, subjects_filter=names.all(names.deliveries))
         for subject, n in (info.state.subjects or {}).items():
-            first = await direct_get(nc, names.deliveries, {"seq": 1, "next_by_subj": subject})
+            first = await self._get(names.deliveries, {"seq": 1, "next_by_subj": subject})
             oldest = None if first is None else float((first.headers or {})["Veba-Created"])
             found[names.subscription_of(subject)] = Backlog(n, oldest)
         info = await js.stream_info(names.dlq, subjects_filter=names.all(names.dlq))

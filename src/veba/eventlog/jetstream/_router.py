@@ -40,7 +40,6 @@ from veba.eventlog.jetstream._wire import (
     Outgoing,
     api,
     check_ack,
-    direct_get,
     scan,
     seq_of,
 )
@@ -121,11 +120,11 @@ class Routing(LogBase):
 
     async def _recorded(self, seqs: Sequence[int]) -> list[Msg | None]:
         """The logged events at these seqs (None: pruned meanwhile)."""
-        nc, stream = self._conn(), self.names.events
+        stream = self.names.events
         found: list[Msg | None] = []
         for at in range(0, len(seqs), 100):
             part = seqs[at : at + 100]
-            found.extend(await asyncio.gather(*(direct_get(nc, stream, {"seq": s}) for s in part)))
+            found.extend(await asyncio.gather(*(self._get(stream, {"seq": s}) for s in part)))
         return found
 
     def _redo(self, msg: Msg) -> list[Routed]:
@@ -144,7 +143,7 @@ class Routing(LogBase):
     async def _start_router(self) -> None:
         js, names = self._jetstream(), self.names
         self._router_kv = kv = await js.create_key_value(
-            bucket=names.router, history=1, replicas=self.replicas, direct=True
+            bucket=names.router, history=1, replicas=self.replicas, direct=self.replicas == 1
         )
         await self._begin_watermark()
         entry = await kv.get(WATERMARK)
@@ -228,7 +227,7 @@ class Routing(LogBase):
         new_upto = upto
         for seq in range(upto + 1, last + 1):
             if seq not in marked:
-                logged = await direct_get(nc, names.events, {"seq": seq})
+                logged = await self._get(names.events, {"seq": seq})
                 if logged is not None:  # else pruned
                     if now - received(logged) < self.repair_after:
                         break  # maybe an append under way: its mark may come yet

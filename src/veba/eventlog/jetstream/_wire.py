@@ -14,6 +14,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from veba.eventlog.base import LogFull, LogUnavailable
 
@@ -148,9 +149,17 @@ async def pull(
         await sub.unsubscribe()
 
 
-async def direct_get(nc: Client, stream: str, request: Mapping[str, Any]) -> Msg | None:
+async def direct_get(
+    nc: Client, stream: str, request: Mapping[str, Any], *, leader: bool = False
+) -> Msg | None:
     """A direct get ({"seq": n}, {"seq": n, "next_by_subj": s}, {"last_by_subj": s});
-    None if there is no such message. Headers carry Nats-Sequence and -Time-Stamp."""
+    None if there is no such message. Headers carry Nats-Sequence and -Subject.
+
+    `leader`: from the stream's leader. A direct get is answered by any replica,
+    which may not have applied a write just acknowledged; a stream kept on
+    several servers is read from its leader, so what a node wrote it reads."""
+    if leader:
+        return await _leader_get(nc, stream, request)
     try:
         reply = await nc.request(
             f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), timeout=TIMEOUT
@@ -164,6 +173,26 @@ async def direct_get(nc: Client, stream: str, request: Mapping[str, Any]) -> Msg
         error = NoAnswer if status == "503" else JetStreamError
         raise error(f"direct get from {stream}: status {status}")
     return reply
+
+
+async def _leader_get(nc: Client, stream: str, request: Mapping[str, Any]) -> Msg | None:
+    seq, next_by, last_by = (
+        request.get("seq"),
+        request.get("next_by_subj"),
+        request.get("last_by_subj"),
+    )
+    try:
+        raw = await nc.jetstream().get_msg(
+            stream, seq=seq, subject=next_by or last_by, next=next_by is not None
+        )
+    except NotFoundError:
+        return None
+    except ServiceUnavailableError as exc:
+        raise NoAnswer(f"get from {stream}: {exc}") from exc
+    except TimeoutError as exc:
+        raise NoAnswer(f"get from {stream}: no answer") from exc
+    headers = {**(raw.headers or {}), "Nats-Sequence": str(raw.seq), "Nats-Subject": raw.subject}
+    return Msg(nc, subject=raw.subject or "", data=raw.data or b"", headers=headers)
 
 
 ACK, NAK, WORKING = b"+ACK", b"-NAK", b"+WPI"
@@ -191,11 +220,14 @@ def seq_of(msg: Msg) -> int:
     return int(msg.metadata.sequence.stream)
 
 
-async def walk(nc: Client, stream: str, subjects: str, start: int = 1) -> AsyncGenerator[Msg, None]:
+async def walk(
+    nc: Client, stream: str, subjects: str, start: int = 1, *, leader: bool = False
+) -> AsyncGenerator[Msg, None]:
     """Every message of `subjects` from seq `start`, one direct get each: for a
     work-queue stream, where a second consumer on the same subjects is refused."""
     while True:
-        msg = await direct_get(nc, stream, {"seq": start, "next_by_subj": subjects})
+        request = {"seq": start, "next_by_subj": subjects}
+        msg = await direct_get(nc, stream, request, leader=leader)
         if msg is None:
             return
         yield msg

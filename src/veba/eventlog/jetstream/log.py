@@ -66,7 +66,7 @@ from veba.eventlog.jetstream._names import Names, token
 from veba.eventlog.jetstream._queries import Queries
 from veba.eventlog.jetstream._router import Routed, Routing
 from veba.eventlog.jetstream._state import DeliveryState
-from veba.eventlog.jetstream._wire import Outgoing, check_ack, scan, seq_of, walk
+from veba.eventlog.jetstream._wire import Outgoing, check_ack, scan, seq_of
 from veba.events import Event
 
 __all__ = ["JetStreamLog"]
@@ -159,7 +159,11 @@ class JetStreamLog(DeliveryOps, Queries, Routing):
         await self._stream(names.dlq)
         await self._stream(names.states, max_msgs_per_subject=1)
         self._kv = await self._jetstream().create_key_value(
-            bucket=names.checkpoints, history=1, replicas=self.replicas, direct=True
+            # Direct gets are answered by any replica: with several, read from the leader.
+            bucket=names.checkpoints,
+            history=1,
+            replicas=self.replicas,
+            direct=self.replicas == 1,
         )
 
     async def _stream(self, name: str, **options: Any) -> None:
@@ -277,7 +281,7 @@ class JetStreamLog(DeliveryOps, Queries, Routing):
         or redrive adds a delivery meanwhile."""
         names, nc, js = self.names, self._conn(), self._jetstream()
         keep: set[int] = set()
-        async for msg in walk(nc, names.deliveries, names.all(names.deliveries)):
+        async for msg in self._walk(names.deliveries, names.all(names.deliveries)):
             keep.add(int((msg.headers or {})["Veba-Seq"]))
         async with contextlib.aclosing(scan(js, nc, names.dlq, headers_only=True)) as dead:
             async for msg in dead:
