@@ -199,8 +199,9 @@ class VebaDriver(Driver):
         return node
 
     def _wait_deployed(self, node: Node) -> None:
-        """Until a later node has the functions the first one deployed (it reads them
-        from NATS as it starts) and runs their workers."""
+        """Until a later node knows the functions the first one deployed (it reads
+        them from NATS as it starts); the warm-up, sent to every node, then waits
+        until every event has reached a worker."""
         deadline = time.monotonic() + UP_TIMEOUT
         for name in self.functions:
             while (
@@ -323,18 +324,22 @@ class VebaDriver(Driver):
         return send
 
     def _light_sender(self) -> Callable[[Sequence[Event]], None]:
-        """One event per POST on a plain keep-alive connection of each sender thread
-        (one to each node; a thread's chunk of events goes to the next node)."""
+        """One event per POST on a plain keep-alive connection of each sender thread.
+
+        With several nodes a thread's chunk of events goes to the next node, on a
+        new connection: one kept open to each would idle past the server's
+        keep-alive timeout while the thread sends elsewhere (a broken pipe).
+        """
         local = threading.local()
 
         def send(events: Sequence[Event]) -> None:
             node = self._next_node()
-            conns = getattr(local, "conns", None)
-            if conns is None:
-                conns = local.conns = {}
-            conn = conns.get(node.port)
+            conn: http.client.HTTPConnection | None = getattr(local, "conn", None)
+            if conn is not None and conn.port != node.port:
+                conn.close()
+                conn = None
             if conn is None:
-                conn = conns[node.port] = http.client.HTTPConnection(HOST, node.port, timeout=30)
+                conn = local.conn = http.client.HTTPConnection(HOST, node.port, timeout=30)
                 with self._sent_lock:
                     self._connections.append(conn)
             headers = {**node.headers, "Content-Type": STRUCTURED}
@@ -376,6 +381,7 @@ class VebaDriver(Driver):
             if self._status_ok is False:
                 return
             status = STATUS.format(name=name)
+            retries = 0
             while True:
                 response = self.client.get(status, headers=self.headers)
                 delivered = None
@@ -383,6 +389,12 @@ class VebaDriver(Driver):
                     body = response.json()
                     if isinstance(body, dict) and isinstance(body.get(DELIVERED), int):
                         delivered = body[DELIVERED]
+                # A NATS node's counts scan the whole log and can time out (5 s) under
+                # a backlog: ask twice more before giving up on the cross-check.
+                if delivered is None and response.status_code >= 500 and retries < 2:
+                    retries += 1
+                    time.sleep(0.5)
+                    continue
                 if delivered is None:
                     self._status_ok = False
                     self.notes.append(
