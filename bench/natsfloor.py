@@ -23,7 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StorageType
 
 from bench.recorder import StartRecorder
 
-DURABLE = "floor"
+DURABLE = "floor"  # bench.nodes.FLOOR_CONSUMER
 FETCH = 100
 
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
@@ -34,6 +36,7 @@ from bench.veba.driver import BATCH_MODE, LIGHT, VebaDriver
 NATS_SERVER = "nats://127.0.0.1:4222"
 NODE_COUNTS = (1, 2, 3)
 READY_TIMEOUT = 30.0
+FLOOR_CONSUMER = "floor"  # bench.natsfloor's durable consumer
 # Latency sends outstanding at once, every row alike: one NATS-backed POST takes
 # longer than 1/500 s, so one at a time could not offer the rate at all.
 IN_FLIGHT = 8
@@ -184,7 +187,7 @@ class FloorDriver(Driver):
     def _confirm_acked(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            info = self._call(self._js.consumer_info(self.stream, "floor"))
+            info = self._call(self._js.consumer_info(self.stream, FLOOR_CONSUMER))
             if info.num_pending == 0 and info.num_ack_pending == 0:
                 return
             if time.monotonic() > deadline:
@@ -211,9 +214,6 @@ def measure_row(
     log: Callable[[str], None],
 ) -> None:  # fmt: skip
     """One run of one row on a fresh appliance (or stream) and NAME. Errors are recorded."""
-    import os
-    import traceback
-
     nats_name = fresh_name()
     driver: Driver | None = None
     failed = False
