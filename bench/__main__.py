@@ -21,10 +21,10 @@ from bench.common import BENCH_DIR, REPO_ROOT, event_size, make_events
 from bench.driver import Driver
 from bench.procs import rss_mb, stop_all
 from bench.prune import measure_prune
-from bench.report import FanoutResult, PruneResult, Setup, SystemResult, render
+from bench.report import FanoutResult, NodesResult, PruneResult, Setup, SystemResult, render
 
 SYSTEMS = ("veba", "dramatiq", "celery")
-EXTRAS = ("fanout", "prune")  # --only names of the measurements that are not a system's
+EXTRAS = ("fanout", "prune", "nodes")  # --only names of the measurements that are not a system's
 KEPT = "<!-- sub-benchmarks: kept when `python -m bench` rewrites this file -->"
 
 
@@ -55,7 +55,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         action="append",
         choices=SYSTEMS + EXTRAS,
-        help="measure only this (repeatable): a system, fanout or prune",
+        help="measure only this (repeatable): a system, fanout, prune or nodes",
     )
     p.add_argument("--runs", type=int, help="runs of each measurement; the median is reported "
                    "(3; 1 with --quick)")  # fmt: skip
@@ -124,10 +124,16 @@ def main(argv: list[str] | None = None) -> int:
         fanout_events=args.fanout_events,
         fanout_sizes=args.fanout if "fanout" in chosen else (),
         prune_events=args.prune_events if "prune" in chosen else 0,
+        nodes="nodes" in chosen,
     )
     results = {name: SystemResult(name) for name in systems}
     fanouts = [FanoutResult(n) for n in setup.fanout_sizes]
     prune: PruneResult | None = None
+    nodes: list[NodesResult] = []
+    if setup.nodes:
+        from bench.nodes import measure_row, node_rows
+
+        nodes = node_rows()
     began = time.monotonic()
     try:
         for run in range(1, args.runs + 1):
@@ -138,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             for fan in fanouts:
                 if fan.error is None:
                     measure_fanout(fan, run, args)
+            for row in nodes:
+                if row.error is None:
+                    measure_row(row, run, args.runs, args.rate, args.seconds, args.events, log)
         if setup.prune_events:
             prune = measure_prune(args.prune_events, args.rate)
     finally:
@@ -151,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     kept = ""
     if args.out.exists() and KEPT in (old := args.out.read_text()):
         kept = "\n" + old[old.index(KEPT) :]
-    args.out.write_text(render(setup, ordered, fanouts, prune) + kept)
+    args.out.write_text(render(setup, ordered, fanouts, prune, nodes) + kept)
     raw = BENCH_DIR / "results" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     raw.parent.mkdir(exist_ok=True)
     raw.write_text(
@@ -161,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 "results": [dataclasses.asdict(r) for r in ordered],
                 "fanout": [dataclasses.asdict(f) for f in fanouts],
                 "prune": dataclasses.asdict(prune) if prune else None,
+                "nodes": [dataclasses.asdict(row) for row in nodes],
             },
             indent=2,
             default=str,
@@ -185,10 +195,24 @@ def main(argv: list[str] | None = None) -> int:
             log(f"fan-out {f.functions}: NOT MEASURED: {f.error.splitlines()[0]}")
         else:
             log(f"fan-out {f.functions}: {f.deliveries_per_s:,.0f} deliveries/s")
+    for row in nodes:
+        if row.error:
+            failed = True
+            log(f"nodes {row.name}: NOT MEASURED: {row.error.splitlines()[0]}")
+        else:
+            log(
+                f"nodes {row.name}: batch {_num(row.events_per_s('batch'))}/s, per event "
+                f"{_num(row.events_per_s('light'))}/s, p99 {_num(row.p99_ms, '.2f')} ms, "
+                f"shares {row.shares}"
+            )
     if prune is not None:
         log(f"prune: {prune.figures if prune.figures is not None else prune.error}")
         failed = failed or prune.figures is None
     return 1 if failed else 0
+
+
+def _num(value: float | None, fmt: str = ",.0f") -> str:
+    return "—" if value is None else format(value, fmt)
 
 
 def measure(

@@ -174,10 +174,11 @@ class Driver(abc.ABC):
             sender_cpu_us=cpu / n * 1e6,
         )
 
-    def latency(self, rate: float, seconds: float) -> Latency:
+    def latency(self, rate: float, seconds: float, *, in_flight: int = 1) -> Latency:
+        """Events at ``rate`` for ``seconds``, up to ``in_flight`` sends outstanding."""
         events = self._events(round(rate * seconds))
         with no_gc():
-            report = paced_send(events, rate, self._submit_one)
+            report = paced_send(events, rate, self._submit_one, in_flight=in_flight)
         found = self.starts.wait_for(
             list(report.send_times), timeout=max(120.0, seconds * 4), alive=self._alive
         )

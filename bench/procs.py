@@ -72,6 +72,10 @@ class Managed:
             if started is not None:
                 self._known.setdefault(pid, started)
 
+    def owns(self, pid: int) -> bool:
+        """Whether pid is this process or a descendant noted so far (note_descendants)."""
+        return pid in self._known
+
     def stop(self, timeout: float = 15.0) -> None:
         if self not in _live:
             return

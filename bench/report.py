@@ -60,6 +60,26 @@ class SystemResult:
 
 
 @dataclass
+class NodesResult(SystemResult):
+    """One row of the nodes section: the floor, or veba on N nodes."""
+
+    label: str = ""
+    nodes: int = 1
+    # Per run: handler starts recorded by each node's workers (warm-up, latency and
+    # throughput together).
+    deliveries: list[list[int]] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # each run, start to stop
+
+    @property
+    def shares(self) -> list[float] | None:
+        """Each node's median share of the deliveries over the runs."""
+        runs = [d for d in self.deliveries if sum(d)]
+        if not runs:
+            return None
+        return [median(d[i] / sum(d) for d in runs) for i in range(len(runs[0]))]
+
+
+@dataclass
 class FanoutResult:
     functions: int
     runs: list[FanoutRun] = field(default_factory=list)
@@ -97,6 +117,7 @@ class Setup:
     fanout_events: int = 0
     fanout_sizes: tuple[int, ...] = ()
     prune_events: int = 0
+    nodes: bool = False  # the nodes section (issue 12) was measured
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
     duration_s: float = 0.0
 
@@ -255,8 +276,10 @@ def render(
     results: list[SystemResult],
     fanouts: list[FanoutResult] | None = None,
     prune: PruneResult | None = None,
+    nodes: list[NodesResult] | None = None,
 ) -> str:
     fanouts = fanouts or []
+    nodes = nodes or []
     m = machine()
     by_name = {r.name: r for r in results}
     figures = _figures(results, fanouts)
@@ -298,6 +321,8 @@ def render(
         "",
         *_prune(setup, prune),
         "",
+        *_nodes(setup, nodes),
+        "",
         *_rss(results, fanouts),
     ]
     failures: list[tuple[str, str, int]] = [
@@ -306,6 +331,7 @@ def render(
     failures += [
         (f"fan-out, {f.functions} functions", f.error, len(f.runs)) for f in fanouts if f.error
     ]
+    failures += [(n.label, n.error, len(n.latency)) for n in nodes if n.error]
     if failures:
         out += ["", "## Not measured", ""]
         for label, error, done in failures:
@@ -315,6 +341,7 @@ def render(
     notes += [
         (f"fan-out, {f.functions} functions", n) for f in fanouts for n in dict.fromkeys(f.notes)
     ]
+    notes += [(n.label, note) for n in nodes for note in dict.fromkeys(n.notes)]
     if notes:
         out += ["", "## Notes from the run", ""]
         out += [f"- {label}: {note}" for label, note in notes]
@@ -471,6 +498,113 @@ def _prune(setup: Setup, prune: PruneResult | None) -> list[str]:
     if prune.figures is None:
         return [*out, f"Not measured: {prune.error or 'no figures'}"]
     return [*out, *_figure_table(prune.figures)]
+
+
+# The targets of issue 12.
+TARGET_FLOOR_SHARE = 2 / 3  # one NATS node's events/s over the plain nats-py floor's
+TARGET_NODES_P99_MS = 10.0
+
+
+def _shares(row: NodesResult) -> str:
+    shares = row.shares
+    if shares is None:
+        return "—"
+    return " / ".join(f"{share:.0%}" for share in shares)
+
+
+def _nodes(setup: Setup, nodes: list[NodesResult]) -> list[str]:
+    out = ["## Nodes on NATS JetStream", ""]
+    if not nodes:
+        return [*out, f"Not measured in this run (`{RERUN} --only nodes` measures it)."]
+    by_name = {n.name: n for n in nodes}
+    floor = by_name.get("floor")
+    one, three = by_name.get("nats-1"), by_name.get("nats-3")
+    out += [
+        f"`{RERUN} --only nodes`. Each row on a fresh appliance and a NATS NAME of its "
+        "own (its streams and buckets deleted afterwards), the rows one after the other "
+        f"on the same machine and NATS server, median of {setup.runs} run"
+        f"{'s' * (setup.runs != 1)}. **Floor**: a plain nats-py JetStream pull consumer "
+        "(`fetch(100)`, `ack()` each) whose no-op handler runs in the consumer's own "
+        "process; the bench publishes to its stream with `js.publish()` and waits for "
+        "each acknowledgement (durable, as veba's 200). **veba**: `veba serve` nodes, "
+        "`--event-log nats://127.0.0.1:4222/NAME` (one node on its SQLite log for "
+        "comparison), the bench's no-op function (`scale.min: 2`) deployed through the "
+        "first node before the others start, so each function runs in worker processes "
+        "of its own on every node; the bench's senders spread their requests over the "
+        "nodes round-robin (a batch, or a thread's 100 events, to the next node).",
+        "",
+        "Like with like: the **batch** column is veba's 100 events per POST against "
+        "the floor's 100 publishes in flight (4 sender threads each); the **per event** "
+        "column is one event per request against one publish at a time (16 threads "
+        f"each); p99 is one event per request or publish at {setup.rate:g}/s offered "
+        f"for {setup.seconds:g} s, round-robin over the nodes, as an open loop: each send "
+        "is made at its scheduled time by one of 8 threads, so up to 8 are outstanding "
+        "and a slow answer does not hold back the next send (a send that waits for a "
+        "free thread counts its wait). When a row cannot keep up with the rate its "
+        "latency grows with the backlog, and the achieved rate (counted to the last "
+        "answer) falls below the offered one. Every figure is first send to "
+        "handler start, recorded the same way (bench.recorder). The floor has no HTTP "
+        "ingest, no routing and no process hop to a function's worker; veba has all "
+        "three. Each node's share: the handler starts recorded by that node's workers "
+        "(a worker is a descendant of its node's `veba serve`) over the run's "
+        "deliveries, warm-up and latency included.",
+        "",
+        f"| Row | Batch events/s | / floor | Per event events/s | / floor | p50 (ms) "
+        f"| p99 at {setup.rate:g}/s (ms) | Achieved (/s) | Each node's share |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    floor_batch = floor.events_per_s("batch") if floor else None
+    floor_light = floor.events_per_s("light") if floor else None
+    for n in nodes:
+        if not n.latency:
+            out.append(f"| {n.label} | not measured | — | — | — | — | — | — | — |")
+            continue
+        batch, light = n.events_per_s("batch"), n.events_per_s("light")
+        out.append(
+            f"| {n.label} | {_num(batch, ',.0f')} | {_ratio(batch, floor_batch)} | "
+            f"{_num(light, ',.0f')} | {_ratio(light, floor_light)} | "
+            f"{_num(n.p50_ms, '.2f')} | {_num(n.p99_ms, '.2f')} | "
+            f"{_num(n.achieved_rate, ',.0f')} | {_shares(n)} |"
+        )
+    one_batch = one.events_per_s("batch") if one else None
+    three_batch = three.events_per_s("batch") if three else None
+    floor_ratio = _quotient(one_batch, floor_batch)
+    nats_p99 = [n.p99_ms for n in nodes if n.name.startswith("nats-") and n.p99_ms is not None]
+    worst = max(nats_p99) if nats_p99 else None
+    at_rate = setup.rate == TARGET_RATE
+    out += [
+        "",
+        "| Target (issue 12) | Figure | |",
+        "|---|---:|---|",
+        f"| 1 NATS node ≥ {TARGET_FLOOR_SHARE:.2f} of the floor (batch) "
+        f"| {_num(floor_ratio, '.2f')} | {_met(_at_least(floor_ratio, TARGET_FLOOR_SHARE))} |",
+        f"| 3 nodes never below 1 node (batch, medians) | {_ratio(three_batch, one_batch)} "
+        f"| {_met(_at_least(_quotient(three_batch, one_batch), 1.0))} |",
+        f"| p99 ≤ {TARGET_NODES_P99_MS:g} ms at {TARGET_RATE:g}/s, worst NATS row (ms) "
+        f"| {_num(worst, '.2f')} | "
+        f"{_met(None if worst is None or not at_rate else worst <= TARGET_NODES_P99_MS)} |",
+        "",
+        "Every run (deliveries: handler starts by node, in node order):",
+        "",
+        "| Row | Run | Load before | Batch events/s | Per event events/s | p99 (ms) "
+        "| Deliveries by node | Took (s) |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for n in nodes:
+        batches, lights = n.runs_of("batch"), n.runs_of("light")
+        for i, lat in enumerate(n.latency):
+            load = n.load[i] if i < len(n.load) else float("nan")
+            by_node = (
+                " / ".join(f"{d:,}" for d in n.deliveries[i]) if i < len(n.deliveries) else "—"
+            )
+            took = n.seconds[i] if i < len(n.seconds) else None
+            out.append(
+                f"| {n.label} | {i + 1} | {load:.2f} | "
+                f"{_num(batches[i].events_per_s if i < len(batches) else None, ',.0f')} | "
+                f"{_num(lights[i].events_per_s if i < len(lights) else None, ',.0f')} | "
+                f"{lat.p99_ms:.2f} | {by_node} | {_num(took, '.0f')} |"
+            )
+    return out
 
 
 def _cell(value: object) -> str:

@@ -9,7 +9,7 @@ import types
 import pytest
 from bench.driver import Latency, SendMode, Throughput
 from bench.prune import measure_prune
-from bench.report import FanoutResult, PruneResult, Setup, SystemResult, render
+from bench.report import FanoutResult, NodesResult, PruneResult, Setup, SystemResult, render
 from bench.veba.driver import BATCH_MODE, HTTPX, LIGHT, FanoutRun
 
 # The peers' rows as their drivers declare them (bench.peers needs Redis's client).
@@ -69,7 +69,12 @@ def _results() -> tuple[list[SystemResult], list[FanoutResult]]:
 
 def test_the_report_leads_with_the_per_event_ratios_and_the_targets() -> None:
     results, fanouts = _results()
-    text = render(_setup(), results, fanouts, PruneResult(1000, 500.0, error="TimeoutError: no retention pass"))
+    text = render(
+        _setup(),
+        results,
+        fanouts,
+        PruneResult(1000, 500.0, error="TimeoutError: no retention pass"),
+    )
     headline = text[text.index("## Headline") : text.index("- Date:")]
     rows = [line for line in headline.splitlines() if line.startswith("| ")][1:]
     assert "veba `http.client` / Dramatiq" in rows[0] and "**2.00x**" in rows[0]
@@ -116,3 +121,58 @@ def test_the_retention_figures_get_their_own_table(monkeypatch: pytest.MonkeyPat
     assert "| pruned | 1,234 |" in section
     assert "| slow | 5 (listed in the raw JSON) |" in section
     assert "| load_after | 1.50 / 1.00 / 0.50 |" in section
+
+
+def _row(name: str, label: str, nodes: int, batch: float, light: float, p99: float) -> NodesResult:
+    row = NodesResult(name, modes=[LIGHT, BATCH_MODE], label=label, nodes=nodes)
+    row.throughput = [_tp("light", light, 50), _tp("batch", batch, 20)]
+    row.latency = [_lat(p99)]
+    row.load = [0.5]
+    row.seconds = [30.0]
+    if name != "floor":
+        row.deliveries = [[600 // nodes] * nodes] if nodes > 1 else [[600]]
+    return row
+
+
+def test_the_nodes_section_compares_each_row_with_the_floor_and_shows_each_nodes_share() -> None:
+    nodes = [
+        _row("floor", "floor: nats-py pull consumer", 1, 9000, 4000, 2.0),
+        _row("sqlite-1", "veba, 1 node, SQLite", 1, 6000, 2500, 4.0),
+        _row("nats-1", "veba, 1 node, NATS", 1, 6000, 1000, 8.0),
+        _row("nats-2", "veba, 2 nodes, NATS", 2, 7000, 1500, 9.0),
+        _row("nats-3", "veba, 3 nodes, NATS", 3, 5400, 1800, 12.0),
+    ]
+    nodes[3].deliveries = [[450, 150]]
+    results, fanouts = _results()
+    text = render(_setup(), results, fanouts, None, nodes)
+    section = text[text.index("## Nodes on NATS JetStream") : text.index("## Memory")]
+    assert "`.venv/bin/python -m bench --only nodes`" in section
+    assert "Like with like" in section and "open loop" in section
+    assert (
+        "| veba, 1 node, NATS | 6,000 | 0.67x | 1,000 | 0.25x | 1.00 | 8.00 | 500 | 100% |"
+        in section
+    )
+    assert (
+        "| veba, 2 nodes, NATS | 7,000 | 0.78x | 1,500 | 0.38x | 1.00 | 9.00 | 500 | 75% / 25% |"
+        in (section)
+    )
+    assert "33% / 33% / 33%" in section
+    assert "| floor: nats-py pull consumer | 9,000 | 1.00x |" in section and "| — |" in section
+    targets = section[section.index("| Target (issue 12)") :]
+    lines = [line for line in targets.splitlines() if line.startswith("| ")]
+    assert "0.67" in lines[1] and lines[1].endswith("| met |")  # 6000 / 9000 ≥ 2/3
+    assert "0.90x" in lines[2] and "**not met**" in lines[2]  # 3 nodes below 1
+    assert "12.00" in lines[3] and "**not met**" in lines[3]  # worst NATS p99 > 10 ms
+    assert "| veba, 2 nodes, NATS | 1 | 0.50 | 7,000 | 1,500 | 9.00 | 450 / 150 | 30 |" in section
+
+
+def test_a_nodes_row_that_failed_is_shown_not_dropped() -> None:
+    floor = _row("floor", "floor: nats-py pull consumer", 1, 9000, 4000, 2.0)
+    broken = NodesResult("nats-2", label="veba, 2 nodes, NATS", nodes=2, error="TimeoutError: x")
+    results, fanouts = _results()
+    text = render(_setup(), results, fanouts, None, [floor, broken])
+    assert "| veba, 2 nodes, NATS | not measured |" in text
+    assert "**veba, 2 nodes, NATS**:" in text and "TimeoutError: x" in text
+    assert "Not measured in this run (`.venv/bin/python -m bench --only nodes`" in render(
+        _setup(), results, fanouts
+    )

@@ -7,13 +7,15 @@ a change of contract is a change here.
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
+import re
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -97,15 +99,40 @@ BATCH_MODE = SendMode(
 )  # fmt: skip
 
 
+EVENT_LOG_OPTION = "--event-log"  # nats://HOST:PORT/NAME: nodes with one NAME are one appliance
+STARTS_PID = re.compile(r"starts-veba-(\d+)\.txt")  # bench.recorder's file of one process
+
+
+@dataclass(slots=True)
+class Node:
+    """One `veba serve` of the appliance, with the bench's client to it."""
+
+    data_dir: Path
+    serve: Managed
+    client: httpx.Client
+    port: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 class VebaDriver(Driver):
+    """One appliance: one `veba serve`, or with ``event_log`` (a NATS location)
+    ``nodes`` of them sharing it. The function is deployed through the first node
+    before the others start; senders spread their batches over the nodes round-robin."""
+
     name = "veba"
     default_mode = BATCH_MODE
     serve_args: tuple[str, ...] = ()  # more `veba serve` options, for benches that need them
 
-    def __init__(self) -> None:
+    def __init__(self, *, event_log: str | None = None, nodes: int = 1) -> None:
         super().__init__()
+        if nodes < 1 or (nodes > 1 and event_log is None):
+            raise ValueError("several nodes need a shared --event-log")
+        self.event_log = event_log
+        self.node_count = nodes
+        self.nodes: list[Node] = []
+        self._turn = itertools.count()  # round-robin over the nodes
         self.data_dir = self.work_dir / "data"
-        self.serve: Managed | None = None
+        self.serve: Managed | None = None  # the first node's, as single-node benches use it
         self.client: httpx.Client | None = None
         self.port = 0
         self.headers: dict[str, str] = {}
@@ -126,25 +153,10 @@ class VebaDriver(Driver):
 
     def _launch(self) -> None:
         self._preflight()
-        self.port = port = _free_port()
-        base = f"http://{HOST}:{port}"
-        self.serve = Managed(
-            "veba serve",
-            [*serve_cmd(self.data_dir, port), *self.serve_args],
-            env=env_with(),
-            log=self.work_dir / "serve.log",
-            cwd=REPO_ROOT,
-        )
-        # trust_env=False: no proxy settings may send loopback traffic elsewhere.
-        self.client = httpx.Client(
-            base_url=base,
-            timeout=30.0,
-            trust_env=False,
-            limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
-        )
-        self._wait_healthy()
-        token = self._wait_token()
-        self.headers = {"Authorization": f"Bearer {token}"}
+        first = self._start_node()
+        self.serve, self.client, self.port = first.serve, first.client, first.port
+        self.headers = first.headers
+        base = f"http://{HOST}:{first.port}"
         up = Managed(
             "veba up",
             up_cmd(self._stack(), base),
@@ -158,6 +170,47 @@ class VebaDriver(Driver):
         )
         if up.run_to_end(UP_TIMEOUT) != 0:
             raise VebaNotReady(f"`veba up` failed; log tail:\n{up.log_tail()}\n\n{_contract()}")
+        for _ in range(1, self.node_count):
+            self._wait_deployed(self._start_node())
+
+    def _start_node(self) -> Node:
+        index = len(self.nodes)
+        data_dir = self.data_dir if index == 0 else self.work_dir / f"data{index}"
+        port = _free_port()
+        extra = [EVENT_LOG_OPTION, self.event_log] if self.event_log else []
+        serve = Managed(
+            "veba serve" if index == 0 else f"veba serve (node {index + 1})",
+            [*serve_cmd(data_dir, port), *extra, *self.serve_args],
+            env=env_with(),
+            log=self.work_dir / ("serve.log" if index == 0 else f"serve{index}.log"),
+            cwd=REPO_ROOT,
+        )
+        # trust_env=False: no proxy settings may send loopback traffic elsewhere.
+        client = httpx.Client(
+            base_url=f"http://{HOST}:{port}",
+            timeout=30.0,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
+        )
+        node = Node(data_dir, serve, client, port)
+        self.nodes.append(node)
+        self._wait_healthy(node)
+        node.headers = {"Authorization": f"Bearer {self._wait_token(data_dir)}"}
+        return node
+
+    def _wait_deployed(self, node: Node) -> None:
+        """Until a later node knows the functions the first one deployed (it reads
+        them from NATS as it starts); the warm-up, sent to every node, then waits
+        until every event has reached a worker."""
+        deadline = time.monotonic() + UP_TIMEOUT
+        for name in self.functions:
+            while (
+                node.client.get(STATUS.format(name=name), headers=node.headers).status_code != 200
+            ):
+                node.serve.check_alive()
+                if time.monotonic() > deadline:
+                    raise VebaNotReady(f"node {node.serve.name}: no function {name!r}")
+                time.sleep(0.1)
 
     def _preflight(self) -> None:
         if not VEBA_BIN.exists():
@@ -178,28 +231,27 @@ class VebaDriver(Driver):
                 f"`veba serve --help` exited {code}:\n{probe.log_tail(15)}\n\n{_contract()}"
             )
 
-    def _wait_healthy(self) -> None:
-        assert self.client is not None and self.serve is not None
+    def _wait_healthy(self, node: Node) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
-                self.serve.check_alive()
+                node.serve.check_alive()
             except RuntimeError as exc:
                 raise VebaNotReady(f"{exc}\n\n{_contract()}") from None
             try:
-                if self.client.get(HEALTH, timeout=2.0).status_code == 200:
+                if node.client.get(HEALTH, timeout=2.0).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
                 raise VebaNotReady(
                     f"GET {HEALTH} not 200 within {START_TIMEOUT:.0f} s; log tail:\n"
-                    f"{self.serve.log_tail()}\n\n{_contract()}"
+                    f"{node.serve.log_tail()}\n\n{_contract()}"
                 )
             time.sleep(0.1)
 
-    def _wait_token(self) -> str:
-        path = self.data_dir / TOKEN_FILE
+    def _wait_token(self, data_dir: Path) -> str:
+        path = data_dir / TOKEN_FILE
         deadline = time.monotonic() + 10
         while not path.is_file() or not path.read_text().strip():
             if time.monotonic() > deadline:
@@ -208,23 +260,44 @@ class VebaDriver(Driver):
         return path.read_text().strip()
 
     def _shutdown(self) -> None:
-        try:
-            if self.client is not None:
-                self.client.close()
-        finally:
-            if self.serve is not None:
-                self.serve.stop()
+        for node in self.nodes:
+            node.client.close()
+        for node in reversed(self.nodes):
+            node.serve.stop()
 
     def _alive(self) -> None:
-        assert self.serve is not None
-        self.serve.check_alive()
+        for node in self.nodes:
+            node.serve.check_alive()
+
+    def _next_node(self) -> Node:
+        return self.nodes[next(self._turn) % len(self.nodes)]  # count() is atomic in CPython
+
+    # --- which node did the work ---
+
+    def deliveries_by_node(self) -> list[int]:
+        """Handler starts recorded by each node's workers so far (a worker is a
+        descendant of its node's `veba serve`; the recorder names its file by pid)."""
+        for node in self.nodes:
+            node.serve.note_descendants()
+        counts = [0] * len(self.nodes)
+        for path in self.out_dir.glob("starts-*.txt"):
+            match = STARTS_PID.fullmatch(path.name)
+            owner = next(
+                (i for i, n in enumerate(self.nodes) if match and n.serve.owns(int(match[1]))),
+                None,
+            )
+            if owner is None:
+                raise VebaNotReady(f"{path.name}: written by no node's worker")
+            with path.open("rb") as f:
+                counts[owner] += sum(1 for _ in f)
+        return counts
 
     # --- sending ---
 
     def _post(self, content: bytes, content_type: str, count: int) -> None:
-        assert self.client is not None
-        response = self.client.post(
-            WEBHOOK, content=content, headers={**self.headers, "Content-Type": content_type}
+        node = self._next_node()
+        response = node.client.post(
+            WEBHOOK, content=content, headers={**node.headers, "Content-Type": content_type}
         )
         if response.status_code != 200:
             raise RuntimeError(
@@ -251,16 +324,25 @@ class VebaDriver(Driver):
         return send
 
     def _light_sender(self) -> Callable[[Sequence[Event]], None]:
-        """One event per POST on a plain keep-alive connection of each sender thread."""
+        """One event per POST on a plain keep-alive connection of each sender thread.
+
+        With several nodes a thread's chunk of events goes to the next node, on a
+        new connection: one kept open to each would idle past the server's
+        keep-alive timeout while the thread sends elsewhere (a broken pipe).
+        """
         local = threading.local()
-        headers = {**self.headers, "Content-Type": STRUCTURED}
 
         def send(events: Sequence[Event]) -> None:
-            conn = getattr(local, "conn", None)
+            node = self._next_node()
+            conn: http.client.HTTPConnection | None = getattr(local, "conn", None)
+            if conn is not None and conn.port != node.port:
+                conn.close()
+                conn = None
             if conn is None:
-                conn = local.conn = http.client.HTTPConnection(HOST, self.port, timeout=30)
+                conn = local.conn = http.client.HTTPConnection(HOST, node.port, timeout=30)
                 with self._sent_lock:
                     self._connections.append(conn)
+            headers = {**node.headers, "Content-Type": STRUCTURED}
             for event in events:
                 body = json.dumps(event.obj, separators=(",", ":")).encode()
                 conn.request("POST", WEBHOOK, body, headers)
@@ -291,13 +373,15 @@ class VebaDriver(Driver):
     def _confirm_acked(self, timeout: float) -> None:
         """Cross-check the handler's records with the appliance's own delivered count:
         every function is subscribed to every event, so each must have delivered all sent."""
-        assert self.client is not None and self.serve is not None
-        self.serve.note_descendants()
+        assert self.client is not None
+        for node in self.nodes:
+            node.serve.note_descendants()
         deadline = time.monotonic() + timeout
         for name in self.functions:
             if self._status_ok is False:
                 return
             status = STATUS.format(name=name)
+            retries = 0
             while True:
                 response = self.client.get(status, headers=self.headers)
                 delivered = None
@@ -305,6 +389,12 @@ class VebaDriver(Driver):
                     body = response.json()
                     if isinstance(body, dict) and isinstance(body.get(DELIVERED), int):
                         delivered = body[DELIVERED]
+                # A NATS node's counts scan the whole log and can time out (5 s) under
+                # a backlog: ask twice more before giving up on the cross-check.
+                if delivered is None and response.status_code >= 500 and retries < 2:
+                    retries += 1
+                    time.sleep(0.5)
+                    continue
                 if delivered is None:
                     self._status_ok = False
                     self.notes.append(
