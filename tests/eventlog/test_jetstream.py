@@ -20,6 +20,7 @@ import pytest
 from tests.eventlog.conformance import EventLogConformance, failed, make_event, ok, to
 from veba.eventlog.jetstream import JetStreamLog
 from veba.eventlog.jetstream._router import mark_body, marked_seqs
+from veba.eventlog.jetstream._wire import JetStreamError
 
 SERVERS = ["nats://127.0.0.1:4222"]
 OpenLog = Callable[..., Awaitable[JetStreamLog]]
@@ -159,6 +160,32 @@ async def test_a_lease_longer_than_the_ack_wait_is_kept_by_its_node(open_log: Op
     await a.ack(held.id, ok(1))
     info = await b.delivery(held.id)
     assert info is not None and (info.status, info.attempts) == ("delivered", 1)
+
+
+async def test_an_ack_whose_state_is_not_written_leaves_the_lease_to_lapse(
+    open_log: OpenLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As while the cluster elects a stream leader: the state's publish is refused.
+    # Had the message been acked anyway, the delivery would stay "leased" for
+    # ever, never made again; the dispatcher counts on it coming round.
+    a, b = await open_log(ack_wait=1.0), await open_log(ack_wait=1.0)
+    await a.append([make_event(1), make_event(2)], route=to("f"))
+    first, second = await a.lease("f", 2, ttl=2.0)
+    save = a._save
+
+    async def refused(*_: Any) -> None:
+        raise JetStreamError("publish: status 503 (no stream for the subject?)")
+
+    monkeypatch.setattr(a, "_save", refused)
+    for delivery in (first, second):
+        with pytest.raises(JetStreamError):
+            await a.ack(delivery.id, ok(1))
+    monkeypatch.setattr(a, "_save", save)
+    await a.ack(first.id, ok(1))  # made again, once the stream takes writes: settled
+    (again,) = await lease_within(b, "f", 15)  # the other lapsed: at least once
+    assert (again.id, again.attempt) == (second.id, 2)
+    await b.ack(again.id, ok(2))
+    assert await b.counts() == {"f": {"delivered": 2}}
 
 
 async def test_names_that_are_no_subject_tokens_round_trip(log: JetStreamLog) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import replace
 
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -95,23 +96,27 @@ class DeliveryOps(LogBase):
         await self.ack_many([(delivery_id, attempt)])
 
     async def ack_many(self, acks: Sequence[tuple[int, Attempt]]) -> None:
-        async def one(delivery_id: int, attempt: Attempt) -> DeliveryState | None:
-            held = self._leases.take(delivery_id)
-            if held is not None:
-                await settle(held.msg, ACK)
-            state = self._states.pop(delivery_id, None) or await self._read_state(delivery_id)
+        # The states first, then the messages off the queue: should the states
+        # not be written (an election under way), nothing is settled, the
+        # leases stand and the caller may ack again; never an acked message
+        # whose state stays "leased" for ever.
+        async def delivered(delivery_id: int, attempt: Attempt) -> DeliveryState | None:
+            state = await self._state(delivery_id)
             if state is None:
                 return None
-            state.status, state.started, state.finished = (
-                "delivered",
-                attempt.started,
-                attempt.finished,
-            )
-            state.last_status = attempt.status
+            state = replace(state, status="delivered", last_status=attempt.status)
+            state.started, state.finished = attempt.started, attempt.finished
             return state
 
-        settled = await asyncio.gather(*(one(did, a) for did, a in acks))
-        await self._save([s for s in settled if s is not None])
+        states = await asyncio.gather(*(delivered(did, a) for did, a in acks))
+        await self._save([s for s in states if s is not None])
+        held = []
+        for delivery_id, _ in acks:
+            self._states.pop(delivery_id, None)
+            one = self._leases.take(delivery_id)
+            if one is not None:
+                held.append(one)
+        await asyncio.gather(*(settle(one.msg, ACK) for one in held))
 
     async def retry(
         self,
