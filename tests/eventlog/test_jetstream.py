@@ -188,6 +188,25 @@ async def test_an_ack_whose_state_is_not_written_leaves_the_lease_to_lapse(
     assert await b.counts() == {"f": {"delivered": 2}}
 
 
+async def test_a_lease_whose_state_is_not_written_is_given_back_at_once(
+    open_log: OpenLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Kept, the messages would wait out the lease (a minute in the appliance)
+    # with no node delivering them.
+    a, b = await open_log(), await open_log()
+    await a.append([make_event(1), make_event(2)], route=to("f"))
+
+    async def refused(*_: Any) -> None:
+        raise JetStreamError("publish: status 503 (no stream for the subject?)")
+
+    monkeypatch.setattr(a, "_save", refused)
+    with pytest.raises(JetStreamError):
+        await a.lease("f", 2, ttl=3600)
+    assert a._leases.held == {} and a._states == {}
+    again = await lease_within(b, "f", 5.0)
+    assert sorted(d.event.data["Key"] for d in again) == [1, 2]
+
+
 async def test_names_that_are_no_subject_tokens_round_trip(log: JetStreamLog) -> None:
     sub, source = "fn with.dots*>", "https://vc.example.com/sdk"
     event = make_event(1, subject="a.b c", source=source)

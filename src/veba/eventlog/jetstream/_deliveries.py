@@ -65,17 +65,32 @@ class DeliveryOps(LogBase):
         if not msgs:
             return []
         now = self._clock()
-        states = await asyncio.gather(*(self._state_for(m, subscription) for m in msgs))
-        for msg, state in zip(msgs, states, strict=True):
-            state.attempts = msg.metadata.num_delivered + state.adjust
-            state.status = "leased"
-            self._states[state.id] = state
-            self._leases.hold(state.id, msg, subscription, now + ttl)
-        await self._save(states)
+        try:
+            states = await asyncio.gather(*(self._state_for(m, subscription) for m in msgs))
+            for msg, state in zip(msgs, states, strict=True):
+                state.attempts = msg.metadata.num_delivered + state.adjust
+                state.status = "leased"
+                self._states[state.id] = state
+                self._leases.hold(state.id, msg, subscription, now + ttl)
+            await self._save(states)
+        except BaseException:
+            # Not recorded as leased (an election under way): given back at once,
+            # not kept from every node until the lease or the ack wait runs out.
+            await self._give_back(msgs)
+            raise
         return [
             Delivery(s.id, s.seq, subscription, Event.from_json(m.data), s.attempts, s.available_at)
             for m, s in zip(msgs, states, strict=True)
         ]
+
+    async def _give_back(self, msgs: Sequence[Msg]) -> None:
+        for msg in msgs:
+            delivery_id = int(
+                (msg.headers or {}).get("Veba-Delivery", msg.metadata.sequence.stream)
+            )
+            self._states.pop(delivery_id, None)
+            self._leases.take(delivery_id)
+        await asyncio.gather(*(settle(msg, NAK) for msg in msgs), return_exceptions=True)
 
     async def _state_for(self, msg: Msg, subscription: str) -> DeliveryState:
         headers = msg.headers or {}
