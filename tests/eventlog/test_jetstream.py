@@ -18,7 +18,7 @@ import nats
 import pytest
 
 from tests.eventlog.conformance import EventLogConformance, failed, make_event, ok, to
-from veba.eventlog.jetstream import JetStreamLog
+from veba.eventlog.jetstream import JetStreamLog, _deliveries
 from veba.eventlog.jetstream._router import mark_body, marked_seqs
 from veba.eventlog.jetstream._wire import JetStreamError
 
@@ -205,6 +205,29 @@ async def test_a_lease_whose_state_is_not_written_is_given_back_at_once(
     assert a._leases.held == {} and a._states == {}
     again = await lease_within(b, "f", 5.0)
     assert sorted(d.event.data["Key"] for d in again) == [1, 2]
+
+
+async def test_a_delivery_offered_again_after_its_recorded_ack_is_not_made_twice(
+    open_log: OpenLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The state says delivered, but the message's ack did not stick (the
+    # consumer's leader stepped down before it had it): the server offers it
+    # again after the ack wait, and the node that gets it acks it again.
+    a, b = await open_log(ack_wait=1.0), await open_log(ack_wait=1.0)
+    await a.append([make_event(1)], route=to("f"))
+    (held,) = await a.lease("f", 1, ttl=3600)
+    settle = _deliveries.settle
+
+    async def ack_lost(msg: Any, kind: bytes, **options: Any) -> None:
+        if kind != _deliveries.ACK:
+            await settle(msg, kind, **options)
+
+    monkeypatch.setattr(_deliveries, "settle", ack_lost)
+    await a.ack(held.id, ok(1))
+    monkeypatch.setattr(_deliveries, "settle", settle)
+    assert await lease_within(b, "f", 4.0) == []  # offered after 1 s; acked, not made
+    info = await b.delivery(held.id)
+    assert info is not None and (info.status, info.attempts) == ("delivered", 1)
 
 
 async def test_names_that_are_no_subject_tokens_round_trip(log: JetStreamLog) -> None:

@@ -66,7 +66,8 @@ class DeliveryOps(LogBase):
             return []
         now = self._clock()
         try:
-            states = await asyncio.gather(*(self._state_for(m, subscription) for m in msgs))
+            found = await asyncio.gather(*(self._state_for(m, subscription) for m in msgs))
+            msgs, states = await self._without_delivered(msgs, found)
             for msg, state in zip(msgs, states, strict=True):
                 state.attempts = msg.metadata.num_delivered + state.adjust
                 state.status = "leased"
@@ -82,6 +83,19 @@ class DeliveryOps(LogBase):
             Delivery(s.id, s.seq, subscription, Event.from_json(m.data), s.attempts, s.available_at)
             for m, s in zip(msgs, states, strict=True)
         ]
+
+    async def _without_delivered(
+        self, msgs: list[Msg], states: list[DeliveryState]
+    ) -> tuple[list[Msg], list[DeliveryState]]:
+        """The messages to deliver: one whose delivery is recorded as made is
+        offered again only because its ack did not stick (the consumer's
+        leader changed before it had it, say), so it is acked again, not made."""
+        done = [msg for msg, state in zip(msgs, states, strict=True) if state.status == "delivered"]
+        if not done:
+            return msgs, states
+        await asyncio.gather(*(settle(msg, ACK) for msg in done), return_exceptions=True)
+        kept = [(m, s) for m, s in zip(msgs, states, strict=True) if s.status != "delivered"]
+        return [m for m, _ in kept], [s for _, s in kept]
 
     async def _give_back(self, msgs: Sequence[Msg]) -> None:
         for msg in msgs:
