@@ -67,6 +67,7 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
     400: {"description": "not a CloudEvent; nothing of the request was kept"},
     401: {"description": "missing or wrong credentials"},
     413: {"description": "the body, or an event of a batch, is over its limit"},
+    503: {"description": "the log is out of reach for now; not acknowledged, send again"},
     507: {"description": "the log cannot commit (disk full)"},
 }
 
@@ -87,7 +88,8 @@ def webhook_router(path: str) -> APIRouter:
             return webhook_refusal(appliance.settings)
         body = await request.body()  # no larger than its limit (veba.api.limits)
         status, answer = await ingest(appliance, request.headers, body)
-        return Response(answer, status_code=status, media_type="application/json")
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return Response(answer, status_code=status, media_type="application/json", headers=headers)
 
     return router
 
@@ -120,6 +122,11 @@ async def ingest(
         return 400, _error(str(exc))
     except LogFull as exc:
         return 507, _error(str(exc))
+    except OSError as exc:
+        # The log out of reach for now (a NATS cluster electing a leader, say):
+        # nothing is acknowledged, and the sender may try again, not a 500.
+        log.warning("webhook: the event log could not take %d event(s): %s", len(events), exc)
+        return 503, _error(f"the event log cannot take events now, try again: {exc}")
     return 200, b'{"accepted":%d,"duplicates":%d}' % (result.accepted, result.duplicates)
 
 
@@ -196,7 +203,7 @@ class WebhookIngest:
             if not message.get("more_body", False):
                 break
         status, answer = await ingest(appliance, headers, b"".join(chunks))
-        return status, answer, ()
+        return status, answer, ((b"retry-after", b"1"),) if status == 503 else ()
 
     async def _passed_on(self, scope: Any, receive: Any, send: Any) -> None:
         status = 500  # what the client gets if nothing answers (the server's own 500)
