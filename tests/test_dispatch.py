@@ -173,6 +173,33 @@ async def test_every_event_is_delivered_once_and_acked(log: SQLiteLog, start: An
     assert dispatcher.in_hand == 0
 
 
+async def test_acks_the_log_refuses_for_a_while_are_recorded_without_redelivery(
+    log: SQLiteLog, start: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a JetStream log while its stream elects a leader: writes refused for a
+    # moment. Dropping the acks would make every one of those deliveries again.
+    refusals = 3
+    ack_many = log.ack_many
+
+    async def refusing(acks: Any) -> None:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise OSError("publish: status 503 (no stream for the subject?)")
+        await ack_many(acks)
+
+    monkeypatch.setattr(log, "ack_many", refusing)
+    events = [make_event(k) for k in range(20)]
+    await log.append(events, route=route)
+    target = FakeTarget()
+    dispatcher = start(target, policy(maxInflight=4))
+
+    await until(lambda: all_delivered(log, 20), what="20 deliveries recorded")
+    assert refusals == 0
+    assert sorted(e.id for e, _ in target.calls) == sorted(e.id for e in events)
+    assert dispatcher.last_error is not None and "could not record" in dispatcher.last_error
+
+
 async def test_stop_returns_even_when_its_cancel_meets_a_wake_up(log: SQLiteLog) -> None:
     # On Python 3.11, wait_for swallows a cancel that arrives as its wait ends:
     # the idle dispatcher woken and stopped in one breath kept leasing, and

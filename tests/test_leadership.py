@@ -178,7 +178,7 @@ asyncio.run(main())
 """
 
 
-async def test_a_leader_process_that_dies_without_releasing_is_replaced_within_10_s(
+async def test_a_leader_process_that_dies_without_releasing_is_replaced_within_9_s(
     nodes: Nodes,
 ) -> None:
     process = await asyncio.create_subprocess_exec(
@@ -196,7 +196,7 @@ async def test_a_leader_process_that_dies_without_releasing_is_replaced_within_1
         process.kill()  # no release: its lease must expire
         await process.wait()
         took = await until(lambda: b.leading, 10, "b to lead after the leader died")
-        assert took < 10
+        assert took < DEFAULT_TTL + 1  # expired within the TTL, noticed within a poll
     finally:
         if process.returncode is None:
             process.kill()

@@ -41,6 +41,11 @@ Observer = Callable[[str, str, Result, Delivery], None]
 
 _LEASE_MARGIN = 30.0
 _IDLE_POLL = 1.0
+# Acks the log refused are tried again (0.25 s, 0.5 s, … up to 4 s apart) while
+# the leases stand: a log that is briefly unable to write (a JetStream stream
+# electing its leader) costs a wait, not a redelivery of every ack in flight.
+_ACK_RETRY_FIRST = 0.25
+_ACK_RETRY_MAX = 4.0
 
 
 def ordering_key(event: Event, path: str) -> str | None:
@@ -413,14 +418,26 @@ class Dispatcher:
             self._ack_task = asyncio.create_task(self._flush_acks())
 
     async def _flush_acks(self) -> None:
+        delay, failing_since = _ACK_RETRY_FIRST, None
         while self._acks:
             batch, self._acks = self._acks, []
             try:
                 await self._log.ack_many(batch)
+                delay, failing_since = _ACK_RETRY_FIRST, None
+                continue
             except (LogFull, OSError) as exc:
-                # Unrecorded acks mean redelivery once the leases lapse: at least once.
                 self.last_error = f"could not record {len(batch)} ack(s): {exc}"
-                log.error("%s: %s", self.name, self.last_error)
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                # Past the leases (or stopping) they are given up: each lease
+                # lapses and its delivery comes round again, at least once.
+                if self._stopped or now - failing_since + delay > self._ttl:
+                    log.error("%s: %s; given up", self.name, self.last_error)
+                    continue
+                log.warning("%s: %s; trying again in %g s", self.name, self.last_error, delay)
+            self._acks = batch + self._acks
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _ACK_RETRY_MAX)
 
     async def _attempt(self, delivery: Delivery, attempt_no: int) -> tuple[Result, Attempt]:
         trace = trace_for(delivery.event)

@@ -20,8 +20,9 @@ from tests.eventlog.conformance import EventLogConformance, failed, make_event, 
 from tests.jetstream_buckets import delete_everything_named
 from tests.natscluster import NatsCluster, nats_cluster_fixture  # noqa: F401
 from veba.eventlog import LogUnavailable
-from veba.eventlog.jetstream import JetStreamLog
+from veba.eventlog.jetstream import JetStreamLog, _deliveries
 from veba.eventlog.jetstream._router import mark_body, marked_seqs
+from veba.eventlog.jetstream._wire import JetStreamError
 
 SERVERS = ["nats://127.0.0.1:4222"]
 OpenLog = Callable[..., Awaitable[JetStreamLog]]
@@ -166,6 +167,74 @@ async def test_a_lease_longer_than_the_ack_wait_is_kept_by_its_node(open_log: Op
     (held,) = await a.lease("f", 1, ttl=60)
     assert await lease_within(b, "f", 2.0) == []  # four ack waits: still a's
     await a.ack(held.id, ok(1))
+    info = await b.delivery(held.id)
+    assert info is not None and (info.status, info.attempts) == ("delivered", 1)
+
+
+async def test_an_ack_whose_state_is_not_written_leaves_the_lease_to_lapse(
+    open_log: OpenLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As while the cluster elects a stream leader: the state's publish is refused.
+    # Had the message been acked anyway, the delivery would stay "leased" for
+    # ever, never made again; the dispatcher counts on it coming round.
+    a, b = await open_log(ack_wait=1.0), await open_log(ack_wait=1.0)
+    await a.append([make_event(1), make_event(2)], route=to("f"))
+    first, second = await a.lease("f", 2, ttl=2.0)
+    save = a._save
+
+    async def refused(*_: Any) -> None:
+        raise JetStreamError("publish: status 503 (no stream for the subject?)")
+
+    monkeypatch.setattr(a, "_save", refused)
+    for delivery in (first, second):
+        with pytest.raises(JetStreamError):
+            await a.ack(delivery.id, ok(1))
+    monkeypatch.setattr(a, "_save", save)
+    await a.ack(first.id, ok(1))  # made again, once the stream takes writes: settled
+    (again,) = await lease_within(b, "f", 15)  # the other lapsed: at least once
+    assert (again.id, again.attempt) == (second.id, 2)
+    await b.ack(again.id, ok(2))
+    assert await b.counts() == {"f": {"delivered": 2}}
+
+
+async def test_a_lease_whose_state_is_not_written_is_given_back_at_once(
+    open_log: OpenLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Kept, the messages would wait out the lease (a minute in the appliance)
+    # with no node delivering them.
+    a, b = await open_log(), await open_log()
+    await a.append([make_event(1), make_event(2)], route=to("f"))
+
+    async def refused(*_: Any) -> None:
+        raise JetStreamError("publish: status 503 (no stream for the subject?)")
+
+    monkeypatch.setattr(a, "_save", refused)
+    with pytest.raises(JetStreamError):
+        await a.lease("f", 2, ttl=3600)
+    assert a._leases.held == {} and a._states == {}
+    again = await lease_within(b, "f", 5.0)
+    assert sorted(d.event.data["Key"] for d in again) == [1, 2]
+
+
+async def test_a_delivery_offered_again_after_its_recorded_ack_is_not_made_twice(
+    open_log: OpenLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The state says delivered, but the message's ack did not stick (the
+    # consumer's leader stepped down before it had it): the server offers it
+    # again after the ack wait, and the node that gets it acks it again.
+    a, b = await open_log(ack_wait=1.0), await open_log(ack_wait=1.0)
+    await a.append([make_event(1)], route=to("f"))
+    (held,) = await a.lease("f", 1, ttl=3600)
+    settle = _deliveries.settle
+
+    async def ack_lost(msg: Any, kind: bytes, **options: Any) -> None:
+        if kind != _deliveries.ACK:
+            await settle(msg, kind, **options)
+
+    monkeypatch.setattr(_deliveries, "settle", ack_lost)
+    await a.ack(held.id, ok(1))
+    monkeypatch.setattr(_deliveries, "settle", settle)
+    assert await lease_within(b, "f", 4.0) == []  # offered after 1 s; acked, not made
     info = await b.delivery(held.id)
     assert info is not None and (info.status, info.attempts) == ("delivered", 1)
 

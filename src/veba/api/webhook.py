@@ -32,7 +32,7 @@ from veba.api.auth import webhook_authorised, webhook_refusal
 from veba.api.errors import INTERNAL_ERROR, StrictRoute
 from veba.api.limits import body_limits, format_size
 from veba.appliance import Appliance
-from veba.eventlog import LogFull, LogUnavailable
+from veba.eventlog import LogFull
 from veba.events import BATCH_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE, InvalidEvent, parse_http
 
 __all__ = ["WebhookIngest", "ingest", "webhook_router"]
@@ -88,7 +88,8 @@ def webhook_router(path: str) -> APIRouter:
             return webhook_refusal(appliance.settings)
         body = await request.body()  # no larger than its limit (veba.api.limits)
         status, answer = await ingest(appliance, request.headers, body)
-        return Response(answer, status_code=status, media_type="application/json")
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return Response(answer, status_code=status, media_type="application/json", headers=headers)
 
     return router
 
@@ -121,8 +122,11 @@ async def ingest(
         return 400, _error(str(exc))
     except LogFull as exc:
         return 507, _error(str(exc))
-    except LogUnavailable as exc:  # NATS electing, or away: nothing acknowledged, send again
-        return 503, _error(str(exc))
+    except OSError as exc:
+        # The log out of reach for now (a NATS cluster electing a leader, say):
+        # nothing is acknowledged, and the sender may try again, not a 500.
+        log.warning("webhook: the event log could not take %d event(s): %s", len(events), exc)
+        return 503, _error(f"the event log cannot take events now, try again: {exc}")
     return 200, b'{"accepted":%d,"duplicates":%d}' % (result.accepted, result.duplicates)
 
 

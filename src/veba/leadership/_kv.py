@@ -57,8 +57,9 @@ __all__ = ["DEFAULT_TTL", "KVLeadership", "lease_bucket", "lease_key"]
 
 log = logging.getLogger("veba.leadership")
 
-# A dead leader's vCenter is read again within TTL + a poll (8 + 2 s); a live
-# one renews every 2 s and rides out a 6.4 s stall of its NATS cluster.
+# A dead leader's vCenter is read again within TTL + a poll (8 + 0.5 s) and a
+# login; a live one renews every 2 s and rides out a 6.4 s stall of its NATS
+# cluster.
 DEFAULT_TTL = 8.0
 
 _EXPECTED_REVISION = "Nats-Expected-Last-Subject-Sequence"
@@ -125,7 +126,10 @@ class KVLeadership:
         self.holder = holder  # who this node is, in the lease's value
         self.renew_every = ttl / 4
         self.valid_for = ttl * 0.8  # since the send of the last good write
-        self.poll_every = ttl / 4  # a contender's look for an expired lease
+        # A contender's look for an expired lease: often, as what it costs (a
+        # refused create and a get, per contender) is small beside a vCenter
+        # unread for longer (at 2 s, a takeover took up to 10 s before the login).
+        self.poll_every = min(ttl / 4, 0.5)
         self.retry_every = min(0.5, ttl / 10)  # after a failed renewal
 
     @classmethod

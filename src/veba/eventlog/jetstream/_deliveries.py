@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import replace
 
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -64,17 +65,46 @@ class DeliveryOps(LogBase):
         if not msgs:
             return []
         now = self._clock()
-        states = await asyncio.gather(*(self._state_for(m, subscription) for m in msgs))
-        for msg, state in zip(msgs, states, strict=True):
-            state.attempts = msg.metadata.num_delivered + state.adjust
-            state.status = "leased"
-            self._states[state.id] = state
-            self._leases.hold(state.id, msg, subscription, now + ttl)
-        await self._save(states)
+        try:
+            found = await asyncio.gather(*(self._state_for(m, subscription) for m in msgs))
+            msgs, states = await self._without_delivered(msgs, found)
+            for msg, state in zip(msgs, states, strict=True):
+                state.attempts = msg.metadata.num_delivered + state.adjust
+                state.status = "leased"
+                self._states[state.id] = state
+                self._leases.hold(state.id, msg, subscription, now + ttl)
+            await self._save(states)
+        except BaseException:
+            # Not recorded as leased (an election under way): given back at once,
+            # not kept from every node until the lease or the ack wait runs out.
+            await self._give_back(msgs)
+            raise
         return [
             Delivery(s.id, s.seq, subscription, Event.from_json(m.data), s.attempts, s.available_at)
             for m, s in zip(msgs, states, strict=True)
         ]
+
+    async def _without_delivered(
+        self, msgs: list[Msg], states: list[DeliveryState]
+    ) -> tuple[list[Msg], list[DeliveryState]]:
+        """The messages to deliver: one whose delivery is recorded as made is
+        offered again only because its ack did not stick (the consumer's
+        leader changed before it had it, say), so it is acked again, not made."""
+        done = [msg for msg, state in zip(msgs, states, strict=True) if state.status == "delivered"]
+        if not done:
+            return msgs, states
+        await asyncio.gather(*(settle(msg, ACK) for msg in done), return_exceptions=True)
+        kept = [(m, s) for m, s in zip(msgs, states, strict=True) if s.status != "delivered"]
+        return [m for m, _ in kept], [s for _, s in kept]
+
+    async def _give_back(self, msgs: Sequence[Msg]) -> None:
+        for msg in msgs:
+            delivery_id = int(
+                (msg.headers or {}).get("Veba-Delivery", msg.metadata.sequence.stream)
+            )
+            self._states.pop(delivery_id, None)
+            self._leases.take(delivery_id)
+        await asyncio.gather(*(settle(msg, NAK) for msg in msgs), return_exceptions=True)
 
     async def _state_for(self, msg: Msg, subscription: str) -> DeliveryState:
         headers = msg.headers or {}
@@ -95,23 +125,27 @@ class DeliveryOps(LogBase):
         await self.ack_many([(delivery_id, attempt)])
 
     async def ack_many(self, acks: Sequence[tuple[int, Attempt]]) -> None:
-        async def one(delivery_id: int, attempt: Attempt) -> DeliveryState | None:
-            held = self._leases.take(delivery_id)
-            if held is not None:
-                await settle(held.msg, ACK)
-            state = self._states.pop(delivery_id, None) or await self._read_state(delivery_id)
+        # The states first, then the messages off the queue: should the states
+        # not be written (an election under way), nothing is settled, the
+        # leases stand and the caller may ack again; never an acked message
+        # whose state stays "leased" for ever.
+        async def delivered(delivery_id: int, attempt: Attempt) -> DeliveryState | None:
+            state = await self._state(delivery_id)
             if state is None:
                 return None
-            state.status, state.started, state.finished = (
-                "delivered",
-                attempt.started,
-                attempt.finished,
-            )
-            state.last_status = attempt.status
+            state = replace(state, status="delivered", last_status=attempt.status)
+            state.started, state.finished = attempt.started, attempt.finished
             return state
 
-        settled = await asyncio.gather(*(one(did, a) for did, a in acks))
-        await self._save([s for s in settled if s is not None])
+        states = await asyncio.gather(*(delivered(did, a) for did, a in acks))
+        await self._save([s for s in states if s is not None])
+        held = []
+        for delivery_id, _ in acks:
+            self._states.pop(delivery_id, None)
+            one = self._leases.take(delivery_id)
+            if one is not None:
+                held.append(one)
+        await asyncio.gather(*(settle(one.msg, ACK) for one in held))
 
     async def retry(
         self,
