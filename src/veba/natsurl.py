@@ -214,7 +214,9 @@ async def connect(
             )
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         await client.close()
-        why = errors[-1] if errors else str(exc)
+        # The telling error, not the last: a refused login is followed by resets.
+        refused = [e for e in errors if "authorization" in e.lower()]
+        why = refused[-1] if refused else errors[-1] if errors else str(exc)
         raise NatsConnectError(
             f"NATS at {location}: could not connect within {first_connect_timeout:g} s"
             + (f" (last: {why})" if why else "")
