@@ -77,12 +77,12 @@ async def object_store(js: JetStreamContext, bucket: str, *, replicas: int) -> O
         return await js.create_object_store(bucket, replicas=replicas)
 
 
-async def written_keys(js: JetStreamContext, bucket: str) -> list[str]:
+async def written_keys(js: JetStreamContext, bucket: str, keys: str = ">") -> list[str]:
     """Every key with a message in the bucket (live, deleted or expired: a
     caller reads each), from the stream's subjects. Not from a watch: nats-py
     2.16's watch may say "caught up" before the first entry when its consumer
     delivers fast (seen under load), and an empty answer would read as "none"."""
-    info = await js.stream_info(kv_stream(bucket), subjects_filter=kv_subject(bucket, ">"))
+    info = await js.stream_info(kv_stream(bucket), subjects_filter=kv_subject(bucket, keys))
     start = len(kv_subject(bucket, ""))
     return sorted(subject[start:] for subject in info.state.subjects or {})
 

@@ -18,7 +18,6 @@ reads again and decides again.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -139,49 +138,39 @@ class JetStreamStore:
             return True
 
     async def namespaces(self) -> list[str]:
-        kv, now = await self._kv.get(), self._clock()
-        keys: dict[str, list[str]] = defaultdict(list)
-        for written in await written_keys(self._js, self.bucket):  # not a watch: see there
-            namespace, _, key = written.partition(".")
-            keys[namespace].append(key)
         found = []
-        for namespace, its_keys in sorted(keys.items()):
-            for key in its_keys:
-                if (await _current(kv, namespace, key, now))[1] is not None:
-                    found.append(namespace)
-                    break
+        for namespace in sorted({key.partition(".")[0] for key in await self._written()}):
+            if await self._live_entries(namespace):
+                found.append(namespace)
+        return found
+
+    async def _written(self, keys: str = ">") -> list[str]:
+        await self._kv.get()  # the bucket, made on first use
+        return await written_keys(self._js, self.bucket, keys)  # not a watch: see there
+
+    async def _live_entries(self, namespace: str) -> list[Entry]:
+        """Every live entry of a namespace: each key written, read on its own."""
+        kv, now, found = await self._kv.get(), self._clock(), []
+        for written in await self._written(f"{namespace}.>"):
+            _, entry = await _current(kv, namespace, written[len(namespace) + 1 :], now)
+            if entry is not None:
+                found.append(entry)
         return found
 
     async def list(self, namespace: str, *, prefix: str = "", limit: int = 1000) -> list[Entry]:
         check_namespace(namespace)
-        entries = await _live_entries(await self._kv.get(), namespace, self._clock())
+        entries = await self._live_entries(namespace)
         chosen = sorted((e for e in entries if e.key.startswith(prefix)), key=lambda e: e.key)
         return chosen[: max(0, limit)]
 
     async def drop(self, namespace: str) -> int:
         check_namespace(namespace)
-        count = len(await _live_entries(await self._kv.get(), namespace, self._clock()))
+        count = len(await self._live_entries(namespace))
         # One purge of the namespace's subjects: entries, tombstones and all.
         await self._js.purge_stream(
             kv_stream(self.bucket), subject=kv_subject(self.bucket, f"{namespace}.>")
         )
         return count
-
-
-async def _live_entries(kv: KeyValue, namespace: str, now: float) -> list[Entry]:
-    """Every live entry of a namespace, read by a watch of its keys' last revisions."""
-    watcher = await kv.watch(f"{namespace}.>", ignore_deletes=True)
-    found = []
-    try:
-        async for got in watcher:
-            if got is None:  # caught up with the bucket
-                break
-            entry = _entry(namespace, got.key[len(namespace) + 1 :], got.revision or 0, got.value)
-            if entry is not None and _live(entry, now):
-                found.append(entry)
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
-    return found
 
 
 def _entry(namespace: str, key: str, revision: int, raw: bytes | None) -> Entry | None:
