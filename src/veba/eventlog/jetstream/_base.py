@@ -100,6 +100,17 @@ class LogBase:
         messages: list[Outgoing] = [(names.state_subject(s.id), s.to_json(), {}) for s in states]
         await self._publish(messages, "delivery state")
 
+    async def _save_unconfirmed(self, states: Sequence[DeliveryState]) -> None:
+        """Write leased states without waiting for the stream to confirm them:
+        a delivery's first lease needs no state to be redelivered right (its
+        attempt is the consumer's count), so no round trip is spent on the way
+        to the handler. One lost (the stream electing a leader) shows that
+        delivery pending until it is settled; the states written after it go
+        out later on the same connection, so they land after it."""
+        nc, names = self._conn(), self.names
+        for state in states:
+            await nc.publish(names.state_subject(state.id), state.to_json())
+
     def _events(self, *, start: int = 1, headers_only: bool = False) -> AsyncGenerator[Msg, None]:
         names = self.names
         return scan(

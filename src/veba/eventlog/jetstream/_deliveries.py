@@ -26,6 +26,7 @@ from veba.eventlog.jetstream._wire import (
     scan,
     seq_of,
     settle,
+    settle_many,
 )
 from veba.events import INVOCATION_TYPE, Event
 
@@ -73,12 +74,12 @@ class DeliveryOps(LogBase):
                 state.status = "leased"
                 self._states[state.id] = state
                 self._leases.hold(state.id, msg, subscription, now + ttl)
-            await self._save(states)
         except BaseException:
             # Not recorded as leased (an election under way): given back at once,
             # not kept from every node until the lease or the ack wait runs out.
             await self._give_back(msgs)
             raise
+        await self._save_unconfirmed(states)
         return [
             Delivery(s.id, s.seq, subscription, Event.from_json(m.data), s.attempts, s.available_at)
             for m, s in zip(msgs, states, strict=True)
@@ -93,7 +94,8 @@ class DeliveryOps(LogBase):
         done = [msg for msg, state in zip(msgs, states, strict=True) if state.status == "delivered"]
         if not done:
             return msgs, states
-        await asyncio.gather(*(settle(msg, ACK) for msg in done), return_exceptions=True)
+        with contextlib.suppress(JetStreamError):  # not acked: offered again, and acked then
+            await settle_many(done, ACK)
         kept = [(m, s) for m, s in zip(msgs, states, strict=True) if s.status != "delivered"]
         return [m for m, _ in kept], [s for _, s in kept]
 
@@ -104,7 +106,8 @@ class DeliveryOps(LogBase):
             )
             self._states.pop(delivery_id, None)
             self._leases.take(delivery_id)
-        await asyncio.gather(*(settle(msg, NAK) for msg in msgs), return_exceptions=True)
+        with contextlib.suppress(JetStreamError):  # not given back: it lapses instead
+            await settle_many(msgs, NAK)
 
     async def _state_for(self, msg: Msg, subscription: str) -> DeliveryState:
         headers = msg.headers or {}
@@ -145,7 +148,7 @@ class DeliveryOps(LogBase):
             one = self._leases.take(delivery_id)
             if one is not None:
                 held.append(one)
-        await asyncio.gather(*(settle(one.msg, ACK) for one in held))
+        await settle_many([one.msg for one in held], ACK)
 
     async def retry(
         self,
@@ -207,7 +210,7 @@ class DeliveryOps(LogBase):
             )
             released.append((held, state))
         await self._save([state for _, state in released])
-        await asyncio.gather(*(settle(held.msg, NAK) for held, _ in released))
+        await settle_many([held.msg for held, _ in released], NAK)
 
     async def redrive(
         self, *, delivery_ids: Sequence[int] | None = None, subscription: str | None = None

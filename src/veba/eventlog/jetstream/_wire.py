@@ -5,9 +5,12 @@ has nothing), direct gets, and reading a stream through a throwaway consumer."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import json
-from collections.abc import AsyncGenerator, Mapping, Sequence
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from nats.aio.client import Client
@@ -27,6 +30,7 @@ __all__ = [
     "pull",
     "scan",
     "settle",
+    "settle_many",
 ]
 
 TIMEOUT = 10.0
@@ -78,34 +82,119 @@ async def api(nc: Client, subject: str, request: Mapping[str, Any]) -> dict[str,
     return answer
 
 
+class _Replies:
+    """One wildcard inbox subscription per connection for the replies the log
+    awaits (publish acks, ack confirmations; not pulled messages, which come
+    on their own subjects), each handed by
+    its token to whoever waits for it: no subscription made and dropped per
+    request, and no task per awaited reply (nats-py's `next_msg` makes one)."""
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = weakref.ref(nc)  # the registry's key: a strong one would keep it for ever
+        self.prefix = nc.new_inbox()
+        self._lock = asyncio.Lock()
+        self._subscribed = False
+        self._waiting: dict[str, Callable[[Msg, str], None]] = {}
+        self._tokens = itertools.count()
+
+    async def expect(self, on_reply: Callable[[Msg, str], None]) -> str:
+        """A reply subject prefix whose replies (`<prefix>.<token>`) go to
+        `on_reply` with that token, until `forget`."""
+        if not self._subscribed:
+            async with self._lock:
+                nc = self._nc()
+                if not self._subscribed and nc is not None:
+                    await nc.subscribe(
+                        f"{self.prefix}.*.*", cb=self._on_reply, pending_msgs_limit=0,
+                        pending_bytes_limit=0,
+                    )  # fmt: skip
+                    self._subscribed = True
+        key = str(next(self._tokens))
+        self._waiting[key] = on_reply
+        return f"{self.prefix}.{key}"
+
+    def forget(self, reply: str) -> None:
+        self._waiting.pop(reply.rsplit(".", 1)[1], None)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        key, _, index = msg.subject[len(self.prefix) + 1 :].partition(".")
+        on_reply = self._waiting.get(key)
+        if on_reply is not None:
+            on_reply(msg, index)
+
+
+_REPLIES: weakref.WeakKeyDictionary[Client, _Replies] = weakref.WeakKeyDictionary()
+
+
+def _replies(nc: Client) -> _Replies:
+    replies = _REPLIES.get(nc)
+    if replies is None:
+        replies = _REPLIES[nc] = _Replies(nc)
+    return replies
+
+
+async def _awaited(
+    nc: Client,
+    send: Callable[[str], Awaitable[None]],
+    on_reply: Callable[[Msg, str], bool],
+    timeout: float,
+    what: str,
+) -> None:
+    """`send` with a reply prefix; then wait until `on_reply` (called with each
+    reply and its token) says it has had all it waits for. NoAnswer after
+    `timeout`; a reply's exception raised from `on_reply` ends the wait with it."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def take(msg: Msg, index: str) -> None:
+        if done.done():
+            return
+        try:
+            if on_reply(msg, index):
+                done.set_result(None)
+        except Exception as exc:  # the reply said no: the waiter raises it
+            done.set_exception(exc)
+
+    replies = _replies(nc)
+    reply = await replies.expect(take)
+    try:
+        await send(reply)
+        try:
+            async with asyncio.timeout(timeout):
+                await done
+        except TimeoutError as exc:
+            raise NoAnswer(f"{what}: no answer in {timeout} s") from exc
+    finally:
+        replies.forget(reply)
+        if not done.done():
+            done.cancel()
+
+
 async def publish_many(nc: Client, messages: Sequence[Outgoing]) -> list[dict[str, Any]]:
     """Publish in order on this connection and await every ack together: each
     message's PubAck (or its {"error": …}), in the order given. One connection
     delivers in order, so the stream stores them in that order."""
     if not messages:
         return []
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(f"{inbox}.*")
-    try:
+    acks: list[dict[str, Any] | None] = [None] * len(messages)
+    left = len(messages)
+
+    async def send(reply: str) -> None:
         for index, (subject, body, headers) in enumerate(messages):
-            await nc.publish(subject, body, reply=f"{inbox}.{index}", headers=dict(headers))
-        acks: list[dict[str, Any] | None] = [None] * len(messages)
-        left = len(messages)
-        while left:
-            try:
-                reply = await sub.next_msg(timeout=TIMEOUT)
-            except TimeoutError as exc:
-                raise NoAnswer(f"publish: {left} of {len(messages)} not acked") from exc
-            status = _status(reply)
-            if status is not None:  # 503: no stream takes the subject now (no leader)
-                raise NoAnswer(f"publish: status {status} (no stream can take it now)")
-            index = int(reply.subject.rsplit(".", 1)[1])
-            if acks[index] is None:
-                left -= 1
-            acks[index] = json.loads(reply.data)
-        return [ack for ack in acks if ack is not None]
-    finally:
-        await sub.unsubscribe()
+            await nc.publish(subject, body, reply=f"{reply}.{index}", headers=dict(headers))
+
+    def on_reply(msg: Msg, index: str) -> bool:
+        nonlocal left
+        status = _status(msg)
+        if status is not None:  # 503: no stream takes the subject now (no leader)
+            raise NoAnswer(f"publish: status {status} (no stream can take it now)")
+        at = int(index)
+        if acks[at] is None:
+            left -= 1
+        acks[at] = json.loads(msg.data)
+        return left == 0
+
+    await _awaited(nc, send, on_reply, TIMEOUT, f"publish of {len(messages)}")
+    return [ack for ack in acks if ack is not None]
 
 
 def check_ack(ack: Mapping[str, Any], what: str) -> int:
@@ -120,33 +209,46 @@ async def pull(
 ) -> list[Msg]:
     """What `consumer` has to give now, up to `batch` messages; [] at once when
     nothing. A consumer that is not there does not answer: JetStreamError after
-    `timeout`."""
+    `timeout`. Pulled messages come on their own subjects, to a subscription of
+    this pull's own; a callback takes them (no task per message, as
+    nats-py's `next_msg` makes)."""
     if batch <= 0:
         return []
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
+    what = f"pull from {stream}/{consumer}"
     msgs: list[Msg] = []
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def take(msg: Msg) -> None:
+        if done.done():
+            return
+        status = _status(msg)
+        if status is None:
+            msgs.append(msg)
+            if len(msgs) >= batch:
+                done.set_result(None)
+        elif status in ("404", "408", "409"):  # no more now / request done
+            done.set_result(None)
+        elif status != "100":  # 100: a heartbeat
+            error = NoAnswer if status == "503" else JetStreamError
+            done.set_exception(error(f"{what}: status {status}"))
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=take)
     try:
         request = json.dumps({"batch": batch, "no_wait": True}).encode()
         await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", request, reply=inbox)
-        while len(msgs) < batch:
-            try:
-                msg = await sub.next_msg(timeout=timeout)
-            except TimeoutError as exc:
-                if msgs:
-                    break
-                raise NoAnswer(f"pull from {stream}/{consumer}: no answer") from exc
-            status = _status(msg)
-            if status is None:
-                msgs.append(msg)
-            elif status in ("404", "408", "409"):  # no more now / request done
-                break
-            elif status != "100":  # 100: a heartbeat
-                error = NoAnswer if status == "503" else JetStreamError
-                raise error(f"pull from {stream}/{consumer}: status {status}")
+        try:
+            async with asyncio.timeout(timeout):
+                await done
+        except TimeoutError as exc:
+            if msgs:  # what came before the silence is ours
+                return msgs
+            raise NoAnswer(f"{what}: no answer") from exc
         return msgs
     finally:
         await sub.unsubscribe()
+        if not done.done():
+            done.cancel()
 
 
 async def direct_get(
@@ -202,15 +304,38 @@ async def settle(msg: Msg, kind: bytes, *, delay: float | None = None) -> None:
     """Ack, nak (after `delay` seconds) or keep a consumer's message, and wait
     until the server has taken it: a nak'd message can be pulled again once
     this returns, an acked one is off the work queue."""
-    if msg.reply is None or msg._client is None:
-        raise JetStreamError("not a message from a consumer")
+    await settle_many([msg], kind, delay=delay)
+
+
+async def settle_many(msgs: Sequence[Msg], kind: bytes, *, delay: float | None = None) -> None:
+    """`settle` each of `msgs`, the server's confirmations awaited together."""
+    if not msgs:
+        return
+    nc = msgs[0]._client
+    if nc is None or any(m.reply is None or m._client is not nc for m in msgs):
+        raise JetStreamError("not a message from a consumer of this connection")
     payload = kind
     if delay:
         payload += b" " + json.dumps({"delay": int(delay * 1e9)}).encode()
-    try:
-        await msg._client.request(msg.reply, payload, timeout=TIMEOUT)
-    except TimeoutError as exc:
-        raise NoAnswer(f"{kind.decode()}: no answer in {TIMEOUT} s") from exc
+    confirmed = [False] * len(msgs)
+    left = len(msgs)
+
+    async def send(reply: str) -> None:
+        for index, msg in enumerate(msgs):
+            assert msg.reply is not None
+            await nc.publish(msg.reply, payload, reply=f"{reply}.{index}")
+
+    def on_reply(msg: Msg, index: str) -> bool:
+        nonlocal left
+        if _status(msg) == "503":  # no one takes acks on that consumer now
+            raise NoAnswer(f"{kind.decode()}: no responders (status 503)")
+        at = int(index)
+        if not confirmed[at]:
+            confirmed[at] = True
+            left -= 1
+        return left == 0
+
+    await _awaited(nc, send, on_reply, TIMEOUT, kind.decode())
 
 
 def seq_of(msg: Msg) -> int:

@@ -47,7 +47,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import nats
@@ -57,25 +57,21 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from veba.eventlog.base import AppendResult, Delivery, Route
+from veba.eventlog.jetstream._append import Appending, QueuedAppend
 from veba.eventlog.jetstream._base import received
 from veba.eventlog.jetstream._deliveries import DeliveryOps
 from veba.eventlog.jetstream._errors import raises_log_errors
 from veba.eventlog.jetstream._leases import LeaseKeeper
 from veba.eventlog.jetstream._names import Names, token
 from veba.eventlog.jetstream._queries import Queries
-from veba.eventlog.jetstream._router import Routed, Routing
 from veba.eventlog.jetstream._state import DeliveryState
-from veba.eventlog.jetstream._wire import Outgoing, check_ack, scan, seq_of
-from veba.events import Event
+from veba.eventlog.jetstream._wire import scan, seq_of
 
 __all__ = ["JetStreamLog"]
 
-_DUPLICATE = 10077  # "maximum messages per subject exceeded": that event is logged already
-
 
 @raises_log_errors
-class JetStreamLog(DeliveryOps, Queries, Routing):
+class JetStreamLog(DeliveryOps, Queries, Appending):
     """`EventLog` on NATS JetStream (see the module's docstring for the layout)."""
 
     def __init__(
@@ -110,15 +106,16 @@ class JetStreamLog(DeliveryOps, Queries, Routing):
         self._router_kv: KeyValue | None = None
         self._router_task: asyncio.Task[None] | None = None
         self._routed_upto = 0
-        # Tests only: called with "events" once an append's events are written
-        # and "deliveries" once their deliveries are, to die there as a node may.
         self.crash_point: Callable[[str], None] | None = None
         self._consumers: set[str] = set()
         self._leases = LeaseKeeper(ack_wait)
         self._states: dict[int, DeliveryState] = {}  # of the deliveries this node holds
-        # Appends publish events, then deliveries: one at a time per node, so
-        # each subscription's deliveries are in the order of their events.
-        self._append_lock = asyncio.Lock()
+        # Appends publish events, then deliveries, one group at a time per node
+        # (_append.py), so each subscription's deliveries are in the order of
+        # their events.
+        self._appends: list[QueuedAppend] = []
+        self._appender: asyncio.Task[None] | None = None
+        self._answering: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         if self._client is not None:
@@ -182,6 +179,7 @@ class JetStreamLog(DeliveryOps, Queries, Routing):
             await js.update_stream(config)
 
     async def close(self) -> None:
+        await self._stop_appending()
         await self._stop_router()
         await self._leases.stop()
         self._states.clear()
@@ -190,79 +188,6 @@ class JetStreamLog(DeliveryOps, Queries, Routing):
                 await self._nc.drain()
             self._nc = None
             self._js = None
-
-    async def append(
-        self,
-        events: Sequence[Event],
-        *,
-        route: Route,
-        checkpoint: tuple[str, str] | None = None,
-        lease: Mapping[str, tuple[int, float]] | None = None,
-    ) -> AppendResult:
-        names = self.names
-        now = self._clock()
-        bodies = [e.to_json() for e in events]
-        routes = [tuple(route(e)) for e in events]
-        outgoing: list[Outgoing] = [
-            (
-                names.event_subject(e.source, e.id),
-                body,
-                {
-                    "Nats-Msg-Id": f"{token(e.source)}.{token(e.id)}",
-                    "Veba-Received": repr(now),
-                    "Veba-Subject": token(e.subject),
-                    "Veba-Type": token(e.type),
-                    "Veba-Routes": ",".join(token(sub) for sub in subs),
-                },
-            )
-            for e, body, subs in zip(events, bodies, routes, strict=True)
-        ]
-        new: list[tuple[int, int]] = []
-        repeats: list[int] = []  # seqs of events logged by an earlier append
-        async with self._append_lock:
-            acks = await self._publish_acks(outgoing)
-            for index, ack in enumerate(acks):
-                error = ack.get("error")
-                if error and error.get("err_code") == _DUPLICATE:
-                    continue  # logged before the duplicate window: the router's if unmarked
-                if ack.get("duplicate"):
-                    if (seq := check_ack(ack, "append")) > self._routed_upto:
-                        repeats.append(seq)
-                else:
-                    new.append((check_ack(ack, "append"), index))
-            self._crashed_at("events")
-            deliveries: list[Routed] = []
-            for seq, index in new:
-                event = events[index]
-                deliveries.extend(
-                    self._deliveries_of(seq, bodies[index], event, now, routes[index])
-                )
-            # A repeat within the window may be a retry of an append that died
-            # before its deliveries: its recorded ones again (dropped if made).
-            for msg in await self._recorded(repeats) if repeats else ():
-                if msg is not None:
-                    deliveries.extend(self._redo(msg))
-            per_sub = await self._deliver(deliveries, "append: deliveries")
-            self._crashed_at("deliveries")
-            await self._mark([seq for seq, _ in new] + repeats)
-            if checkpoint is not None:
-                value = {"name": checkpoint[0], "value": checkpoint[1], "updated": now}
-                await self._checkpoint_kv().put(token(checkpoint[0]), json.dumps(value).encode())
-        leased: list[Delivery] = []
-        for sub, (count, ttl) in (lease or {}).items():
-            if per_sub.get(sub, 0) > 0 and count > 0:
-                # Leased after the publish, as `lease` leases: the subscription's
-                # oldest open deliveries, which are the new ones unless it has a
-                # backlog (a dispatcher asks for room only when it has none).
-                leased.extend(await self.lease(sub, min(count, per_sub[sub]), ttl))
-        duplicates = len(events) - len(new)
-        return AppendResult(
-            len(new), duplicates, dict(per_sub), tuple(new), now, leased=tuple(leased)
-        )
-
-    def _crashed_at(self, point: str) -> None:
-        if self.crash_point is not None:
-            self.crash_point(point)
 
     async def get_checkpoint(self, name: str) -> str | None:
         try:
