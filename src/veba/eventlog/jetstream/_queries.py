@@ -126,10 +126,28 @@ class Queries(LogBase):
         return state.info()
 
     async def counts(self) -> dict[str, dict[str, int]]:
+        """From the states, plus the open deliveries that have none yet (never
+        leased, or a first lease's state lost): the work queue's count of each
+        subscription's subject less its open states. Not one read per open
+        delivery, as listing them takes: a backlog of a million is counted by
+        the server. A delivery settled between the two reads may be counted
+        open for that moment."""
+        names = self.names
         out: dict[str, dict[str, int]] = {}
-        for state in await self._all_deliveries(None):
+        open_states: Counter[str] = Counter()
+        async for _, state in self._all_states():
             by_status = out.setdefault(state.subscription, {})
             by_status[state.status] = by_status.get(state.status, 0) + 1
+            if state.status in ("pending", "leased"):  # still on the work queue
+                open_states[state.subscription] += 1
+        info = await self._jetstream().stream_info(
+            names.deliveries, subjects_filter=names.all(names.deliveries)
+        )
+        for subject, queued in (info.state.subjects or {}).items():
+            sub = names.subscription_of(subject)
+            if (stateless := queued - open_states[sub]) > 0:
+                by_status = out.setdefault(sub, {})
+                by_status["pending"] = by_status.get("pending", 0) + stateless
         return out
 
     async def backlog(self) -> dict[str, Backlog]:
