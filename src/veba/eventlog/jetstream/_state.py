@@ -6,10 +6,11 @@ deliveries stream (`DeliveryState.pending_from`)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, cast
+
+import orjson
 
 from veba.eventlog.base import Attempt, DeliveryInfo, Status
 from veba.eventlog.jetstream._names import token, untoken
@@ -89,13 +90,15 @@ class DeliveryState:
         self.last_status, self.last_error = attempt.status, error
 
     def to_json(self) -> bytes:
-        data = asdict(self)
-        data["history"] = [list(asdict(a).values()) for a in self.history]
-        return json.dumps(data).encode()
+        # Field by field, not `asdict` (which copies deeply): one is written per
+        # lease and per ack. A failed attempt is a row, in Attempt's field order.
+        data: dict[str, Any] = {name: getattr(self, name) for name in _FIELDS}
+        data["history"] = [[getattr(a, name) for name in _ATTEMPT_FIELDS] for a in self.history]
+        return orjson.dumps(data)
 
     @classmethod
     def from_json(cls, body: bytes) -> DeliveryState:
-        data: dict[str, Any] = json.loads(body)
+        data: dict[str, Any] = orjson.loads(body)
         history = [Attempt(*row) for row in data.pop("history")]
         data["status"] = cast(Status, data["status"])
         return cls(**data, history=history)
@@ -129,3 +132,7 @@ class DeliveryState:
             last_error=self.last_error,
             history=history,
         )
+
+
+_FIELDS = tuple(f.name for f in fields(DeliveryState) if f.name != "history")
+_ATTEMPT_FIELDS = tuple(f.name for f in fields(Attempt))
