@@ -18,8 +18,9 @@ NATS_URL = "nats://127.0.0.1:4222"
 
 
 @contextlib.asynccontextmanager
-async def prefixed_buckets() -> AsyncIterator[tuple[Client, str]]:
-    client = await nats.connect(NATS_URL, connect_timeout=10)
+async def prefixed_buckets(servers: list[str] | None = None) -> AsyncIterator[tuple[Client, str]]:
+    """On the machine's NATS server, or on `servers` (a test's own cluster)."""
+    client = await nats.connect(servers or [NATS_URL], connect_timeout=10)
     prefix = f"t{uuid.uuid4().hex[:12]}"
     try:
         yield client, prefix

@@ -236,3 +236,11 @@ def nats_cluster_fixture() -> Iterator[NatsCluster]:
     """A started 3-node cluster; stopped and removed after the test, pass or fail."""
     with NatsCluster() as cluster:
         yield cluster
+
+
+@pytest.fixture(name="cluster", scope="module")
+def module_cluster_fixture() -> Iterator[NatsCluster]:
+    """One 3-server cluster shared by a module's tests (conformance suites run
+    on it, each test under its own names); stopped and removed after them."""
+    with NatsCluster() as cluster:
+        yield cluster

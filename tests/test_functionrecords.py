@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.jetstream_buckets import prefixed_buckets
+from tests.natscluster import NatsCluster, module_cluster_fixture  # noqa: F401
 from veba.codearchive import pack_folder
 from veba.functionrecords import FileFunctionRecords, FunctionRecords
 from veba.jetstream.functions import JetStreamFunctionRecords
@@ -186,3 +187,17 @@ class TestJetStreamRecords(RecordsConformance):
         second, second_digest = code(tmp_path, "two")
         await records.save("fn", definition("fn", second_digest), second)
         assert [o.name for o in await objects.list(ignore_deletes=True)] == [f"fn/{second_digest}"]
+
+
+class TestJetStreamRecordsOnACluster(RecordsConformance):
+    """The suite again on a 3-server cluster, bucket and object store on all three."""
+
+    @pytest.fixture
+    async def records(self, cluster: NatsCluster) -> AsyncIterator[FunctionRecords]:
+        async with prefixed_buckets(cluster.urls) as (client, prefix):
+            self.client, self.prefix = client, prefix
+            yield JetStreamFunctionRecords(client, prefix, replicas=3)
+
+    @pytest.fixture
+    def another(self, records: FunctionRecords) -> Callable[[], FunctionRecords]:
+        return lambda: JetStreamFunctionRecords(self.client.jetstream(), self.prefix, replicas=3)

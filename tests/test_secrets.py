@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.jetstream_buckets import prefixed_buckets
+from tests.natscluster import NatsCluster, module_cluster_fixture  # noqa: F401
 from veba.jetstream import JetStreamSecretBlobs
 from veba.secrets import FileSecretBlobs, SecretBlobs, SecretError, SecretExists, SecretStore
 
@@ -182,3 +183,12 @@ class TestJetStreamSecrets(SecretConformance):
         raw = await kv.get("vc=password")
         assert raw.value is not None and b"distinctive" not in raw.value
         assert raw.value.startswith(b"gAAAAA")  # a Fernet token
+
+
+class TestJetStreamSecretsOnACluster(SecretConformance):
+    """The suite again on a 3-server cluster, the bucket kept on all three."""
+
+    @pytest.fixture
+    async def blobs(self, cluster: NatsCluster) -> AsyncIterator[SecretBlobs]:
+        async with prefixed_buckets(cluster.urls) as (client, prefix):
+            yield JetStreamSecretBlobs(client, prefix, replicas=3)

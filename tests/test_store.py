@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.jetstream_buckets import prefixed_buckets
+from tests.natscluster import NatsCluster, module_cluster_fixture  # noqa: F401
 from tests.support import ServedAppliance
 from veba.eventlog import SQLiteLog
 from veba.eventlog.schema import MIGRATIONS
@@ -211,6 +212,15 @@ class TestJetStreamStore(StoreConformance):
     async def store(self, clock: Clock) -> AsyncIterator[Store]:
         async with prefixed_buckets() as (client, prefix):
             yield JetStreamStore(client, prefix, clock=clock)
+
+
+class TestJetStreamStoreOnACluster(StoreConformance):
+    """The suite again on a 3-server cluster, the bucket kept on all three."""
+
+    @pytest.fixture
+    async def store(self, clock: Clock, cluster: NatsCluster) -> AsyncIterator[Store]:
+        async with prefixed_buckets(cluster.urls) as (client, prefix):
+            yield JetStreamStore(client, prefix, replicas=3, clock=clock)
 
 
 async def test_jetstream_store_refuses_what_nats_cannot_carry(clock: Clock) -> None:

@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,11 @@ import pytest
 
 from tests.eventlog.conformance import EventLogConformance, failed, make_event, ok, to
 from tests.jetstream_buckets import delete_everything_named
-from tests.natscluster import NatsCluster, nats_cluster_fixture  # noqa: F401
+from tests.natscluster import (  # noqa: F401
+    NatsCluster,
+    module_cluster_fixture,
+    nats_cluster_fixture,
+)
 from veba.eventlog import LogUnavailable
 from veba.eventlog.jetstream import JetStreamLog, _deliveries
 from veba.eventlog.jetstream._router import mark_body, marked_seqs
@@ -60,13 +64,6 @@ class TestJetStreamLog(EventLogConformance):
     """The whole conformance suite. (`include_delayed` is SQLite's alone,
     tests/eventlog/test_sqlite.py: a retried delivery waits out its delay on the
     server, nak with delay, where no lease reaches it before it is due.)"""
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[NatsCluster]:
-    """One 3-server cluster for the module's cluster tests (its folders go with it)."""
-    with NatsCluster() as started:
-        yield started
 
 
 class TestJetStreamLogOnACluster(EventLogConformance):

@@ -17,8 +17,10 @@ reads again and decides again.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -67,6 +69,10 @@ class JetStreamStore:
         self.bucket = bucket_name(prefix, "store")
         self._clock = clock
         self._kv = Lazy(lambda: key_value(self._js, self.bucket, replicas=replicas))
+        # One write of a key at a time from this node: nats-server 2.9 on a
+        # cluster can let two compare-and-sets racing on one key both win
+        # (docs/design.md, "Known limits"), so a node never races itself.
+        self._writers = KeyLocks()
 
     async def get(self, namespace: str, key: str) -> Entry | None:
         check_namespace(namespace)
@@ -89,6 +95,18 @@ class JetStreamStore:
         ttl = check_ttl(ttl)
         data = encode_value(value)
         kv = await self._kv.get()
+        async with self._writers.held(f"{namespace}.{key}"):
+            return await self._put(kv, namespace, key, data, ttl, expect_revision)
+
+    async def _put(
+        self,
+        kv: KeyValue,
+        namespace: str,
+        key: str,
+        data: bytes,
+        ttl: float | None,
+        expect_revision: int | None,
+    ) -> Entry:
         while True:
             now = self._clock()
             last, current = await _current(kv, namespace, key, now)
@@ -121,6 +139,12 @@ class JetStreamStore:
         check_namespace(namespace)
         check_key(key)
         kv = await self._kv.get()
+        async with self._writers.held(f"{namespace}.{key}"):
+            return await self._delete(kv, namespace, key, expect_revision)
+
+    async def _delete(
+        self, kv: KeyValue, namespace: str, key: str, expect_revision: int | None
+    ) -> bool:
         while True:
             last, current = await _current(kv, namespace, key, self._clock())
             if expect_revision is not None and expect_revision != (
@@ -198,3 +222,24 @@ async def _current(kv: KeyValue, namespace: str, key: str, now: float) -> tuple[
     last, got = await at_revision(kv, f"{namespace}.{key}")
     entry = None if got is None else _entry(namespace, key, last, got.value)
     return last, entry if entry is not None and _live(entry, now) else None
+
+
+class KeyLocks:
+    """A lock per key, there only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def held(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 
@@ -41,6 +42,10 @@ class LeaseKeeper:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # When the keeper looks next (inf while it looks): a lease due before
+        # then wakes it, any other waits. Not a wake per lease, each a pass
+        # over every lease held (a node leases thousands a second).
+        self._next_look = math.inf
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="veba-js-leases")
@@ -60,8 +65,13 @@ class LeaseKeeper:
         self.held.clear()
 
     def hold(self, delivery_id: int, msg: Msg, subscription: str, until: float) -> None:
-        self.held[delivery_id] = Held(msg, subscription, until, time.time())
-        self._wake.set()
+        now = time.time()
+        self.held[delivery_id] = Held(msg, subscription, until, now)
+        self._due(until, now)
+
+    def _due(self, until: float, touched: float) -> None:
+        if min(until, touched + self._ack_wait / 3) < self._next_look:
+            self._wake.set()
 
     def take(self, delivery_id: int) -> Held | None:
         """The held message, no longer kept (settled, retried, released)."""
@@ -74,10 +84,12 @@ class LeaseKeeper:
         held.until = until
         await settle(held.msg, WORKING)
         held.touched = time.time()
-        self._wake.set()
+        self._due(held.until, held.touched)
 
     async def _run(self) -> None:
         while not self._stopping:
+            self._wake.clear()
+            self._next_look = math.inf  # a lease held meanwhile wakes the next wait at once
             now = time.time()
             upcoming = now + _IDLE
             for delivery_id, held in list(self.held.items()):
@@ -97,6 +109,7 @@ class LeaseKeeper:
                     held.touched = now
                     touch = now + self._ack_wait / 3
                 upcoming = min(upcoming, held.until, touch)
-            self._wake.clear()
+            self._next_look = upcoming
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, upcoming - time.time()))
+                async with asyncio.timeout(max(0.0, upcoming - time.time())):
+                    await self._wake.wait()
