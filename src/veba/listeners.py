@@ -25,6 +25,12 @@ from dataclasses import dataclass
 __all__ = ["Address", "ListenError", "Listener", "ListenerPlan", "plain_ip", "plan_listeners"]
 
 LISTEN = "--listen"
+# How long every listener keeps an idle keep-alive connection (uvicorn's own
+# default is 5 s). Longer than the senders keep theirs (Go's net/http, VEBA's
+# router and Knative's, 90 s; httpx 5 s), so the sender closes an idle one
+# first and never sends an event on a connection the server is closing, which
+# it would hear of only as a reset.
+KEEP_ALIVE_SECONDS = 120
 WEBHOOK = "eventProvider.webhook.bindAddress"
 METRICS = "metricsProvider.default.bindAddress"
 _WILDCARDS = ("0.0.0.0", "::")

@@ -4,8 +4,10 @@ accepted do not pile up in memory. Measured on the real process: its VmRSS."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -128,3 +130,26 @@ def test_bad_limits_and_contradictions_are_refused_in_one_line(
     out = (result.stdout + result.stderr).strip()
     assert result.returncode != 0 and said in out, out
     assert len(out.splitlines()) == 1 and out.startswith("error: "), out
+
+
+def test_a_sender_s_keep_alive_connection_outlives_a_pause(appliance_factory: type) -> None:
+    # uvicorn closes a connection idle for 5 s unless told otherwise; a sender
+    # that keeps idle connections longer (Go's net/http, as VEBA's router and
+    # Knative's, 90 s) and posts after a pause raced that close: its event got
+    # a reset, not a 200. The appliance keeps idle connections 120 s.
+    app: ApplianceProcess = appliance_factory.start("--no-simulator")
+    conn = http.client.HTTPConnection("127.0.0.1", app.port, timeout=30)
+    headers = {**CE_JSON, "Authorization": f"Bearer {app.token}"}
+    try:
+        conn.request("POST", "/webhook", json.dumps(event("before", 10)), headers)
+        assert conn.getresponse().read() is not None and conn.sock is not None
+        first = conn.sock
+        # Idle past uvicorn's default: the pause itself is what is tested.
+        time.sleep(6.5)
+        conn.request("POST", "/webhook", json.dumps(event("after", 10)), headers)
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200
+        assert conn.sock is first  # the same connection, not a new one
+    finally:
+        conn.close()

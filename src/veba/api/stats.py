@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse, Response
 
 from veba.api.auth import CredentialsFirst, check_basic
 from veba.api.errors import install_error_handling
+from veba.listeners import KEEP_ALIVE_SECONDS
 
 if TYPE_CHECKING:
     from veba.appliance import Appliance
@@ -221,6 +222,7 @@ class SideServer:
                 log_level="warning",
                 access_log=False,
                 lifespan="off",
+                timeout_keep_alive=KEEP_ALIVE_SECONDS,
             )
         )
         self._task: asyncio.Task[None] | None = None

@@ -251,7 +251,7 @@ def serve(
         for line in problems[:-1]:
             err.print(f"[red]error:[/red] {line}", highlight=False)
         fail(problems[-1])
-    from veba.listeners import ListenError
+    from veba.listeners import KEEP_ALIVE_SECONDS, ListenError
 
     try:  # every socket bound before anything starts: a refusal loses nothing
         plan = settings.listeners()
@@ -297,6 +297,7 @@ def serve(
             log_level="warning" if log_level == "info" else log_level,
             access_log=False,
             timeout_graceful_shutdown=10,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
             ssl_certfile=str(tls_cert) if tls_cert else None,
             ssl_keyfile=str(tls_key) if tls_key else None,
         ),
