@@ -297,13 +297,7 @@ class VebaDriver(Driver):
     def _post(self, content: bytes, content_type: str, count: int) -> None:
         node = self._next_node()
         headers = {**node.headers, "Content-Type": content_type}
-        try:
-            response = node.client.post(WEBHOOK, content=content, headers=headers)
-        except (httpx.ReadError, httpx.RemoteProtocolError):
-            # A keep-alive connection the server closed as it was reused (uvicorn
-            # closes one idle for 5 s): sent again, as any sender would; the
-            # appliance drops a repeat of an event it has (dedup on source, id).
-            response = node.client.post(WEBHOOK, content=content, headers=headers)
+        response = node.client.post(WEBHOOK, content=content, headers=headers)
         if response.status_code != 200:
             raise RuntimeError(
                 f"POST {WEBHOOK} ({content_type}, {count} events) -> "

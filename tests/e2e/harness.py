@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -157,6 +158,24 @@ def write_stack(path: Path, functions: dict[str, dict[str, Any]]) -> Path:
         )
     )
     return path
+
+
+def deploy_recorders(app: ApplianceProcess, folder: Path, names: Iterable[str]) -> dict[str, Path]:
+    """Deploy a RECORDER function per name (topic VmPoweredOffEvent, two warm
+    workers) through `app`; the file each records into, by name."""
+    outs = {name: folder / f"{name}.jsonl" for name in names}
+    functions = {}
+    for name, out in outs.items():
+        write_function(folder / "fn" / name, RECORDER)
+        functions[name] = {
+            "lang": "python3-http",
+            "handler": f"./{name}",
+            "annotations": {"topic": "VmPoweredOffEvent"},
+            "labels": {"com.openfaas.scale.min": "2"},
+            "environment": {"OUT": str(out)},
+        }
+    app.cli("up", "-f", str(write_stack(folder / "fn" / "stack.yml", functions)))
+    return outs
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.harness import RECORDER, read_jsonl, wait_for, write_function, write_stack
+from tests.e2e.harness import deploy_recorders, read_jsonl, wait_for
 
 SAMPLE = Path(__file__).parent.parent / "data" / "cloudevent-vm-powered-off.json"
 TOTAL = 2000
@@ -20,18 +20,7 @@ BATCH = 50
 def test_sigkill_loses_no_acknowledged_event(appliance_factory: type, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     app = appliance_factory.start("--no-simulator", data_dir=data_dir)
-    outs = {name: tmp_path / f"{name}.jsonl" for name in ("alpha", "beta")}
-    functions = {}
-    for name, out in outs.items():
-        write_function(tmp_path / "fn" / name, RECORDER)
-        functions[name] = {
-            "lang": "python3-http",
-            "handler": f"./{name}",
-            "annotations": {"topic": "VmPoweredOffEvent"},
-            "labels": {"com.openfaas.scale.min": "2"},
-            "environment": {"OUT": str(out)},
-        }
-    app.cli("up", "-f", str(write_stack(tmp_path / "fn" / "stack.yml", functions)))
+    outs = deploy_recorders(app, tmp_path, ("alpha", "beta"))
 
     sample = json.loads(SAMPLE.read_text())
     batches = [

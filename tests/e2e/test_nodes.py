@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from tests.e2e.harness import (
-    RECORDER,
     ApplianceProcess,
+    deploy_recorders,
     read_jsonl,
     wait_for,
     write_function,
@@ -61,22 +61,6 @@ def nodes(tmp_path: Path) -> Iterator[Callable[[int], list[ApplianceProcess]]]:
     for node in started:
         node.stop()
     asyncio.run(delete_everything_named(name))
-
-
-def deploy_recorders(node: ApplianceProcess, tmp_path: Path) -> dict[str, Path]:
-    outs = {name: tmp_path / f"{name}.jsonl" for name in FUNCTIONS}
-    functions = {}
-    for name, out in outs.items():
-        write_function(tmp_path / "fn" / name, RECORDER)
-        functions[name] = {
-            "lang": "python3-http",
-            "handler": f"./{name}",
-            "annotations": {"topic": "VmPoweredOffEvent"},
-            "labels": {"com.openfaas.scale.min": "2"},
-            "environment": {"OUT": str(out)},
-        }
-    node.cli("up", "-f", str(write_stack(tmp_path / "fn" / "stack.yml", functions)))
-    return outs
 
 
 def batches_of(total: int) -> list[list[dict]]:
@@ -133,7 +117,7 @@ def test_three_nodes_deliver_every_event_to_every_function(
     nodes: Callable[[int], list[ApplianceProcess]], tmp_path: Path
 ) -> None:
     (first,) = nodes(1)
-    outs = deploy_recorders(first, tmp_path)
+    outs = deploy_recorders(first, tmp_path, FUNCTIONS)
     everyone = [first, *nodes(2)]  # they find the functions in NATS at start
     for node in everyone:
         with node.client() as api:
@@ -157,7 +141,7 @@ def test_a_node_killed_mid_stream_loses_nothing_acknowledged(
     nodes: Callable[[int], list[ApplianceProcess]], tmp_path: Path
 ) -> None:
     (first,) = nodes(1)
-    outs = deploy_recorders(first, tmp_path)
+    outs = deploy_recorders(first, tmp_path, FUNCTIONS)
     everyone = [first, *nodes(2)]
     senders = Senders(everyone, batches_of(6_000))
     wait_for(lambda: len(senders.acked) >= 2_000, 120, "a third of the events acknowledged")

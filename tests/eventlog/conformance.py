@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -30,6 +31,17 @@ def failed(n: int, status: int = 500) -> Attempt:
 def ok(n: int) -> Attempt:
     now = time.time()
     return Attempt(n, now, now, "ok", 200)
+
+
+async def settled_backlog(
+    log: EventLog, settled: Callable[[dict[str, Backlog]], bool]
+) -> dict[str, Backlog]:
+    """The backlog once `settled` holds, or as it stands after 5 s: a replicated
+    log (JetStream on a cluster) may count an ack's removal a moment later."""
+    deadline = time.monotonic() + 5
+    while not settled(backlog := await log.backlog()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return backlog
 
 
 class EventLogConformance:
@@ -235,19 +247,13 @@ class EventLogConformance:
             await log.ack(d.id, ok(1))
         # A replicated log may count an ack's removal a moment later (JetStream
         # on a cluster): what it shows must come right within a few seconds.
-        deadline = time.monotonic() + 5
-        while (left := (await log.backlog())["f"]).open != 1 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        left = (await settled_backlog(log, lambda b: b["f"].open == 1))["f"]
         assert left.open == 1 and (left.oldest or 0) >= after
         (last,) = await log.lease("f", 1, 30)
         await log.ack(last.id, ok(1))
         (rest,) = await log.lease("g", 1, 30)
         await log.ack(rest.id, ok(1))
-        deadline = time.monotonic() + 5
-        while (backlog := await log.backlog()).get("g", Backlog()).open and (
-            time.monotonic() < deadline
-        ):
-            await asyncio.sleep(0.02)  # as above: the ack's removal counted a moment later
+        backlog = await settled_backlog(log, lambda b: not b.get("g", Backlog()).open)
         assert "f" not in backlog  # nothing open, nothing dead
         assert backlog["g"].open == 0 and backlog["g"].oldest is None
         assert backlog["g"].dead == 1 and backlog["g"].lag(time.time()) == 0.0
