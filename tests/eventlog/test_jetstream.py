@@ -27,6 +27,7 @@ from veba.eventlog import LogUnavailable
 from veba.eventlog.jetstream import JetStreamLog, _deliveries
 from veba.eventlog.jetstream._router import mark_body, marked_seqs
 from veba.eventlog.jetstream._wire import JetStreamError
+from veba.events import Event, InvalidEvent
 
 SERVERS = ["nats://127.0.0.1:4222"]
 OpenLog = Callable[..., Awaitable[JetStreamLog]]
@@ -192,6 +193,26 @@ async def test_an_ack_whose_state_is_not_written_leaves_the_lease_to_lapse(
     assert (again.id, again.attempt) == (second.id, 2)
     await b.ack(again.id, ok(2))
     assert await b.counts() == {"f": {"delivered": 2}}
+
+
+async def test_an_event_over_the_server_s_max_payload_is_refused_alone(
+    open_log: OpenLog,
+) -> None:
+    # Appends are written in groups: one too large for a NATS message must not
+    # take the appends beside it down with it.
+    log = await open_log()
+    blob = "x" * log._conn().max_payload
+    huge = Event.from_json(
+        json.dumps({"specversion": "1.0", "id": "big", "source": "big", "type": "t", "data": blob})
+    )
+    results = await asyncio.gather(
+        log.append([huge], route=to("f")),
+        log.append([make_event(1)], route=to("f")),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], InvalidEvent) and "max_payload" in str(results[0])
+    assert not isinstance(results[1], BaseException) and results[1].accepted == 1
+    assert [r.event.id for r in await log.events()] == [make_event(1).id]
 
 
 async def test_a_lease_whose_state_is_lost_still_delivers_and_is_recorded_at_ack(

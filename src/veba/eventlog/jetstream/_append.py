@@ -30,12 +30,15 @@ from veba.eventlog.base import AppendResult, Delivery, Route
 from veba.eventlog.jetstream._names import token
 from veba.eventlog.jetstream._router import Routed, Routing
 from veba.eventlog.jetstream._wire import JetStreamError, Outgoing, check_ack
-from veba.events import Event
+from veba.events import Event, InvalidEvent
 
 __all__ = ["Appending", "QueuedAppend"]
 
 log = logging.getLogger("veba.eventlog.jetstream")
 
+# The header names, separators and numbers of an event's or a delivery's
+# message (times, seqs, the subscription's and event's tokens counted apart).
+_HEADER_ROOM = 512
 _DUPLICATE = 10077  # "maximum messages per subject exceeded": that event is logged already
 
 
@@ -81,6 +84,7 @@ class Appending(Routing):
         checkpoint: tuple[str, str] | None = None,
         lease: Mapping[str, tuple[int, float]] | None = None,
     ) -> AppendResult:
+        self._refuse_too_large(events, route)
         answer: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         self._appends.append(QueuedAppend(events, route, checkpoint, lease or {}, answer))
         if self._appender is None or self._appender.done():
@@ -88,6 +92,22 @@ class Appending(Routing):
         # A caller that goes away (a request cancelled) leaves its append to finish:
         # the group is written for all of its appends, or for none.
         return await asyncio.shield(answer)
+
+    def _refuse_too_large(self, events: Sequence[Event], route: Route) -> None:
+        """An event whose message would be over the server's max_payload is
+        refused here, with its own append alone: in a group, nats-py's refusal
+        would fail every append beside it, and a message over the limit only
+        with its headers makes the server drop the connection."""
+        limit = self._conn().max_payload
+        for event in events:
+            # Its headers, as the event's or a delivery's message carries them, at most.
+            names = (event.source, event.id, event.source, event.id, event.subject, event.type)
+            headers = sum(len(token(n)) for n in (*names, *route(event))) + _HEADER_ROOM
+            if (size := len(event.to_json()) + headers) > limit:
+                raise InvalidEvent(
+                    f"event {event.id}: {size} bytes with its NATS headers; the NATS server"
+                    f" takes messages of {limit} bytes at most (its max_payload)"
+                )
 
     async def _stop_appending(self) -> None:
         tasks = [*self._answering, *([self._appender] if self._appender else [])]
