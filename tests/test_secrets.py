@@ -125,6 +125,28 @@ class SecretConformance:
         assert await other.put("shared", b"rotated", replace=True) is True
         assert await store.get("shared") == b"rotated"
 
+    async def test_the_version_changes_with_every_write_and_every_node_sees_it(
+        self, store: SecretStore, tmp_path: Path
+    ) -> None:
+        assert await store.version("rotating") is None
+        await store.put("rotating", SECRET)
+        first = await store.version("rotating")
+        assert first is not None
+        assert await store.version("rotating") == first  # reading changes nothing
+        await store.get("rotating")
+        assert await store.version("rotating") == first
+        other = another_node(store, tmp_path)
+        assert await other.version("rotating") == first
+        await other.put("rotating", SECRET, replace=True)  # the same value, written again
+        second = await store.version("rotating")
+        assert second not in (None, first)
+        await store.put("unrelated", b"another-distinct-value")
+        assert await store.version("rotating") == second
+        await store.remove("rotating")
+        assert await store.version("rotating") is None
+        with pytest.raises(SecretError, match="is not valid"):
+            await store.version("../escape")
+
     async def test_secrets_appear_in_no_error_or_repr(
         self, store: SecretStore, tmp_path: Path
     ) -> None:

@@ -495,6 +495,9 @@ class Functions:
         # Under `serve --tls-cert`, the PEM certificate workers pin for the API.
         self._api_certificate = api_certificate
         self._pool_tokens: dict[FunctionRuntime, str] = {}
+        # The version of each secret a pool's workers were started with (see
+        # _follow_secrets): a secret replaced through another node restarts them.
+        self._secrets_read: dict[FunctionRuntime, dict[str, str | None]] = {}
         self._deployments: dict[str, Deployment] = {}
         # /etc/hosts lines of isolated workers: gateway.openfaas (set by the appliance).
         self.hosts: tuple[str, ...] = ()
@@ -624,6 +627,7 @@ class Functions:
             self._revoke(deployment.pool)
 
     def _revoke(self, pool: FunctionRuntime) -> None:
+        self._secrets_read.pop(pool, None)
         token = self._pool_tokens.pop(pool, None)
         if token is not None and self._store_tokens is not None:
             self._store_tokens.revoke(token)
@@ -711,24 +715,23 @@ class Functions:
             for old in list(self._deployments.values()):
                 if secret not in old.definition.secrets:
                     continue
-                definition = old.definition
-                pool = await self._start_pool(definition, old.code_dir, _quiet)
-                await self._stop_deployment(old)
-                fresh = Deployment(
-                    definition,
-                    old.subscription,
-                    old.policy,
-                    old.code_dir,
-                    start_paused=old.paused,
-                )
-                self._deployments[definition.name] = fresh
-                self._attach(fresh, pool)
-                self._logs.write(definition.name, "system", f"restarted: secret {secret!r} changed")
-                self._activity.report(
-                    "info", f"restarted {definition.name}: secret {secret!r} changed"
-                )
-                restarted.append(definition.name)
+                name = old.definition.name
+                await self._restart_fresh(old)
+                self._logs.write(name, "system", f"restarted: secret {secret!r} changed")
+                self._activity.report("info", f"restarted {name}: secret {secret!r} changed")
+                restarted.append(name)
         return restarted
+
+    async def _restart_fresh(self, old: Deployment) -> None:
+        """`old` again on new workers, which read its secrets anew (under the lock)."""
+        definition = old.definition
+        pool = await self._start_pool(definition, old.code_dir, _quiet)
+        await self._stop_deployment(old)
+        fresh = Deployment(
+            definition, old.subscription, old.policy, old.code_dir, start_paused=old.paused
+        )
+        self._deployments[definition.name] = fresh
+        self._attach(fresh, pool)
 
     async def remove(self, name: str) -> bool:
         async with self._lock:
@@ -800,6 +803,26 @@ class Functions:
                 return
             if not self._in_step(name, records.get(name), self._deployments.get(name)):
                 await self._catch_up(name)
+        await self._follow_secrets()
+
+    async def _follow_secrets(self) -> None:
+        """Restart each function whose workers read a secret that has been written
+        since (through another node: a local replace restarts them itself). One
+        read per secret a running function declares."""
+        for name, deployment in sorted(self._deployments.items()):
+            read = self._secrets_read.get(deployment.pool) if deployment.pool else None
+            for secret, version in sorted((read or {}).items()):
+                if self._stopping.is_set():
+                    return
+                now = await self._secrets.version(secret)
+                if now is None or now == version:
+                    continue  # removed: what runs keeps the values it has
+                async with self._lock:
+                    if self._deployments.get(name) is not deployment:
+                        break  # redeployed or restarted meanwhile: read afresh
+                    await self._restart_fresh(deployment)
+                self._followed(name, f"secret {secret!r} changed on another node: restarted here")
+                break
 
     def _in_step(
         self, name: str, record: FunctionRecord | None, deployment: Deployment | None
@@ -949,6 +972,15 @@ class Functions:
         await asyncio.to_thread(_unpack, archive, deployment.code_dir, definition.where, entry)
 
     async def _start_pool(
+        self, definition: FunctionDefinition, code_dir: Path, progress: Progress
+    ) -> FunctionRuntime:
+        # Taken before the values are read: a write after it restarts the pool.
+        versions = {s: await self._secrets.version(s) for s in definition.secrets}
+        pool = await self._launch_pool(definition, code_dir, progress)
+        self._secrets_read[pool] = versions
+        return pool
+
+    async def _launch_pool(
         self, definition: FunctionDefinition, code_dir: Path, progress: Progress
     ) -> FunctionRuntime:
         where = f"functions.{definition.name}"

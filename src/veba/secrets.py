@@ -81,6 +81,11 @@ class SecretBlobs(Protocol):
         """False if there was nothing under `name`."""
         ...
 
+    async def version(self, name: str) -> str | None:
+        """A mark that changes whenever `name` is written (None if there is none):
+        how a node tells that another node replaced a secret its functions read."""
+        ...
+
 
 class FileSecretBlobs:
     """One file per secret, `<folder>/<name>.secret`, owner-only, written atomically."""
@@ -120,6 +125,14 @@ class FileSecretBlobs:
             return False
         return True
 
+    async def version(self, name: str) -> str | None:
+        # Written by rename: every write is a new inode, even within one clock tick.
+        try:
+            st = self._path(name).stat()
+        except FileNotFoundError:
+            return None
+        return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+
 
 def valid_secret_name(name: str) -> bool:
     return bool(_NAME.fullmatch(name)) and len(name) <= 253
@@ -156,6 +169,10 @@ class SecretStore:
 
     async def exists(self, name: str) -> bool:
         return await self.blobs.read(self._checked(name)) is not None
+
+    async def version(self, name: str) -> str | None:
+        """Changes whenever the secret is written, on any node (None: no such secret)."""
+        return await self.blobs.version(self._checked(name))
 
     async def put(self, name: str, value: bytes, *, replace: bool = False) -> bool:
         """Store a single-value secret; returns True if it replaced an existing one."""

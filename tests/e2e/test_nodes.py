@@ -194,7 +194,7 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def test_a_function_and_a_secret_made_through_one_node_serve_deliveries_on_another(
+def test_a_function_and_a_secret_made_or_rotated_through_one_node_serve_deliveries_on_another(
     nodes: Callable[[int], list[ApplianceProcess]], tmp_path: Path
 ) -> None:
     a, _, c = nodes(3)  # all running before anything is made
@@ -228,3 +228,19 @@ def test_a_function_and_a_secret_made_through_one_node_serve_deliveries_on_anoth
     assert any(r["pid"] in on_c for r in records), "no delivery ran on node C"
     expected = hashlib.sha256(b"t0p-s3cret").hexdigest()
     assert {r["secret"] for r in records} == {expected}
+
+    # Rotated through A: C's workers restart with the new value (C follows the
+    # secrets its functions read), and no event is lost across the restart.
+    a.cli("secret", "create", "api-token", "--replace", input="r0tated-s3cret\n")
+    rotated = hashlib.sha256(b"r0tated-s3cret").hexdigest()
+
+    def rotated_on_c() -> bool:
+        probe = Senders([c], batches_of(BATCH))
+        probe.join()
+        wait_for(lambda: set(probe.acked) <= set(received(out)), 60, "the probe delivered")
+        got = {r["secret"] for r in read_jsonl(out) if r["id"] in set(probe.acked)}
+        return got == {rotated}
+
+    wait_for(rotated_on_c, 60, "node C's function to read the secret rotated through A")
+    records = read_jsonl(out)
+    assert any(r["pid"] in descendants(c.proc.pid) and r["secret"] == rotated for r in records)

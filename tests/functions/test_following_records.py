@@ -204,6 +204,43 @@ async def test_a_secret_made_through_one_node_reaches_the_workers_on_the_other(
         assert await answer(a, "reads") == b"read it"
 
 
+async def test_a_secret_replaced_through_one_node_restarts_its_readers_on_the_other(
+    tmp_path: Path, venv_cache: Path, buckets: tuple[Client, str], keys: Path
+) -> None:
+    reader = (
+        "def handle(req):\n"
+        "    got = open('/var/openfaas/secrets/api-token').read()\n"
+        "    return {'old-value-from-a': 'old', 'new-value-from-a': 'new'}.get(got, 'neither')\n"
+    )
+    async with (
+        Node(tmp_path / "a", venv_cache, buckets, keys) as a,
+        Node(tmp_path / "b", venv_cache, buckets, keys) as b,
+    ):
+        await a.secrets.put("api-token", b"old-value-from-a")
+        await a.functions.deploy(payload(tmp_path, "reads", reader, secrets=["api-token"]), print)
+        await a.functions.deploy(payload(tmp_path, "other", answering("untouched")), print)
+        await ready(b, "reads")
+        other_on_b = await ready(b, "other")
+        assert await answer(b, "reads") == b"old"
+        # As `veba secret create --replace` through A does: write, then restart A's readers.
+        await a.secrets.put("api-token", b"new-value-from-a", replace=True)
+        assert await a.functions.restart_using("api-token") == ["reads"]
+        assert await answer(a, "reads") == b"new"
+
+        await wait_until(lambda: any("api-token" in line for line in b.followed()), 30)
+        assert await answer(b, "reads") == b"new"
+        assert b.followed()[-1] == (
+            "function reads secret 'api-token' changed on another node: restarted here"
+        )
+        assert b.functions.get("other") is other_on_b  # declares no secret: not restarted
+        # A, whose own replace restarted its readers, does not restart them again.
+        a_reads = a.functions.get("reads")
+        for _ in range(5):
+            await a.functions._follow_once()
+        assert a.functions.get("reads") is a_reads
+        assert not [line for line in a.followed() if "api-token" in line]
+
+
 async def test_records_on_this_nodes_disk_are_not_followed(
     tmp_path: Path, venv_cache: Path
 ) -> None:

@@ -61,6 +61,10 @@ class JetStreamSecretBlobs:
         _, entry = await at_revision(await self._kv.get(), _key(name))
         return None if entry is None else entry.value
 
+    async def version(self, name: str) -> str | None:
+        revision, entry = await at_revision(await self._kv.get(), _key(name))
+        return None if entry is None else str(revision)
+
     async def write(self, name: str, blob: bytes, *, replace: bool) -> bool:
         kv = await self._kv.get()
         while True:
