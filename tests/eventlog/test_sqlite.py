@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import time
@@ -179,3 +180,33 @@ async def test_a_replay_larger_than_allowed_does_nothing(log: SQLiteLog) -> None
         await log.replay("late", at_most=4)
     assert await log.lease("late", 100, 30) == []
     assert await log.replay("late", at_most=5) == 5
+
+
+async def test_the_wal_is_written_over_not_grown_under_a_steady_stream_of_appends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The checkpointer rewinds a WAL past its limit (at the latest once it is four
+    # times over, waiting for the writer), so under a steady stream of appends the
+    # file is written over from its start rather than grown: its size stays within
+    # a few limits however much is appended (here some twelve limits' worth).
+    from veba.eventlog import _threads
+
+    limit = 1 << 20
+    monkeypatch.setattr(_threads, "_WAL_LIMIT", limit)
+    log = SQLiteLog(tmp_path / "events.db")
+    await log.open()
+    wal = tmp_path / "events.db-wal"
+    try:
+        checkpointer = log._checkpointer
+        key, biggest = 0, 0
+        while checkpointer.passes < 20:  # ~4 s at a pass every 0.2 s
+            events = [make_event(key + i).with_attribute("padding", "x" * 1000) for i in range(10)]
+            key += 10
+            await log.append(events, route=to("f"))
+            biggest = max(biggest, wal.stat().st_size)
+            await asyncio.sleep(0.005)  # a steady stream, not one burst
+        appended = await log.read(lambda conn: conn.execute("SELECT COUNT(*) FROM events").fetchone())
+        assert appended[0] * 4096 > 10 * limit  # a page or more of WAL per event
+        assert limit < biggest < 8 * limit, f"WAL reached {biggest / limit:.2f}x the limit"
+    finally:
+        await log.close()
