@@ -568,6 +568,8 @@ def _nodes(setup: Setup, nodes: list[NodesResult]) -> list[str]:
         )
     one_batch = one.events_per_s("batch") if one else None
     three_batch = three.events_per_s("batch") if three else None
+    one_light = one.events_per_s("light") if one else None
+    three_light = three.events_per_s("light") if three else None
     floor_ratio = _quotient(one_batch, floor_batch)
     nats_p99 = [n.p99_ms for n in nodes if n.name.startswith("nats-") and n.p99_ms is not None]
     worst = max(nats_p99) if nats_p99 else None
@@ -580,6 +582,8 @@ def _nodes(setup: Setup, nodes: list[NodesResult]) -> list[str]:
         f"| {_num(floor_ratio, '.2f')} | {_met(_at_least(floor_ratio, TARGET_FLOOR_SHARE))} |",
         f"| 3 nodes never below 1 node (batch, medians) | {_ratio(three_batch, one_batch)} "
         f"| {_met(_at_least(_quotient(three_batch, one_batch), 1.0))} |",
+        f"| 3 nodes never below 1 node (per event, medians) | {_ratio(three_light, one_light)} "
+        f"| {_met(_at_least(_quotient(three_light, one_light), 1.0))} |",
         f"| p99 ≤ {TARGET_NODES_P99_MS:g} ms at {TARGET_RATE:g}/s, worst NATS row (ms) "
         f"| {_num(worst, '.2f')} | "
         f"{_met(None if worst is None or not at_rate else worst <= TARGET_NODES_P99_MS)} |",
