@@ -103,6 +103,16 @@ SCALE_IDLE = "veba.scale.idle"  # idle time before a worker is retired (min and 
 OVERLAP = "veba.overlap"  # calls one worker runs at once: for I/O-bound handlers
 MAX_INFLIGHT_ENV = "max_inflight"  # OpenFaaS's watchdog setting
 FOLLOW_EVERY = 1.0  # seconds between two reads of records other nodes share
+# A function this node could not start is tried again after RETRY_FIRST seconds,
+# then twice as long each time up to RETRY_MOST: what failed may mend itself (an
+# index unreachable while its venv was built, a secret created afterwards).
+RETRY_FIRST = 30.0
+RETRY_MOST = 600.0
+
+
+def retry_delay(tries: int, first: float = RETRY_FIRST) -> float:
+    """Seconds before the next start of a function that failed `tries` times."""
+    return float(min(first * 2.0 ** max(tries - 1, 0), max(RETRY_MOST, first)))
 
 
 def pack_code(handler_dir: Path) -> str:
@@ -384,6 +394,15 @@ def _scale(
 
 
 @dataclass
+class _Unstartable:
+    """A record's definition this node could not start, and its next try."""
+
+    definition: dict[str, Any]
+    tries: int
+    retry_at: float  # time.monotonic()
+
+
+@dataclass
 class Deployment:
     definition: FunctionDefinition
     subscription: Subscription
@@ -470,6 +489,7 @@ class Functions:
         max_workers: int = DEFAULT_MAX_WORKERS,
         records: FunctionRecords | None = None,
         follow_every: float = FOLLOW_EVERY,
+        retry_first: float = RETRY_FIRST,
     ) -> None:
         # This node's unpacked code (its workers' folders); what is kept of each
         # function is `records` (the same folders, unless given another backend).
@@ -513,9 +533,11 @@ class Functions:
         self._follow_every = follow_every
         self._follower: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()  # a cancel nats-py swallows must not keep it going
-        # The record definitions this node failed to start, by name: not tried
-        # again every second, only once the record changes.
-        self._unstartable: dict[str, dict[str, Any]] = {}
+        # The record definitions this node failed to start, by name, with how
+        # often and when to try again: not every second, and at once if the record
+        # changes.
+        self._unstartable: dict[str, _Unstartable] = {}
+        self._retry_first = retry_first
 
     # -- queries ---------------------------------------------------------------
 
@@ -584,13 +606,20 @@ class Functions:
             # Only this node writes its own folders: nothing to follow there.
             self._follower = asyncio.create_task(self.follow())
 
-    def _start_in_background(self, deployment: Deployment) -> None:
-        task = asyncio.create_task(self._start_saved(deployment))
+    def _start_in_background(self, deployment: Deployment, tries: int = 0) -> None:
+        task = asyncio.create_task(self._start_saved(deployment, tries))
         self._starting.add(task)
         task.add_done_callback(self._starting.discard)
 
-    async def _start_saved(self, deployment: Deployment) -> None:
+    async def _start_saved(self, deployment: Deployment, tries: int = 0) -> None:
         name = deployment.definition.name
+        if tries:  # an earlier start failed: wait, then try again if still wanted
+            with contextlib.suppress(TimeoutError):
+                delay = retry_delay(tries, self._retry_first)
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            if self._stopping.is_set() or self._deployments.get(name) is not deployment:
+                return
+            deployment.status, deployment.error = "starting", None
         try:
             await self._fetch_code(deployment)
             pool = await self._start_pool(deployment.definition, deployment.code_dir, _quiet)
@@ -598,8 +627,10 @@ class Functions:
             deployment.status, deployment.error = "error", str(exc)
             if self._deployments.get(name) is not deployment:
                 return  # replaced or removed meanwhile: its failure is nobody's concern
-            self._logs.write(name, "system", f"could not start: {exc}")
-            self._activity.report("error", f"{name}: could not start: {exc}")
+            again = f"trying again in {retry_delay(tries + 1, self._retry_first):g} s"
+            self._logs.write(name, "system", f"could not start: {exc}; {again}")
+            self._activity.report("error", f"{name}: could not start: {exc}; {again}")
+            self._start_in_background(deployment, tries + 1)
             return
         if self._deployments.get(name) is not deployment:
             # Redeployed or removed while it started (here or on another node).
@@ -829,16 +860,25 @@ class Functions:
     ) -> bool:
         if record is None:
             return deployment is None
-        if deployment is None:  # one this node could not start is not tried again
-            return self._unstartable.get(name) == record.definition
+        if deployment is None:  # one this node could not start waits for its next try
+            return self._waits(name, record)
         return self._runs(name, record, deployment) and record.paused == deployment.paused
 
     def _runs(self, name: str, record: FunctionRecord, deployment: Deployment | None) -> bool:
         """Whether `deployment` is what this node runs for `record`: its definition,
-        or, when this node could not start the record's, what it ran before."""
-        if self._unstartable.get(name) == record.definition:
+        or, while this node waits to try the record's again, what it ran before."""
+        if self._waits(name, record):
             return True
         return deployment is not None and _same_definition(record, deployment)
+
+    def _waits(self, name: str, record: FunctionRecord) -> bool:
+        """Whether `record` is one this node could not start, its next try not due."""
+        failed = self._unstartable.get(name)
+        return (
+            failed is not None
+            and failed.definition == record.definition
+            and time.monotonic() < failed.retry_at
+        )
 
     async def _catch_up(self, name: str) -> None:
         """Bring `name` in line with its record, read again under the lock a local
@@ -883,7 +923,7 @@ class Functions:
     ) -> None:
         """A function new to this node, or redeployed elsewhere: as a local deploy,
         the new workers start before the old stop; if they cannot, the old keep
-        running (and this record is not tried again)."""
+        running, and the record is tried again later (`retry_delay`)."""
         what = "deployed" if old is None else "redeployed"
         try:
             definition = FunctionDefinition(**record.definition)
@@ -897,7 +937,7 @@ class Functions:
         deployment = Deployment(
             definition, subscription, policy, code_dir, start_paused=record.paused
         )
-        self._unstartable.pop(name, None)
+        failed_before = self._unstartable.pop(name, None)
         if old is None or old.pool is None:  # nothing running: start it as load() does
             self._deployments[name] = deployment
             self._rebuild_router()
@@ -915,6 +955,7 @@ class Functions:
                 record,
                 f"{what} on another node, cannot start here ({exc}); the"
                 f" version {old.definition.code_hash} keeps running",
+                failed_before,
             )
             return
         await self._stop_deployment(old)
@@ -939,8 +980,21 @@ class Functions:
                 self._revoke(pool)
             raise
 
-    def _cannot_start(self, name: str, record: FunctionRecord, why: str) -> None:
-        self._unstartable[name] = record.definition
+    def _cannot_start(
+        self,
+        name: str,
+        record: FunctionRecord,
+        why: str,
+        before: _Unstartable | None = None,
+    ) -> None:
+        tries = 1
+        if before is not None and before.definition == record.definition:
+            tries = before.tries + 1
+        delay = retry_delay(tries, self._retry_first)
+        self._unstartable[name] = _Unstartable(
+            record.definition, tries, time.monotonic() + delay
+        )
+        why = f"{why}; trying again in {delay:g} s"
         self._logs.write(name, "system", why)
         self._activity.report("error", f"function {name} {why}")
 

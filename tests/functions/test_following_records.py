@@ -18,7 +18,7 @@ from tests.functions.conftest import process_gone, wait_until
 from tests.jetstream_buckets import prefixed_buckets
 from veba.activity import Activity, Happening
 from veba.codearchive import pack_folder
-from veba.deployments import Deployment, Functions
+from veba.deployments import RETRY_FIRST, Deployment, Functions, retry_delay
 from veba.eventlog import SQLiteLog
 from veba.functionlogs import LogHub
 from veba.functions.supervisor import Invocation
@@ -50,7 +50,14 @@ class Node:
     """One node's `Functions` on the shared records and secrets, with its own
     event log, folders and activity lines; following every 0.2 s."""
 
-    def __init__(self, data: Path, venvs: Path, buckets: tuple[Client, str], keys: Path) -> None:
+    def __init__(
+        self,
+        data: Path,
+        venvs: Path,
+        buckets: tuple[Client, str],
+        keys: Path,
+        retry_first: float = RETRY_FIRST,
+    ) -> None:
         self.data = data
         self.log = SQLiteLog(data / "events.db")
         self.lines: list[str] = []
@@ -69,6 +76,7 @@ class Node:
             records=JetStreamFunctionRecords(*buckets),
             activity=activity,
             follow_every=0.2,
+            retry_first=retry_first,
         )
 
     def _heard(self, happening: Happening) -> None:
@@ -241,6 +249,38 @@ async def test_a_secret_replaced_through_one_node_restarts_its_readers_on_the_ot
         assert not [line for line in a.followed() if "api-token" in line]
 
 
+async def test_a_function_that_could_not_start_is_tried_again_until_it_starts(
+    tmp_path: Path, venv_cache: Path, buckets: tuple[Client, str], keys: Path
+) -> None:
+    reader = (
+        "def handle(req):\n"
+        "    got = open('/var/openfaas/secrets/api-token').read()\n"
+        "    return 'read it' if got == 'made-after-the-start-failed' else 'not it'\n"
+    )
+    async with Node(tmp_path / "a", venv_cache, buckets, keys) as a:
+        await a.secrets.put("api-token", b"made-before-the-deploy")
+        await a.functions.deploy(payload(tmp_path, "reads", reader, secrets=["api-token"]), print)
+        await a.secrets.remove("api-token")  # gone when node B starts
+        async with Node(tmp_path / "b", venv_cache, buckets, keys, retry_first=0.3) as b:
+            failed = "reads: could not start: functions.reads.secrets: secret 'api-token'"
+            await wait_until(lambda: any(line.startswith(failed) for line in b.lines), 60)
+            on_b = b.functions.get("reads")
+            assert on_b is not None and on_b.status == "error"
+            assert "does not exist" in (on_b.error or "")
+            # Tried again, twice as late each time, while it cannot start.
+            await wait_until(lambda: any("trying again in 1.2 s" in line for line in b.lines), 60)
+            await a.secrets.put("api-token", b"made-after-the-start-failed")
+            await wait_until(lambda: on_b.status == "ready", 60)  # at its next try
+            assert await answer(b, "reads") == b"read it"
+            assert b.functions.get("reads") is on_b  # the same deployment, now started
+
+
+def test_the_delay_before_each_new_try_doubles_up_to_ten_minutes() -> None:
+    assert [retry_delay(n) for n in (1, 2, 3, 4, 5, 6)] == [30, 60, 120, 240, 480, 600]
+    assert retry_delay(50) == 600
+    assert [retry_delay(n, 0.3) for n in (1, 2, 3)] == [0.3, 0.6, 1.2]
+
+
 async def test_records_on_this_nodes_disk_are_not_followed(
     tmp_path: Path, venv_cache: Path
 ) -> None:
@@ -279,10 +319,38 @@ async def test_a_redeploy_this_node_cannot_start_leaves_the_old_version_running(
         cannot = "function fn redeployed on another node, cannot start here"
         await wait_until(lambda: any(line.startswith(cannot) for line in b.lines), 30)
 
-        # Rounds later (B has followed another deploy since), not tried again.
+        # Rounds later (B has followed another deploy since), not tried again
+        # before its delay (30 s at first).
         await a.functions.deploy(payload(tmp_path, "marker", answering("m")), print)
         await ready(b, "marker")
         assert len([line for line in b.lines if line.startswith(cannot)]) == 1
+        running = b.functions.get("fn")
+        assert running is not None and running.definition == first.definition
+        assert await answer(b, "fn") == b"one"
+
+
+async def test_a_redeploy_this_node_cannot_start_is_tried_again_later_the_old_running_meanwhile(
+    tmp_path: Path, venv_cache: Path, buckets: tuple[Client, str], keys: Path
+) -> None:
+    other_keys = tmp_path / "other-keys"
+    other_keys.mkdir()
+    SecretStore(other_keys)  # a key of its own: node B cannot decrypt A's secrets
+    async with (
+        Node(tmp_path / "a", venv_cache, buckets, keys) as a,
+        Node(tmp_path / "b", venv_cache, buckets, other_keys, retry_first=0.3) as b,
+    ):
+        first = await a.functions.deploy(payload(tmp_path, "fn", answering("one")), print)
+        await ready(b, "fn", first.definition.code_hash)
+        await a.secrets.put("api-token", b"s3cr3t-from-node-a")
+        with_secret = payload(tmp_path, "fn", answering("two"), secrets=["api-token"])
+        await a.functions.deploy(with_secret, print)
+        cannot = "function fn redeployed on another node, cannot start here"
+        tries = [f"{cannot} (", "; trying again in 0.3 s", "; trying again in 0.6 s"]
+        await wait_until(
+            lambda: any(line.startswith(cannot) and tries[2] in line for line in b.lines), 60
+        )
+        said = [line for line in b.lines if line.startswith(cannot)]
+        assert tries[1] in said[0] and tries[2] in said[1]
         running = b.functions.get("fn")
         assert running is not None and running.definition == first.definition
         assert await answer(b, "fn") == b"one"
