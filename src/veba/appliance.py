@@ -50,8 +50,12 @@ __all__ = ["Appliance"]
 
 log = logging.getLogger("veba.appliance")
 
+RETENTION_LEASE = "log:retention"  # the lease whose holder prunes a shared log
+
 
 class Appliance:
+    retention_every = 60.0  # seconds between two retention passes
+
     def __init__(
         self,
         settings: ApplianceSettings,
@@ -164,10 +168,22 @@ class Appliance:
         if self.providers:
             self._tasks.append(asyncio.create_task(self._watch_providers(), name="providers"))
 
-    async def _prune(self, every: float = 60.0) -> None:
+    async def _prune(self) -> None:
         """Retention: drop old events that need nothing more, once a minute. The
         log prunes in short steps that give way to appends, so this may run long
-        without holding anything up."""
+        without holding anything up. With other nodes on the log (JetStream) one
+        prunes at a time, the holder of the retention lease: each pass walks the
+        whole shared log, and N nodes walking it at once would do it N times."""
+        while True:
+            try:
+                await lead(self.backends.leadership, RETENTION_LEASE, self._prune_passes)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the lease's store away, say: contend again
+                log.warning("retention: cannot take the retention lease (%s); again in 5 s", exc)
+                await asyncio.sleep(5)
+
+    async def _prune_passes(self) -> None:
         while True:
             try:
                 started = time.monotonic()
@@ -180,7 +196,9 @@ class Appliance:
                     )
             except (LogFull, OSError) as exc:
                 log.warning("retention: could not prune the log: %s", exc)
-            await asyncio.sleep(every)
+            except Exception:  # a bug in one pass must not end retention for good
+                log.exception("retention: a pass failed; the next comes as usual")
+            await asyncio.sleep(self.retention_every)
 
     async def _run_provider(self, provider: Provider) -> None:
         # A provider handles its own transient trouble; this only keeps a bug

@@ -263,6 +263,21 @@ async def test_a_delivery_offered_again_after_its_recorded_ack_is_not_made_twice
     assert info is not None and (info.status, info.attempts) == ("delivered", 1)
 
 
+async def test_two_nodes_pruning_at_once_both_finish_and_prune_each_event_once(
+    open_log: OpenLog,
+) -> None:
+    # Every node runs retention; two passes over the same old events must not
+    # fail on a message the other deleted first ("no message found").
+    a, b = await open_log(), await open_log()
+    await a.append([make_event(k) for k in range(1, 201)], route=to("f"))
+    leased = await a.lease("f", 200, 30)
+    await a.ack_many([(d.id, ok(1)) for d in leased])
+    pruned = await asyncio.gather(a.prune(time.time() + 1), b.prune(time.time() + 1))
+    assert sum(pruned) == 200  # each event counted by the node that deleted it
+    assert await a.events() == [] and await b.events() == []
+    assert await b.deliveries(subscription="f") == []
+
+
 async def test_names_that_are_no_subject_tokens_round_trip(log: JetStreamLog) -> None:
     sub, source = "fn with.dots*>", "https://vc.example.com/sdk"
     event = make_event(1, subject="a.b c", source=source)

@@ -22,6 +22,7 @@ from veba.eventlog.jetstream._wire import (
     JetStreamError,
     Outgoing,
     api,
+    delete,
     pull,
     scan,
     seq_of,
@@ -326,5 +327,5 @@ class DeliveryOps(LogBase):
         # Their states go too (those leased at least once have one).
         async for seq, state in self._all_states():
             if state.subscription == subscription and state.status in ("pending", "leased"):
-                await self._jetstream().delete_msg(names.states, seq)
+                await delete(self._jetstream(), names.states, seq)
         return int(answer.get("purged", 0))

@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from veba.eventlog.base import LogFull, LogUnavailable
 
@@ -336,6 +336,21 @@ async def settle_many(msgs: Sequence[Msg], kind: bytes, *, delay: float | None =
         return left == 0
 
     await _awaited(nc, send, on_reply, TIMEOUT, kind.decode())
+
+
+_NO_MESSAGE = 10057  # JetStream's err_code for a message that is not (or no longer) there
+
+
+async def delete(js: JetStreamContext, stream: str, seq: int) -> bool:
+    """Delete message `seq`; False if it was gone already (another node's prune
+    or forget deleted it first), which is what the caller wanted anyway."""
+    try:
+        await js.delete_msg(stream, seq)
+    except APIError as exc:
+        if exc.err_code == _NO_MESSAGE:
+            return False
+        raise
+    return True
 
 
 def seq_of(msg: Msg) -> int:

@@ -65,7 +65,7 @@ from veba.eventlog.jetstream._leases import LeaseKeeper
 from veba.eventlog.jetstream._names import Names, token
 from veba.eventlog.jetstream._queries import Queries
 from veba.eventlog.jetstream._state import DeliveryState
-from veba.eventlog.jetstream._wire import scan, seq_of
+from veba.eventlog.jetstream._wire import delete, scan, seq_of
 
 __all__ = ["JetStreamLog"]
 
@@ -212,14 +212,16 @@ class JetStreamLog(DeliveryOps, Queries, Appending):
             async for msg in dead:
                 keep.add(int((msg.headers or {})["Veba-Seq"]))
         gone: set[int] = set()
+        pruned = 0
         async with contextlib.aclosing(self._events(headers_only=True)) as found:
             async for msg in found:
                 seq = seq_of(msg)
                 if received(msg) < received_before and seq not in keep:
-                    await js.delete_msg(names.events, seq)
                     gone.add(seq)
+                    # Another node's pass may delete it first: then not counted here.
+                    pruned += await delete(js, names.events, seq)
         if gone:
             async for state_seq, state in self._all_states():
                 if state.seq in gone:
-                    await js.delete_msg(names.states, state_seq)
-        return len(gone)
+                    await delete(js, names.states, state_seq)
+        return pruned
