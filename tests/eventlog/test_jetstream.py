@@ -278,6 +278,19 @@ async def test_two_nodes_pruning_at_once_both_finish_and_prune_each_event_once(
     assert await b.deliveries(subscription="f") == []
 
 
+async def test_two_nodes_redriving_the_same_dead_letters_at_once_both_finish(
+    open_log: OpenLog,
+) -> None:
+    a, b = await open_log(), await open_log()
+    await a.append([make_event(k) for k in range(1, 51)], route=to("f"))
+    for delivery in await a.lease("f", 50, 30):
+        await a.dead(delivery.id, failed(1, 400))
+    await asyncio.gather(a.redrive(subscription="f"), b.redrive(subscription="f"))
+    assert await a.deliveries(subscription="f", status="dead") == []
+    offered = await b.lease("f", 200, 30)  # at least once: a race may offer one twice
+    assert {d.event.data["Key"] for d in offered} == set(range(1, 51))
+
+
 async def test_names_that_are_no_subject_tokens_round_trip(log: JetStreamLog) -> None:
     sub, source = "fn with.dots*>", "https://vc.example.com/sdk"
     event = make_event(1, subject="a.b c", source=source)

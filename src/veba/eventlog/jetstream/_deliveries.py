@@ -238,7 +238,8 @@ class DeliveryOps(LogBase):
                     state.status, state.attempts, state.adjust = "pending", 0, 0
                     state.available_at, state.finished = now, None
                     states.append(state)
-                await js.delete_msg(names.dlq, msg.metadata.sequence.stream)
+                # Redriven by another node at once too: it is out of the DLQ either way.
+                await delete(js, names.dlq, msg.metadata.sequence.stream)
             await self._save(states)
 
         async with contextlib.aclosing(scan(js, nc, names.dlq, subjects=subjects)) as dead:
