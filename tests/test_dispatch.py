@@ -200,6 +200,28 @@ async def test_acks_the_log_refuses_for_a_while_are_recorded_without_redelivery(
     assert dispatcher.last_error is not None and "could not record" in dispatcher.last_error
 
 
+async def test_a_lease_that_fails_unexpectedly_is_tried_again_not_the_end_of_leasing(
+    log: SQLiteLog, start: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures = 2
+    lease = log.lease
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise ValueError("an answer nobody foresaw")
+        return await lease(*args, **kwargs)
+
+    monkeypatch.setattr(log, "lease", failing)
+    await log.append([make_event(k) for k in range(5)], route=route)
+    target = FakeTarget()
+    dispatcher = start(target, policy(maxInflight=4))
+    await until(lambda: all_delivered(log, 5), what="5 deliveries after two failed leases")
+    assert failures == 0
+    assert dispatcher.last_error == "lease failed: an answer nobody foresaw"
+
+
 async def test_stop_returns_even_when_its_cancel_meets_a_wake_up(log: SQLiteLog) -> None:
     # On Python 3.11, wait_for swallows a cancel that arrives as its wait ends:
     # the idle dispatcher woken and stopped in one breath kept leasing, and

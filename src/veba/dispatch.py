@@ -274,10 +274,14 @@ class Dispatcher:
                         self.name, room, self._ttl, include_delayed=self._ordered
                     )
                     failures = 0
-                except (LogFull, OSError, RuntimeError) as exc:
+                except Exception as exc:
+                    # Expected (the log away, full, closing) or not (a bug, a server
+                    # answer nobody foresaw): either way this loop must go on, or
+                    # the function would get nothing more on this node, silently.
                     failures += 1
                     self.last_error = f"lease failed: {exc}"
-                    log.error("%s: %s", self.name, self.last_error)
+                    expected = isinstance(exc, (LogFull, OSError, RuntimeError))
+                    log.error("%s: %s", self.name, self.last_error, exc_info=not expected)
                     await asyncio.sleep(min(0.1 * 2**failures, 5.0))
                     continue
                 for delivery in batch:
@@ -311,8 +315,12 @@ class Dispatcher:
         while True:
             await asyncio.sleep(self._ttl / 3)
             if self._in_hand:
-                with contextlib.suppress(LogFull, OSError):
+                try:
                     await self._log.extend(list(self._in_hand), self._ttl)
+                except (LogFull, OSError):
+                    pass  # the next round tries again; meanwhile the leases run on
+                except Exception:  # nor may a surprise end the renewals for good
+                    log.exception("%s: renewing %d lease(s) failed", self.name, self.in_hand)
 
     def _accept(self, delivery: Delivery) -> None:
         self._in_hand[delivery.id] = delivery
