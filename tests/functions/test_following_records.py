@@ -6,6 +6,7 @@ the function's workers on the other."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -44,6 +45,16 @@ def payload(tmp_path: Path, name: str, body: str, **fields: Any) -> dict[str, An
 
 def answering(text: str) -> str:
     return f"def handle(req):\n    return {text!r}\n"
+
+
+def secret_reader(answers: dict[str, str]) -> str:
+    """A handler answering by the value of its `api-token` secret (what a function
+    answers is scrubbed of its secrets, so it answers what it read, not the value)."""
+    return (
+        "def handle(req):\n"
+        "    got = open('/var/openfaas/secrets/api-token').read()\n"
+        f"    return {answers!r}.get(got, 'neither')\n"
+    )
 
 
 class Node:
@@ -195,12 +206,7 @@ async def test_pause_resume_and_removal_on_one_node_reach_the_other(
 async def test_a_secret_made_through_one_node_reaches_the_workers_on_the_other(
     tmp_path: Path, venv_cache: Path, buckets: tuple[Client, str], keys: Path
 ) -> None:
-    # What a function answers is scrubbed of its secrets: it says whether it read it.
-    reader = (
-        "def handle(req):\n"
-        "    got = open('/var/openfaas/secrets/api-token').read()\n"
-        "    return 'read it' if got == 's3cr3t-from-node-a' else 'not it'\n"
-    )
+    reader = secret_reader({"s3cr3t-from-node-a": "read it"})
     async with (
         Node(tmp_path / "a", venv_cache, buckets, keys) as a,
         Node(tmp_path / "b", venv_cache, buckets, keys) as b,
@@ -215,11 +221,7 @@ async def test_a_secret_made_through_one_node_reaches_the_workers_on_the_other(
 async def test_a_secret_replaced_through_one_node_restarts_its_readers_on_the_other(
     tmp_path: Path, venv_cache: Path, buckets: tuple[Client, str], keys: Path
 ) -> None:
-    reader = (
-        "def handle(req):\n"
-        "    got = open('/var/openfaas/secrets/api-token').read()\n"
-        "    return {'old-value-from-a': 'old', 'new-value-from-a': 'new'}.get(got, 'neither')\n"
-    )
+    reader = secret_reader({"old-value-from-a": "old", "new-value-from-a": "new"})
     async with (
         Node(tmp_path / "a", venv_cache, buckets, keys) as a,
         Node(tmp_path / "b", venv_cache, buckets, keys) as b,
@@ -252,11 +254,7 @@ async def test_a_secret_replaced_through_one_node_restarts_its_readers_on_the_ot
 async def test_a_function_that_could_not_start_is_tried_again_until_it_starts(
     tmp_path: Path, venv_cache: Path, buckets: tuple[Client, str], keys: Path
 ) -> None:
-    reader = (
-        "def handle(req):\n"
-        "    got = open('/var/openfaas/secrets/api-token').read()\n"
-        "    return 'read it' if got == 'made-after-the-start-failed' else 'not it'\n"
-    )
+    reader = secret_reader({"made-after-the-start-failed": "read it"})
     async with Node(tmp_path / "a", venv_cache, buckets, keys) as a:
         await a.secrets.put("api-token", b"made-before-the-deploy")
         await a.functions.deploy(payload(tmp_path, "reads", reader, secrets=["api-token"]), print)
@@ -301,29 +299,40 @@ async def test_records_on_this_nodes_disk_are_not_followed(
         await log.close()
 
 
-async def test_a_redeploy_this_node_cannot_start_leaves_the_old_version_running(
-    tmp_path: Path, venv_cache: Path, buckets: tuple[Client, str], keys: Path
-) -> None:
+CANNOT = "function fn redeployed on another node, cannot start here"
+
+
+@contextlib.asynccontextmanager
+async def a_redeploy_b_cannot_start(
+    tmp_path: Path, venv_cache: Path, buckets: tuple[Client, str], keys: Path, **b_options: Any
+) -> AsyncIterator[tuple[Node, Node, Deployment]]:
+    """Nodes A and B run `fn`; A redeploys it with a secret B cannot decrypt (B
+    has a key of its own). Yields A, B and the first version, once B said so."""
     other_keys = tmp_path / "other-keys"
     other_keys.mkdir()
-    SecretStore(other_keys)  # a key of its own: node B cannot decrypt A's secrets
+    SecretStore(other_keys)
     async with (
         Node(tmp_path / "a", venv_cache, buckets, keys) as a,
-        Node(tmp_path / "b", venv_cache, buckets, other_keys) as b,
+        Node(tmp_path / "b", venv_cache, buckets, other_keys, **b_options) as b,
     ):
         first = await a.functions.deploy(payload(tmp_path, "fn", answering("one")), print)
         await ready(b, "fn", first.definition.code_hash)
         await a.secrets.put("api-token", b"s3cr3t-from-node-a")
         with_secret = payload(tmp_path, "fn", answering("two"), secrets=["api-token"])
         await a.functions.deploy(with_secret, print)
-        cannot = "function fn redeployed on another node, cannot start here"
-        await wait_until(lambda: any(line.startswith(cannot) for line in b.lines), 30)
+        await wait_until(lambda: any(line.startswith(CANNOT) for line in b.lines), 30)
+        yield a, b, first
 
+
+async def test_a_redeploy_this_node_cannot_start_leaves_the_old_version_running(
+    tmp_path: Path, venv_cache: Path, buckets: tuple[Client, str], keys: Path
+) -> None:
+    async with a_redeploy_b_cannot_start(tmp_path, venv_cache, buckets, keys) as (a, b, first):
         # Rounds later (B has followed another deploy since), not tried again
         # before its delay (30 s at first).
         await a.functions.deploy(payload(tmp_path, "marker", answering("m")), print)
         await ready(b, "marker")
-        assert len([line for line in b.lines if line.startswith(cannot)]) == 1
+        assert len([line for line in b.lines if line.startswith(CANNOT)]) == 1
         running = b.functions.get("fn")
         assert running is not None and running.definition == first.definition
         assert await answer(b, "fn") == b"one"
@@ -332,25 +341,14 @@ async def test_a_redeploy_this_node_cannot_start_leaves_the_old_version_running(
 async def test_a_redeploy_this_node_cannot_start_is_tried_again_later_the_old_running_meanwhile(
     tmp_path: Path, venv_cache: Path, buckets: tuple[Client, str], keys: Path
 ) -> None:
-    other_keys = tmp_path / "other-keys"
-    other_keys.mkdir()
-    SecretStore(other_keys)  # a key of its own: node B cannot decrypt A's secrets
-    async with (
-        Node(tmp_path / "a", venv_cache, buckets, keys) as a,
-        Node(tmp_path / "b", venv_cache, buckets, other_keys, retry_first=0.3) as b,
-    ):
-        first = await a.functions.deploy(payload(tmp_path, "fn", answering("one")), print)
-        await ready(b, "fn", first.definition.code_hash)
-        await a.secrets.put("api-token", b"s3cr3t-from-node-a")
-        with_secret = payload(tmp_path, "fn", answering("two"), secrets=["api-token"])
-        await a.functions.deploy(with_secret, print)
-        cannot = "function fn redeployed on another node, cannot start here"
-        tries = [f"{cannot} (", "; trying again in 0.3 s", "; trying again in 0.6 s"]
+    retried = a_redeploy_b_cannot_start(tmp_path, venv_cache, buckets, keys, retry_first=0.3)
+    async with retried as (_, b, first):
+        tries = ["; trying again in 0.3 s", "; trying again in 0.6 s"]
         await wait_until(
-            lambda: any(line.startswith(cannot) and tries[2] in line for line in b.lines), 60
+            lambda: any(line.startswith(CANNOT) and tries[1] in line for line in b.lines), 60
         )
-        said = [line for line in b.lines if line.startswith(cannot)]
-        assert tries[1] in said[0] and tries[2] in said[1]
+        said = [line for line in b.lines if line.startswith(CANNOT)]
+        assert tries[0] in said[0] and tries[1] in said[1]
         running = b.functions.get("fn")
         assert running is not None and running.definition == first.definition
         assert await answer(b, "fn") == b"one"
