@@ -291,6 +291,55 @@ async def test_two_nodes_redriving_the_same_dead_letters_at_once_both_finish(
     assert {d.event.data["Key"] for d in offered} == set(range(1, 51))
 
 
+async def test_each_node_s_counts_follow_every_change_without_reading_everything_again(
+    open_log: OpenLog,
+) -> None:
+    # Node B keeps a tally as A and B change things; a fresh node C reads the
+    # whole log once: after each step all three agree, and B read only what was new.
+    a, b = await open_log(), await open_log()
+    await a.append([make_event(k) for k in range(1, 301)], route=to("f", "g"))
+    assert (await b.counts())["f"] == {"pending": 300}
+
+    async def agree() -> dict[str, dict[str, int]]:
+        fresh = await open_log()
+        counts = await fresh.counts()
+        await fresh.close()
+        assert await a.counts() == counts and await b.counts() == counts
+        return counts
+
+    leased = await b.lease("f", 200, 30)
+    await b.ack_many([(d.id, ok(1)) for d in leased[:120]])
+    for d in leased[120:140]:
+        await b.dead(d.id, failed(1, 400))
+    for d in leased[140:150]:
+        await b.retry(d.id, failed(1), time.time() + 3600)
+    assert (await agree())["f"] == {"delivered": 120, "dead": 20, "pending": 110, "leased": 50}
+    read_before = b._tally.states_seq if b._tally else 0
+    await a.redrive(subscription="f")
+    assert (await agree())["f"] == {"delivered": 120, "pending": 130, "leased": 50}
+    assert b._tally is not None and b._tally.states_seq > read_before  # read on from there
+    assert await a.forget("g") == 300
+    counts = await agree()
+    assert "g" not in counts
+    # Retention on A deletes the delivered events' states; B hears it from A's notice.
+    assert await a.prune(time.time() + 1) == 120
+    assert (await agree())["f"] == {"pending": 130, "leased": 50}
+
+
+async def test_a_node_that_missed_notices_of_deleted_states_reads_everything_again(
+    open_log: OpenLog, name: str
+) -> None:
+    a, b = await open_log(), await open_log()
+    await a.append([make_event(k) for k in range(1, 11)], route=to("f"))
+    await a.ack_many([(d.id, ok(1)) for d in await a.lease("f", 10, 30)])
+    assert (await b.counts())["f"] == {"delivered": 10}
+    assert await a.prune(time.time() + 1) == 10
+    # The notices gone before B read them (as after a day): B cannot tell what
+    # was deleted, so it reads the states anew rather than count what is gone.
+    await a._jetstream().purge_stream(f"{name}_gone")
+    assert await b.counts() == {}
+
+
 async def test_names_that_are_no_subject_tokens_round_trip(log: JetStreamLog) -> None:
     sub, source = "fn with.dots*>", "https://vc.example.com/sdk"
     event = make_event(1, subject="a.b c", source=source)

@@ -4,6 +4,7 @@ more than one part makes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
@@ -16,6 +17,7 @@ from nats.js.kv import KeyValue
 from veba.eventlog.jetstream._leases import LeaseKeeper
 from veba.eventlog.jetstream._names import Names
 from veba.eventlog.jetstream._state import DeliveryState
+from veba.eventlog.jetstream._tally import Tally, notice
 from veba.eventlog.jetstream._wire import (
     Outgoing,
     check_ack,
@@ -29,6 +31,7 @@ from veba.eventlog.jetstream._wire import (
 __all__ = ["CHUNK", "LogBase", "own_headers", "received"]
 
 CHUNK = 1000  # messages one publish_many sends
+_NOTICE_IDS = 5000  # delivery ids a notice of deleted states carries (~40 KB)
 
 
 def received(msg: Msg) -> float:
@@ -52,6 +55,8 @@ class LogBase:
     _consumers: set[str]
     _leases: LeaseKeeper
     _states: dict[int, DeliveryState]  # of the deliveries this node holds
+    _tally: Tally | None  # counts() (_queries.py)
+    _tally_lock: asyncio.Lock
 
     def _conn(self) -> Client:
         if self._nc is None:
@@ -78,6 +83,16 @@ class LogBase:
         for at in range(0, len(messages), CHUNK):
             acks.extend(await publish_many(self._conn(), messages[at : at + CHUNK]))
         return acks
+
+    async def _tell_deleted(self, delivery_ids: list[int]) -> None:
+        """Publish that these deliveries' states are deleted, for every node's
+        tally (_tally.py): a tally never sees a deletion in the states stream."""
+        subject = self.names.gone_subject
+        notices: list[Outgoing] = [
+            (subject, notice(delivery_ids[at : at + _NOTICE_IDS]), {})
+            for at in range(0, len(delivery_ids), _NOTICE_IDS)
+        ]
+        await self._publish(notices, "notice of deleted states")
 
     async def _get(self, stream: str, request: Mapping[str, Any]) -> Msg | None:
         """One message by `direct_get`'s request; from the stream's leader when
@@ -117,10 +132,13 @@ class LogBase:
             self._jetstream(), self._conn(), names.events, start=start, headers_only=headers_only
         )
 
-    async def _all_states(self) -> AsyncGenerator[tuple[int, DeliveryState], None]:
-        """Every delivery state, with the seq of its message in the states stream."""
+    async def _all_states(
+        self, start: int = 1, upto: int | None = None
+    ) -> AsyncGenerator[tuple[int, DeliveryState], None]:
+        """Every delivery state (from seq `start`, up to `upto`), with the seq of
+        its message in the states stream."""
         names = self.names
-        states = scan(self._jetstream(), self._conn(), names.states)
+        states = scan(self._jetstream(), self._conn(), names.states, start=start, upto=upto)
         async with contextlib.aclosing(states) as found:
             async for msg in found:
                 yield seq_of(msg), DeliveryState.from_json(msg.data)

@@ -82,6 +82,15 @@ class Names:
     def state_subject(self, delivery_id: int) -> str:
         return f"{self.prefix}.states.{delivery_id}"
 
+    # Notices of deleted states (ids), for the tallies counts() keeps (_tally.py).
+    @property
+    def gone(self) -> str:
+        return f"{self.prefix}_gone"
+
+    @property
+    def gone_subject(self) -> str:
+        return f"{self.prefix}.gone.states"
+
     # Which events' deliveries were made (router marks), and how far every
     # event's deliveries are known made (the router's watermark, a KV bucket).
     @property

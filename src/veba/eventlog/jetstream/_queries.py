@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections import Counter
 
 from nats.aio.msg import Msg
@@ -20,6 +21,7 @@ from veba.eventlog.base import (
 from veba.eventlog.jetstream._base import LogBase, received
 from veba.eventlog.jetstream._names import token, untoken
 from veba.eventlog.jetstream._state import DeliveryState
+from veba.eventlog.jetstream._tally import REBUILD_EVERY, Tally, notice_ids
 from veba.eventlog.jetstream._wire import scan, seq_of
 from veba.events import Event
 
@@ -126,20 +128,19 @@ class Queries(LogBase):
         return state.info()
 
     async def counts(self) -> dict[str, dict[str, int]]:
-        """From the states, plus the open deliveries that have none yet (never
+        """From this node's tally of the states (what was written since it last
+        looked, _tally.py), plus the open deliveries that have none yet (never
         leased, or a first lease's state lost): the work queue's count of each
         subscription's subject less its open states. Not one read per open
         delivery, as listing them takes: a backlog of a million is counted by
         the server. A delivery settled between the two reads may be counted
         open for that moment."""
         names = self.names
-        out: dict[str, dict[str, int]] = {}
-        open_states: Counter[str] = Counter()
-        async for _, state in self._all_states():
-            by_status = out.setdefault(state.subscription, {})
-            by_status[state.status] = by_status.get(state.status, 0) + 1
-            if state.status in ("pending", "leased"):  # still on the work queue
-                open_states[state.subscription] += 1
+        async with self._tally_lock:
+            out = (await self._tallied()).counts()
+        open_states = Counter(
+            {sub: got.get("pending", 0) + got.get("leased", 0) for sub, got in out.items()}
+        )
         info = await self._jetstream().stream_info(
             names.deliveries, subjects_filter=names.all(names.deliveries)
         )
@@ -149,6 +150,39 @@ class Queries(LogBase):
                 by_status = out.setdefault(sub, {})
                 by_status["pending"] = by_status.get("pending", 0) + stateless
         return out
+
+    async def _tallied(self) -> Tally:
+        """This node's tally brought up to date: the states written and the
+        notices of deleted ones published since it last looked; read anew from
+        the start when it is due (`REBUILD_EVERY`) or has missed notices."""
+        names, js = self.names, self._jetstream()
+        gone = (await js.stream_info(names.gone)).state
+        tally = self._tally
+        if (
+            tally is None
+            or time.monotonic() - tally.built > REBUILD_EVERY
+            or gone.first_seq > tally.gone_seq + 1  # notices it never read have expired
+        ):
+            tally = Tally()
+            tally.built = time.monotonic()
+            # What these notices name is deleted already: the full read won't find it.
+            tally.gone_seq = gone.last_seq
+        upto = (await js.stream_info(names.states)).state.last_seq
+        if upto > tally.states_seq:
+            async for _, state in self._all_states(start=tally.states_seq + 1, upto=upto):
+                tally.fold(state.id, state.subscription, state.status)
+            tally.states_seq = upto
+        if gone.last_seq > tally.gone_seq:
+            notices = scan(
+                js, self._conn(), names.gone, start=tally.gone_seq + 1, upto=gone.last_seq
+            )
+            async with contextlib.aclosing(notices) as found:
+                async for msg in found:
+                    for delivery_id in notice_ids(msg.data):
+                        tally.forget(delivery_id)
+            tally.gone_seq = gone.last_seq
+        self._tally = tally
+        return tally
 
     async def backlog(self) -> dict[str, Backlog]:
         """Open deliveries per subscription from the work queue's subject counts,

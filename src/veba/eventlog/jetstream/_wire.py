@@ -374,6 +374,14 @@ async def walk(
         start = seq_of(msg) + 1
 
 
+async def _nothing_after(
+    nc: Client, stream: str, subjects: str | None, read: int, upto: int | None
+) -> bool:
+    """Whether `stream` holds no message (of `subjects`) after seq `read` (up to `upto`)."""
+    after = await direct_get(nc, stream, {"seq": read + 1, "next_by_subj": subjects or ">"})
+    return after is None or (upto is not None and seq_of(after) > upto)
+
+
 async def scan(
     js: JetStreamContext,
     nc: Client,
@@ -402,12 +410,22 @@ async def scan(
         num_replicas=1,
     )
     info = await js.add_consumer(stream, config)
+    read = max(1, start) - 1  # the last seq read (or passed)
     try:
         while True:
-            msgs = await pull(nc, stream, info.name, batch, timeout=timeout)
+            try:
+                msgs = await pull(nc, stream, info.name, batch, timeout=timeout)
+            except NoAnswer:
+                # nats-server 2.9 may leave a pull unanswered when messages were
+                # deleted while the consumer read (another node's prune, say): its
+                # pending count goes wrong. Over, if nothing is left past `read`.
+                if await _nothing_after(nc, stream, subjects, read, upto):
+                    return
+                raise
             for msg in msgs:
                 if upto is not None and seq_of(msg) > upto:
                     return
+                read = seq_of(msg)
                 yield msg
             if not msgs or msgs[-1].metadata.num_pending == 0:
                 return

@@ -16,6 +16,8 @@ Layout (NAME is the constructor's `name`; see docs/design.md, "The JetStream log
 - `NAME_states` (stream, last message per subject): each delivery's status,
   attempts and failed attempts on `NAME.states.<id>`, written at every change
   after its first lease; what every node's inspection queries read.
+- `NAME_gone` (stream, limits, a day): the ids of deleted states, for the
+  tally each node keeps for `counts()` (_tally.py).
 - `NAME_routed` (stream, limits): marks, one per append, of the events whose
   deliveries it made; `NAME-router` (KV): the router's watermark (_router.py).
 - `NAME-checkpoints` (KV): provider checkpoints.
@@ -65,9 +67,12 @@ from veba.eventlog.jetstream._leases import LeaseKeeper
 from veba.eventlog.jetstream._names import Names, token
 from veba.eventlog.jetstream._queries import Queries
 from veba.eventlog.jetstream._state import DeliveryState
+from veba.eventlog.jetstream._tally import Tally
 from veba.eventlog.jetstream._wire import delete, scan, seq_of
 
 __all__ = ["JetStreamLog"]
+
+GONE_KEPT = 86400.0  # seconds a notice of deleted states is kept (NAME_gone)
 
 
 @raises_log_errors
@@ -110,6 +115,8 @@ class JetStreamLog(DeliveryOps, Queries, Appending):
         self._consumers: set[str] = set()
         self._leases = LeaseKeeper(ack_wait)
         self._states: dict[int, DeliveryState] = {}  # of the deliveries this node holds
+        self._tally: Tally | None = None
+        self._tally_lock = asyncio.Lock()
         # Appends publish events, then deliveries, one group at a time per node
         # (_append.py), so each subscription's deliveries are in the order of
         # their events.
@@ -155,6 +162,8 @@ class JetStreamLog(DeliveryOps, Queries, Appending):
         await self._stream(names.routed)
         await self._stream(names.dlq)
         await self._stream(names.states, max_msgs_per_subject=1)
+        # A tally that has not read a notice before it expires reads everything again.
+        await self._stream(names.gone, max_age=GONE_KEPT)
         self._kv = await self._jetstream().create_key_value(
             # Direct gets are answered by any replica: with several, read from the leader.
             bucket=names.checkpoints,
@@ -221,7 +230,10 @@ class JetStreamLog(DeliveryOps, Queries, Appending):
                     # Another node's pass may delete it first: then not counted here.
                     pruned += await delete(js, names.events, seq)
         if gone:
+            deleted: list[int] = []
             async for state_seq, state in self._all_states():
                 if state.seq in gone:
                     await delete(js, names.states, state_seq)
+                    deleted.append(state.id)
+            await self._tell_deleted(deleted)
         return pruned
