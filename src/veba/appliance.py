@@ -399,7 +399,8 @@ class Appliance:
         for name, (dispatcher, granted) in reserved.items():
             taken = handed.get(name, [])
             dispatcher.hand_over(taken, granted)
-            waiting[name] -= len(taken)
+            # Not in `deliveries` at all when every event was a duplicate.
+            waiting[name] = waiting.get(name, 0) - len(taken)
         self.wake({name: n for name, n in waiting.items() if n > 0})
 
     def _dispatcher(self, name: str) -> Dispatcher | None:
