@@ -29,10 +29,16 @@ def test_sigkill_loses_no_acknowledged_event(appliance_factory: type, tmp_path: 
     acked: list[str] = []
     lock = threading.Lock()
     token = {"Authorization": f"Bearer {app.token}"}  # the webhook's credential
+    # Each sender holds back its last quarter until just before the kill, so some
+    # are still to send then however fast the rest went (on a loaded CI machine
+    # all 2,000 were once acknowledged before the first deliveries had been made).
+    go_on = threading.Event()
 
     def send(my_batches: list[list[dict]]) -> None:
         with httpx.Client(base_url=app.url, timeout=30, headers=token) as http:
-            for batch in my_batches:
+            for index, batch in enumerate(my_batches):
+                if index == len(my_batches) * 3 // 4:
+                    go_on.wait(120)
                 try:
                     r = http.post(
                         "/webhook",
@@ -51,6 +57,7 @@ def test_sigkill_loses_no_acknowledged_event(appliance_factory: type, tmp_path: 
     # Kill once some events are acknowledged and some delivered, with more on the way.
     wait_for(lambda: len(acked) >= TOTAL // 3, 120, "a third of the events acknowledged")
     wait_for(lambda: len(read_jsonl(outs["alpha"])) >= 50, 120, "deliveries under way")
+    go_on.set()
     app.kill()
     for t in senders:
         t.join(timeout=60)

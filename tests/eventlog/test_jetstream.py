@@ -340,24 +340,6 @@ async def test_a_node_that_missed_notices_of_deleted_states_reads_everything_aga
     assert await b.counts() == {}
 
 
-async def test_a_jetstream_server_error_is_the_log_unavailable_and_a_refusal_a_bug() -> None:
-    # The webhook answers LogUnavailable with 503 (send again), anything else with 500.
-    from nats.js.errors import BadRequestError, ServerError
-
-    from veba.eventlog.jetstream._errors import _wrapped
-
-    async def server_error() -> None:
-        raise ServerError(code=500, err_code=10008, description="temporarily unavailable")
-
-    async def refusal() -> None:
-        raise BadRequestError(code=400, err_code=10052, description="invalid request")
-
-    with pytest.raises(LogUnavailable, match="temporarily unavailable"):
-        await _wrapped(server_error)()
-    with pytest.raises(BadRequestError):
-        await _wrapped(refusal)()
-
-
 async def test_names_that_are_no_subject_tokens_round_trip(log: JetStreamLog) -> None:
     sub, source = "fn with.dots*>", "https://vc.example.com/sdk"
     event = make_event(1, subject="a.b c", source=source)

@@ -4,10 +4,9 @@ A NATS that cannot answer now (no quorum while a cluster elects, the
 connection down, a request timed out) raises `LogUnavailable` from every
 method of the `EventLog` protocol, an `OSError` like `LogFull`: the webhook
 answers 503 so the sender tries again, a dispatcher backs off and leases
-again. So does a JetStream server error (500: trouble on the server's side,
-seen while a cluster re-elects after losing its meta leader), which nothing
-the caller sent caused. Anything else from NATS (a request it refuses, 4xx)
-is a bug, and stays as it is.
+again. Anything else from NATS (a request it refuses) is a bug, and stays as
+it is: JetStream answers some refusals with a 500 too ("replicas > 1 not
+supported in non-clustered mode"), so a 500 is no sign of a passing trouble.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ _METHODS = [
 
 def _unavailable(exc: BaseException) -> bool:
     if isinstance(exc, APIError):
-        return isinstance(exc, ServiceUnavailableError) or (exc.code or 0) >= 500
+        return isinstance(exc, ServiceUnavailableError)
     return isinstance(exc, (nats.errors.Error, TimeoutError, ConnectionError))
 
 
