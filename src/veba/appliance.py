@@ -177,8 +177,6 @@ class Appliance:
         while True:
             try:
                 await lead(self.backends.leadership, RETENTION_LEASE, self._prune_passes)
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # the lease's store away, say: contend again
                 log.warning("retention: cannot take the retention lease (%s); again in 5 s", exc)
                 await asyncio.sleep(5)

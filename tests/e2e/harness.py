@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -160,9 +160,17 @@ def write_stack(path: Path, functions: dict[str, dict[str, Any]]) -> Path:
     return path
 
 
-def deploy_recorders(app: ApplianceProcess, folder: Path, names: Iterable[str]) -> dict[str, Path]:
-    """Deploy a RECORDER function per name (topic VmPoweredOffEvent, two warm
-    workers) through `app`; the file each records into, by name."""
+def deploy_recorders(
+    app: ApplianceProcess,
+    folder: Path,
+    names: Iterable[str],
+    *,
+    topics: Mapping[str, str] | None = None,
+    delivery: Mapping[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Deploy a RECORDER function per name (its topic from `topics`, else
+    VmPoweredOffEvent; two warm workers; `delivery` its delivery settings)
+    through `app`; the file each records into, by name."""
     outs = {name: folder / f"{name}.jsonl" for name in names}
     functions = {}
     for name, out in outs.items():
@@ -170,9 +178,10 @@ def deploy_recorders(app: ApplianceProcess, folder: Path, names: Iterable[str]) 
         functions[name] = {
             "lang": "python3-http",
             "handler": f"./{name}",
-            "annotations": {"topic": "VmPoweredOffEvent"},
+            "annotations": {"topic": (topics or {}).get(name, "VmPoweredOffEvent")},
             "labels": {"com.openfaas.scale.min": "2"},
             "environment": {"OUT": str(out)},
+            **({"delivery": dict(delivery)} if delivery else {}),
         }
     app.cli("up", "-f", str(write_stack(folder / "fn" / "stack.yml", functions)))
     return outs

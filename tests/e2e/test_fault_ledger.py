@@ -34,13 +34,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.harness import (
-    RECORDER,
-    ApplianceProcess,
-    wait_for,
-    write_function,
-    write_stack,
-)
+from tests.e2e.harness import ApplianceProcess, deploy_recorders, wait_for
 from veba.events import BATCH_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE
 
 SAMPLE = json.loads(
@@ -182,20 +176,9 @@ def test_sigkills_lose_no_acknowledged_event(tmp_path: Path) -> None:
 def run(app: ApplianceProcess, tmp_path: Path, rng: random.Random, where: str) -> None:
     app.start()
     token = app.token
-    outs = {name: tmp_path / f"{name}.jsonl" for name in TOPICS}
-    functions = {}
-    for name, topic in TOPICS.items():
-        write_function(tmp_path / "fn" / name, RECORDER)
-        functions[name] = {
-            "lang": "python3-http",
-            "handler": f"./{name}",
-            "annotations": {"topic": topic},
-            "labels": {"com.openfaas.scale.min": "2"},
-            "environment": {"OUT": str(outs[name])},
-            # Kills fail attempts; retry soon and often enough never to dead-letter.
-            "delivery": {"retry": 100, "backoffDelay": "PT0.05S", "backoffCap": "PT1S"},
-        }
-    app.cli("up", "-f", str(write_stack(tmp_path / "fn" / "stack.yml", functions)))
+    # Kills fail attempts; retry soon and often enough never to dead-letter.
+    retry = {"retry": 100, "backoffDelay": "PT0.05S", "backoffCap": "PT1S"}
+    outs = deploy_recorders(app, tmp_path, TOPICS, topics=TOPICS, delivery=retry)
     received = {name: Received(path) for name, path in outs.items()}
 
     requests = make_requests(rng)

@@ -21,6 +21,7 @@ from veba.eventlog.jetstream._tally import Tally, notice
 from veba.eventlog.jetstream._wire import (
     Outgoing,
     check_ack,
+    delete,
     direct_get,
     publish_many,
     scan,
@@ -84,13 +85,18 @@ class LogBase:
             acks.extend(await publish_many(self._conn(), messages[at : at + CHUNK]))
         return acks
 
-    async def _tell_deleted(self, delivery_ids: list[int]) -> None:
-        """Publish that these deliveries' states are deleted, for every node's
-        tally (_tally.py): a tally never sees a deletion in the states stream."""
+    async def _delete_states(self, which: Callable[[DeliveryState], bool]) -> None:
+        """Delete the states `which` picks, and tell every node's tally which
+        (_tally.py): a tally never sees a deletion in the states stream. One
+        another node deleted first is its to tell."""
+        js, deleted = self._jetstream(), []
+        async for seq, state in self._all_states():
+            if which(state) and await delete(js, self.names.states, seq):
+                deleted.append(state.id)
         subject = self.names.gone_subject
         notices: list[Outgoing] = [
-            (subject, notice(delivery_ids[at : at + _NOTICE_IDS]), {})
-            for at in range(0, len(delivery_ids), _NOTICE_IDS)
+            (subject, notice(deleted[at : at + _NOTICE_IDS]), {})
+            for at in range(0, len(deleted), _NOTICE_IDS)
         ]
         await self._publish(notices, "notice of deleted states")
 

@@ -326,10 +326,8 @@ class DeliveryOps(LogBase):
                 self._leases.take(delivery_id)
                 self._states.pop(delivery_id, None)
         # Their states go too (those leased at least once have one).
-        deleted: list[int] = []
-        async for seq, state in self._all_states():
-            if state.subscription == subscription and state.status in ("pending", "leased"):
-                await delete(self._jetstream(), names.states, seq)
-                deleted.append(state.id)
-        await self._tell_deleted(deleted)
+        await self._delete_states(
+            lambda state: state.subscription == subscription
+            and state.status in ("pending", "leased")
+        )
         return int(answer.get("purged", 0))

@@ -230,10 +230,5 @@ class JetStreamLog(DeliveryOps, Queries, Appending):
                     # Another node's pass may delete it first: then not counted here.
                     pruned += await delete(js, names.events, seq)
         if gone:
-            deleted: list[int] = []
-            async for state_seq, state in self._all_states():
-                if state.seq in gone:
-                    await delete(js, names.states, state_seq)
-                    deleted.append(state.id)
-            await self._tell_deleted(deleted)
+            await self._delete_states(lambda state: state.seq in gone)
         return pruned
