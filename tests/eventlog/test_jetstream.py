@@ -613,3 +613,47 @@ async def test_a_cluster_without_a_quorum_is_log_unavailable_until_it_has_one_ag
         )
     finally:
         await log.close()
+
+
+async def test_a_node_started_while_its_cluster_has_no_quorum_waits_for_it(
+    nats_cluster: NatsCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A node started with its cluster (a reboot of everything, a cluster still
+    # electing) must not fail for a stream it cannot make yet: it waits.
+    import nats
+
+    from veba.jetstream._buckets import key_value
+    from veba.leadership import KVLeadership
+
+    nats_cluster.stop(1, kill=True)
+    nats_cluster.stop(2, kill=True)
+    name = f"t{uuid.uuid4().hex[:12]}"
+    log = JetStreamLog(nats_cluster.urls, name=name, replicas=3)
+    client = await nats.connect(nats_cluster.urls, max_reconnect_attempts=-1)
+    js = client.jetstream()
+    making = [
+        asyncio.create_task(log.open()),
+        asyncio.create_task(key_value(js, f"{name}_store", replicas=3)),
+        asyncio.create_task(KVLeadership.open(client, js, f"{name}_leases", replicas=3)),
+    ]
+    try:
+        async def each_told_to_wait() -> bool:
+            return caplog.text.count("JetStream cannot make") >= 3
+
+        await until(each_told_to_wait, 60)
+        assert not any(task.done() for task in making), [t for t in making if t.done()]
+        nats_cluster.start()  # all three again
+        done, _ = await asyncio.wait(making, timeout=90)
+        assert done == set(making)
+        for task in making:
+            task.result()  # raises what it raised, if anything
+        await log.append([make_event(1)], route=to("f"))
+        assert [d.event.data["Key"] for d in await log.lease("f", 10, 30)] == [1]
+        for stream in (f"{name}_events", f"KV_{name}_store", f"KV_{name}_leases"):
+            assert (await js.stream_info(stream)).config.num_replicas == 3
+    finally:
+        for task in making:
+            task.cancel()
+        await asyncio.gather(*making, return_exceptions=True)
+        await log.close()
+        await client.close()

@@ -10,13 +10,16 @@ changed its replicas or limits by hand.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+import nats.errors
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError, BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, KeyNotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -30,10 +33,14 @@ __all__ = [
     "kv_subject",
     "lost_race",
     "object_store",
+    "patiently",
     "written_keys",
 ]
 
 T = TypeVar("T")
+log = logging.getLogger("veba.jetstream")
+# How long making a stream or bucket waits for a cluster that cannot answer yet.
+MAKE_WITHIN = 60.0
 # JetStream's bucket alphabet; the suffixes veba adds are in it too.
 _PREFIX = re.compile(r"^[a-zA-Z0-9_-]{1,48}$")
 
@@ -61,20 +68,58 @@ def kv_subject(bucket: str, key: str) -> str:
     return f"$KV.{bucket}.{key}"
 
 
+def _not_yet(exc: BaseException) -> bool:
+    """NATS could not answer now: a request timed out, nobody responded, or
+    JetStream said it is unavailable (a cluster without its meta leader yet)."""
+    if isinstance(exc, APIError):
+        return isinstance(exc, ServiceUnavailableError)
+    return isinstance(exc, (nats.errors.TimeoutError, nats.errors.NoRespondersError, TimeoutError))
+
+
+async def patiently(make: Callable[[], Awaitable[T]], what: str, within: float = MAKE_WITHIN) -> T:
+    """`make()` (a stream or bucket looked up or made), tried again for `within`
+    seconds while NATS cannot answer: a cluster just started, or electing,
+    takes a while before it can make a replicated stream, and a node started
+    with it should wait for it rather than fail. Making the same stream twice
+    is no error, so a request that timed out after it was carried out is
+    harmless to repeat. A refusal raises at once."""
+    deadline = time.monotonic() + within
+    delay = 0.25
+    while True:
+        try:
+            return await make()
+        except Exception as exc:
+            if not _not_yet(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning(
+                "JetStream cannot make %s yet (%s): trying again", what, exc or type(exc).__name__
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 4.0)
+
+
 async def key_value(js: JetStreamContext, bucket: str, *, replicas: int) -> KeyValue:
     """The KV bucket, made (one revision kept per key) if it is not there yet."""
-    try:
-        return await js.key_value(bucket)
-    except BucketNotFoundError:
-        return await js.create_key_value(bucket=bucket, history=1, replicas=replicas)
+
+    async def find_or_make() -> KeyValue:
+        try:
+            return await js.key_value(bucket)
+        except BucketNotFoundError:
+            return await js.create_key_value(bucket=bucket, history=1, replicas=replicas)
+
+    return await patiently(find_or_make, f"bucket {bucket}")
 
 
 async def object_store(js: JetStreamContext, bucket: str, *, replicas: int) -> ObjectStore:
     """The object store, made if it is not there yet."""
-    try:
-        return await js.object_store(bucket)
-    except BucketNotFoundError:
-        return await js.create_object_store(bucket, replicas=replicas)
+
+    async def find_or_make() -> ObjectStore:
+        try:
+            return await js.object_store(bucket)
+        except BucketNotFoundError:
+            return await js.create_object_store(bucket, replicas=replicas)
+
+    return await patiently(find_or_make, f"object store {bucket}")
 
 
 async def written_keys(js: JetStreamContext, bucket: str, keys: str = ">") -> list[str]:

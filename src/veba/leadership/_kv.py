@@ -148,20 +148,25 @@ class KVLeadership:
         import nats.js.errors
         from nats.js.api import StorageType
 
-        try:
-            kv = await js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            # On file, not in memory: a NATS server that restarts within the
-            # TTL must still have the lease, or a contender would take it
-            # while its holder, still renewing in vain, believes it leads.
-            kv = await js.create_key_value(
-                bucket=bucket,
-                ttl=ttl,
-                history=1,
-                replicas=replicas,
-                storage=StorageType.FILE,
-                description="veba: which node reads each vCenter",
-            )
+        from veba.jetstream._buckets import patiently
+
+        async def find_or_make() -> KeyValue:
+            try:
+                return await js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                # On file, not in memory: a NATS server that restarts within the
+                # TTL must still have the lease, or a contender would take it
+                # while its holder, still renewing in vain, believes it leads.
+                return await js.create_key_value(
+                    bucket=bucket,
+                    ttl=ttl,
+                    history=1,
+                    replicas=replicas,
+                    storage=StorageType.FILE,
+                    description="veba: which node reads each vCenter",
+                )
+
+        kv = await patiently(find_or_make, f"lease bucket {bucket}")
         found = (await kv.status()).ttl
         if not found:
             raise ValueError(f"bucket {bucket!r} has no TTL: it cannot hold leases")

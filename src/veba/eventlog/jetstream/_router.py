@@ -44,6 +44,7 @@ from veba.eventlog.jetstream._wire import (
     seq_of,
 )
 from veba.events import Event
+from veba.jetstream._buckets import patiently
 
 __all__ = ["Routed", "Routing", "mark_body", "marked_seqs", "recorded_routes"]
 
@@ -142,8 +143,11 @@ class Routing(LogBase):
 
     async def _start_router(self) -> None:
         js, names = self._jetstream(), self.names
-        self._router_kv = kv = await js.create_key_value(
-            bucket=names.router, history=1, replicas=self.replicas, direct=self.replicas == 1
+        self._router_kv = kv = await patiently(
+            lambda: js.create_key_value(
+                bucket=names.router, history=1, replicas=self.replicas, direct=self.replicas == 1
+            ),
+            f"bucket {names.router}",
         )
         await self._begin_watermark()
         entry = await kv.get(WATERMARK)

@@ -69,6 +69,7 @@ from veba.eventlog.jetstream._queries import Queries
 from veba.eventlog.jetstream._state import DeliveryState
 from veba.eventlog.jetstream._tally import Tally
 from veba.eventlog.jetstream._wire import delete, scan, seq_of
+from veba.jetstream._buckets import patiently
 
 __all__ = ["JetStreamLog"]
 
@@ -164,12 +165,15 @@ class JetStreamLog(DeliveryOps, Queries, Appending):
         await self._stream(names.states, max_msgs_per_subject=1)
         # A tally that has not read a notice before it expires reads everything again.
         await self._stream(names.gone, max_age=GONE_KEPT)
-        self._kv = await self._jetstream().create_key_value(
-            # Direct gets are answered by any replica: with several, read from the leader.
-            bucket=names.checkpoints,
-            history=1,
-            replicas=self.replicas,
-            direct=self.replicas == 1,
+        self._kv = await patiently(
+            lambda: self._jetstream().create_key_value(
+                # Direct gets are answered by any replica: with several, read from the leader.
+                bucket=names.checkpoints,
+                history=1,
+                replicas=self.replicas,
+                direct=self.replicas == 1,
+            ),
+            f"bucket {names.checkpoints}",
         )
 
     async def _stream(self, name: str, **options: Any) -> None:
@@ -182,10 +186,14 @@ class JetStreamLog(DeliveryOps, Queries, Appending):
             **options,
         )
         js = self._jetstream()
-        try:
-            await js.add_stream(config)
-        except BadRequestError:  # there, with another config: this one is the current one
-            await js.update_stream(config)
+
+        async def make() -> None:
+            try:
+                await js.add_stream(config)
+            except BadRequestError:  # there, with another config: this one is the current one
+                await js.update_stream(config)
+
+        await patiently(make, f"stream {name}")
 
     async def close(self) -> None:
         await self._stop_appending()
