@@ -165,10 +165,14 @@ class Dispatcher:
         self._reserved = 0
         self._drained = False
         self._stopped = False
+        # The event loop, from `start`: asking asyncio for it (`create_task`)
+        # costs a getpid() system call, once a delivery otherwise.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         run = self._run() if self._leadership is None else self._run_leading(self._leadership)
         self._main = asyncio.create_task(run, name=f"dispatch:{self.name}")
         self._renewer = asyncio.create_task(self._renew(), name=f"renew:{self.name}")
@@ -337,7 +341,9 @@ class Dispatcher:
             chain.task = self._spawn(self._run_chain(key, chain))
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.create_task(coro)
+        if self._loop is None:  # handed deliveries before start (a test's dispatcher)
+            self._loop = asyncio.get_running_loop()
+        task: asyncio.Task[None] = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

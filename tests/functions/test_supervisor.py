@@ -79,6 +79,35 @@ async def test_timeout_kills_and_restarts_while_pipelined_calls_complete(
     assert any("timeout" in line for line in logs.of("system"))
 
 
+async def test_each_call_keeps_its_own_timeout_behind_a_call_with_a_longer_one(
+    pool: PoolFactory,
+) -> None:
+    # A worker has one timer, due at its first running call's timeout: a call
+    # with a shorter timeout that runs after it must still end at its own.
+    fn = await pool(ECHO_OR_FAULT, workers=1, pipeline=8)
+    first = asyncio.create_task(fn.invoke(Invocation(b"sleep 0.3"), timeout=60))
+    await wait_until(lambda: fn.stats["in_flight"] == 1)
+    short = asyncio.create_task(fn.invoke(Invocation(b"sleep 60"), timeout=0.5))
+    assert (await first).ok
+    out = await asyncio.wait_for(short, 20)  # not after the first call's 60 s
+    assert (out.kind, out.status) == ("timeout", 0)
+    assert 0.5 <= out.duration < 10
+    again = await fn.invoke(Invocation(b"a"), timeout=10)  # a new worker, timed anew
+    assert again.ok and fn.stats["timeouts"] == 1
+
+
+async def test_a_call_that_answers_in_time_is_never_timed_out(pool: PoolFactory) -> None:
+    # Many calls on one worker, each well within its timeout, over more than
+    # several timeouts' worth of time: the worker's timer looks, finds each
+    # running call young, and waits for the next.
+    fn = await pool(ECHO_OR_FAULT, workers=1, pipeline=8)
+    outs = []
+    for _ in range(12):
+        outs.append(await fn.invoke(Invocation(b"sleep 0.1"), timeout=0.3))
+    assert all(o.ok for o in outs), [o.error for o in outs if not o.ok]
+    assert fn.stats["timeouts"] == 0 and fn.stats["restarts"] == 0
+
+
 @pytest.mark.parametrize(
     ("request_body", "death"), [(b"exit", "exit code 3"), (b"segv", "SIGSEGV")]
 )
