@@ -20,7 +20,7 @@ from veba.appliance import Appliance
 __all__ = ["Server", "printer"]
 
 # Allocations between young collections once serving (Python's default is 700).
-_YOUNG_COLLECTION_EVERY = 10_000
+_YOUNG_COLLECTION_EVERY = 50_000
 
 
 class Server(uvicorn.Server):
