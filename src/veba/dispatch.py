@@ -186,6 +186,12 @@ class Dispatcher:
         self._wakeup.set()  # lease again; the log has nothing new (not `wake`)
 
     @property
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:  # handed deliveries before start (a test's dispatcher)
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    @property
     def lease_ttl(self) -> float:
         return self._ttl
 
@@ -341,9 +347,7 @@ class Dispatcher:
             chain.task = self._spawn(self._run_chain(key, chain))
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        if self._loop is None:  # handed deliveries before start (a test's dispatcher)
-            self._loop = asyncio.get_running_loop()
-        task: asyncio.Task[None] = self._loop.create_task(coro)
+        task: asyncio.Task[None] = self._event_loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

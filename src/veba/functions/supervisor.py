@@ -371,16 +371,15 @@ class FunctionPool:
     def _arm(self, worker: _Worker) -> None:
         """Start the timeout clock of each call the worker has started running,
         and have the worker's watch look when the first of them is due."""
-        if worker.dead:
+        running = [] if worker.dead else self._running(worker)
+        if not running:
             return
         loop = self._event_loop
-        now = due = 0.0
-        for call in itertools.islice(worker.pending, self.overlap):
+        now = loop.time()
+        for call in running:
             if not call.since:
-                call.since = now = now or loop.time()
-            due = min(due, call.since + call.timeout) if due else call.since + call.timeout
-        if not due:
-            return
+                call.since = now
+        due = min(call.since + call.timeout for call in running)
         watch = worker.watch
         if watch is None or due < watch.when():
             if watch is not None:

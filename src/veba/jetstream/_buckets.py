@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import nats.errors
 from nats.aio.client import Client
@@ -98,14 +98,15 @@ async def patiently(make: Callable[[], Awaitable[T]], what: str, within: float =
         delay = min(delay * 2, 4.0)
 
 
-async def key_value(js: JetStreamContext, bucket: str, *, replicas: int) -> KeyValue:
-    """The KV bucket, made (one revision kept per key) if it is not there yet."""
+async def key_value(js: JetStreamContext, bucket: str, *, replicas: int, **config: Any) -> KeyValue:
+    """The KV bucket, made (one revision kept per key, and `config`: a TTL, a
+    storage) if it is not there yet."""
 
     async def find_or_make() -> KeyValue:
         try:
             return await js.key_value(bucket)
         except BucketNotFoundError:
-            return await js.create_key_value(bucket=bucket, history=1, replicas=replicas)
+            return await js.create_key_value(bucket=bucket, history=1, replicas=replicas, **config)
 
     return await patiently(find_or_make, f"bucket {bucket}")
 

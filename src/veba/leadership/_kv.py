@@ -145,28 +145,21 @@ class KVLeadership:
     ) -> KVLeadership:
         """The bucket, made if missing. If it exists, its TTL wins over `ttl`:
         every node must count a lease the same way."""
-        import nats.js.errors
         from nats.js.api import StorageType
 
-        from veba.jetstream._buckets import patiently
+        from veba.jetstream._buckets import key_value
 
-        async def find_or_make() -> KeyValue:
-            try:
-                return await js.key_value(bucket)
-            except nats.js.errors.BucketNotFoundError:
-                # On file, not in memory: a NATS server that restarts within the
-                # TTL must still have the lease, or a contender would take it
-                # while its holder, still renewing in vain, believes it leads.
-                return await js.create_key_value(
-                    bucket=bucket,
-                    ttl=ttl,
-                    history=1,
-                    replicas=replicas,
-                    storage=StorageType.FILE,
-                    description="veba: which node reads each vCenter",
-                )
-
-        kv = await patiently(find_or_make, f"lease bucket {bucket}")
+        kv = await key_value(
+            js,
+            bucket,
+            replicas=replicas,
+            ttl=ttl,
+            # On file, not in memory: a NATS server that restarts within the
+            # TTL must still have the lease, or a contender would take it
+            # while its holder, still renewing in vain, believes it leads.
+            storage=StorageType.FILE,
+            description="veba: which node reads each vCenter",
+        )
         found = (await kv.status()).ttl
         if not found:
             raise ValueError(f"bucket {bucket!r} has no TTL: it cannot hold leases")
