@@ -67,13 +67,36 @@ class TestJetStreamLog(EventLogConformance):
     server, nak with delay, where no lease reaches it before it is due.)"""
 
 
+class SettledJetStreamLog(JetStreamLog):
+    """A JetStreamLog whose every lease first waits (up to 5 s) for the three
+    replicas of the deliveries stream to hold all it has. A write is acked once
+    two of three have it; a consumer whose leader sits on the third offers the
+    new message only once that one has it too, a moment later. The appliance
+    polls again and takes it then; the conformance suite leases once, right
+    after the write, and asserts what it gets."""
+
+    async def lease(
+        self, subscription: str, limit: int, ttl: float, *, include_delayed: bool = False
+    ) -> list[Any]:
+        js = self._jetstream()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            cluster = (await js.stream_info(self.names.deliveries)).cluster
+            replicas = (cluster.replicas or []) if cluster else []
+            if all(peer.current and not peer.lag for peer in replicas):
+                break
+            await asyncio.sleep(0.01)
+        return await super().lease(subscription, limit, ttl, include_delayed=include_delayed)
+
+
 class TestJetStreamLogOnACluster(EventLogConformance):
     """The whole suite again on a 3-server cluster, every stream and bucket
-    kept on all three (`replicas=3`)."""
+    kept on all three (`replicas=3`); each lease waits for the replicas to
+    agree first (`SettledJetStreamLog`)."""
 
     @pytest.fixture
     async def log(self, cluster: NatsCluster) -> AsyncIterator[JetStreamLog]:
-        log = JetStreamLog(cluster.urls, name=f"t{uuid.uuid4().hex[:12]}", replicas=3)
+        log = SettledJetStreamLog(cluster.urls, name=f"t{uuid.uuid4().hex[:12]}", replicas=3)
         await log.open()
         yield log
         await log.close()
