@@ -20,6 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+import orjson
+
+from veba.eventlog._rows import ids_json, insert_events, insert_rows, pieces, values
 from veba.eventlog._threads import Checkpointer, Op, Writer, connect
 from veba.eventlog.base import (
     AppendResult,
@@ -68,6 +71,21 @@ _PRUNE_STEP_MAX = 2_000
 # so it never writes faster than the checkpointer copies (see `prune`).
 _PRUNE_PER_PASS = 0.005
 _PRUNE_PASS_POLL = 0.005
+_INSERT_PENDING = (
+    "INSERT INTO deliveries(seq, subscription, status, attempts, available_at, created) VALUES "
+)
+# An ack of many deliveries in one statement: `values` rows of (id, started,
+# finished, status).
+_ACK_FROM = (
+    "WITH acked(id, started, finished, status) AS (VALUES {values})"
+    " UPDATE deliveries SET status='delivered', started=acked.started,"
+    " finished=acked.finished, last_status=acked.status, leased_until=NULL"
+    " FROM acked WHERE deliveries.id = acked.id"
+)
+_INSERT_LEASED = (
+    "INSERT INTO deliveries(seq, subscription, status, attempts, available_at, created,"
+    " leased_until) VALUES "
+)
 
 
 class SQLiteLog:
@@ -194,48 +212,35 @@ class SQLiteLog:
         checkpoint: tuple[str, str] | None = None,
         lease: Mapping[str, tuple[int, float]] | None = None,
     ) -> AppendResult:
-        rows = [
-            (e.source, e.id, e.type, e.subject, e.time, e.to_json(), tuple(route(e)))
-            for e in events
-        ]
         now = self._clock()
+        rows = [(e.source, e.id, e.type, e.subject, e.time, now, e.to_json()) for e in events]
+        routes = [tuple(route(e)) for e in events]
         grants = dict(lease or {})
 
         def op(conn: sqlite3.Connection) -> AppendResult:
-            accepted = duplicates = 0
             per_sub: Counter[str] = Counter()
-            new.clear()  # the op may run twice if its first transaction rolled back
-            leased.clear()
             left = {sub: count for sub, (count, _) in grants.items()}
-            for index, (source, eid, etype, subject, etime, body, subs) in enumerate(rows):
-                cur = conn.execute(
-                    "INSERT INTO events(source, id, type, subject, time, received, body)"
-                    " VALUES (?,?,?,?,?,?,?) ON CONFLICT(source, id) DO NOTHING",
-                    (source, eid, etype, subject, etime, now, body),
-                )
-                if cur.rowcount == 0:
-                    duplicates += 1
-                    continue
-                accepted += 1
-                seq = int(cur.lastrowid or 0)
-                new.append((seq, index))
-                for sub in subs:
+            # The op may run twice if its first transaction rolled back.
+            new[:] = insert_events(conn, rows)
+            pending: list[tuple[int, str, float, float]] = []
+            to_lease: list[tuple[int, str, float, float, float]] = []
+            owners: list[int] = []  # the index in `rows` of each of `to_lease`
+            for seq, index in new:
+                for sub in routes[index]:
                     per_sub[sub] += 1
                     if left.get(sub, 0) > 0:
                         left[sub] -= 1
-                        cur = conn.execute(
-                            "INSERT INTO deliveries(seq, subscription, status, attempts,"
-                            " available_at, created, leased_until)"
-                            " VALUES (?,?,'leased',1,?,?,?)",
-                            (seq, sub, now, now, now + grants[sub][1]),
-                        )
-                        leased.append((int(cur.lastrowid or 0), seq, sub, index))
-                        continue
-                    conn.execute(
-                        "INSERT INTO deliveries(seq, subscription, status, attempts,"
-                        " available_at, created) VALUES (?,?,'pending',0,?,?)",
-                        (seq, sub, now, now),
-                    )
+                        to_lease.append((seq, sub, now, now, now + grants[sub][1]))
+                        owners.append(index)
+                    else:
+                        pending.append((seq, sub, now, now))
+            insert_rows(conn, _INSERT_PENDING, "(?,?,'pending',0,?,?)", pending)
+            ids = insert_rows(conn, _INSERT_LEASED, "(?,?,'leased',1,?,?,?)", to_lease)
+            leased[:] = [
+                (did, row[0], row[1], index)
+                for did, row, index in zip(ids, to_lease, owners, strict=True)
+            ]
+            accepted = len(new)
             if checkpoint is not None:
                 conn.execute(
                     "INSERT INTO checkpoints(name, value, updated) VALUES (?,?,?)"
@@ -243,7 +248,7 @@ class SQLiteLog:
                     " updated=excluded.updated",
                     (checkpoint[0], checkpoint[1], now),
                 )
-            return AppendResult(accepted, duplicates, dict(per_sub), tuple(new), now)
+            return AppendResult(accepted, len(rows) - accepted, dict(per_sub), tuple(new), now)
 
         new: list[tuple[int, int]] = []
         leased: list[tuple[int, int, str, int]] = []  # (delivery id, seq, subscription, index)
@@ -252,7 +257,7 @@ class SQLiteLog:
         # no read and no parse of what is already in memory.
         recent = self._recent
         for seq, index in new:
-            size = len(rows[index][5]) * _COST
+            size = len(rows[index][6]) * _COST
             if size <= _RECENT_BYTES // 16:  # a huge one is read back when leased
                 recent[seq] = (events[index], size)
                 self._recent_bytes += size
@@ -283,16 +288,25 @@ class SQLiteLog:
         )
 
         def op(conn: sqlite3.Connection) -> list[Delivery]:
-            leased = conn.execute(
-                "UPDATE deliveries SET status='leased', leased_until=:until,"
-                " attempts=attempts+1 WHERE id IN (SELECT id FROM deliveries"
-                " WHERE subscription=:sub AND status IN ('pending','leased')"
+            # Chosen in one row (a JSON array) and leased by their ids: two calls
+            # into sqlite3, not one per row (`_rows`). '%!.17g' writes a float
+            # that reads back exactly.
+            (chosen,) = conn.execute(
+                "SELECT json_group_array(json_array(id, seq, attempts + 1,"
+                " printf('%!.17g', available_at))) FROM (SELECT id, seq, attempts, available_at"
+                " FROM deliveries WHERE subscription=:sub AND status IN ('pending','leased')"
                 f" AND ({ready} OR (status='leased' AND leased_until<:now))"
-                " ORDER BY seq LIMIT :limit) RETURNING id, seq, attempts, available_at",
-                {"until": now + ttl, "sub": subscription, "now": now, "limit": limit},
-            ).fetchall()
+                " ORDER BY seq LIMIT :limit)",
+                {"sub": subscription, "now": now, "limit": limit},
+            ).fetchone()
+            leased = [(did, seq, tries, float(at)) for did, seq, tries, at in orjson.loads(chosen)]
             if not leased:
                 return []
+            conn.execute(
+                "UPDATE deliveries SET status='leased', leased_until=?, attempts=attempts+1"
+                " WHERE id IN (SELECT value FROM json_each(?))",
+                (now + ttl, ids_json([row[0] for row in leased])),
+            )
             seqs = sorted({row[1] for row in leased})
             found: dict[int, Event] = {}
             missing = []
@@ -322,9 +336,10 @@ class SQLiteLog:
         ids = list(delivery_ids)
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "UPDATE deliveries SET leased_until=? WHERE id=? AND status='leased'",
-                [(until, i) for i in ids],
+            conn.execute(
+                "UPDATE deliveries SET leased_until=? WHERE status='leased'"
+                " AND id IN (SELECT value FROM json_each(?))",
+                (until, ids_json(ids)),
             )
 
         await self._write(op)
@@ -333,14 +348,14 @@ class SQLiteLog:
         await self.ack_many([(delivery_id, attempt)])
 
     async def ack_many(self, acks: Sequence[tuple[int, Attempt]]) -> None:
-        rows = [(a.started, a.finished, a.status, did) for did, a in acks]
+        rows = [(did, a.started, a.finished, a.status) for did, a in acks]
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "UPDATE deliveries SET status='delivered', started=?, finished=?, last_status=?,"
-                " leased_until=NULL WHERE id=?",
-                rows,
-            )
+            for start, size in pieces(len(rows), 4):
+                conn.execute(
+                    _ACK_FROM.format(values=values("(?,?,?,?)", size)),
+                    [value for row in rows[start : start + size] for value in row],
+                )
 
         await self._write(op)
 
@@ -403,10 +418,11 @@ class SQLiteLog:
         ids = list(delivery_ids)
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.executemany(
+            conn.execute(
                 "UPDATE deliveries SET status='pending', attempts=max(attempts-1, 0),"
-                " leased_until=NULL WHERE id=? AND status='leased'",
-                [(i,) for i in ids],
+                " leased_until=NULL WHERE status='leased'"
+                " AND id IN (SELECT value FROM json_each(?))",
+                (ids_json(ids),),
             )
 
         await self._write(op)
