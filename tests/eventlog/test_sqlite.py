@@ -210,3 +210,17 @@ async def test_the_wal_is_written_over_not_grown_under_a_steady_stream_of_append
         assert limit < biggest < 8 * limit, f"WAL reached {biggest / limit:.2f}x the limit"
     finally:
         await log.close()
+
+
+async def test_a_write_asked_for_while_the_log_closes_is_refused_not_left_hanging(
+    log: SQLiteLog,
+) -> None:
+    # Once close has told the writer to stop, a write asked for (a prune's next
+    # step, an append from a request still in flight) is refused at once: queued
+    # behind the writer's stop, it would never run and its caller never return.
+    await log.append([make_event(1)], route=to("f"))
+    closing = asyncio.create_task(log.close())
+    await asyncio.sleep(0)  # close has told the writer and waits for it to end
+    with pytest.raises(RuntimeError, match="not open"):
+        await asyncio.wait_for(log.append([make_event(2)], route=to("f")), 10)
+    await closing

@@ -145,9 +145,12 @@ class SQLiteLog:
 
     async def close(self) -> None:
         if self._writer is not None:
-            self._writer.queue.put(None)
-            await asyncio.to_thread(self._writer.join)
-            self._writer = None
+            # Let go of the writer before telling it to stop: a write asked for
+            # meanwhile (a prune's next step) is refused, not queued behind the
+            # stop where nothing would ever run it.
+            writer, self._writer = self._writer, None
+            writer.queue.put(None)
+            await asyncio.to_thread(writer.join)
         if self._checkpointer is not None:
             self._checkpointer.stop.set()
             await asyncio.to_thread(self._checkpointer.join)
