@@ -188,22 +188,27 @@ def deploy_recorders(
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The lines written so far, each whole. A line a worker is writing as we
+    read may show in part (a write to a file is not atomic to its readers; seen
+    in CI, a 1.2 KB line cut short): one with no newline yet is left for later."""
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    text = path.read_text()
+    whole = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in whole.splitlines() if line.strip()]
 
 
 # A python3-http handler that appends every event it gets to $OUT, one JSON line
 # each (O_APPEND writes of one line are atomic, so several workers can share it).
 RECORDER = """
 import json, os, time
+from veba.sdk import attempt
 
 def handle(event, context):
     ce = json.loads(event.body)
     line = json.dumps({"id": ce["id"], "subject": ce.get("subject"), "type": ce["type"],
                        "source": ce["source"], "data": ce.get("data"), "pid": os.getpid(),
-                       "at": time.time()}) + "\\n"
+                       "at": time.time(), "attempt": attempt()}) + "\\n"
     fd = os.open(os.environ["OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line.encode())
