@@ -25,7 +25,9 @@ from tests.natscluster import (  # noqa: F401
 )
 from veba.eventlog import LogUnavailable
 from veba.eventlog.jetstream import JetStreamLog, _deliveries
+from veba.eventlog.jetstream._deliveries import ELECTED
 from veba.eventlog.jetstream._router import mark_body, marked_seqs
+from veba.eventlog.jetstream._state import DeliveryState
 from veba.eventlog.jetstream._wire import JetStreamError
 from veba.events import Event, InvalidEvent
 
@@ -120,6 +122,58 @@ async def test_an_append_that_leases_takes_the_oldest_open_deliveries(log: JetSt
     again = await log.append([make_event(3)], route=to("f"), lease={"f": (1, 30)})
     assert [d.event.data["Key"] for d in again.leased] == [2]  # the backlog first
     assert [d.event.data["Key"] for d in await log.lease("f", 10, 30)] == [3]
+
+
+async def test_after_a_consumer_leader_election_a_first_delivery_already_made_is_not_made_again(
+    log: JetStreamLog,
+) -> None:
+    # A consumer's new leader that lost its old one's record of a delivery offers
+    # it again as a first delivery, though a node made it and recorded it made
+    # (CI: the failover test's duplicates, all attempt 1). Here the loss is
+    # simulated: the state says delivered, the consumer never gave it out, and
+    # the election's advisory is published as the server publishes it.
+    await log.append([make_event(1)], route=to("f", "g"))
+    for info in await log.deliveries():
+        msg = await log._get(log.names.deliveries, {"seq": info.id})
+        assert msg is not None and msg.headers is not None
+        made = DeliveryState.pending_from(info.id, info.subscription, msg.headers)
+        made.status = "delivered"
+        await log._save([made])
+    consumer = log.names.consumer("f")
+    await log._conn().publish(f"{ELECTED}.{log.names.deliveries}.{consumer}", b"{}")
+    deadline = time.monotonic() + 10
+    while consumer not in log._elected:
+        assert time.monotonic() < deadline, "the election was not heard"
+        await asyncio.sleep(0.01)
+
+    assert await log.lease("f", 10, 30) == []  # made already: settled, not made again
+    # Without an election a first delivery's state is not read (a read per
+    # delivery would halve the rate): the other consumer offers it.
+    assert [d.event.data["Key"] for d in await log.lease("g", 10, 30)] == [1]
+
+
+async def test_every_node_hears_of_a_consumer_leader_election_on_the_cluster(
+    cluster: NatsCluster,
+) -> None:
+    name = f"t{uuid.uuid4().hex[:12]}"
+    nodes = [JetStreamLog(cluster.urls, name=name, replicas=3) for _ in range(2)]
+    for node in nodes:
+        await node.open()
+    try:
+        a = nodes[0]
+        await a.append([make_event(1)], route=to("f"))
+        await a.lease("f", 1, 30)  # the consumer exists, on all three servers
+        consumer = a.names.consumer("f")
+        await a._conn().request(
+            f"$JS.API.CONSUMER.LEADER.STEPDOWN.{a.names.deliveries}.{consumer}", b"", timeout=10
+        )
+        deadline = time.monotonic() + 30
+        while not all(consumer in node._elected for node in nodes):
+            assert time.monotonic() < deadline, "a node did not hear of the election"
+            await asyncio.sleep(0.05)
+    finally:
+        for node in nodes:
+            await node.close()
 
 
 async def test_nodes_sharing_a_name_share_each_delivery_once_and_see_its_state(

@@ -56,6 +56,7 @@ class LogBase:
     _consumers: set[str]
     _leases: LeaseKeeper
     _states: dict[int, DeliveryState]  # of the deliveries this node holds
+    _elected: dict[str, float]  # consumer -> until when its first deliveries are doubted
     _tally: Tally | None  # counts() (_queries.py)
     _tally_lock: asyncio.Lock
 

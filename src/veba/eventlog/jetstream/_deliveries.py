@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import replace
 
@@ -31,7 +32,10 @@ from veba.eventlog.jetstream._wire import (
 )
 from veba.events import INVOCATION_TYPE, Event
 
-__all__ = ["DeliveryOps"]
+__all__ = ["ELECTED", "DeliveryOps"]
+
+# What the server tells every client when a consumer has a new leader.
+ELECTED = "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED"
 
 
 class DeliveryOps(LogBase):
@@ -110,11 +114,34 @@ class DeliveryOps(LogBase):
         with contextlib.suppress(JetStreamError):  # not given back: it lapses instead
             await settle_many(msgs, NAK)
 
+    async def _on_election(self, msg: Msg) -> None:
+        """A consumer's new leader knows of the deliveries its old one made only
+        what reached the others before it went: one whose record was lost is
+        offered again as a first delivery, though a node may have made it and
+        recorded it delivered. For a while after an election (an ack wait), a
+        first delivery of that consumer has its state read like any other."""
+        consumer = msg.subject.rsplit(".", 1)[-1]
+        self._elected[consumer] = time.monotonic() + self.ack_wait
+
+    def _doubted(self, consumer: str) -> bool:
+        until = self._elected.get(consumer)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del self._elected[consumer]
+        return False
+
     async def _state_for(self, msg: Msg, subscription: str) -> DeliveryState:
         headers = msg.headers or {}
         delivery_id = int(headers.get("Veba-Delivery", msg.metadata.sequence.stream))
-        # A message's first delivery has no state to read, unless it was redriven.
-        if msg.metadata.num_delivered > 1 or "Veba-Delivery" in headers:
+        # A message's first delivery has no state to read, unless it was redriven
+        # or its consumer has just changed leader.
+        if (
+            msg.metadata.num_delivered > 1
+            or "Veba-Delivery" in headers
+            or (self._elected and self._doubted(msg.metadata.consumer or ""))
+        ):
             state = self._states.get(delivery_id) or await self._read_state(delivery_id)
             if state is not None:
                 return state

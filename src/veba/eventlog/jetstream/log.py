@@ -54,6 +54,7 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError, KeyNotFoundError
@@ -61,7 +62,7 @@ from nats.js.kv import KeyValue
 
 from veba.eventlog.jetstream._append import Appending, QueuedAppend
 from veba.eventlog.jetstream._base import received
-from veba.eventlog.jetstream._deliveries import DeliveryOps
+from veba.eventlog.jetstream._deliveries import ELECTED, DeliveryOps
 from veba.eventlog.jetstream._errors import raises_log_errors
 from veba.eventlog.jetstream._leases import LeaseKeeper
 from veba.eventlog.jetstream._names import Names, token
@@ -116,6 +117,8 @@ class JetStreamLog(DeliveryOps, Queries, Appending):
         self._consumers: set[str] = set()
         self._leases = LeaseKeeper(ack_wait)
         self._states: dict[int, DeliveryState] = {}  # of the deliveries this node holds
+        self._elected: dict[str, float] = {}  # see DeliveryOps._on_election
+        self._elections: Subscription | None = None
         self._tally: Tally | None = None
         self._tally_lock = asyncio.Lock()
         # Appends publish events, then deliveries, one group at a time per node
@@ -134,6 +137,9 @@ class JetStreamLog(DeliveryOps, Queries, Appending):
         try:
             await self._make_streams()
             await self._start_router()
+            self._elections = await self._nc.subscribe(
+                f"{ELECTED}.{self.names.deliveries}.*", cb=self._on_election
+            )
         except BaseException:  # refused (replicas on one server, a stream in the way)
             if self._client is None:
                 await self._nc.close()
@@ -200,6 +206,10 @@ class JetStreamLog(DeliveryOps, Queries, Appending):
         await self._stop_router()
         await self._leases.stop()
         self._states.clear()
+        if self._elections is not None:
+            with contextlib.suppress(Exception):  # the connection may be gone
+                await self._elections.unsubscribe()
+            self._elections = None
         if self._nc is not None:
             if self._client is None and not self._nc.is_closed:
                 await self._nc.drain()
