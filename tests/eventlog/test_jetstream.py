@@ -129,7 +129,7 @@ async def test_after_a_consumer_leader_election_a_first_delivery_already_made_is
 ) -> None:
     # A consumer's new leader that lost its old one's record of a delivery offers
     # it again as a first delivery, though a node made it and recorded it made
-    # (CI: the failover test's duplicates, all attempt 1). Here the loss is
+    # (likely the failover test's duplicates under load). Here the loss is
     # simulated: the state says delivered, the consumer never gave it out, and
     # the election's advisory is published as the server publishes it.
     await log.append([make_event(1)], route=to("f", "g"))
