@@ -24,6 +24,7 @@ from tests.natscluster import (  # noqa: F401
     nats_cluster_fixture,
 )
 from veba.eventlog import LogUnavailable
+from veba.eventlog.base import Delivery
 from veba.eventlog.jetstream import JetStreamLog, _deliveries
 from veba.eventlog.jetstream._deliveries import ELECTED
 from veba.eventlog.jetstream._router import mark_body, marked_seqs
@@ -79,7 +80,7 @@ class SettledJetStreamLog(JetStreamLog):
 
     async def lease(
         self, subscription: str, limit: int, ttl: float, *, include_delayed: bool = False
-    ) -> list[Any]:
+    ) -> list[Delivery]:
         js = self._jetstream()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
