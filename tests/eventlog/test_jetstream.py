@@ -153,6 +153,34 @@ async def test_after_a_consumer_leader_election_a_first_delivery_already_made_is
     assert [d.event.data["Key"] for d in await log.lease("g", 10, 30)] == [1]
 
 
+async def test_a_consumer_that_lost_its_record_of_deliveries_does_not_have_them_made_again(
+    log: JetStreamLog,
+) -> None:
+    # The failover test's duplicates, without waiting for an election's advisory:
+    # a consumer made again from nothing (as a new leader that lost its old one's
+    # record of some deliveries) offers them again as first deliveries, under
+    # delivery seqs this node was offered before. One made and recorded (its ack
+    # lost with the old consumer) is settled, not made; one still in flight here
+    # is not handed out twice, and its ack settles it on the new consumer.
+    await log.append([make_event(1), make_event(2)], route=to("f"))
+    made, in_flight = await log.lease("f", 10, 30)
+    consumer = log.names.consumer("f")
+    await log._jetstream().delete_consumer(log.names.deliveries, consumer)
+    with pytest.raises(LogUnavailable):  # recorded delivered; no consumer takes its ack
+        await log.ack(made.id, ok(1))
+
+    assert await log.lease("f", 10, 30) == []  # the log makes its consumer again
+    assert log._elected == {}  # no advisory: the offers alone told
+    await log.ack(in_flight.id, ok(1))
+    assert await log.counts() == {"f": {"delivered": 2}}
+    deadline = time.monotonic() + 10
+    while (info := await log._jetstream().consumer_info(log.names.deliveries, consumer)) and (
+        info.num_ack_pending or info.num_pending
+    ):
+        assert time.monotonic() < deadline, ("left on the new consumer", info)
+        await asyncio.sleep(0.05)
+
+
 async def test_every_node_hears_of_a_consumer_leader_election_on_the_cluster(
     cluster: NatsCluster,
 ) -> None:

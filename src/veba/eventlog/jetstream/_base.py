@@ -57,6 +57,7 @@ class LogBase:
     _leases: LeaseKeeper
     _states: dict[int, DeliveryState]  # of the deliveries this node holds
     _elected: dict[str, float]  # consumer -> until when its first deliveries are doubted
+    _offered: dict[str, int]  # consumer -> the highest delivery seq it offered this node
     _tally: Tally | None  # counts() (_queries.py)
     _tally_lock: asyncio.Lock
 

@@ -38,6 +38,12 @@ __all__ = ["ELECTED", "DeliveryOps"]
 ELECTED = "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED"
 
 
+def delivery_id_of(msg: Msg) -> int:
+    """Its message's seq in the deliveries stream, or the one it kept when
+    redriven."""
+    return int((msg.headers or {}).get("Veba-Delivery", msg.metadata.sequence.stream))
+
+
 class DeliveryOps(LogBase):
     async def _consumer(self, subscription: str) -> str:
         consumer = self.names.consumer(subscription)
@@ -68,11 +74,12 @@ class DeliveryOps(LogBase):
             self._consumers.discard(self.names.consumer(subscription))
             consumer = await self._consumer(subscription)
             msgs = await pull(self._conn(), self.names.deliveries, consumer, limit)
+        msgs, doubted = self._offered_again(consumer, msgs)
         if not msgs:
             return []
         now = self._clock()
         try:
-            found = await asyncio.gather(*(self._state_for(m, subscription) for m in msgs))
+            found = await asyncio.gather(*(self._state_for(m, subscription, doubted) for m in msgs))
             msgs, states = await self._without_delivered(msgs, found)
             for msg, state in zip(msgs, states, strict=True):
                 state.attempts = msg.metadata.num_delivered + state.adjust
@@ -90,6 +97,29 @@ class DeliveryOps(LogBase):
             for m, s in zip(msgs, states, strict=True)
         ]
 
+    def _offered_again(self, consumer: str, msgs: list[Msg]) -> tuple[list[Msg], set[int]]:
+        """The messages not in flight on this node already, and which of them
+        are doubted. A consumer's new leader that lost its old one's record of
+        some deliveries offers them again as first deliveries, under delivery
+        seqs it had given out before: one seen here again has its state read
+        (its election's advisory may come after the offers, `_on_election`).
+        One this node still holds is not made twice: its lease is settled
+        through the newest offer, the one the new leader knows of."""
+        highest = self._offered.get(consumer, 0)
+        fresh, doubted = [], set()
+        for msg in msgs:
+            delivery_id, offered = delivery_id_of(msg), msg.metadata.sequence.consumer
+            held = self._leases.held.get(delivery_id)
+            if held is not None and not held.lapsed:
+                held.msg, held.touched = msg, time.time()
+                continue
+            if offered <= highest:
+                doubted.add(delivery_id)
+            highest = max(highest, offered)
+            fresh.append(msg)
+        self._offered[consumer] = highest
+        return fresh, doubted
+
     async def _without_delivered(
         self, msgs: list[Msg], states: list[DeliveryState]
     ) -> tuple[list[Msg], list[DeliveryState]]:
@@ -106,9 +136,7 @@ class DeliveryOps(LogBase):
 
     async def _give_back(self, msgs: Sequence[Msg]) -> None:
         for msg in msgs:
-            delivery_id = int(
-                (msg.headers or {}).get("Veba-Delivery", msg.metadata.sequence.stream)
-            )
+            delivery_id = delivery_id_of(msg)
             self._states.pop(delivery_id, None)
             self._leases.take(delivery_id)
         with contextlib.suppress(JetStreamError):  # not given back: it lapses instead
@@ -132,14 +160,15 @@ class DeliveryOps(LogBase):
         del self._elected[consumer]
         return False
 
-    async def _state_for(self, msg: Msg, subscription: str) -> DeliveryState:
+    async def _state_for(self, msg: Msg, subscription: str, doubted: set[int]) -> DeliveryState:
         headers = msg.headers or {}
-        delivery_id = int(headers.get("Veba-Delivery", msg.metadata.sequence.stream))
+        delivery_id = delivery_id_of(msg)
         # A message's first delivery has no state to read, unless it was redriven
         # or its consumer has just changed leader.
         if (
             msg.metadata.num_delivered > 1
             or "Veba-Delivery" in headers
+            or delivery_id in doubted
             or (self._elected and self._doubted(msg.metadata.consumer or ""))
         ):
             state = self._states.get(delivery_id) or await self._read_state(delivery_id)
@@ -354,7 +383,8 @@ class DeliveryOps(LogBase):
                 self._states.pop(delivery_id, None)
         # Their states go too (those leased at least once have one).
         await self._delete_states(
-            lambda state: state.subscription == subscription
-            and state.status in ("pending", "leased")
+            lambda state: (
+                state.subscription == subscription and state.status in ("pending", "leased")
+            )
         )
         return int(answer.get("purged", 0))

@@ -118,6 +118,7 @@ class JetStreamLog(DeliveryOps, Queries, Appending):
         self._leases = LeaseKeeper(ack_wait)
         self._states: dict[int, DeliveryState] = {}  # of the deliveries this node holds
         self._elected: dict[str, float] = {}  # see DeliveryOps._on_election
+        self._offered: dict[str, int] = {}  # see DeliveryOps._offered_again
         self._elections: Subscription | None = None
         self._tally: Tally | None = None
         self._tally_lock = asyncio.Lock()
