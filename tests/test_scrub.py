@@ -40,7 +40,7 @@ def shapes(value: str) -> dict[str, str]:
         "json ascii": json.dumps({"password": value}, ensure_ascii=True),
         "json unicode": json.dumps({"password": value}, ensure_ascii=False),
         "dict repr": repr({"password": value}),
-        "repr with both quotes": repr(f"it's \"{value}\""),
+        "repr with both quotes": repr(f'it\'s "{value}"'),
         "list repr": str([value]),
         "bytes repr": repr(value.encode()),
         "json of a repr": json.dumps(repr({"password": value})),
@@ -80,7 +80,9 @@ def test_public_strings_of_a_structured_secret_stay(scrub: Scrubber) -> None:
         assert scrub.text(f"x {public} y") == f"x {public} y"
     # Any other string is secret, whatever its key; credential keys always are.
     assert scrub.text("internal-only-note") == REDACTED
-    keyed = Scrubber([json.dumps({"routingKey": "R0uting-key", "API_KEY_ID": "id-123456"}).encode()])
+    keyed = Scrubber(
+        [json.dumps({"routingKey": "R0uting-key", "API_KEY_ID": "id-123456"}).encode()]
+    )
     assert keyed.text("R0uting-key id-123456") == f"{REDACTED} {REDACTED}"
     # And the whole document too.
     assert scrub.text(VCCONFIG.decode()).strip() == REDACTED

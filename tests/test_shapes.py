@@ -119,7 +119,13 @@ ON_V07 = vsphere_event(
         ("com.vmware.vsphere.VmPoweredOffEvent.v0", None),
         (None, {"attributes": {"type": "com.vmware.vsphere.VmPoweredOffEvent.v0"}}),
         (None, [{"exact": {"subject": "VmPoweredOffEvent"}}]),
-        (None, [{"exact": {"type": "com.vmware.event.router/event"}}, {"suffix": {"subject": "OffEvent"}}]),
+        (
+            None,
+            [
+                {"exact": {"type": "com.vmware.event.router/event"}},
+                {"suffix": {"subject": "OffEvent"}},
+            ],
+        ),
         (None, [{"prefix": {"type": "com.vmware.vsphere.VmPoweredOff"}}]),
         (None, [{"not": {"exact": {"type": "com.vmware.vsphere.VmPoweredOnEvent.v0"}}}]),
         (None, [{"exact": {"eventclass": "event"}}, {"suffix": {"type": "OffEvent.v0"}}]),

@@ -991,9 +991,7 @@ class Functions:
         if before is not None and before.definition == record.definition:
             tries = before.tries + 1
         delay = retry_delay(tries, self._retry_first)
-        self._unstartable[name] = _Unstartable(
-            record.definition, tries, time.monotonic() + delay
-        )
+        self._unstartable[name] = _Unstartable(record.definition, tries, time.monotonic() + delay)
         why = f"{why}; trying again in {delay:g} s"
         self._logs.write(name, "system", why)
         self._activity.report("error", f"function {name} {why}")

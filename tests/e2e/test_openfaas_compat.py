@@ -83,7 +83,9 @@ def handle(req):
 def _powered_on(app: ApplianceProcess) -> dict[str, Any]:
     """A VmPoweredOnEvent from the built-in simulator, now."""
     with app.client() as http:
-        r = http.post("/api/v1/providers/simulator/trigger", json={"event_class": "VmPoweredOnEvent"})
+        r = http.post(
+            "/api/v1/providers/simulator/trigger", json={"event_class": "VmPoweredOnEvent"}
+        )
         assert r.status_code == 200, r.text
         # The operation may log other events first (a DRS placement, say).
         events = [e for e in r.json()["events"] if e["subject"] == "VmPoweredOnEvent"]
@@ -231,6 +233,7 @@ def test_a_function_calls_another_through_gateway_openfaas(
     got = wait_for(both, 60, "the synchronous and the asynchronous chained call")
     assert {g["id"] for g in got} == {event["id"]}
     assert sorted(g["faasstack"][0] for g in got) == ["pre-filter", "pre-filter-async"]
+
     # Both callers' deliveries succeeded: the gateway answered them.
     def delivered() -> list[dict[str, Any]]:
         with app.client() as http:
@@ -388,7 +391,9 @@ def test_a_function_sees_none_of_the_appliance_but_its_own_code(
 ) -> None:
     app = appliance_factory.start("--no-simulator")
     write_function(tmp_path / "fn" / "snoop", SNOOPS)
-    write_function(tmp_path / "fn" / "other", "import os\n\ndef handle(req):\n    return str(os.getuid())\n")
+    write_function(
+        tmp_path / "fn" / "other", "import os\n\ndef handle(req):\n    return str(os.getuid())\n"
+    )
     functions = {
         "snoop": {"lang": "python3-flask", "handler": "./snoop"},
         "other": {"lang": "python3-flask", "handler": "./other"},
@@ -407,4 +412,6 @@ def test_a_function_sees_none_of_the_appliance_but_its_own_code(
         other_uid = int(app.cli("invoke", "other").stdout)
         assert got["uid"] not in (0, other_uid) and other_uid != 0, (got["uid"], other_uid)
     # The appliance itself still has all of it.
-    assert (app.data_dir / "secret.key").exists() and (app.data_dir / "functions" / "other").is_dir()
+    assert (app.data_dir / "secret.key").exists() and (
+        app.data_dir / "functions" / "other"
+    ).is_dir()

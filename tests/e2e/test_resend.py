@@ -39,6 +39,4 @@ def test_events_sent_again_are_answered_as_duplicates_while_their_function_has_r
         )
         assert mixed.json() == {"accepted": 1, "duplicates": 1}
     wait_for(lambda: len(read_jsonl(out)) == 4, 60, "the new event's delivery")
-    assert sorted(e["id"] for e in read_jsonl(out)) == sorted(
-        [e["id"] for e in batch] + ["new-1"]
-    )
+    assert sorted(e["id"] for e in read_jsonl(out)) == sorted([e["id"] for e in batch] + ["new-1"])

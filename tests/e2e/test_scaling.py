@@ -185,7 +185,9 @@ def test_workers_scale_with_a_backlog_drain_it_5x_faster_and_return_to_one_when_
     assert samples[("veba_function_workers", (("function", "scaled"),))] == 1
     assert samples[("veba_function_workers_bound", (("bound", "max"), ("function", "scaled")))] == 8
     ups = samples[("veba_function_scaling_total", (("direction", "up"), ("function", "scaled")))]
-    downs = samples[("veba_function_scaling_total", (("direction", "down"), ("function", "scaled")))]
+    downs = samples[
+        ("veba_function_scaling_total", (("direction", "down"), ("function", "scaled")))
+    ]
     assert ups >= 1 and downs >= 1  # decisions: grew to 8, went back to 1
 
 

@@ -743,6 +743,7 @@ async def test_a_node_started_while_its_cluster_has_no_quorum_waits_for_it(
         asyncio.create_task(KVLeadership.open(client, js, f"{name}_leases", replicas=3)),
     ]
     try:
+
         async def each_told_to_wait() -> bool:
             return caplog.text.count("JetStream cannot make") >= 3
 

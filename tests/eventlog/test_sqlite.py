@@ -205,7 +205,9 @@ async def test_the_wal_is_written_over_not_grown_under_a_steady_stream_of_append
             await log.append(events, route=to("f"))
             biggest = max(biggest, wal.stat().st_size)
             await asyncio.sleep(0.005)  # a steady stream, not one burst
-        appended = await log.read(lambda conn: conn.execute("SELECT COUNT(*) FROM events").fetchone())
+        appended = await log.read(
+            lambda conn: conn.execute("SELECT COUNT(*) FROM events").fetchone()
+        )
         assert appended[0] * 4096 > 10 * limit  # a page or more of WAL per event
         assert limit < biggest < 8 * limit, f"WAL reached {biggest / limit:.2f}x the limit"
     finally:

@@ -57,7 +57,9 @@ async def test_python3_answers_as_the_classic_watchdog(pool: PoolFactory, logs: 
     assert (await fn.invoke(Invocation(b"stderr"), timeout=10)).body == b"done\n"
     assert none.started is not None and abs(none.started - time.time()) < 60
     assert none.duration >= 0
-    await wait_until(lambda: "only printed" in logs.of("stdout") and "to stderr" in logs.of("stderr"))
+    await wait_until(
+        lambda: "only printed" in logs.of("stdout") and "to stderr" in logs.of("stderr")
+    )
 
 
 async def test_python3_combine_output_true_answers_with_stderr_too(pool: PoolFactory) -> None:

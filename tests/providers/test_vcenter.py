@@ -221,8 +221,9 @@ async def test_a_restarted_vcenter_is_followed_again(vcsim: Callable[..., VCSim]
 
         again = vcsim(port=sim.port)  # a new instance (new UUID, keys from 1) at the address
         await until(
-            lambda: vc.status()["state"] == "following"
-            and vc.status()["instance_uuid"] != first_uuid,
+            lambda: (
+                vc.status()["state"] == "following" and vc.status()["instance_uuid"] != first_uuid
+            ),
             what="following the new instance",
         )
         # Its own history (VMs created and powered on at its start) came first.

@@ -40,6 +40,7 @@ __all__ = ["create_app", "operation_id"]
 # CPU at one event per request.
 NO_NATIVE_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
+
 def operation_id(route: APIRoute) -> str:
     """`get_api_v1_events_event_id`: method and path, so every operation has an id
     of its own (one method per route: veba.api.system registers them so)."""

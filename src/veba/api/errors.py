@@ -28,7 +28,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from veba import strictjson
 from veba.eventlog.base import LogUnavailable
 
-__all__ = ["INTERNAL_ERROR", "LastResort", "StrictRoute", "error_response", "install_error_handling"]
+__all__ = [
+    "INTERNAL_ERROR",
+    "LastResort",
+    "StrictRoute",
+    "error_response",
+    "install_error_handling",
+]
 
 log = logging.getLogger("veba.api")
 

@@ -243,7 +243,9 @@ def _response(outcome: Outcome) -> Response:
 
 async def invoke(name: str, request: Request, path: str = "") -> Response:
     try:
-        outcome = await appliance_of(request).functions.invoke(name, await _invocation(request, path))
+        outcome = await appliance_of(request).functions.invoke(
+            name, await _invocation(request, path)
+        )
     except KeyError:
         raise HTTPException(404, f"function {name!r} is not deployed or not ready") from None
     except FunctionBusy as exc:  # over maxInflight: OpenFaaS's watchdog answers 429 too

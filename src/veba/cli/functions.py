@@ -137,7 +137,9 @@ def new(
         fail(str(exc))
     files = "handler.py, test_handler.py" if test else "handler.py"
     err.print(f"created {folder}/ ({files}) and added {name} to {append}", highlight=False)
-    warn_unknown_topics(append, {name: topic}, Client(gateway, data_dir, stack_file_gateway(append)))
+    warn_unknown_topics(
+        append, {name: topic}, Client(gateway, data_dir, stack_file_gateway(append))
+    )
 
 
 def build(
