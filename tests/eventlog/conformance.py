@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -233,6 +234,40 @@ class EventLogConformance:
         assert await log.redrive(subscription="g") == 2
         assert await log.redrive() == 1  # the last dead one, of f
         assert await log.deliveries(status="dead") == []
+
+    async def test_dead_letters_and_an_events_deliveries_are_listed_newest_first(
+        self, log: EventLog
+    ) -> None:
+        events = [make_event(k) for k in range(1, 4)]
+        await log.append(events, route=to("f", "g"))
+        for d in await log.lease("f", 10, 30):
+            await log.dead(d.id, failed(1, 400))
+        (leased,) = await log.lease("g", 1, 30)  # the first event's; g's others stay pending
+        assert leased.event.id == events[0].id
+
+        dead = await log.deliveries(status="dead", with_history=True)
+        assert [(d.subscription, d.event_id) for d in dead] == [
+            ("f", e.id) for e in reversed(events)
+        ]
+        assert [a.status for a in dead[0].history] == [400]
+        assert await log.deliveries(status="dead", limit=2) == [
+            replace(d, history=()) for d in dead[:2]
+        ]
+        assert await log.deliveries(status="dead", subscription="g") == []
+        only = await log.deliveries(status="dead", event_id=events[1].id)
+        assert [d.id for d in only] == [dead[1].id]
+
+        first = await log.deliveries(event_id=events[0].id)
+        assert sorted((d.subscription, d.status) for d in first) == [
+            ("f", "dead"),
+            ("g", "leased"),
+        ]
+        second = await log.deliveries(event_id=events[1].id)
+        assert sorted((d.subscription, d.status) for d in second) == [
+            ("f", "dead"),
+            ("g", "pending"),
+        ]
+        assert await log.deliveries(event_id="no-such-event") == []
 
     async def test_release_does_not_count_an_attempt(self, log: EventLog) -> None:
         await log.append([make_event(1)], route=to("f"))

@@ -181,6 +181,37 @@ async def test_a_consumer_that_lost_its_record_of_deliveries_does_not_have_them_
         await asyncio.sleep(0.05)
 
 
+async def test_dead_letters_and_an_events_deliveries_are_listed_without_reading_every_state(
+    log: JetStreamLog,
+) -> None:
+    # A busy log holds millions of delivery states to its few dead letters:
+    # `veba dlq list` and an event's story read what they show, not them all.
+    log.clocks_apart = 0.0  # one server, one clock: no margin needed
+    read = 0
+    every_state = log._all_states
+
+    async def counted(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        nonlocal read
+        async for item in every_state(*args, **kwargs):
+            read += 1
+            yield item
+
+    log._all_states = counted  # type: ignore[method-assign]
+    await log.append([make_event(k) for k in range(300)], route=to("f"))
+    await log.ack_many([(d.id, ok(1)) for d in await log.lease("f", 300, 30)])
+    late = make_event(1000)
+    await log.append([late], route=to("f"))
+    (dead,) = await log.lease("f", 10, 30)
+    await log.dead(dead.id, failed(1, 400))
+
+    assert [d.id for d in await log.deliveries(status="dead")] == [dead.id]
+    assert read == 0
+    assert [(d.id, d.status) for d in await log.deliveries(event_id=late.id)] == [(dead.id, "dead")]
+    assert read <= 2  # its leased and its dead state
+    assert len(await log.deliveries(limit=1000)) == 301  # everything: every state read
+    assert read > 300
+
+
 async def test_every_node_hears_of_a_consumer_leader_election_on_the_cluster(
     cluster: NatsCluster,
 ) -> None:

@@ -141,12 +141,14 @@ class LogBase:
         )
 
     async def _all_states(
-        self, start: int = 1, upto: int | None = None
+        self, start: int = 1, upto: int | None = None, *, since: float | None = None
     ) -> AsyncGenerator[tuple[int, DeliveryState], None]:
-        """Every delivery state (from seq `start`, up to `upto`), with the seq of
-        its message in the states stream."""
+        """Every delivery state (from seq `start`, or those written from `since`
+        on; up to `upto`), with the seq of its message in the states stream."""
         names = self.names
-        states = scan(self._jetstream(), self._conn(), names.states, start=start, upto=upto)
+        states = scan(
+            self._jetstream(), self._conn(), names.states, start=start, since=since, upto=upto
+        )
         async with contextlib.aclosing(states) as found:
             async for msg in found:
                 yield seq_of(msg), DeliveryState.from_json(msg.data)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import time
 from collections import Counter
+from datetime import datetime
 
 from nats.aio.msg import Msg
 
@@ -29,11 +30,19 @@ __all__ = ["Queries"]
 
 
 class Queries(LogBase):
-    async def _all_deliveries(self, subscription: str | None) -> list[DeliveryState]:
-        """Every delivery known: those with a state, and open ones never leased."""
+    # How far apart the clocks of the servers that stored an event and its
+    # deliveries' states may be, for `deliveries(event_id=)` (NTP keeps them
+    # within milliseconds).
+    clocks_apart = 10.0
+
+    async def _all_deliveries(
+        self, subscription: str | None, *, since: float | None = None
+    ) -> list[DeliveryState]:
+        """Every delivery known: those with a state, and open ones never leased.
+        With `since`, only the states written from then on."""
         names = self.names
         by_id = {}
-        async for _, state in self._all_states():
+        async for _, state in self._all_states(since=since):
             if subscription is None or state.subscription == subscription:
                 by_id[state.id] = state
         subjects = (
@@ -108,13 +117,57 @@ class Queries(LogBase):
         limit: int = 100,
         with_history: bool = False,
     ) -> list[DeliveryInfo]:
-        found = [
-            s
-            for s in await self._all_deliveries(subscription)
-            if (status is None or s.status == status)
-            and (event_id is None or s.event_id == event_id)
-        ]
-        return [s.info(with_history=with_history) for s in found[: max(0, limit)]]
+        if limit <= 0:
+            return []
+        if status == "dead":
+            found = await self._dead_letters(subscription, event_id, limit)
+        else:
+            since = None if event_id is None else await self._states_since(event_id)
+            found = [
+                s
+                for s in await self._all_deliveries(subscription, since=since)
+                if (status is None or s.status == status)
+                and (event_id is None or s.event_id == event_id)
+            ]
+        return [s.info(with_history=with_history) for s in found[:limit]]
+
+    async def _dead_letters(
+        self, subscription: str | None, event_id: str | None, limit: int
+    ) -> list[DeliveryState]:
+        """The newest dead letters, from the DLQ (what a dead letter is) and
+        their states: not every state the log holds, which on a busy log are
+        millions to its few dead letters."""
+        names = self.names
+        subjects = names.all(names.dlq) if subscription is None else names.dlq_subject(subscription)
+        ids: list[int] = []
+        dead = scan(
+            self._jetstream(), self._conn(), names.dlq, subjects=subjects, headers_only=True
+        )
+        async with contextlib.aclosing(dead) as found:
+            async for msg in found:
+                headers = msg.headers or {}
+                if event_id is None or untoken(headers.get("Veba-Event-Id", "")) == event_id:
+                    ids.append(int(headers["Veba-Delivery"]))
+        out: list[DeliveryState] = []
+        for delivery_id in sorted(set(ids), reverse=True):
+            state = await self._read_state(delivery_id)
+            # Not dead (yet, or any more): being written to the DLQ, or redriven.
+            if state is not None and state.status == "dead":
+                out.append(state)
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def _states_since(self, event_id: str) -> float | None:
+        """When to read an event's delivery states from: every one was written
+        after the first event with that id was stored (by the servers' clocks,
+        with a margin); None (all of them) when no such event is logged."""
+        names = self.names
+        msg = await self._get(names.events, {"seq": 1, "next_by_subj": names.event_by_id(event_id)})
+        stamp = None if msg is None else (msg.headers or {}).get("Nats-Time-Stamp")
+        if stamp is None:
+            return None
+        return datetime.fromisoformat(stamp).timestamp() - self.clocks_apart
 
     async def delivery(self, delivery_id: int) -> DeliveryInfo | None:
         state = await self._state(delivery_id)

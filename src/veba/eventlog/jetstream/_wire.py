@@ -11,6 +11,7 @@ import itertools
 import json
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.client import Client
@@ -255,7 +256,8 @@ async def direct_get(
     nc: Client, stream: str, request: Mapping[str, Any], *, leader: bool = False
 ) -> Msg | None:
     """A direct get ({"seq": n}, {"seq": n, "next_by_subj": s}, {"last_by_subj": s});
-    None if there is no such message. Headers carry Nats-Sequence and -Subject.
+    None if there is no such message. Headers carry Nats-Sequence, -Subject and
+    -Time-Stamp (when the server stored it).
 
     `leader`: from the stream's leader. A direct get is answered by any replica,
     which may not have applied a write just acknowledged; a stream kept on
@@ -294,6 +296,8 @@ async def _leader_get(nc: Client, stream: str, request: Mapping[str, Any]) -> Ms
     except TimeoutError as exc:
         raise NoAnswer(f"get from {stream}: no answer") from exc
     headers = {**(raw.headers or {}), "Nats-Sequence": str(raw.seq), "Nats-Subject": raw.subject}
+    if raw.time is not None:  # as a direct get's answer carries it
+        headers["Nats-Time-Stamp"] = raw.time.isoformat()
     return Msg(nc, subject=raw.subject or "", data=raw.data or b"", headers=headers)
 
 
@@ -389,20 +393,24 @@ async def scan(
     *,
     subjects: str | None = None,
     start: int = 1,
+    since: float | None = None,
     upto: int | None = None,
     headers_only: bool = False,
     batch: int = 500,
     timeout: float = 5.0,
 ) -> AsyncGenerator[Msg, None]:
-    """Read a stream from seq `start` on, in order, through a throwaway pull
-    consumer (in memory, no acks), deleted when the reading ends; with `upto`,
-    only up to that seq (read from the stream's info): no pull is made after
-    it, which nats-server 2.9 may leave unanswered when the stream was purged
-    while the consumer read (its pending count goes wrong)."""
+    """Read a stream from seq `start` on (or, with `since`, from the first
+    message the server stored at or after that time.time()), in order, through
+    a throwaway pull consumer (in memory, no acks), deleted when the reading
+    ends; with `upto`, only up to that seq (read from the stream's info): no
+    pull is made after it, which nats-server 2.9 may leave unanswered when the
+    stream was purged while the consumer read (its pending count goes wrong)."""
+    by_time = since is not None
     config = ConsumerConfig(
         ack_policy=AckPolicy.NONE,
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=max(1, start),
+        deliver_policy=DeliverPolicy.BY_START_TIME if by_time else DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=None if by_time else max(1, start),
+        opt_start_time=None if since is None else datetime.fromtimestamp(since, UTC),
         filter_subject=subjects,
         headers_only=headers_only or None,
         inactive_threshold=60.0,
@@ -410,7 +418,7 @@ async def scan(
         num_replicas=1,
     )
     info = await js.add_consumer(stream, config)
-    read = max(1, start) - 1  # the last seq read (or passed)
+    read = 0 if by_time else max(1, start) - 1  # the last seq read (or passed)
     try:
         while True:
             try:
