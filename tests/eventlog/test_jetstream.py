@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,57 @@ async def test_dead_letters_and_an_events_deliveries_are_listed_without_reading_
     assert read <= 2  # its leased and its dead state
     assert len(await log.deliveries(limit=1000)) == 301  # everything: every state read
     assert read > 300
+
+
+async def test_retention_reads_the_events_and_states_it_deletes_not_the_whole_log(
+    log: JetStreamLog,
+) -> None:
+    # Retention runs every minute: a pass over a week of a busy log each time
+    # would never end. A pass reads the events up to its cutoff and the states
+    # stored from its oldest deleted event to `late_states` after its newest.
+    log.nodes_apart = 0.0  # one machine, one clock
+    read = Counter[str]()
+    for method in ("_events", "_all_states"):
+        every = getattr(log, method)
+
+        def counting(*args: Any, _every: Any = every, _name: str = method, **kw: Any) -> Any:
+            async def counted() -> AsyncIterator[Any]:
+                async for item in _every(*args, **kw):
+                    read[_name] += 1
+                    yield item
+
+            return counted()
+
+        setattr(log, method, counting)
+
+    await log.append([make_event(k) for k in range(100)], route=to("f"))
+    await log.ack_many([(d.id, ok(1)) for d in await log.lease("f", 100, 30)])
+    assert await log.prune(time.time() - 3600) == 0  # a node's first pass reads every state
+    assert read["_all_states"] == 100
+    # The old deliveries' states were stored by `acked`; the new ones' are stored
+    # after `acked + 0.5`; the pass reads those stored up to `acked + 0.25`.
+    acked = time.time()
+    log.late_states = acked - max(r.received for r in await log.events()) + 0.25
+    while time.time() < acked + 0.5:
+        await asyncio.sleep(0.01)
+    cutoff = time.time()
+    await log.append([make_event(k) for k in range(100, 400)], route=to("f"))
+    await log.ack_many([(d.id, ok(1)) for d in await log.lease("f", 300, 30)])
+
+    read.clear()
+    assert await log.prune(cutoff) == 100
+    assert read == {"_events": 101, "_all_states": 100}  # the 100 old, and the first new event
+    assert len(await log.deliveries(limit=1000)) == 300  # the old states are gone
+
+    # A state stored after that (here written again by hand, as a delivery
+    # retried for long would) outlives the pass; the day's whole pass takes it.
+    late = DeliveryState(10**6, 1, "f", "late", "vc1", "VmPoweredOnEvent", status="delivered")
+    await log._save([late])
+    assert await log.prune(time.time() - 3600) == 0
+    assert await log.delivery(late.id) is not None
+    log._whole_prune_due = 0.0  # a day on
+    assert await log.prune(time.time() - 3600) == 0
+    assert await log.delivery(late.id) is None
 
 
 async def test_every_node_hears_of_a_consumer_leader_election_on_the_cluster(

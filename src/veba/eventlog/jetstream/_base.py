@@ -29,7 +29,7 @@ from veba.eventlog.jetstream._wire import (
     walk,
 )
 
-__all__ = ["CHUNK", "LogBase", "own_headers", "received"]
+__all__ = ["CHUNK", "LogBase", "own_headers", "received", "stored"]
 
 CHUNK = 1000  # messages one publish_many sends
 _NOTICE_IDS = 5000  # delivery ids a notice of deleted states carries (~40 KB)
@@ -38,6 +38,11 @@ _NOTICE_IDS = 5000  # delivery ids a notice of deleted states carries (~40 KB)
 def received(msg: Msg) -> float:
     """When the event of an events-stream message was appended."""
     return float((msg.headers or {})["Veba-Received"])
+
+
+def stored(msg: Msg) -> float:
+    """When the server stored a message a consumer gave (its clock)."""
+    return msg.metadata.timestamp.timestamp()
 
 
 def own_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -87,12 +92,20 @@ class LogBase:
             acks.extend(await publish_many(self._conn(), messages[at : at + CHUNK]))
         return acks
 
-    async def _delete_states(self, which: Callable[[DeliveryState], bool]) -> None:
-        """Delete the states `which` picks, and tell every node's tally which
+    async def _delete_states(
+        self,
+        which: Callable[[DeliveryState], bool],
+        *,
+        since: float | None = None,
+        stored_before: float | None = None,
+    ) -> None:
+        """Delete the states `which` picks (of those stored from `since` and
+        before `stored_before`, when given), and tell every node's tally which
         (_tally.py): a tally never sees a deletion in the states stream. One
         another node deleted first is its to tell."""
         js, deleted = self._jetstream(), []
-        async for seq, state in self._all_states():
+        found = self._all_states(since=since, stored_before=stored_before)
+        async for seq, state in found:
             if which(state) and await delete(js, self.names.states, seq):
                 deleted.append(state.id)
         subject = self.names.gone_subject
@@ -141,14 +154,22 @@ class LogBase:
         )
 
     async def _all_states(
-        self, start: int = 1, upto: int | None = None, *, since: float | None = None
+        self,
+        start: int = 1,
+        upto: int | None = None,
+        *,
+        since: float | None = None,
+        stored_before: float | None = None,
     ) -> AsyncGenerator[tuple[int, DeliveryState], None]:
-        """Every delivery state (from seq `start`, or those written from `since`
-        on; up to `upto`), with the seq of its message in the states stream."""
+        """Every delivery state (from seq `start`, or those stored from `since`
+        on; up to seq `upto`, or those stored before `stored_before`), with the
+        seq of its message in the states stream (one a delivery: its last)."""
         names = self.names
         states = scan(
             self._jetstream(), self._conn(), names.states, start=start, since=since, upto=upto
         )
         async with contextlib.aclosing(states) as found:
             async for msg in found:
+                if stored_before is not None and stored(msg) >= stored_before:
+                    return
                 yield seq_of(msg), DeliveryState.from_json(msg.data)

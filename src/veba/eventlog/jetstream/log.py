@@ -81,6 +81,14 @@ GONE_KEPT = 86400.0  # seconds a notice of deleted states is kept (NAME_gone)
 class JetStreamLog(DeliveryOps, Queries, Appending):
     """`EventLog` on NATS JetStream (see the module's docstring for the layout)."""
 
+    # Retention (`prune`): how far apart the nodes' clocks may be (an event is
+    # stamped with its node's); how long after its event a delivery's state may
+    # be stored and still go in the pass that deletes the event; how often a
+    # node's pass reads every state, for those stored later.
+    nodes_apart = 60.0
+    late_states = 300.0
+    whole_prune_every = 86400.0
+
     def __init__(
         self,
         servers: Sequence[str] = ("nats://127.0.0.1:4222",),
@@ -119,6 +127,7 @@ class JetStreamLog(DeliveryOps, Queries, Appending):
         self._states: dict[int, DeliveryState] = {}  # of the deliveries this node holds
         self._elected: dict[str, float] = {}  # see DeliveryOps._on_election
         self._offered: dict[str, int] = {}  # see DeliveryOps._offered_again
+        self._whole_prune_due = 0.0  # a node's first pass reads every state (`prune`)
         self._elections: Subscription | None = None
         self._tally: Tally | None = None
         self._tally_lock = asyncio.Lock()
@@ -231,7 +240,13 @@ class JetStreamLog(DeliveryOps, Queries, Appending):
         with their delivery states; one request each, so nothing waits behind it.
         What must stay is read first (the open deliveries' and dead letters'
         events): the cutoff is taken to be in the past, where no append, replay
-        or redrive adds a delivery meanwhile."""
+        or redrive adds a delivery meanwhile.
+
+        A pass reads the events up to the cutoff (and `nodes_apart` past it),
+        and the states stored from the oldest event it deletes to `late_states`
+        after the newest: not the whole log every minute. A
+        state stored later than that (a delivery retried for long) is left to
+        the pass that reads every state, once every `whole_prune_every`."""
         names, nc, js = self.names, self._conn(), self._jetstream()
         keep: set[int] = set()
         async for msg in self._walk(names.deliveries, names.all(names.deliveries)):
@@ -239,15 +254,34 @@ class JetStreamLog(DeliveryOps, Queries, Appending):
         async with contextlib.aclosing(scan(js, nc, names.dlq, headers_only=True)) as dead:
             async for msg in dead:
                 keep.add(int((msg.headers or {})["Veba-Seq"]))
-        gone: set[int] = set()
+        # Every event up to `judged` that is not in `kept` is gone (deleted now or
+        # before), and so are its states.
+        judged = (await js.stream_info(names.events)).state.last_seq
+        kept: set[int] = set()
+        oldest = newest = None
         pruned = 0
         async with contextlib.aclosing(self._events(headers_only=True)) as found:
             async for msg in found:
-                seq = seq_of(msg)
-                if received(msg) < received_before and seq not in keep:
-                    gone.add(seq)
-                    # Another node's pass may delete it first: then not counted here.
-                    pruned += await delete(js, names.events, seq)
-        if gone:
-            await self._delete_states(lambda state: state.seq in gone)
+                seq, at = seq_of(msg), received(msg)
+                if at >= received_before + self.nodes_apart:
+                    judged = seq - 1  # the events after it are later still
+                    break
+                judged = max(judged, seq)
+                if at >= received_before or seq in keep:
+                    kept.add(seq)
+                    continue
+                oldest = at if oldest is None else min(oldest, at)
+                newest = at if newest is None else max(newest, at)
+                # Another node's pass may delete it first: then not counted here.
+                pruned += await delete(js, names.events, seq)
+        whole = time.monotonic() >= self._whole_prune_due
+        if whole:
+            self._whole_prune_due = time.monotonic() + self.whole_prune_every
+        elif oldest is None or newest is None:
+            return pruned
+        await self._delete_states(
+            lambda state: state.seq <= judged and state.seq not in kept,
+            since=None if whole or oldest is None else oldest - self.nodes_apart,
+            stored_before=None if whole or newest is None else newest + self.late_states,
+        )
         return pruned
