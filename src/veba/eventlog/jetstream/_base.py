@@ -21,7 +21,7 @@ from veba.eventlog.jetstream._tally import Tally, notice
 from veba.eventlog.jetstream._wire import (
     Outgoing,
     check_ack,
-    delete,
+    delete_many,
     direct_get,
     publish_many,
     scan,
@@ -29,9 +29,10 @@ from veba.eventlog.jetstream._wire import (
     walk,
 )
 
-__all__ = ["CHUNK", "LogBase", "own_headers", "received", "stored"]
+__all__ = ["CHUNK", "DELETES_AT_ONCE", "LogBase", "own_headers", "received", "stored"]
 
 CHUNK = 1000  # messages one publish_many sends
+DELETES_AT_ONCE = 100  # delete requests in flight together (retention, forget)
 _NOTICE_IDS = 5000  # delivery ids a notice of deleted states carries (~40 KB)
 
 
@@ -103,11 +104,23 @@ class LogBase:
         before `stored_before`, when given), and tell every node's tally which
         (_tally.py): a tally never sees a deletion in the states stream. One
         another node deleted first is its to tell."""
-        js, deleted = self._jetstream(), []
+        nc, deleted = self._conn(), list[int]()
+        picked: list[tuple[int, int]] = []  # (seq, delivery id)
+
+        async def delete_picked() -> None:
+            done = await delete_many(nc, self.names.states, [seq for seq, _ in picked])
+            deleted.extend(
+                delivery_id for (_, delivery_id), ok in zip(picked, done, strict=True) if ok
+            )
+            picked.clear()
+
         found = self._all_states(since=since, stored_before=stored_before)
         async for seq, state in found:
-            if which(state) and await delete(js, self.names.states, seq):
-                deleted.append(state.id)
+            if which(state):
+                picked.append((seq, state.id))
+                if len(picked) >= DELETES_AT_ONCE:
+                    await delete_picked()
+        await delete_picked()
         subject = self.names.gone_subject
         notices: list[Outgoing] = [
             (subject, notice(deleted[at : at + _NOTICE_IDS]), {})

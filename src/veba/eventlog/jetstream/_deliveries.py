@@ -295,7 +295,7 @@ class DeliveryOps(LogBase):
                     state.available_at, state.finished = now, None
                     states.append(state)
                 # Redriven by another node at once too: it is out of the DLQ either way.
-                await delete(js, names.dlq, msg.metadata.sequence.stream)
+                await delete(nc, names.dlq, msg.metadata.sequence.stream)
             await self._save(states)
 
         async with contextlib.aclosing(scan(js, nc, names.dlq, subjects=subjects)) as dead:

@@ -61,7 +61,7 @@ from nats.js.errors import BadRequestError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from veba.eventlog.jetstream._append import Appending, QueuedAppend
-from veba.eventlog.jetstream._base import received
+from veba.eventlog.jetstream._base import DELETES_AT_ONCE, received
 from veba.eventlog.jetstream._deliveries import ELECTED, DeliveryOps
 from veba.eventlog.jetstream._errors import raises_log_errors
 from veba.eventlog.jetstream._leases import LeaseKeeper
@@ -69,7 +69,7 @@ from veba.eventlog.jetstream._names import Names, token
 from veba.eventlog.jetstream._queries import Queries
 from veba.eventlog.jetstream._state import DeliveryState
 from veba.eventlog.jetstream._tally import Tally
-from veba.eventlog.jetstream._wire import delete, scan, seq_of
+from veba.eventlog.jetstream._wire import delete_many, scan, seq_of
 from veba.jetstream._buckets import patiently
 
 __all__ = ["JetStreamLog"]
@@ -259,6 +259,7 @@ class JetStreamLog(DeliveryOps, Queries, Appending):
         judged = (await js.stream_info(names.events)).state.last_seq
         kept: set[int] = set()
         oldest = newest = None
+        going: list[int] = []
         pruned = 0
         async with contextlib.aclosing(self._events(headers_only=True)) as found:
             async for msg in found:
@@ -272,8 +273,12 @@ class JetStreamLog(DeliveryOps, Queries, Appending):
                     continue
                 oldest = at if oldest is None else min(oldest, at)
                 newest = at if newest is None else max(newest, at)
-                # Another node's pass may delete it first: then not counted here.
-                pruned += await delete(js, names.events, seq)
+                going.append(seq)
+                if len(going) >= DELETES_AT_ONCE:
+                    # Another node's pass may delete one first: then not counted here.
+                    pruned += sum(await delete_many(nc, names.events, going))
+                    going.clear()
+        pruned += sum(await delete_many(nc, names.events, going))
         whole = time.monotonic() >= self._whole_prune_due
         if whole:
             self._whole_prune_due = time.monotonic() + self.whole_prune_every
