@@ -30,7 +30,7 @@ from veba.eventlog.jetstream import JetStreamLog, _deliveries
 from veba.eventlog.jetstream._deliveries import ELECTED
 from veba.eventlog.jetstream._router import mark_body, marked_seqs
 from veba.eventlog.jetstream._state import DeliveryState
-from veba.eventlog.jetstream._wire import JetStreamError
+from veba.eventlog.jetstream._wire import JetStreamError, NoAnswer
 from veba.events import Event, InvalidEvent
 
 SERVERS = ["nats://127.0.0.1:4222"]
@@ -262,6 +262,42 @@ async def test_retention_reads_the_events_and_states_it_deletes_not_the_whole_lo
     log._whole_prune_due = 0.0  # a day on
     assert await log.prune(time.time() - 3600) == 0
     assert await log.delivery(late.id) is None
+
+
+async def test_counting_goes_on_from_where_a_failed_read_of_the_states_stopped(
+    log: JetStreamLog,
+) -> None:
+    # A node's first counts() reads every state; on a large log and a busy
+    # server a pull may go unanswered part way. The next call goes on from there
+    # rather than from the start, so the calls get there however large the log.
+    await log.append([make_event(k) for k in range(300)], route=to("f"))
+    await log.ack_many([(d.id, ok(1)) for d in await log.lease("f", 300, 30)])
+    read = 0
+    every_state = log._all_states
+
+    async def failing_at_100(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        nonlocal read
+        async for item in every_state(*args, **kwargs):
+            if read == 100:
+                raise NoAnswer("pull from states: no answer")
+            read += 1
+            yield item
+
+    log._all_states = failing_at_100  # type: ignore[method-assign]
+    with pytest.raises(LogUnavailable):
+        await log.counts()
+    assert read == 100
+    log._all_states = every_state  # type: ignore[method-assign]
+
+    async def counted(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        nonlocal read
+        async for item in every_state(*args, **kwargs):
+            read += 1
+            yield item
+
+    log._all_states = counted  # type: ignore[method-assign]
+    assert await log.counts() == {"f": {"delivered": 300}}
+    assert read == 300  # the other 200 only
 
 
 async def test_every_node_hears_of_a_consumer_leader_election_on_the_cluster(

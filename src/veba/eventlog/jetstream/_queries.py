@@ -220,10 +220,15 @@ class Queries(LogBase):
             tally.built = time.monotonic()
             # What these notices name is deleted already: the full read won't find it.
             tally.gone_seq = gone.last_seq
+        # Kept as it goes: a read that fails part way (a pull unanswered on a
+        # busy server) goes on from there at the next call, not from the start,
+        # so on a log too large to read in one go the calls still get there.
+        self._tally = tally
         upto = (await js.stream_info(names.states)).state.last_seq
         if upto > tally.states_seq:
-            async for _, state in self._all_states(start=tally.states_seq + 1, upto=upto):
+            async for seq, state in self._all_states(start=tally.states_seq + 1, upto=upto):
                 tally.fold(state.id, state.subscription, state.status)
+                tally.states_seq = seq
             tally.states_seq = upto
         if gone.last_seq > tally.gone_seq:
             notices = scan(
@@ -234,7 +239,6 @@ class Queries(LogBase):
                     for delivery_id in notice_ids(msg.data):
                         tally.forget(delivery_id)
             tally.gone_seq = gone.last_seq
-        self._tally = tally
         return tally
 
     async def backlog(self) -> dict[str, Backlog]:
