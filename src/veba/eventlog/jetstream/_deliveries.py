@@ -14,7 +14,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from veba.eventlog.base import Attempt, Delivery, ReplayTooLarge
-from veba.eventlog.jetstream._base import CHUNK, LogBase, own_headers, received
+from veba.eventlog.jetstream._base import (
+    CHUNK,
+    DELETES_AT_ONCE,
+    LogBase,
+    own_headers,
+    received,
+)
 from veba.eventlog.jetstream._names import token
 from veba.eventlog.jetstream._state import DeliveryState, delivery_headers
 from veba.eventlog.jetstream._wire import (
@@ -23,7 +29,7 @@ from veba.eventlog.jetstream._wire import (
     JetStreamError,
     Outgoing,
     api,
-    delete,
+    delete_many,
     pull,
     scan,
     seq_of,
@@ -287,15 +293,16 @@ class DeliveryOps(LogBase):
                 outgoing.append((names.delivery_subject(sub), msg.data, own_headers(headers)))
             await self._publish(outgoing, "redrive")
             states = []
-            for msg in msgs:
-                delivery_id = int((msg.headers or {})["Veba-Delivery"])
-                state = await self._read_state(delivery_id)
-                if state is not None:
-                    state.status, state.attempts, state.adjust = "pending", 0, 0
-                    state.available_at, state.finished = now, None
-                    states.append(state)
+            for at in range(0, len(msgs), DELETES_AT_ONCE):
+                part = msgs[at : at + DELETES_AT_ONCE]
+                ids = [int((msg.headers or {})["Veba-Delivery"]) for msg in part]
+                for state in await asyncio.gather(*(self._read_state(i) for i in ids)):
+                    if state is not None:
+                        state.status, state.attempts, state.adjust = "pending", 0, 0
+                        state.available_at, state.finished = now, None
+                        states.append(state)
                 # Redriven by another node at once too: it is out of the DLQ either way.
-                await delete(nc, names.dlq, msg.metadata.sequence.stream)
+                await delete_many(nc, names.dlq, [msg.metadata.sequence.stream for msg in part])
             await self._save(states)
 
         async with contextlib.aclosing(scan(js, nc, names.dlq, subjects=subjects)) as dead:
