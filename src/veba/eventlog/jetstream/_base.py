@@ -32,7 +32,7 @@ from veba.eventlog.jetstream._wire import (
 __all__ = ["CHUNK", "DELETES_AT_ONCE", "LogBase", "own_headers", "received", "stored"]
 
 CHUNK = 1000  # messages one publish_many sends
-DELETES_AT_ONCE = 100  # delete requests in flight together (retention, forget)
+DELETES_AT_ONCE = 100  # delete requests in flight together (retention, forget, redrive)
 _NOTICE_IDS = 5000  # delivery ids a notice of deleted states carries (~40 KB)
 
 

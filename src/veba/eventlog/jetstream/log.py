@@ -237,16 +237,17 @@ class JetStreamLog(DeliveryOps, Queries, Appending):
 
     async def prune(self, received_before: float) -> int:
         """Events received before the cutoff whose deliveries are all delivered go,
-        with their delivery states; one request each, so nothing waits behind it.
-        What must stay is read first (the open deliveries' and dead letters'
-        events): the cutoff is taken to be in the past, where no append, replay
-        or redrive adds a delivery meanwhile.
+        with their delivery states; one small request each (100 in flight at
+        once), so nothing waits long behind them. What must stay is read first
+        (the open deliveries' and dead letters' events): the cutoff is taken to
+        be in the past, where no append, replay or redrive adds a delivery
+        meanwhile.
 
         A pass reads the events up to the cutoff (and `nodes_apart` past it),
         and the states stored from the oldest event it deletes to `late_states`
-        after the newest: not the whole log every minute. A
-        state stored later than that (a delivery retried for long) is left to
-        the pass that reads every state, once every `whole_prune_every`."""
+        after the newest: not the whole log every minute. A state stored later
+        than that (a delivery retried for long) is left to the pass that reads
+        every state, a node's first and then one every `whole_prune_every`."""
         names, nc, js = self.names, self._conn(), self._jetstream()
         keep: set[int] = set()
         async for msg in self._walk(names.deliveries, names.all(names.deliveries)):
