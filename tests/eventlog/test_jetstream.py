@@ -182,22 +182,35 @@ async def test_a_consumer_that_lost_its_record_of_deliveries_does_not_have_them_
         await asyncio.sleep(0.05)
 
 
+def count_reads(log: JetStreamLog, *methods: str, fail_after: int | None = None) -> Counter[str]:
+    """From now on, what each of the log's reading generators `methods` yields,
+    counted by name; with `fail_after`, a read fails (no answer) once that many
+    were yielded. Called again, it counts afresh on the log's own methods."""
+    read = Counter[str]()
+    for name in methods:
+        every = getattr(type(log), name).__get__(log)
+
+        def counting(*args: Any, _every: Any = every, _name: str = name, **kw: Any) -> Any:
+            async def counted() -> AsyncIterator[Any]:
+                async for item in _every(*args, **kw):
+                    if read[_name] == fail_after:
+                        raise NoAnswer(f"{_name}: no answer")
+                    read[_name] += 1
+                    yield item
+
+            return counted()
+
+        setattr(log, name, counting)
+    return read
+
+
 async def test_dead_letters_and_an_events_deliveries_are_listed_without_reading_every_state(
     log: JetStreamLog,
 ) -> None:
     # A busy log holds millions of delivery states to its few dead letters:
     # `veba dlq list` and an event's story read what they show, not them all.
     log.clocks_apart = 0.0  # one server, one clock: no margin needed
-    read = 0
-    every_state = log._all_states
-
-    async def counted(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        nonlocal read
-        async for item in every_state(*args, **kwargs):
-            read += 1
-            yield item
-
-    log._all_states = counted  # type: ignore[method-assign]
+    read = count_reads(log, "_all_states")
     await log.append([make_event(k) for k in range(300)], route=to("f"))
     await log.ack_many([(d.id, ok(1)) for d in await log.lease("f", 300, 30)])
     late = make_event(1000)
@@ -206,11 +219,11 @@ async def test_dead_letters_and_an_events_deliveries_are_listed_without_reading_
     await log.dead(dead.id, failed(1, 400))
 
     assert [d.id for d in await log.deliveries(status="dead")] == [dead.id]
-    assert read == 0
+    assert read["_all_states"] == 0
     assert [(d.id, d.status) for d in await log.deliveries(event_id=late.id)] == [(dead.id, "dead")]
-    assert read <= 2  # its leased and its dead state
+    assert read["_all_states"] <= 2  # its leased and its dead state
     assert len(await log.deliveries(limit=1000)) == 301  # everything: every state read
-    assert read > 300
+    assert read["_all_states"] > 300
 
 
 async def test_retention_reads_the_events_and_states_it_deletes_not_the_whole_log(
@@ -220,19 +233,7 @@ async def test_retention_reads_the_events_and_states_it_deletes_not_the_whole_lo
     # would never end. A pass reads the events up to its cutoff and the states
     # stored from its oldest deleted event to `late_states` after its newest.
     log.nodes_apart = 0.0  # one machine, one clock
-    read = Counter[str]()
-    for method in ("_events", "_all_states"):
-        every = getattr(log, method)
-
-        def counting(*args: Any, _every: Any = every, _name: str = method, **kw: Any) -> Any:
-            async def counted() -> AsyncIterator[Any]:
-                async for item in _every(*args, **kw):
-                    read[_name] += 1
-                    yield item
-
-            return counted()
-
-        setattr(log, method, counting)
+    read = count_reads(log, "_events", "_all_states")
 
     await log.append([make_event(k) for k in range(100)], route=to("f"))
     await log.ack_many([(d.id, ok(1)) for d in await log.lease("f", 100, 30)])
@@ -272,32 +273,13 @@ async def test_counting_goes_on_from_where_a_failed_read_of_the_states_stopped(
     # rather than from the start, so the calls get there however large the log.
     await log.append([make_event(k) for k in range(300)], route=to("f"))
     await log.ack_many([(d.id, ok(1)) for d in await log.lease("f", 300, 30)])
-    read = 0
-    every_state = log._all_states
-
-    async def failing_at_100(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        nonlocal read
-        async for item in every_state(*args, **kwargs):
-            if read == 100:
-                raise NoAnswer("pull from states: no answer")
-            read += 1
-            yield item
-
-    log._all_states = failing_at_100  # type: ignore[method-assign]
+    read = count_reads(log, "_all_states", fail_after=100)
     with pytest.raises(LogUnavailable):
         await log.counts()
-    assert read == 100
-    log._all_states = every_state  # type: ignore[method-assign]
-
-    async def counted(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        nonlocal read
-        async for item in every_state(*args, **kwargs):
-            read += 1
-            yield item
-
-    log._all_states = counted  # type: ignore[method-assign]
+    assert read["_all_states"] == 100
+    read = count_reads(log, "_all_states")
     assert await log.counts() == {"f": {"delivered": 300}}
-    assert read == 300  # the other 200 only
+    assert read["_all_states"] == 200  # the other 200 only
 
 
 async def test_every_node_hears_of_a_consumer_leader_election_on_the_cluster(

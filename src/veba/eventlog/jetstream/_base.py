@@ -19,6 +19,7 @@ from veba.eventlog.jetstream._names import Names
 from veba.eventlog.jetstream._state import DeliveryState
 from veba.eventlog.jetstream._tally import Tally, notice
 from veba.eventlog.jetstream._wire import (
+    AT_ONCE,
     Outgoing,
     check_ack,
     delete_many,
@@ -29,16 +30,21 @@ from veba.eventlog.jetstream._wire import (
     walk,
 )
 
-__all__ = ["CHUNK", "DELETES_AT_ONCE", "LogBase", "own_headers", "received", "stored"]
+__all__ = ["CHUNK", "LogBase", "delivery_id_of", "own_headers", "received", "stored"]
 
 CHUNK = 1000  # messages one publish_many sends
-DELETES_AT_ONCE = 100  # delete requests in flight together (retention, forget, redrive)
 _NOTICE_IDS = 5000  # delivery ids a notice of deleted states carries (~40 KB)
 
 
 def received(msg: Msg) -> float:
     """When the event of an events-stream message was appended."""
     return float((msg.headers or {})["Veba-Received"])
+
+
+def delivery_id_of(msg: Msg) -> int:
+    """A deliveries-stream message's delivery id: its seq, or the one it kept
+    when redriven."""
+    return int((msg.headers or {}).get("Veba-Delivery", seq_of(msg)))
 
 
 def stored(msg: Msg) -> float:
@@ -104,23 +110,12 @@ class LogBase:
         before `stored_before`, when given), and tell every node's tally which
         (_tally.py): a tally never sees a deletion in the states stream. One
         another node deleted first is its to tell."""
-        nc, deleted = self._conn(), list[int]()
-        picked: list[tuple[int, int]] = []  # (seq, delivery id)
-
-        async def delete_picked() -> None:
-            done = await delete_many(nc, self.names.states, [seq for seq, _ in picked])
-            deleted.extend(
-                delivery_id for (_, delivery_id), ok in zip(picked, done, strict=True) if ok
-            )
-            picked.clear()
-
-        found = self._all_states(since=since, stored_before=stored_before)
-        async for seq, state in found:
+        picked: dict[int, int] = {}  # seq -> delivery id
+        async for seq, state in self._all_states(since=since, stored_before=stored_before):
             if which(state):
-                picked.append((seq, state.id))
-                if len(picked) >= DELETES_AT_ONCE:
-                    await delete_picked()
-        await delete_picked()
+                picked[seq] = state.id
+        done = await delete_many(self._conn(), self.names.states, list(picked))
+        deleted = [delivery_id for delivery_id, ok in zip(picked.values(), done, strict=True) if ok]
         subject = self.names.gone_subject
         notices: list[Outgoing] = [
             (subject, notice(deleted[at : at + _NOTICE_IDS]), {})
@@ -140,6 +135,14 @@ class LogBase:
         subject = self.names.state_subject(delivery_id)
         msg = await self._get(self.names.states, {"last_by_subj": subject})
         return None if msg is None else DeliveryState.from_json(msg.data)
+
+    async def _read_states(self, delivery_ids: Sequence[int]) -> list[DeliveryState | None]:
+        """`_read_state` of each, AT_ONCE reads in flight together."""
+        found: list[DeliveryState | None] = []
+        for at in range(0, len(delivery_ids), AT_ONCE):
+            part = delivery_ids[at : at + AT_ONCE]
+            found.extend(await asyncio.gather(*(self._read_state(i) for i in part)))
+        return found
 
     async def _state(self, delivery_id: int) -> DeliveryState | None:
         return self._states.get(delivery_id) or await self._read_state(delivery_id)

@@ -14,13 +14,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from veba.eventlog.base import Attempt, Delivery, ReplayTooLarge
-from veba.eventlog.jetstream._base import (
-    CHUNK,
-    DELETES_AT_ONCE,
-    LogBase,
-    own_headers,
-    received,
-)
+from veba.eventlog.jetstream._base import CHUNK, LogBase, delivery_id_of, own_headers, received
 from veba.eventlog.jetstream._names import token
 from veba.eventlog.jetstream._state import DeliveryState, delivery_headers
 from veba.eventlog.jetstream._wire import (
@@ -42,12 +36,6 @@ __all__ = ["ELECTED", "DeliveryOps"]
 
 # What the server tells every client when a consumer has a new leader.
 ELECTED = "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED"
-
-
-def delivery_id_of(msg: Msg) -> int:
-    """Its message's seq in the deliveries stream, or the one it kept when
-    redriven."""
-    return int((msg.headers or {}).get("Veba-Delivery", msg.metadata.sequence.stream))
 
 
 class DeliveryOps(LogBase):
@@ -105,13 +93,15 @@ class DeliveryOps(LogBase):
 
     def _offered_again(self, consumer: str, msgs: list[Msg]) -> tuple[list[Msg], set[int]]:
         """The messages not in flight on this node already, and which of them
-        are doubted. A consumer's new leader that lost its old one's record of
-        some deliveries offers them again as first deliveries, under delivery
-        seqs it had given out before: one seen here again has its state read
-        (its election's advisory may come after the offers, `_on_election`).
+        are doubted (their states read, first deliveries though they are). A
+        consumer's new leader that lost its old one's record of some deliveries
+        offers them again as first deliveries: for an ack wait after its
+        election's advisory (`_on_election`), and under a delivery seq given
+        out before, which tells before the advisory may have come.
         One this node still holds is not made twice: its lease is settled
         through the newest offer, the one the new leader knows of."""
         highest = self._offered.get(consumer, 0)
+        elected = bool(self._elected) and self._doubted(consumer)
         fresh, doubted = [], set()
         for msg in msgs:
             delivery_id, offered = delivery_id_of(msg), msg.metadata.sequence.consumer
@@ -119,7 +109,7 @@ class DeliveryOps(LogBase):
             if held is not None and not held.lapsed:
                 held.msg, held.touched = msg, time.time()
                 continue
-            if offered <= highest:
+            if elected or offered <= highest:
                 doubted.add(delivery_id)
             highest = max(highest, offered)
             fresh.append(msg)
@@ -170,13 +160,8 @@ class DeliveryOps(LogBase):
         headers = msg.headers or {}
         delivery_id = delivery_id_of(msg)
         # A message's first delivery has no state to read, unless it was redriven
-        # or its consumer has just changed leader.
-        if (
-            msg.metadata.num_delivered > 1
-            or "Veba-Delivery" in headers
-            or delivery_id in doubted
-            or (self._elected and self._doubted(msg.metadata.consumer or ""))
-        ):
+        # or its consumer has just changed leader (`_offered_again`).
+        if msg.metadata.num_delivered > 1 or "Veba-Delivery" in headers or delivery_id in doubted:
             state = self._states.get(delivery_id) or await self._read_state(delivery_id)
             if state is not None:
                 return state
@@ -293,16 +278,13 @@ class DeliveryOps(LogBase):
                 outgoing.append((names.delivery_subject(sub), msg.data, own_headers(headers)))
             await self._publish(outgoing, "redrive")
             states = []
-            for at in range(0, len(msgs), DELETES_AT_ONCE):
-                part = msgs[at : at + DELETES_AT_ONCE]
-                ids = [int((msg.headers or {})["Veba-Delivery"]) for msg in part]
-                for state in await asyncio.gather(*(self._read_state(i) for i in ids)):
-                    if state is not None:
-                        state.status, state.attempts, state.adjust = "pending", 0, 0
-                        state.available_at, state.finished = now, None
-                        states.append(state)
-                # Redriven by another node at once too: it is out of the DLQ either way.
-                await delete_many(nc, names.dlq, [msg.metadata.sequence.stream for msg in part])
+            for state in await self._read_states([delivery_id_of(msg) for msg in msgs]):
+                if state is not None:
+                    state.status, state.attempts, state.adjust = "pending", 0, 0
+                    state.available_at, state.finished = now, None
+                    states.append(state)
+            # Redriven by another node at once too: it is out of the DLQ either way.
+            await delete_many(nc, names.dlq, [msg.metadata.sequence.stream for msg in msgs])
             await self._save(states)
 
         async with contextlib.aclosing(scan(js, nc, names.dlq, subjects=subjects)) as dead:

@@ -19,7 +19,7 @@ from veba.eventlog.base import (
     Status,
     SubjectCounts,
 )
-from veba.eventlog.jetstream._base import LogBase, received
+from veba.eventlog.jetstream._base import LogBase, delivery_id_of, received
 from veba.eventlog.jetstream._names import token, untoken
 from veba.eventlog.jetstream._state import DeliveryState
 from veba.eventlog.jetstream._tally import REBUILD_EVERY, Tally, notice_ids
@@ -52,7 +52,7 @@ class Queries(LogBase):
         )
         async for msg in self._walk(names.deliveries, subjects):
             headers = msg.headers or {}
-            delivery_id = int(headers.get("Veba-Delivery", seq_of(msg)))
+            delivery_id = delivery_id_of(msg)
             if delivery_id not in by_id:
                 sub = names.subscription_of(headers.get("Nats-Subject", ""))
                 by_id[delivery_id] = DeliveryState.pending_from(delivery_id, sub, headers)
@@ -148,15 +148,15 @@ class Queries(LogBase):
                 headers = msg.headers or {}
                 if event_id is None or untoken(headers.get("Veba-Event-Id", "")) == event_id:
                     ids.append(int(headers["Veba-Delivery"]))
+        newest = sorted(set(ids), reverse=True)
         out: list[DeliveryState] = []
-        for delivery_id in sorted(set(ids), reverse=True):
-            state = await self._read_state(delivery_id)
+        for at in range(0, len(newest), limit):  # a dead letter redriven meanwhile: read on
+            states = await self._read_states(newest[at : at + limit])
             # Not dead (yet, or any more): being written to the DLQ, or redriven.
-            if state is not None and state.status == "dead":
-                out.append(state)
-                if len(out) >= limit:
-                    break
-        return out
+            out.extend(s for s in states if s is not None and s.status == "dead")
+            if len(out) >= limit:
+                break
+        return out[:limit]
 
     async def _states_since(self, event_id: str) -> float | None:
         """When to read an event's delivery states from: every one was written

@@ -303,6 +303,8 @@ async def _leader_get(nc: Client, stream: str, request: Mapping[str, Any]) -> Ms
 
 ACK, NAK, WORKING = b"+ACK", b"-NAK", b"+WPI"
 
+AT_ONCE = 100  # requests of one kind a node has in flight together (deletes, state reads)
+
 
 async def settle(msg: Msg, kind: bytes, *, delay: float | None = None) -> None:
     """Ack, nak (after `delay` seconds) or keep a consumer's message, and wait
@@ -362,9 +364,13 @@ async def delete(nc: Client, stream: str, seq: int) -> bool:
 
 
 async def delete_many(nc: Client, stream: str, seqs: Sequence[int]) -> list[bool]:
-    """`delete` each of `seqs`, the requests in flight together (a retention
-    pass deletes thousands: one round trip each, one after the other)."""
-    return list(await asyncio.gather(*(delete(nc, stream, seq) for seq in seqs)))
+    """`delete` each of `seqs`, AT_ONCE requests in flight together (a
+    retention pass deletes thousands: one round trip each, one after the other)."""
+    done: list[bool] = []
+    for at in range(0, len(seqs), AT_ONCE):
+        part = seqs[at : at + AT_ONCE]
+        done.extend(await asyncio.gather(*(delete(nc, stream, seq) for seq in part)))
+    return done
 
 
 def seq_of(msg: Msg) -> int:

@@ -61,7 +61,7 @@ from nats.js.errors import BadRequestError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from veba.eventlog.jetstream._append import Appending, QueuedAppend
-from veba.eventlog.jetstream._base import DELETES_AT_ONCE, received
+from veba.eventlog.jetstream._base import received
 from veba.eventlog.jetstream._deliveries import ELECTED, DeliveryOps
 from veba.eventlog.jetstream._errors import raises_log_errors
 from veba.eventlog.jetstream._leases import LeaseKeeper
@@ -261,7 +261,6 @@ class JetStreamLog(DeliveryOps, Queries, Appending):
         kept: set[int] = set()
         oldest = newest = None
         going: list[int] = []
-        pruned = 0
         async with contextlib.aclosing(self._events(headers_only=True)) as found:
             async for msg in found:
                 seq, at = seq_of(msg), received(msg)
@@ -275,19 +274,18 @@ class JetStreamLog(DeliveryOps, Queries, Appending):
                 oldest = at if oldest is None else min(oldest, at)
                 newest = at if newest is None else max(newest, at)
                 going.append(seq)
-                if len(going) >= DELETES_AT_ONCE:
-                    # Another node's pass may delete one first: then not counted here.
-                    pruned += sum(await delete_many(nc, names.events, going))
-                    going.clear()
-        pruned += sum(await delete_many(nc, names.events, going))
-        whole = time.monotonic() >= self._whole_prune_due
-        if whole:
+        # Another node's pass may delete one first: then not counted here.
+        pruned = sum(await delete_many(nc, names.events, going))
+        since = stored_before = None  # the whole pass: every state
+        if time.monotonic() >= self._whole_prune_due:
             self._whole_prune_due = time.monotonic() + self.whole_prune_every
         elif oldest is None or newest is None:
             return pruned
+        else:
+            since, stored_before = oldest - self.nodes_apart, newest + self.late_states
         await self._delete_states(
             lambda state: state.seq <= judged and state.seq not in kept,
-            since=None if whole or oldest is None else oldest - self.nodes_apart,
-            stored_before=None if whole or newest is None else newest + self.late_states,
+            since=since,
+            stored_before=stored_before,
         )
         return pruned
