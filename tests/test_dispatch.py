@@ -2,7 +2,10 @@
 
 The target in these tests is a small in-test class implementing the `Target`
 protocol (`FakeTarget` below); delivery to real functions through the function
-runtime is covered by the e2e tests.
+runtime is covered by the e2e tests. Every test runs twice: once with a target
+the dispatcher must deliver to in a task per delivery (`deliver`), once with one
+that also begins deliveries itself (`StartingTarget.start`, the quick path the
+warm-worker pools take), which the first attempts then go through.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from veba.eventlog import DeliveryInfo, SQLiteLog
 from veba.events import Event, parse_http, vsphere_event
 from veba.functions._scaling import CallLimit
 from veba.targets.base import Result
+from veba.tracing import EventScope
 
 SUB = "fn"
 OK = Result("ok", 200)
@@ -80,6 +84,39 @@ class FakeTarget:
 
     def attempts_of(self, key: int) -> list[int]:
         return [attempt for event, attempt in self.calls if event.data["Key"] == key]
+
+
+class StartingFakeTarget(FakeTarget):
+    """`FakeTarget` that the dispatcher can begin deliveries on (`StartingTarget`)."""
+
+    def __init__(self, behaviour: Behaviour | None = None, name: str = "fn-target") -> None:
+        super().__init__(behaviour, name)
+        self.started = 0
+
+    def start(
+        self, event: Event, *, attempt: int, deadline: float, scope: EventScope
+    ) -> asyncio.Future[Any] | None:
+        # The attempt's scope comes with it (the pool files the worker's output by it).
+        assert (scope.event_id, scope.function, scope.attempt) == (event.id, SUB, attempt)
+        self.started += 1
+        return asyncio.ensure_future(self.deliver(event, attempt=attempt, deadline=deadline))
+
+    def result_of(self, done: asyncio.Future[Any]) -> Result:
+        if done.cancelled():
+            return Result("crash", 0, "cancelled")
+        exc = done.exception()
+        if exc is not None:  # as FunctionTarget says it
+            return Result("crash", 0, f"{type(exc).__name__}: {exc}")
+        result: Result = done.result()
+        return result
+
+
+@pytest.fixture(autouse=True, params=["task", "started"])
+def delivery_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which way the dispatcher delivers in this run of the test (see the module)."""
+    if request.param == "started":
+        monkeypatch.setitem(globals(), "FakeTarget", StartingFakeTarget)
+    return str(request.param)
 
 
 class Clock:
@@ -158,7 +195,9 @@ async def finished(log: SQLiteLog) -> DeliveryInfo | None:
 # -- delivering -------------------------------------------------------------------
 
 
-async def test_every_event_is_delivered_once_and_acked(log: SQLiteLog, start: Any) -> None:
+async def test_every_event_is_delivered_once_and_acked(
+    log: SQLiteLog, start: Any, delivery_path: str
+) -> None:
     events = [make_event(k, vm=k % 7) for k in range(200)]
     await log.append(events, route=route)
     target = FakeTarget()
@@ -171,6 +210,8 @@ async def test_every_event_is_delivered_once_and_acked(log: SQLiteLog, start: An
     assert dispatcher.counts.delivered == 200
     assert (dispatcher.counts.retried, dispatcher.counts.dead) == (0, 0)
     assert dispatcher.in_hand == 0
+    if delivery_path == "started":  # every one begun by the target, no task each
+        assert target.started == 200
 
 
 async def test_acks_the_log_refuses_for_a_while_are_recorded_without_redelivery(
@@ -674,7 +715,7 @@ async def test_stop_lets_attempts_under_way_finish_within_the_grace(
 
 def _kill(dispatcher: Dispatcher) -> None:
     """What a crash does: every task just stops; nothing is released."""
-    for task in (dispatcher._main, dispatcher._renewer, *dispatcher._tasks):
+    for task in (dispatcher._main, dispatcher._renewer, *dispatcher._tasks, *dispatcher._started):
         if task is not None:
             task.cancel()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import heapq
 import logging
 import random
@@ -29,7 +30,7 @@ from veba.events import Event
 from veba.functions._scaling import CallLimit
 from veba.leadership import Leadership, lead
 from veba.shapes import Shape, to_shape
-from veba.targets.base import Result, Target
+from veba.targets.base import Result, StartingTarget, Target
 from veba.tracing import EventScope, event_scope, set_scope, trace_for, with_trace
 
 __all__ = ["DeadLetterSink", "Dispatcher", "ordering_key"]
@@ -126,6 +127,10 @@ class Dispatcher:
         self.shape = shape
         self._log = log
         self._target = target
+        # Deliveries begun without a task of their own where the target allows
+        # (`_start_quick`), each settled by its future's callback.
+        self._starting = target if isinstance(target, StartingTarget) else None
+        self._started: set[asyncio.Future[Any]] = set()
         self._dls = dead_letter_sink
         self._observer = observer
         self._clock = clock
@@ -144,7 +149,7 @@ class Dispatcher:
         self._limit.on_free(self._room_freed)
         self._in_hand: dict[int, Delivery] = {}
         self._chains: dict[str, _KeyChain] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
         self._wakeup = asyncio.Event()
         # Due times of unordered retries given back to the log (a min-heap).
         self._dues: list[float] = []
@@ -252,11 +257,18 @@ class Dispatcher:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + grace
+        # Deliveries under way: tasks, and futures of started ones (whose
+        # failures, settling, start tasks of their own meanwhile).
+        while under_way := self._tasks | self._started:
+            left = until - loop.time()
+            if left > 0:
+                await asyncio.wait(under_way, timeout=left)
+                continue
+            for item in under_way:
+                item.cancel()  # a started delivery's future: the call is forgotten
+            await asyncio.gather(*under_way, return_exceptions=True)
         if self._ack_task is not None:
             await asyncio.gather(self._ack_task, return_exceptions=True)
         if self._in_hand:
@@ -337,7 +349,8 @@ class Dispatcher:
         path = self.policy.ordering_key
         key = None if path is None else ordering_key(delivery.event, path)
         if key is None:
-            self._spawn(self._deliver(delivery))
+            if not self._start_quick(delivery):
+                self._spawn(self._deliver(delivery))
             return
         chain = self._chains.get(key)
         if chain is None:
@@ -357,6 +370,122 @@ class Dispatcher:
         self._wakeup.set()
 
     # -- delivering -----------------------------------------------------------
+
+    def _start_quick(self, delivery: Delivery) -> bool:
+        """A delivery's first attempt begun with no task: the target's future,
+        settled by `_settled` when done. False (nothing begun) when the target
+        cannot, the delivery is not due yet or the function's calls are all in
+        use (then `_deliver` waits its turn)."""
+        target = self._starting
+        now = self._clock()
+        if target is None or delivery.available_at > now or not self._limit.try_take():
+            return False
+        attempt_no = delivery.attempt
+        trace = trace_for(delivery.event)
+        scope = EventScope(
+            delivery.event.id,
+            function=self.name,
+            delivery=delivery.id,
+            attempt=attempt_no,
+            trace=trace,
+            started=now,
+        )
+        try:
+            future = target.start(
+                with_trace(self._shaped(delivery.event), trace),
+                attempt=attempt_no,
+                deadline=now + self.policy.timeout,
+                scope=scope,
+            )
+        except Exception:  # the pool stopping, say: `_deliver` makes it an outcome
+            future = None
+        if future is None:
+            self._limit.give()
+            return False
+        self.counts.in_flight += 1
+        self._started.add(future)
+        future.add_done_callback(functools.partial(self._settled, delivery, scope))
+        return True
+
+    def _settled(self, delivery: Delivery, scope: EventScope, future: asyncio.Future[Any]) -> None:
+        self._started.discard(future)
+        self.counts.in_flight -= 1
+        self._limit.give()
+        if future.cancelled():
+            return  # stopping: the delivery stays in hand, to be given back
+        assert self._starting is not None and scope.attempt is not None
+        result = self._starting.result_of(future)
+        attempt_no = scope.attempt
+        attempt = Attempt(
+            attempt_no,
+            result.started or scope.started or self._clock(),
+            self._clock(),
+            result.kind,
+            result.status,
+            result.error,
+        )
+        with event_scope(scope):
+            self._debug(attempt_no, result)
+            if result.ok:
+                self._delivered(delivery, result, attempt)
+            else:  # the log is written to: a task (under this scope) for that
+                self._spawn(self._failed(delivery, result, attempt_no, attempt))
+
+    def _debug(self, attempt_no: int, result: Result) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s: attempt %d %s %s%s", self.name, attempt_no, result.kind, result.status,
+                f" ({(result.error or '').strip().splitlines()[-1][:200]})" if result.error else "",
+            )  # fmt: skip
+
+    def _delivered(self, delivery: Delivery, result: Result, attempt: Attempt) -> None:
+        self._done(delivery)
+        self.counts.delivered += 1
+        self._observe("delivered", result, delivery)
+        self._queue_ack(delivery.id, attempt)
+
+    async def _failed(
+        self, delivery: Delivery, result: Result, attempt_no: int, attempt: Attempt
+    ) -> bool:
+        """A failed attempt settled: dead, or given back to the log to retry when
+        due. False if the outcome could not be recorded."""
+        try:
+            self.last_error = result.error
+            if self.policy.gives_up(attempt_no, result.kind, result.status):
+                await self._dead(delivery, result, attempt_no, attempt)
+                return True
+            due = self._retried(delivery, result, attempt_no)
+            self._done(delivery)
+            await self._log.retry(delivery.id, attempt, due)
+            heapq.heappush(self._dues, due)
+            if self._dues[0] == due:
+                self._wakeup.set()
+            return True
+        except (LogFull, OSError) as exc:
+            self._unrecorded(delivery, exc)
+            return False
+
+    async def _dead(
+        self, delivery: Delivery, result: Result, attempt_no: int, attempt: Attempt
+    ) -> None:
+        self._done(delivery)
+        self.counts.dead += 1
+        await self._log.dead(delivery.id, attempt)
+        # Told once it is in the DLQ, so what observers count there includes it.
+        self._observe("dead", result, replace(delivery, attempt=attempt_no))
+        self._forward_dead(delivery, result)
+
+    def _retried(self, delivery: Delivery, result: Result, attempt_no: int) -> float:
+        """Counted and told as retried; its due time."""
+        self.counts.retried += 1
+        self._observe("retried", result, replace(delivery, attempt=attempt_no))
+        return self._clock() + self.policy.backoff(attempt_no, self._rng)
+
+    def _unrecorded(self, delivery: Delivery, exc: Exception) -> None:
+        # The lease will lapse and the delivery come round again: at least once.
+        self.last_error = f"could not record outcome: {exc}"
+        log.error("%s: %s", self.name, self.last_error)
+        self._done(delivery)
 
     async def _run_chain(self, key: str, chain: _KeyChain) -> None:
         try:
@@ -389,45 +518,22 @@ class Dispatcher:
             if wait > 0:
                 await asyncio.sleep(wait)
             result, attempt = await self._attempt(delivery, attempt_no)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "%s: attempt %d %s %s%s", self.name, attempt_no, result.kind, result.status,
-                    f" ({(result.error or '').strip().splitlines()[-1][:200]})" if result.error else "",
-                )  # fmt: skip
+            self._debug(attempt_no, result)
+            if result.ok:
+                self._delivered(delivery, result, attempt)
+                return True
+            if not in_place:
+                return await self._failed(delivery, result, attempt_no, attempt)
             try:
-                if result.ok:
-                    self._done(delivery)
-                    self.counts.delivered += 1
-                    self._observe("delivered", result, delivery)
-                    self._queue_ack(delivery.id, attempt)
-                    return True
                 self.last_error = result.error
                 if self.policy.gives_up(attempt_no, result.kind, result.status):
-                    self._done(delivery)
-                    self.counts.dead += 1
-                    await self._log.dead(delivery.id, attempt)
-                    # Told once it is in the DLQ, so what observers count there includes it.
-                    self._observe("dead", result, replace(delivery, attempt=attempt_no))
-                    self._forward_dead(delivery, result)
+                    await self._dead(delivery, result, attempt_no, attempt)
                     return True
-                self.counts.retried += 1
-                self._observe("retried", result, replace(delivery, attempt=attempt_no))
-                due = self._clock() + self.policy.backoff(attempt_no, self._rng)
-                if in_place:
-                    await self._log.retry(delivery.id, attempt, due, lease_ttl=self._ttl)
-                    attempt_no += 1
-                    continue
-                self._done(delivery)
-                await self._log.retry(delivery.id, attempt, due)
-                heapq.heappush(self._dues, due)
-                if self._dues[0] == due:
-                    self._wakeup.set()
-                return True
+                due = self._retried(delivery, result, attempt_no)
+                await self._log.retry(delivery.id, attempt, due, lease_ttl=self._ttl)
+                attempt_no += 1
             except (LogFull, OSError) as exc:
-                # The lease will lapse and the delivery come round again: at least once.
-                self.last_error = f"could not record outcome: {exc}"
-                log.error("%s: %s", self.name, self.last_error)
-                self._done(delivery)
+                self._unrecorded(delivery, exc)
                 return False
 
     def _queue_ack(self, delivery_id: int, attempt: Attempt) -> None:

@@ -20,7 +20,6 @@ scrubbed of the function's secret values (`veba.scrub`) as it becomes an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import shutil
@@ -301,6 +300,28 @@ class FunctionPool:
 
         ``timeout`` bounds the handler's run on a worker, not the wait in the queue.
         """
+        future = self.submit(inv, timeout, current_scope())
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.forget(future)
+            raise
+
+    def forget(self, future: asyncio.Future[Outcome]) -> None:
+        """A submitted call nobody waits for any more: not sent yet, it is taken
+        out of the queue; sent, its response will be dropped."""
+        future.cancel()
+        for call in self._queue:
+            if call.future is future:
+                self._queue.remove(call)
+                return
+
+    def submit(
+        self, inv: Invocation, timeout: float, scope: EventScope | None
+    ) -> asyncio.Future[Outcome]:
+        """`invoke` without a coroutine: the call queued now, its outcome the
+        future's (never an exception of the handler's); cancelling the future
+        forgets the call. `scope` files what the worker prints meanwhile."""
         if self._stopping:
             raise RuntimeError(f"function pool {self.name!r} is stopped")
         call_id = next(self._ids)
@@ -312,7 +333,6 @@ class FunctionPool:
             "headers": dict(inv.headers),
             "timeout": timeout,  # the worker tells veba.sdk the call's deadline
         }
-        scope = current_scope()
         if scope is not None:
             self._scopes[call_id] = scope.packed()
             # Ids count up: forget the one _SCOPES_KEPT calls back. (Not the dict's
@@ -320,19 +340,12 @@ class FunctionPool:
             # later `next(iter(...))` walks past, a cost that grew with each call.)
             self._scopes.pop(call_id - _SCOPES_KEPT, None)
         future: asyncio.Future[Outcome] = self._event_loop.create_future()
-        call = _Call(call_id, frame(head, inv.body), timeout, future)
-        self._queue.append(call)
+        self._queue.append(_Call(call_id, frame(head, inv.body), timeout, future))
         self._counts["invocations"] += 1
         self._pump()
         if self._queue and len(self._active) < self.scaling.maximum:
             self._scale_up()
-        try:
-            return await future
-        except asyncio.CancelledError:
-            # Not sent yet: forget it. Sent: its response will be dropped.
-            with contextlib.suppress(ValueError):
-                self._queue.remove(call)
-            raise
+        return future
 
     def _pump(self) -> None:
         """Send queued calls to the least-loaded live workers that have room."""

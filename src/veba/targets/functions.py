@@ -9,16 +9,19 @@ Knative broker sends: `ce-*` headers, the vCenter event as the body.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
 import httpx
 
 from veba.delivery import is_retryable
 from veba.events import STRUCTURED_CONTENT_TYPE, Event
 from veba.functions.runtime import FunctionRuntime, Invocation, Outcome
+from veba.functions.supervisor import FunctionPool
 from veba.invocations import INVOCATION_TYPE, AsyncCall, read_invocation
 from veba.targets.base import Result
-from veba.tracing import trace_headers
+from veba.tracing import EventScope, trace_headers
 
 __all__ = ["FunctionTarget", "delivery_headers", "delivery_request"]
 
@@ -66,6 +69,30 @@ class FunctionTarget:
         self.pool = pool
         self.binary = binary  # CloudEvents binary mode (VEBA v0.8) rather than structured
         self._callbacks = callbacks
+        # Warm workers take a call without a coroutine (`start`); web apps do not.
+        self._submit = pool.submit if isinstance(pool, FunctionPool) else None
+
+    def start(
+        self, event: Event, *, attempt: int, deadline: float, scope: EventScope
+    ) -> asyncio.Future[Any] | None:
+        """`deliver` begun on a warm worker pool, for the dispatcher's quick path;
+        None for an async call (its callback needs `deliver`) or a web app."""
+        if self._submit is None or event.type == INVOCATION_TYPE:
+            return None
+        headers, body = delivery_request(
+            event, attempt=attempt, deadline=deadline, binary=self.binary
+        )
+        timeout = max(deadline - time.time(), 0.001)
+        return self._submit(Invocation(body=body, headers=headers), timeout, scope)
+
+    def result_of(self, done: asyncio.Future[Any]) -> Result:
+        if done.cancelled():
+            return Result("crash", 0, "delivery cancelled")
+        exc = done.exception()
+        if exc is not None:
+            return Result("crash", 0, f"{type(exc).__name__}: {exc}")
+        outcome: Outcome = done.result()
+        return _result(outcome)
 
     async def deliver(self, event: Event, *, attempt: int, deadline: float) -> Result:
         if event.type == INVOCATION_TYPE:
