@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import urllib.parse
+from typing import Any
 
 import pytest
 
@@ -134,3 +135,31 @@ def test_an_outcome_is_scrubbed_in_everything_the_function_wrote(scrub: Scrubber
     assert clean.error == f"PermissionError: {REDACTED}"
     assert clean.traceback == f"Traceback ...\nPermissionError: {{'pw': '{REDACTED}'}}"
     assert (clean.status, clean.kind, clean.started, clean.duration) == (500, "error", 1.0, 0.5)
+
+
+@pytest.mark.parametrize("field", ["body", "headers", "error", "traceback", None])
+def test_an_outcome_with_a_secret_in_one_place_is_scrubbed_there_and_one_without_is_kept(
+    scrub: Scrubber, field: str | None
+) -> None:
+    fields: dict[str, Any] = {
+        "body": b'{"ok": true}',
+        "headers": {"X-A": "a", "X-B": "b"},
+        "error": "ValueError: no",
+        "traceback": "Traceback ...",
+    }
+    if field == "headers":
+        fields["headers"] = {"X-A": "a", "X-B": f"b {PLAIN}"}
+    elif field == "body":
+        fields["body"] = f"x {PLAIN}".encode()
+    elif field is not None:
+        fields[field] = f"{fields[field]} {PLAIN}"
+    outcome = Outcome(status=500, kind="error", started=1.0, duration=0.5, **fields)
+
+    clean = outcome.scrubbed(scrub)
+
+    if field is None:
+        assert clean is outcome
+    else:
+        assert PLAIN not in repr(clean) and REDACTED in repr(clean)
+        others = {k for k in fields if k != field}
+        assert {k: getattr(clean, k) for k in others} == {k: fields[k] for k in others}

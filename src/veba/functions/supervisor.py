@@ -101,13 +101,20 @@ class Outcome:
         the function wrote: error, traceback, body and header values."""
         if not scrubber:
             return self
-        return replace(
-            self,
-            body=scrubber.data(self.body),
-            headers={k: scrubber.text(v) for k, v in self.headers.items()},
-            error=None if self.error is None else scrubber.text(self.error),
-            traceback=None if self.traceback is None else scrubber.text(self.traceback),
-        )
+        body = scrubber.data(self.body)
+        headers = {k: scrubber.text(v) for k, v in self.headers.items()}
+        error = None if self.error is None else scrubber.text(self.error)
+        traceback = None if self.traceback is None else scrubber.text(self.traceback)
+        # What held no secret comes back as the same object: then so does this
+        # outcome (every pool scrubs its store token, so this is most outcomes).
+        if (
+            body is self.body
+            and error is self.error
+            and traceback is self.traceback
+            and all(headers[k] is v for k, v in self.headers.items())
+        ):
+            return self
+        return replace(self, body=body, headers=headers, error=error, traceback=traceback)
 
 
 def log_to_logging(function: str, stream: str, line: str) -> None:
