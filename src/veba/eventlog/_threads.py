@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -154,21 +155,36 @@ class Checkpointer(threading.Thread):
 
     While `hurry` is set (a long prune writes fast), passes come ten times as
     often, so each has little to copy, and so has a restart should one come:
-    that one holds the writer for as long as it copies."""
+    that one holds the writer for as long as it copies and syncs (see
+    `_rewind`)."""
 
-    def __init__(self, conn: sqlite3.Connection, interval: float = 0.2) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, interval: float = 0.2) -> None:
         super().__init__(name="veba-sqlite-checkpoint", daemon=True)
         self._conn = conn
+        self._files = (path, path.with_name(path.name + "-wal"))
         self._interval = interval
         self._hurried = interval / 10
         self.stop = threading.Event()
         self.hurry = threading.Event()
         self.passes = 0  # passes made, so a waiter can tell when the next one is done
+        # A sync of both files asked for ahead of a restart; set once it is done.
+        self._syncing: threading.Thread | None = None
+        self._synced = threading.Event()
+        self._wake = threading.Event()  # the next pass now: stopping, or synced
+
+    def finish(self) -> None:
+        """End the passes (the last one truncates the WAL); `join` waits for it."""
+        self.stop.set()
+        self._wake.set()
 
     def run(self) -> None:
         try:
             (page,) = self._conn.execute("PRAGMA page_size").fetchone()
-            while not self.stop.wait(self._hurried if self.hurry.is_set() else self._interval):
+            while not self.stop.is_set():
+                self._wake.wait(self._hurried if self.hurry.is_set() else self._interval)
+                self._wake.clear()
+                if self.stop.is_set():
+                    break
                 try:
                     _, frames, _ = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     if frames * page > _WAL_LIMIT:
@@ -191,12 +207,41 @@ class Checkpointer(threading.Thread):
         `wait` it gives up at once if the writer is mid-transaction or a reader
         still reads from the WAL (a restart waits for readers holding the writer
         lock, so a long API read would stall appends); the next pass tries again,
-        and only a WAL four times over the limit makes it wait."""
+        and only a WAL four times over the limit makes it wait.
+
+        A restart also syncs both files while it holds the writer, and what
+        passive passes copied is unsynced until one of them copies everything,
+        which under a stream of commits is seldom: during a 1,000,000-event
+        prune at 500 appends/s restarts held appends 20-100 ms. So the files are
+        synced first, in a thread of their own while passes go on (a slow disk
+        must not hold up the restart either: the WAL grows meanwhile), and the
+        restart comes in a pass made as soon as that is done: it then syncs what
+        that pass copied, and held appends 0.2-3 ms in the same run. A WAL four
+        times over its limit is restarted at once, synced or not."""
+        if not wait and not self._synced.is_set():
+            if self._syncing is None or not self._syncing.is_alive():
+                self._syncing = threading.Thread(
+                    target=self._sync, name="veba-sqlite-sync", daemon=True
+                )
+                self._syncing.start()
+            return
+        self._synced.clear()
         self._conn.execute(f"PRAGMA busy_timeout={30000 if wait else 0}")
         try:
             self._conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         finally:
             self._conn.execute("PRAGMA busy_timeout=30000")
+
+    def _sync(self) -> None:
+        for file in self._files:
+            with contextlib.suppress(OSError):  # the restart syncs anyway
+                descriptor = os.open(file, os.O_RDONLY)
+                try:
+                    os.fsync(descriptor)
+                finally:
+                    os.close(descriptor)
+        self._synced.set()
+        self._wake.set()
 
 
 def translate(exc: BaseException) -> BaseException:

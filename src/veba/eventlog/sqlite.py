@@ -131,7 +131,7 @@ class SQLiteLog:
         # Checkpoints (WAL -> database, with an fsync) run on a thread of their
         # own, never inside a commit that a webhook request is waiting for.
         conn.execute("PRAGMA wal_autocheckpoint=0")
-        self._checkpointer = Checkpointer(connect(self.path, self._synchronous))
+        self._checkpointer = Checkpointer(connect(self.path, self._synchronous), self.path)
         self._checkpointer.start()
         self._writer = Writer(conn, asyncio.get_running_loop())
         self._writer.start()
@@ -152,7 +152,7 @@ class SQLiteLog:
             writer.queue.put(None)
             await asyncio.to_thread(writer.join)
         if self._checkpointer is not None:
-            self._checkpointer.stop.set()
+            self._checkpointer.finish()
             await asyncio.to_thread(self._checkpointer.join)
             self._checkpointer = None
         if self._reader is not None:
