@@ -123,6 +123,29 @@ def test_the_retention_figures_get_their_own_table(monkeypatch: pytest.MonkeyPat
     assert "| load_after | 1.50 / 1.00 / 0.50 |" in section
 
 
+@pytest.mark.parametrize(
+    ("events", "p99", "slow", "verdicts"),
+    [
+        (1_000_000, 3.3, 0, ["met", "met"]),
+        (1_000_000, 12.0, 2, ["**not met**", "**not met**"]),
+        (1_000, 3.3, 0, ["—", "—"]),  # a smaller prune is shown, not judged
+    ],
+)
+def test_the_headline_judges_latency_during_a_prune_of_a_million_events(
+    events: int, p99: float, slow: int, verdicts: list[str]
+) -> None:
+    during = {"requests": 100, "p99_ms": p99, "max_ms": 140.0 if slow else 9.5, "over_100ms": slow}
+    prune = PruneResult(events, 500.0, figures={"during": during})
+    results, fanouts = _results()
+    text = render(_setup(), results, fanouts, prune)
+    headline = text[text.index("## Headline") : text.index("- Date:")]
+    rows = [line for line in headline.splitlines() if "during a prune" in line]
+    assert len(rows) == 2
+    assert f"| {p99:.2f} | ≤10 ms |" in rows[0]
+    assert f"| {slow} ({140.0 if slow else 9.5:.1f}) | none |" in rows[1]
+    assert [row.rsplit("|", 2)[1].strip() for row in rows] == verdicts
+
+
 def _row(name: str, label: str, nodes: int, batch: float, light: float, p99: float) -> NodesResult:
     row = NodesResult(name, modes=[LIGHT, BATCH_MODE], label=label, nodes=nodes)
     row.throughput = [_tp("light", light, 50), _tp("batch", batch, 20)]
