@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,25 @@ def test_stdlib_log_lines_carry_the_scope_bound_where_they_are_said() -> None:
     assert {s.get("event_id") for s in scopes[:2]} == {"e-1", "e-2"}
     assert all(s["delivery_id"] == int(s["event_id"][2:]) for s in scopes[:2])
     assert scopes[2] == {}
+
+
+def test_lines_of_an_event_are_found_in_a_file_whose_time_reads_before_its_arrival(
+    tmp_path: Path,
+) -> None:
+    # File times come from the kernel's coarse clock: a line printed a moment
+    # after the event arrived can be in a file stamped a few ms before that
+    # (the story missed such a line when a delivery began at once).
+    hub = LogHub(tmp_path)
+    with event_scope(EventScope("ev-1", delivery=2, attempt=1)):
+        hub.write("fn", "stdout", "said at once")
+    hub.close()
+    written = (tmp_path / "fn.log").stat().st_mtime
+    arrived = written + 0.005
+    found = LogHub(tmp_path).event_lines("fn", "ev-1", since=arrived)
+    assert [(line.text, line.delivery) for line in found] == [("said at once", 2)]
+    # A file last written long before the event is still skipped unread.
+    os.utime(tmp_path / "fn.log", (written - 3600, written - 3600))
+    assert LogHub(tmp_path).event_lines("fn", "ev-1", since=arrived) == []
 
 
 def test_function_lines_filed_under_an_event_are_found_again_after_a_restart(

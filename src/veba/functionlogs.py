@@ -38,6 +38,10 @@ DEFAULT_KEEP = 3
 _NOTHING = Scrubber()
 # An event id as a file line names it: no space, bracket or `=` left as is.
 _ID_SAFE = "!$&'()*+,-./:;<>?@^_`{|}~"
+# How far before an event's arrival a log file's time may read and still hold
+# its lines (`event_lines`): far more than the clock's tick, and a file more
+# read costs little.
+_MTIME_SLACK = 1.0
 _TAGGED = re.compile(
     r"(\S+) (\S+) \[event=(\S+)(?: delivery=(\d+))?(?: attempt=(\d+))?\] (.*)", re.DOTALL
 )
@@ -182,7 +186,10 @@ class LogHub:
         found: list[LogLine] = []
         for path in [*paths, base]:
             try:
-                if path.stat().st_mtime < since:
+                # A file's time is the kernel's coarse clock, a tick or more
+                # behind: a line written a millisecond after the event arrived
+                # may carry an earlier time than its arrival.
+                if path.stat().st_mtime < since - _MTIME_SLACK:
                     continue
                 data = path.read_bytes()
             except OSError:
