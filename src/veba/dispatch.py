@@ -380,20 +380,11 @@ class Dispatcher:
         now = self._clock()
         if target is None or delivery.available_at > now or not self._limit.try_take():
             return False
-        attempt_no = delivery.attempt
-        trace = trace_for(delivery.event)
-        scope = EventScope(
-            delivery.event.id,
-            function=self.name,
-            delivery=delivery.id,
-            attempt=attempt_no,
-            trace=trace,
-            started=now,
-        )
+        scope = self._attempt_scope(delivery, delivery.attempt, now)
         try:
             future = target.start(
-                with_trace(self._shaped(delivery.event), trace),
-                attempt=attempt_no,
+                self._traced(delivery, scope),
+                attempt=delivery.attempt,
                 deadline=now + self.policy.timeout,
                 scope=scope,
             )
@@ -404,32 +395,26 @@ class Dispatcher:
             return False
         self.counts.in_flight += 1
         self._started.add(future)
-        future.add_done_callback(functools.partial(self._settled, delivery, scope))
+        future.add_done_callback(functools.partial(self._settled, delivery, scope, now))
         return True
 
-    def _settled(self, delivery: Delivery, scope: EventScope, future: asyncio.Future[Any]) -> None:
+    def _settled(
+        self, delivery: Delivery, scope: EventScope, started: float, future: asyncio.Future[Any]
+    ) -> None:
         self._started.discard(future)
         self.counts.in_flight -= 1
         self._limit.give()
         if future.cancelled():
             return  # stopping: the delivery stays in hand, to be given back
-        assert self._starting is not None and scope.attempt is not None
+        assert self._starting is not None
         result = self._starting.result_of(future)
-        attempt_no = scope.attempt
-        attempt = Attempt(
-            attempt_no,
-            result.started or scope.started or self._clock(),
-            self._clock(),
-            result.kind,
-            result.status,
-            result.error,
-        )
+        attempt = self._attempt_of(delivery.attempt, started, result)
         with event_scope(scope):
-            self._debug(attempt_no, result)
+            self._debug(delivery.attempt, result)
             if result.ok:
                 self._delivered(delivery, result, attempt)
             else:  # the log is written to: a task (under this scope) for that
-                self._spawn(self._failed(delivery, result, attempt_no, attempt))
+                self._spawn(self._failed_recorded(delivery, result, attempt))
 
     def _debug(self, attempt_no: int, result: Result) -> None:
         if log.isEnabledFor(logging.DEBUG):
@@ -445,41 +430,40 @@ class Dispatcher:
         self._queue_ack(delivery.id, attempt)
 
     async def _failed(
-        self, delivery: Delivery, result: Result, attempt_no: int, attempt: Attempt
-    ) -> bool:
-        """A failed attempt settled: dead, or given back to the log to retry when
-        due. False if the outcome could not be recorded."""
-        try:
-            self.last_error = result.error
-            if self.policy.gives_up(attempt_no, result.kind, result.status):
-                await self._dead(delivery, result, attempt_no, attempt)
-                return True
-            due = self._retried(delivery, result, attempt_no)
+        self, delivery: Delivery, result: Result, attempt: Attempt, *, in_place: bool = False
+    ) -> float | None:
+        """A failed attempt settled: dead (None), or to be tried again at the
+        returned time, given back to the log or, `in_place`, still leased.
+        LogFull or OSError if the outcome could not be recorded."""
+        attempt_no = attempt.attempt
+        self.last_error = result.error
+        told = replace(delivery, attempt=attempt_no)
+        if self.policy.gives_up(attempt_no, result.kind, result.status):
             self._done(delivery)
-            await self._log.retry(delivery.id, attempt, due)
-            heapq.heappush(self._dues, due)
-            if self._dues[0] == due:
-                self._wakeup.set()
-            return True
+            self.counts.dead += 1
+            await self._log.dead(delivery.id, attempt)
+            # Told once it is in the DLQ, so what observers count there includes it.
+            self._observe("dead", result, told)
+            self._forward_dead(delivery, result)
+            return None
+        self.counts.retried += 1
+        self._observe("retried", result, told)
+        due = self._clock() + self.policy.backoff(attempt_no, self._rng)
+        if in_place:
+            await self._log.retry(delivery.id, attempt, due, lease_ttl=self._ttl)
+            return due
+        self._done(delivery)
+        await self._log.retry(delivery.id, attempt, due)
+        heapq.heappush(self._dues, due)
+        if self._dues[0] == due:
+            self._wakeup.set()
+        return due
+
+    async def _failed_recorded(self, delivery: Delivery, result: Result, attempt: Attempt) -> None:
+        try:
+            await self._failed(delivery, result, attempt)
         except (LogFull, OSError) as exc:
             self._unrecorded(delivery, exc)
-            return False
-
-    async def _dead(
-        self, delivery: Delivery, result: Result, attempt_no: int, attempt: Attempt
-    ) -> None:
-        self._done(delivery)
-        self.counts.dead += 1
-        await self._log.dead(delivery.id, attempt)
-        # Told once it is in the DLQ, so what observers count there includes it.
-        self._observe("dead", result, replace(delivery, attempt=attempt_no))
-        self._forward_dead(delivery, result)
-
-    def _retried(self, delivery: Delivery, result: Result, attempt_no: int) -> float:
-        """Counted and told as retried; its due time."""
-        self.counts.retried += 1
-        self._observe("retried", result, replace(delivery, attempt=attempt_no))
-        return self._clock() + self.policy.backoff(attempt_no, self._rng)
 
     def _unrecorded(self, delivery: Delivery, exc: Exception) -> None:
         # The lease will lapse and the delivery come round again: at least once.
@@ -522,19 +506,14 @@ class Dispatcher:
             if result.ok:
                 self._delivered(delivery, result, attempt)
                 return True
-            if not in_place:
-                return await self._failed(delivery, result, attempt_no, attempt)
             try:
-                self.last_error = result.error
-                if self.policy.gives_up(attempt_no, result.kind, result.status):
-                    await self._dead(delivery, result, attempt_no, attempt)
-                    return True
-                due = self._retried(delivery, result, attempt_no)
-                await self._log.retry(delivery.id, attempt, due, lease_ttl=self._ttl)
-                attempt_no += 1
+                again = await self._failed(delivery, result, attempt, in_place=in_place)
             except (LogFull, OSError) as exc:
                 self._unrecorded(delivery, exc)
                 return False
+            if again is None or not in_place:
+                return True
+            due, attempt_no = again, attempt_no + 1
 
     def _queue_ack(self, delivery_id: int, attempt: Attempt) -> None:
         self._acks.append((delivery_id, attempt))
@@ -564,26 +543,17 @@ class Dispatcher:
             delay = min(delay * 2, _ACK_RETRY_MAX)
 
     async def _attempt(self, delivery: Delivery, attempt_no: int) -> tuple[Result, Attempt]:
-        trace = trace_for(delivery.event)
         await self._limit.take()
         self.counts.in_flight += 1
         started = self._clock()
         # The attempt's scope stays bound (in this delivery's task, inside
         # `_deliver`'s) until the next attempt: the observer told of its
         # outcome reads its span there.
-        set_scope(
-            EventScope(
-                delivery.event.id,
-                function=self.name,
-                delivery=delivery.id,
-                attempt=attempt_no,
-                trace=trace,
-                started=started,
-            )
-        )
+        scope = self._attempt_scope(delivery, attempt_no, started)
+        set_scope(scope)
         try:
             result = await self._target.deliver(
-                with_trace(self._shaped(delivery.event), trace),
+                self._traced(delivery, scope),
                 attempt=attempt_no,
                 deadline=started + self.policy.timeout,
             )
@@ -592,7 +562,27 @@ class Dispatcher:
         finally:
             self.counts.in_flight -= 1
             self._limit.give()
-        attempt = Attempt(
+        return result, self._attempt_of(attempt_no, started, result)
+
+    def _attempt_scope(self, delivery: Delivery, attempt_no: int, started: float) -> EventScope:
+        """One attempt's scope, with a new span of the event's trace."""
+        return EventScope(
+            delivery.event.id,
+            function=self.name,
+            delivery=delivery.id,
+            attempt=attempt_no,
+            trace=trace_for(delivery.event),
+            started=started,
+        )
+
+    def _traced(self, delivery: Delivery, scope: EventScope) -> Event:
+        """The event as the target gets it: in the function's shape, with the
+        attempt's traceparent."""
+        assert scope.trace is not None
+        return with_trace(self._shaped(delivery.event), scope.trace)
+
+    def _attempt_of(self, attempt_no: int, started: float, result: Result) -> Attempt:
+        return Attempt(
             attempt_no,
             result.started or started,
             self._clock(),
@@ -600,7 +590,6 @@ class Dispatcher:
             result.status,
             result.error,
         )
-        return result, attempt
 
     def _shaped(self, event: Event) -> Event:
         return event if self.shape is None else to_shape(event, self.shape)

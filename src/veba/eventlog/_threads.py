@@ -180,7 +180,7 @@ class Checkpointer(threading.Thread):
     def run(self) -> None:
         try:
             (page,) = self._conn.execute("PRAGMA page_size").fetchone()
-            while not self.stop.is_set():
+            while True:
                 self._wake.wait(self._hurried if self.hurry.is_set() else self._interval)
                 self._wake.clear()
                 if self.stop.is_set():
